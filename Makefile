@@ -1,0 +1,54 @@
+# registry-svc: `make run` builds everything and starts the server; `make test` builds
+# everything and runs every test. Both set up .venv by themselves.
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+ABS_VENV := $(abspath $(VENV))
+DEPS    := $(VENV)/.deps-installed
+EXT     := $(VENV)/.extension-built
+RUST_SRC := Cargo.toml Cargo.lock $(wildcard rust/*.rs)
+ARGS    ?=
+
+.PHONY: run test test-rust test-python build lint fmt bench loadtest clean
+
+$(DEPS): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet -r $(VENV)/requirements.txt
+	touch $@
+
+# Release build of the Rust extension, installed into the venv (editable Python sources).
+$(EXT): $(DEPS) $(RUST_SRC)
+	rm -f python/registry_svc/_core*.so
+	VIRTUAL_ENV=$(ABS_VENV) PATH=$(ABS_VENV)/bin:$$PATH maturin develop --release --quiet
+	touch $@
+
+build: $(EXT)
+
+run: build
+	$(PY) -m registry_svc serve $(ARGS)
+
+test: test-rust test-python
+
+test-rust:
+	cargo test --no-default-features --quiet
+
+test-python: build
+	$(PY) -m pytest -q
+
+lint: build
+	cargo fmt --check
+	cargo clippy --all-targets --no-default-features --quiet -- -D warnings
+	cargo clippy --quiet -- -D warnings
+	$(VENV)/bin/ruff check python tests loadtest
+	$(VENV)/bin/ruff format --check python tests loadtest
+	$(VENV)/bin/mypy
+
+fmt: $(DEPS)
+	cargo fmt
+	$(VENV)/bin/ruff format python tests loadtest
+	$(VENV)/bin/ruff check --fix python tests loadtest
+
+clean:
+	rm -rf $(VENV) target dist python/registry_svc/_core*.so

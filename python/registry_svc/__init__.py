@@ -1,0 +1,1 @@
+"""registry-svc: service registry and discovery server."""

@@ -1,0 +1,51 @@
+"""`registry-svc` / `python -m registry_svc`: the server command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from registry_svc import settings as settings_mod
+from registry_svc.supervisor import serve
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="registry-svc", description="Service registry and discovery server.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the server. Node identity comes from OB_SELF_URL, OB_NODE_ID, OB_REGION, OB_AVAILABILITY_ZONE.",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=settings_mod.DEFAULT_PORT, help="listen port (default 11337)")
+    s.add_argument("--data-dir", default=None, help="data directory (default ~/.registry-svc)")
+    s.add_argument("--processes", type=int, default=1, help="server processes sharing the store (default 1)")
+    s.add_argument("--workers", type=int, default=2, help="worker threads per process (default 2)")
+    s.add_argument(
+        "--map-size-mib",
+        type=int,
+        default=settings_mod.DEFAULT_MAP_SIZE >> 20,
+        help="LMDB map size in MiB: the most the store can hold (default 8192; disk is used only as filled)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not 1 <= args.port <= 65535:
+        print(f"registry-svc: --port must be 1-65535, got {args.port}", file=sys.stderr)
+        return 2
+    if args.processes < 1 or args.workers < 1 or args.map_size_mib < 1:
+        print("registry-svc: --processes, --workers and --map-size-mib must be at least 1", file=sys.stderr)
+        return 2
+    settings = settings_mod.resolve(
+        args.host, args.port, args.data_dir, args.processes, args.workers, args.map_size_mib << 20
+    )
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

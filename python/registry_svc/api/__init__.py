@@ -1,0 +1,43 @@
+"""HTTP resources, one module each. Every module exports `ROUTES`, wired by `server.py`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from robyn import Request, Response
+
+from registry_svc import _core
+from registry_svc.auth import Authenticator, Caller
+from registry_svc.settings import Settings
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every handler of this process shares: the store, settings, authenticator."""
+
+    store: _core.Store
+    settings: Settings
+    auth: Authenticator
+
+
+@dataclass(frozen=True)
+class Call:
+    """One authenticated request."""
+
+    request: Request
+    caller: Caller
+    ctx: Context
+
+
+Handler = Callable[[Call], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route: method, Robyn path pattern, handler, and the permission it requires."""
+
+    method: str
+    path: str
+    handler: Handler
+    permission: str

@@ -1,0 +1,72 @@
+"""Nodes: list with filters, this server's own node, removal by URL."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from robyn import Response
+
+from registry_svc import auth, nodes
+from registry_svc import validation as v
+from registry_svc.api import Call, Route
+from registry_svc.errors import ApiError
+from registry_svc.http import json_response, no_content, path_param, raw_json, read_json_object
+
+NODE_FILTERS = ("ids", "region", "availabilityZone", "hasGpu")
+# A proxy in front may merge the '//' of an unencoded URL in the path; put it back.
+_MERGED_SCHEME = re.compile(r"^(https?):/(?!/)")
+
+
+def _matches(node: dict[str, Any], filters: dict[str, Any]) -> bool:
+    if "ids" in filters and node.get("id") not in filters["ids"]:
+        return False
+    for key in ("region", "availabilityZone"):
+        if key in filters and node.get(key) != filters[key]:
+            return False
+    return "hasGpu" not in filters or bool(node.get("gpus")) == filters["hasGpu"]
+
+
+def list_nodes(call: Call) -> Response:
+    body = read_json_object(call.request, allow_empty=True)
+    v.reject_unknown(body, NODE_FILTERS, "")
+    filters: dict[str, Any] = {}
+    if body.get("ids") is not None:
+        filters["ids"] = set(v.string_list(body["ids"], "ids", max_items=10000, max_len=256))
+    for key in ("region", "availabilityZone"):
+        if body.get(key) is not None:
+            filters[key] = v.string(body[key], key, max_len=128)
+    if body.get("hasGpu") is not None:
+        filters["hasGpu"] = v.boolean(body["hasGpu"], "hasGpu")
+    store = call.ctx.store
+    if not filters:
+        index, raw = store.list_json(nodes.NODES, [], "nodes")
+        return raw_json(200, raw, index)
+    index, records = store.list(nodes.NODES)
+    # Stored bytes are embedded as they are; only the filter fields are parsed.
+    chosen = [orjson.Fragment(r) for r in records if _matches(orjson.loads(r), filters)]
+    return json_response(200, {"nodes": chosen}, index)
+
+
+def node_self(call: Call) -> Response:
+    found = nodes.find_by_url(call.ctx.store, call.ctx.settings.self_url)
+    if found is None:
+        raise ApiError(404, f"this node ({call.ctx.settings.self_url}) is not registered; it registers again at its next heartbeat")
+    return json_response(200, {"node": found[1]}, call.ctx.store.index())
+
+
+def delete_node(call: Call) -> Response:
+    url = _MERGED_SCHEME.sub(r"\1://", path_param(call.request, "url"))
+    found = nodes.find_by_url(call.ctx.store, url)
+    if found is None:
+        raise ApiError(404, f"no node with url '{url}'")
+    index = call.ctx.store.delete(nodes.NODES, found[1]["id"])
+    return no_content(index)
+
+
+ROUTES = [
+    Route("post", "/registry-svc/nodes", list_nodes, auth.NODE_VIEW),
+    Route("get", "/registry-svc/node/self", node_self, auth.NODE_VIEW),
+    Route("delete", "/registry-svc/node/*url", delete_node, auth.NODE_DELETE),
+]

@@ -1,0 +1,61 @@
+"""Token administration: create, list, revoke. Admin only."""
+
+from __future__ import annotations
+
+import orjson
+from robyn import Response
+
+from registry_svc import _core, auth
+from registry_svc import validation as v
+from registry_svc.api import Call, Route
+from registry_svc.errors import ApiError
+from registry_svc.http import json_response, no_content, path_param, read_json_object
+
+
+def create_token(call: Call) -> Response:
+    body = read_json_object(call.request)
+    v.reject_unknown(body, ("role", "slug", "description"), "")
+    role = body.get("role")
+    if role not in auth.ROLES:
+        raise v.fail("role", f"must be one of {', '.join(auth.ROLES)}")
+    slug = None
+    if role == "service":
+        if body.get("slug") is None:
+            raise v.fail("slug", "required for a service token")
+        slug = v.slug(body["slug"])
+    elif body.get("slug") is not None:
+        raise v.fail("slug", f"only service tokens carry a slug, not {role} tokens")
+    description = v.string(body.get("description", ""), "description", max_len=256, allow_empty=True)
+    secret, record = auth.new_token_record(role, slug, description)
+    index = call.ctx.store.put(auth.TOKENS, record["id"], orjson.dumps(record), 0)
+    return json_response(201, {"token": secret, "info": auth.public_info(record)}, index)
+
+
+def list_tokens(call: Call) -> Response:
+    index, records = call.ctx.store.list(auth.TOKENS)
+    tokens = [auth.public_info(orjson.loads(r)) for r in records]
+    return json_response(200, {"tokens": tokens}, index)
+
+
+def revoke_token(call: Call) -> Response:
+    token_id = path_param(call.request, "id")
+    store = call.ctx.store
+    found = store.get(auth.TOKENS, token_id)
+    if found is None:
+        raise ApiError(404, f"token '{token_id}' not found")
+    if orjson.loads(found[1])["role"] == "admin":
+        admins = [r for r in store.list(auth.TOKENS)[1] if orjson.loads(r)["role"] == "admin"]
+        if len(admins) <= 1:
+            raise ApiError(409, "cannot revoke the last admin token; create another admin token first")
+    try:
+        index = store.delete(auth.TOKENS, token_id, found[0])
+    except _core.NotFoundError:
+        raise ApiError(404, f"token '{token_id}' not found") from None
+    return no_content(index)
+
+
+ROUTES = [
+    Route("post", "/registry-svc/tokens", create_token, auth.ADMIN),
+    Route("get", "/registry-svc/tokens", list_tokens, auth.ADMIN),
+    Route("delete", "/registry-svc/token/:id", revoke_token, auth.ADMIN),
+]

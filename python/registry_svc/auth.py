@@ -1,0 +1,158 @@
+"""Tokens, roles and permission checks.
+
+Tokens are opaque `rsv_...` secrets; the store keeps only their SHA-256. A request's token
+is resolved through a per-process cache that is dropped whenever the tokens collection
+changes (its registry index moves), so a revoked token is refused at once by every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from registry_svc import _core
+from registry_svc.clock import utc_now
+from registry_svc.errors import ApiError
+
+if TYPE_CHECKING:
+    from robyn import Request
+
+TOKENS = "tokens"
+
+INSTANCE_VIEW = "registry-svc:instance:view"
+INSTANCE_EDIT = "registry-svc:instance:edit"
+INSTANCE_DELETE = "registry-svc:instance:delete"
+DEFINITION_VIEW = "registry-svc:definition:view"
+DEFINITION_EDIT = "registry-svc:definition:edit"
+DEFINITION_DELETE = "registry-svc:definition:delete"
+NODE_VIEW = "registry-svc:node:view"
+NODE_DELETE = "registry-svc:node:delete"
+ADMIN = "admin"
+
+ALL_PERMISSIONS = frozenset(
+    {
+        INSTANCE_VIEW,
+        INSTANCE_EDIT,
+        INSTANCE_DELETE,
+        DEFINITION_VIEW,
+        DEFINITION_EDIT,
+        DEFINITION_DELETE,
+        NODE_VIEW,
+        NODE_DELETE,
+        ADMIN,
+    }
+)
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "admin": ALL_PERMISSIONS,
+    # A service sees and registers only instances of its own slug (enforced by the handlers).
+    "service": frozenset({INSTANCE_VIEW, INSTANCE_EDIT, DEFINITION_VIEW}),
+    "proxy": frozenset({INSTANCE_VIEW, NODE_VIEW}),
+}
+ROLES = tuple(ROLE_PERMISSIONS)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the token's id, role and (for service tokens) slug."""
+
+    token_id: str
+    role: str
+    slug: str | None
+
+    def require(self, permission: str) -> None:
+        """Raises 403 naming `permission` unless the caller's role grants it."""
+        if permission not in ROLE_PERMISSIONS[self.role]:
+            if permission == ADMIN:
+                raise ApiError(403, "this endpoint requires an admin token")
+            raise ApiError(403, f"token lacks permission {permission}")
+
+    @property
+    def sees_every_slug(self) -> bool:
+        """Admins and proxies see all instances; services only their own slug's."""
+        return self.role in ("admin", "proxy")
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_token_record(role: str, slug: str | None, description: str) -> tuple[str, dict[str, Any]]:
+    """A fresh secret and the record to store for it (which holds only its hash)."""
+    secret = "rsv_" + secrets.token_urlsafe(32)
+    record = {
+        "id": "tok_" + secrets.token_hex(8),
+        "role": role,
+        "slug": slug,
+        "description": description,
+        "createdAt": utc_now(),
+        "secretHash": hash_secret(secret),
+    }
+    return secret, record
+
+
+def public_info(record: dict[str, Any]) -> dict[str, Any]:
+    """A token record without its hash, as the API shows it."""
+    return {k: v for k, v in record.items() if k != "secretHash"}
+
+
+class Authenticator:
+    """Resolves bearer tokens to callers, with a cache keyed on the tokens' registry index."""
+
+    def __init__(self, store: _core.Store) -> None:
+        self._store = store
+        self._cache: dict[str, Caller] = {}
+        self._epoch = -1
+
+    def authenticate(self, request: Request) -> Caller:
+        """The caller behind the request's bearer token, or a 401."""
+        header = request.headers.get("authorization")
+        if not header:
+            raise ApiError(401, "missing Authorization header (expected 'Bearer <token>')")
+        scheme, _, secret = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise ApiError(401, "malformed Authorization header (expected 'Bearer <token>')")
+        digest = hash_secret(secret.strip())
+        epoch = self._store.collection_index(TOKENS)
+        if epoch != self._epoch:
+            self._cache = {}
+            self._epoch = epoch
+        caller = self._cache.get(digest)
+        if caller is None:
+            caller = self._lookup(digest)
+            self._cache[digest] = caller
+        return caller
+
+    def _lookup(self, digest: str) -> Caller:
+        for token_id in self._store.ids_by(TOKENS, "secretHash", digest):
+            found = self._store.get(TOKENS, token_id)
+            if found is not None:
+                record = orjson.loads(found[1])
+                return Caller(token_id=record["id"], role=record["role"], slug=record.get("slug"))
+        raise ApiError(401, "unknown or revoked token")
+
+
+def ensure_admin_token(store: _core.Store, path: os.PathLike[str] | str) -> bool:
+    """Makes sure `path` holds a valid admin token, minting one if the file is missing or
+    its token is not in the store. Returns True when a new token was written."""
+    from pathlib import Path
+
+    token_file = Path(path)
+    if token_file.exists():
+        secret = token_file.read_text().strip()
+        if secret and store.ids_by(TOKENS, "secretHash", hash_secret(secret)):
+            return False
+    secret, record = new_token_record("admin", None, "bootstrap admin token (admin.token)")
+    store.put(TOKENS, record["id"], orjson.dumps(record), 0)
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = token_file.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.replace(tmp, token_file)
+    return True

@@ -1,0 +1,12 @@
+"""The API's error type, free of any HTTP framework import."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error with the HTTP status and the message the client should see."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

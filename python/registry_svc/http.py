@@ -1,0 +1,104 @@
+"""HTTP plumbing shared by every endpoint: JSON responses, errors, body and query parsing.
+
+Store errors are mapped to status codes here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import unquote, unquote_plus
+
+import orjson
+from robyn import Request, Response
+
+from registry_svc import _core
+from registry_svc.errors import ApiError
+
+log = logging.getLogger("registry_svc")
+
+MAX_BODY_BYTES = 1 << 20
+JSON_CONTENT_TYPE = "application/json"
+INDEX_HEADER = "x-registry-index"
+
+
+def _headers(index: int | None) -> dict[str, str]:
+    headers = {"content-type": JSON_CONTENT_TYPE}
+    if index is not None:
+        headers[INDEX_HEADER] = str(index)
+    return headers
+
+
+def raw_json(status: int, body: bytes, index: int | None = None) -> Response:
+    """A response whose body is already serialized JSON (e.g. bytes joined by the store)."""
+    return Response(status_code=status, headers=_headers(index), description=body)
+
+
+def json_response(status: int, payload: Any, index: int | None = None) -> Response:
+    """A response serializing `payload` with orjson."""
+    return raw_json(status, orjson.dumps(payload), index)
+
+
+def no_content(index: int | None = None) -> Response:
+    """204 with the registry index of the write that caused it."""
+    headers = {} if index is None else {INDEX_HEADER: str(index)}
+    return Response(status_code=204, headers=headers, description=b"")
+
+
+def error_response(status: int, message: str) -> Response:
+    """The one error shape of the API: `{"error": message}`."""
+    return json_response(status, {"error": message})
+
+
+_STORE_ERROR_STATUS: list[tuple[type[Exception], int]] = [
+    (_core.NotFoundError, 404),
+    (_core.ConflictError, 409),
+    (_core.VersionMismatchError, 409),
+    (_core.InvalidRecordError, 400),
+    (_core.StoreFullError, 507),
+    (_core.StoreError, 503),
+]
+
+
+def store_error_response(err: Exception) -> Response:
+    """Maps an exception raised by the Rust store to its HTTP status."""
+    for cls, status in _STORE_ERROR_STATUS:
+        if isinstance(err, cls):
+            message = err.args[0] if err.args else str(err)
+            if status >= 500:
+                log.error("store error: %s", message)
+            return error_response(status, str(message))
+    raise err
+
+
+def read_json_object(request: Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """Parses the request body as a JSON object, enforcing the size limit.
+
+    An empty body is `{}` when `allow_empty`, otherwise a 400.
+    """
+    body = request.body
+    raw = body.encode() if isinstance(body, str) else bytes(body or b"")
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}")
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ApiError(400, f"invalid JSON: {e}") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, f"request body must be a JSON object, not {type(parsed).__name__}")
+    return parsed
+
+
+def query_params(request: Request) -> dict[str, list[str]]:
+    """Query parameters, percent-decoded (Robyn hands them over raw)."""
+    raw: dict[str, list[str]] = request.query_params.to_dict()
+    return {unquote_plus(k): [unquote_plus(v) for v in values] for k, values in raw.items()}
+
+
+def path_param(request: Request, name: str) -> str:
+    """A path parameter, percent-decoded (Robyn hands them over raw)."""
+    return unquote(request.path_params[name])

@@ -1,0 +1,56 @@
+"""This server's own node record: created at start, refreshed by heartbeats."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+
+from registry_svc import _core
+from registry_svc.clock import utc_now
+from registry_svc.settings import Settings
+
+NODES = "nodes"
+MAX_ATTEMPTS = 8
+
+
+def find_by_url(store: _core.Store, url: str) -> tuple[int, dict[str, Any]] | None:
+    """The node registered under `url`, with its version."""
+    for node_id in store.ids_by(NODES, "url", url):
+        found = store.get(NODES, node_id)
+        if found is not None:
+            return found[0], orjson.loads(found[1])
+    return None
+
+
+def upsert_self(store: _core.Store, settings: Settings, usage: dict[str, Any], gpus: list[dict[str, Any]]) -> dict[str, Any]:
+    """Writes this node's record with fresh usage. The id is `OB_NODE_ID`, else the id the
+    node already has under its URL, else a new `node_...` id."""
+    for _ in range(MAX_ATTEMPTS):
+        by_url = find_by_url(store, settings.self_url)
+        node_id = settings.node_id or (by_url[1]["id"] if by_url else "node_" + secrets.token_hex(6))
+        if by_url is not None and by_url[1]["id"] != node_id:
+            # OB_NODE_ID changed: the old record under this URL is replaced.
+            try:
+                store.delete(NODES, by_url[1]["id"], by_url[0])
+            except (_core.NotFoundError, _core.VersionMismatchError):
+                pass
+            continue
+        current = store.get(NODES, node_id)
+        record = {
+            "id": node_id,
+            "url": settings.self_url,
+            "region": settings.region,
+            "availabilityZone": settings.availability_zone,
+            "lastHeartbeat": utc_now(),
+            "status": "Healthy",
+            "usage": usage,
+            "gpus": gpus,
+        }
+        try:
+            store.put(NODES, node_id, orjson.dumps(record), current[0] if current else 0)
+        except (_core.ConflictError, _core.VersionMismatchError):
+            continue
+        return record
+    raise RuntimeError(f"could not register node {settings.self_url}: it kept changing concurrently")

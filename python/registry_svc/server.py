@@ -1,0 +1,122 @@
+"""The Robyn app of one worker process: wiring only (routes -> handlers), startup, shutdown.
+
+Run by the supervisor (`registry-svc serve`) as `python -m registry_svc.server`, with the
+settings in the environment. Robyn forks its own processes when `--processes` > 1; each
+opens the store in its startup handler, after the fork, as LMDB requires.
+"""
+
+# No `from __future__ import annotations` here: Robyn injects handler arguments by reading
+# their annotations at runtime.
+
+import logging
+import re
+import sys
+from collections.abc import Callable
+from typing import Optional
+
+from robyn import Request, Response, Robyn
+
+from registry_svc import _core
+from registry_svc.api import Call, Context, Route
+from registry_svc.api import definitions, instances, nodes, tokens
+from registry_svc.auth import Authenticator
+from registry_svc.errors import ApiError
+from registry_svc.http import error_response, json_response, store_error_response
+from registry_svc.settings import Settings
+
+log = logging.getLogger("registry_svc")
+
+ROUTES: list[Route] = [*instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES]
+METHODS = ("get", "post", "put", "delete", "patch")
+
+
+class ProcessState:
+    """This process's context, set by the startup handler once the store is open."""
+
+    ctx: Optional[Context] = None
+
+
+def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
+    """The Robyn handler for `route`: authenticate, check the permission, run, map errors."""
+
+    def endpoint(request: Request) -> Response:
+        ctx = state.ctx
+        if ctx is None:
+            return error_response(503, "the server is starting; retry shortly")
+        try:
+            caller = ctx.auth.authenticate(request)
+            caller.require(route.permission)
+            return route.handler(Call(request, caller, ctx))
+        except ApiError as e:
+            return error_response(e.status, e.message)
+        except _core.StoreError as e:
+            return store_error_response(e)
+        except Exception:
+            log.exception("unhandled error in %s %s", route.method.upper(), route.path)
+            return error_response(500, "internal error; the server log has the details")
+
+    endpoint.__name__ = route.handler.__name__
+    return endpoint
+
+
+def _pattern(path: str) -> "re.Pattern[str]":
+    regex = re.sub(r":[A-Za-z_]+", "[^/]+", path)
+    regex = re.sub(r"\*[A-Za-z_]+", ".+", regex)
+    return re.compile(f"^{regex}$")
+
+
+def not_routed(patterns: list[tuple["re.Pattern[str]", str]]) -> Callable[[Request], Response]:
+    """JSON 405 for a known path with the wrong method, JSON 404 for anything else."""
+
+    def fallback(request: Request) -> Response:
+        path = request.url.path
+        allowed = sorted({method.upper() for pattern, method in patterns if pattern.match(path)})
+        if allowed:
+            return error_response(405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}")
+        return error_response(404, f"no route for {request.method} {path}")
+
+    return fallback
+
+
+def build_app(settings: Settings) -> Robyn:
+    """The app with every route wired; the store opens in the startup handler."""
+    app = Robyn(__file__)
+    state = ProcessState()
+
+    @app.startup_handler
+    def open_store() -> None:
+        store = _core.Store(str(settings.store_path), settings.map_size)
+        state.ctx = Context(store=store, settings=settings, auth=Authenticator(store))
+
+    @app.shutdown_handler
+    def close_store() -> None:
+        if state.ctx is not None:
+            state.ctx.store.close()
+
+    @app.get("/health")
+    def health(request: Request) -> Response:
+        if state.ctx is None:
+            return error_response(503, "store not open yet")
+        return json_response(200, {"status": "ok"})
+
+    for route in ROUTES:
+        getattr(app, route.method)(route.path)(guarded(route, state))
+
+    patterns = [(_pattern(r.path), r.method) for r in ROUTES] + [(re.compile("^/health$"), "get")]
+    fallback = not_routed(patterns)
+    for method in METHODS:
+        getattr(app, method)("/")(fallback)
+        getattr(app, method)("/*path")(fallback)
+    return app
+
+
+def main() -> None:
+    """Entry point of a worker process started by the supervisor."""
+    settings = Settings.from_env()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_app(settings)
+    app.start(host=settings.host, port=settings.port, _check_port=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Server settings: command-line flags and the `OB_*` environment, handed to the worker
+processes through the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 11337
+DEFAULT_MAP_SIZE = 8 << 30
+_CHILD_ENV = "REGISTRY_SVC_SETTINGS"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a server process needs to know about its configuration."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: str = str(Path.home() / ".registry-svc")
+    processes: int = 1
+    workers: int = 2
+    map_size: int = DEFAULT_MAP_SIZE
+    self_url: str = ""
+    node_id: str | None = None
+    region: str | None = None
+    availability_zone: str | None = None
+
+    @property
+    def admin_token_path(self) -> Path:
+        return Path(self.data_dir) / "admin.token"
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.data_dir) / "store"
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as one environment variable for a worker process."""
+        import orjson
+
+        return {_CHILD_ENV: orjson.dumps(asdict(self)).decode()}
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The settings a supervisor passed down with `to_env`."""
+        import orjson
+
+        raw = os.environ.get(_CHILD_ENV)
+        if raw is None:
+            raise RuntimeError(f"{_CHILD_ENV} is not set: start the server with `registry-svc serve`")
+        return cls(**orjson.loads(raw))
+
+
+def resolve(
+    host: str, port: int, data_dir: str | None, processes: int, workers: int, map_size: int
+) -> Settings:
+    """Builds the settings from flags and the `OB_*` variables.
+
+    `OB_SELF_URL` defaults to this server's own address; `http://` is added when missing.
+    """
+    self_url = os.environ.get("OB_SELF_URL", "").strip()
+    if not self_url:
+        advertised = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self_url = f"http://{advertised}:{port}"
+    elif "://" not in self_url:
+        self_url = f"http://{self_url}"
+    return Settings(
+        host=host,
+        port=port,
+        data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir else Settings.data_dir,
+        processes=processes,
+        workers=workers,
+        map_size=map_size,
+        self_url=self_url.rstrip("/"),
+        node_id=os.environ.get("OB_NODE_ID") or None,
+        region=os.environ.get("OB_REGION") or None,
+        availability_zone=os.environ.get("OB_AVAILABILITY_ZONE") or None,
+    )
