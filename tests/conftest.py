@@ -1,0 +1,168 @@
+"""Test harness: real `registry-svc serve` processes on free loopback ports, temp data dirs,
+and a small HTTP client."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import pytest
+
+ADMIN = object()  # sentinel: use the server's admin token
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+    @property
+    def index(self) -> int:
+        return int(self.headers["x-registry-index"])
+
+
+@dataclass
+class Server:
+    """One `registry-svc serve` process tree."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    processes: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "registry_svc", "serve", "--port", str(self.port),
+            "--data-dir", str(self.data_dir), "--processes", str(self.processes), *self.args,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> Server:
+        env = {**os.environ, "OB_SELF_URL": "", **self.env}
+        self.proc = subprocess.Popen(
+            self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {out}")
+            try:
+                if self.call("GET", "/health", token=None).status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        finally:
+            self.kill9()
+
+    def kill9(self) -> None:
+        """SIGKILL the supervisor and every process under it at once."""
+        if self.proc is None:
+            return
+        try:
+            tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: Any = ADMIN,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            hdrs = dict(headers or {})
+            if token is ADMIN:
+                token = self.admin_token
+            if token is not None:
+                hdrs["Authorization"] = f"Bearer {token}"
+            payload = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+            if payload is not None:
+                hdrs.setdefault("Content-Type", "application/json")
+            conn.request(method, path, body=payload, headers=hdrs)
+            resp = conn.getresponse()
+            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+    def token(self, role: str, slug: str | None = None) -> str:
+        """A new token of `role` (and `slug`), created through the API."""
+        body: dict[str, Any] = {"role": role, "description": "test"}
+        if slug is not None:
+            body["slug"] = slug
+        reply = self.call("POST", "/registry-svc/tokens", body)
+        assert reply.status == 201, reply.body
+        return str(reply.json["token"])
+
+    def register(self, body: dict[str, Any], token: Any = ADMIN) -> Reply:
+        return self.call("PUT", "/registry-svc/instance", body, token=token)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server shared by the tests of one module."""
+    srv = Server(tmp_path_factory.mktemp("data")).start()
+    yield srv
+    srv.kill9()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    """A server of the test's own, on an empty data dir."""
+    srv = Server(tmp_path / "data").start()
+    yield srv
+    srv.kill9()
