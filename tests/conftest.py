@@ -79,7 +79,7 @@ class Server:
                 out = self.proc.stdout.read().decode() if self.proc.stdout else ""
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {out}")
             try:
-                if self.call("GET", "/health", token=None).status == 200:
+                if self.call("GET", "/health", token=None, timeout=1).status == 200:
                     return self
             except OSError:
                 pass

@@ -35,10 +35,13 @@ class PortInUse(Exception):
 
 
 def check_port(host: str, port: int) -> None:
-    """Raises PortInUse if nothing may listen on host:port now. Robyn itself would start
-    silently beside another server (SO_REUSEPORT) or spin asking for another port."""
+    """Raises PortInUse if host:port has a listener. Robyn itself would start silently
+    beside another server (SO_REUSEPORT) or spin asking for another port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR lets the probe past TIME_WAIT leftovers of a previous run while still
+        # failing on a live listener.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as e:
