@@ -25,7 +25,12 @@ pub struct CollectionSpec {
 }
 
 const fn idx(field: &'static str, tag: u8) -> IndexSpec {
-    IndexSpec { field, tag, unique: false, multi: false }
+    IndexSpec {
+        field,
+        tag,
+        unique: false,
+        multi: false,
+    }
 }
 
 pub static INSTANCES: CollectionSpec = CollectionSpec {
@@ -37,25 +42,49 @@ pub static INSTANCES: CollectionSpec = CollectionSpec {
         idx("ip", 3),
         idx("deploymentId", 4),
         idx("nodeUrl", 5),
-        IndexSpec { field: "url", tag: 6, unique: true, multi: false },
+        IndexSpec {
+            field: "url",
+            tag: 6,
+            unique: true,
+            multi: false,
+        },
         idx("status", 7),
         idx("zone", 8),
-        IndexSpec { field: "tags", tag: 9, unique: false, multi: true },
+        IndexSpec {
+            field: "tags",
+            tag: 9,
+            unique: false,
+            multi: true,
+        },
     ],
 };
 
-pub static DEFINITIONS: CollectionSpec = CollectionSpec { name: "definitions", tag: 2, indexes: &[] };
+pub static DEFINITIONS: CollectionSpec = CollectionSpec {
+    name: "definitions",
+    tag: 2,
+    indexes: &[],
+};
 
 pub static NODES: CollectionSpec = CollectionSpec {
     name: "nodes",
     tag: 3,
-    indexes: &[IndexSpec { field: "url", tag: 1, unique: true, multi: false }],
+    indexes: &[IndexSpec {
+        field: "url",
+        tag: 1,
+        unique: true,
+        multi: false,
+    }],
 };
 
 pub static TOKENS: CollectionSpec = CollectionSpec {
     name: "tokens",
     tag: 4,
-    indexes: &[IndexSpec { field: "secretHash", tag: 1, unique: true, multi: false }],
+    indexes: &[IndexSpec {
+        field: "secretHash",
+        tag: 1,
+        unique: true,
+        multi: false,
+    }],
 };
 
 pub static COLLECTIONS: [&CollectionSpec; 4] = [&INSTANCES, &DEFINITIONS, &NODES, &TOKENS];
@@ -112,7 +141,9 @@ pub fn index_prefix(coll: &CollectionSpec, spec: &IndexSpec, value: &str) -> Vec
 fn fnv1a_128(bytes: &[u8]) -> u128 {
     const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
     const PRIME: u128 = 0x0000000001000000000000000000013B;
-    bytes.iter().fold(OFFSET, |h, b| (h ^ u128::from(*b)).wrapping_mul(PRIME))
+    bytes
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u128::from(*b)).wrapping_mul(PRIME))
 }
 
 /// The index values a record contributes, per index, derived from its JSON.
@@ -179,7 +210,10 @@ mod tests {
         let json = br#"{"id":"a","slug":"s","url":"http://x","tags":["t","u","t"],"host":null}"#;
         let keys = record_keys(&INSTANCES, "a", json).unwrap();
         let got: Vec<(&str, &str)> = keys.entries.iter().map(|(s, v)| (s.field, v.as_str())).collect();
-        assert_eq!(got, vec![("slug", "s"), ("url", "http://x"), ("tags", "t"), ("tags", "u")]);
+        assert_eq!(
+            got,
+            vec![("slug", "s"), ("url", "http://x"), ("tags", "t"), ("tags", "u")]
+        );
     }
 
     #[test]

@@ -12,10 +12,30 @@ use crate::store::{self, Expect, StoreError};
 
 create_exception!(_core, StoreErrorPy, PyException, "Base class of every store error.");
 create_exception!(_core, NotFoundError, StoreErrorPy, "No record with that id.");
-create_exception!(_core, ConflictError, StoreErrorPy, "A unique field is held by another record; args = (message, holder_id).");
-create_exception!(_core, VersionMismatchError, StoreErrorPy, "The record changed since it was read.");
-create_exception!(_core, InvalidRecordError, StoreErrorPy, "The record or the request is not acceptable to the store.");
-create_exception!(_core, StoreFullError, StoreErrorPy, "The LMDB map is full; nothing was written.");
+create_exception!(
+    _core,
+    ConflictError,
+    StoreErrorPy,
+    "A unique field is held by another record; args = (message, holder_id)."
+);
+create_exception!(
+    _core,
+    VersionMismatchError,
+    StoreErrorPy,
+    "The record changed since it was read."
+);
+create_exception!(
+    _core,
+    InvalidRecordError,
+    StoreErrorPy,
+    "The record or the request is not acceptable to the store."
+);
+create_exception!(
+    _core,
+    StoreFullError,
+    StoreErrorPy,
+    "The LMDB map is full; nothing was written."
+);
 
 fn to_py(err: StoreError) -> PyErr {
     let msg = err.to_string();
@@ -58,20 +78,36 @@ impl PyStore {
         Ok(PyStore { inner })
     }
 
-    fn get<'py>(&self, py: Python<'py>, collection_name: &str, id: &str) -> PyResult<Option<(u64, Bound<'py, PyBytes>)>> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        collection_name: &str,
+        id: &str,
+    ) -> PyResult<Option<(u64, Bound<'py, PyBytes>)>> {
         let coll = collection(collection_name)?;
         let record = py.detach(|| self.inner.get(coll, id)).map_err(to_py)?;
         Ok(record.map(|r| (r.version, PyBytes::new(py, &r.json))))
     }
 
     #[pyo3(signature = (collection_name, filters = Vec::new()))]
-    fn list<'py>(&self, py: Python<'py>, collection_name: &str, filters: Vec<(String, String)>) -> PyResult<(u64, Vec<Bound<'py, PyBytes>>)> {
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        collection_name: &str,
+        filters: Vec<(String, String)>,
+    ) -> PyResult<(u64, Vec<Bound<'py, PyBytes>>)> {
         let coll = collection(collection_name)?;
         let (index, records) = py.detach(|| self.inner.list(coll, &filters)).map_err(to_py)?;
         Ok((index, records.iter().map(|r| PyBytes::new(py, &r.json)).collect()))
     }
 
-    fn list_json<'py>(&self, py: Python<'py>, collection_name: &str, filters: Vec<(String, String)>, key: &str) -> PyResult<(u64, Bound<'py, PyBytes>)> {
+    fn list_json<'py>(
+        &self,
+        py: Python<'py>,
+        collection_name: &str,
+        filters: Vec<(String, String)>,
+        key: &str,
+    ) -> PyResult<(u64, Bound<'py, PyBytes>)> {
         let coll = collection(collection_name)?;
         let (index, body) = py.detach(|| self.inner.list_json(coll, &filters, key)).map_err(to_py)?;
         Ok((index, PyBytes::new(py, &body)))
@@ -83,15 +119,34 @@ impl PyStore {
     }
 
     #[pyo3(signature = (collection_name, id, json, expect_version = None))]
-    fn put(&self, py: Python<'_>, collection_name: &str, id: &str, json: Vec<u8>, expect_version: Option<u64>) -> PyResult<u64> {
+    fn put(
+        &self,
+        py: Python<'_>,
+        collection_name: &str,
+        id: &str,
+        json: Vec<u8>,
+        expect_version: Option<u64>,
+    ) -> PyResult<u64> {
         let coll = collection(collection_name)?;
-        py.detach(|| self.inner.put(coll, id, json, expect(expect_version))).map_err(to_py)
+        py.detach(|| self.inner.put(coll, id, json, expect(expect_version)))
+            .map_err(to_py)
+    }
+
+    /// Writes many records in one atomic, durable write (bulk import); returns its index.
+    fn put_many(&self, py: Python<'_>, collection_name: &str, items: Vec<(String, Vec<u8>)>) -> PyResult<u64> {
+        let coll = collection(collection_name)?;
+        let ops = items
+            .into_iter()
+            .map(|(id, json)| store::Op::Put { coll, id, json, expect: Expect::Any })
+            .collect();
+        py.detach(|| self.inner.write(ops)).map_err(to_py)
     }
 
     #[pyo3(signature = (collection_name, id, expect_version = None))]
     fn delete(&self, py: Python<'_>, collection_name: &str, id: &str, expect_version: Option<u64>) -> PyResult<u64> {
         let coll = collection(collection_name)?;
-        py.detach(|| self.inner.delete(coll, id, expect(expect_version))).map_err(to_py)
+        py.detach(|| self.inner.delete(coll, id, expect(expect_version)))
+            .map_err(to_py)
     }
 
     fn index(&self, py: Python<'_>) -> PyResult<u64> {

@@ -28,14 +28,30 @@ const VERSION_LEN: usize = 8;
 /// Everything that can go wrong in the store, as values a caller can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
-    NotFound { collection: &'static str, id: String },
+    NotFound {
+        collection: &'static str,
+        id: String,
+    },
     /// The record's version is not the one the write expected (a concurrent change won).
-    VersionMismatch { collection: &'static str, id: String, expected: Option<u64>, actual: Option<u64> },
+    VersionMismatch {
+        collection: &'static str,
+        id: String,
+        expected: Option<u64>,
+        actual: Option<u64>,
+    },
     /// A unique index already holds this value for another record.
-    Unique { collection: &'static str, field: &'static str, value: String, holder: String },
+    Unique {
+        collection: &'static str,
+        field: &'static str,
+        value: String,
+        holder: String,
+    },
     InvalidRecord(String),
     UnknownCollection(String),
-    UnknownFilter { collection: &'static str, field: String },
+    UnknownFilter {
+        collection: &'static str,
+        field: String,
+    },
     /// The LMDB map is full: nothing was written.
     Full(String),
     Lmdb(String),
@@ -46,11 +62,21 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::NotFound { collection, id } => write!(f, "{collection}: no record with id '{id}'"),
-            StoreError::VersionMismatch { collection, id, expected, actual } => write!(
+            StoreError::VersionMismatch {
+                collection,
+                id,
+                expected,
+                actual,
+            } => write!(
                 f,
                 "{collection}/{id}: expected version {expected:?}, found {actual:?} (changed concurrently)"
             ),
-            StoreError::Unique { collection, field, value, holder } => {
+            StoreError::Unique {
+                collection,
+                field,
+                value,
+                holder,
+            } => {
                 write!(f, "{collection}: {field} '{value}' is already held by '{holder}'")
             }
             StoreError::InvalidRecord(msg) => write!(f, "invalid record: {msg}"),
@@ -70,9 +96,9 @@ impl std::error::Error for StoreError {}
 impl From<heed::Error> for StoreError {
     fn from(e: heed::Error) -> Self {
         match e {
-            heed::Error::Mdb(MdbError::MapFull) => StoreError::Full(
-                "the LMDB map size is exhausted; restart with a larger --map-size".into(),
-            ),
+            heed::Error::Mdb(MdbError::MapFull) => {
+                StoreError::Full("the LMDB map size is exhausted; restart with a larger --map-size".into())
+            }
             other => StoreError::Lmdb(other.to_string()),
         }
     }
@@ -90,8 +116,17 @@ pub enum Expect {
 
 #[derive(Debug, Clone)]
 pub enum Op {
-    Put { coll: &'static CollectionSpec, id: String, json: Vec<u8>, expect: Expect },
-    Delete { coll: &'static CollectionSpec, id: String, expect: Expect },
+    Put {
+        coll: &'static CollectionSpec,
+        id: String,
+        json: Vec<u8>,
+        expect: Expect,
+    },
+    Delete {
+        coll: &'static CollectionSpec,
+        id: String,
+        expect: Expect,
+    },
 }
 
 impl Op {
@@ -162,7 +197,12 @@ impl Store {
             .name("registry-store-writer".into())
             .spawn(move || writer_loop(&writer_env, tables, &receiver))
             .map_err(|e| StoreError::Lmdb(format!("cannot start the writer thread: {e}")))?;
-        Ok(Store { env, tables, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(writer)) })
+        Ok(Store {
+            env,
+            tables,
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+        })
     }
 
     /// Applies `ops` atomically through the writer thread and returns the registry index
@@ -178,11 +218,20 @@ impl Store {
     }
 
     pub fn put(&self, coll: &'static CollectionSpec, id: &str, json: Vec<u8>, expect: Expect) -> Result<u64> {
-        self.write(vec![Op::Put { coll, id: id.to_owned(), json, expect }])
+        self.write(vec![Op::Put {
+            coll,
+            id: id.to_owned(),
+            json,
+            expect,
+        }])
     }
 
     pub fn delete(&self, coll: &'static CollectionSpec, id: &str, expect: Expect) -> Result<u64> {
-        self.write(vec![Op::Delete { coll, id: id.to_owned(), expect }])
+        self.write(vec![Op::Delete {
+            coll,
+            id: id.to_owned(),
+            expect,
+        }])
     }
 
     /// Stops the writer thread after it has committed what is pending.
@@ -251,13 +300,23 @@ impl Store {
     pub fn ids_by(&self, coll: &'static CollectionSpec, field: &str, value: &str) -> Result<Vec<String>> {
         let rtxn = self.read_txn()?;
         let ids = self.index_ids(&rtxn, coll, field, value)?;
-        Ok(ids.into_iter().map(|id| String::from_utf8_lossy(&id).into_owned()).collect())
+        Ok(ids
+            .into_iter()
+            .map(|id| String::from_utf8_lossy(&id).into_owned())
+            .collect())
     }
 
-    fn index_ids(&self, rtxn: &RoTxn<'_, WithoutTls>, coll: &'static CollectionSpec, field: &str, value: &str) -> Result<Vec<Vec<u8>>> {
-        let spec = coll
-            .index(field)
-            .ok_or_else(|| StoreError::UnknownFilter { collection: coll.name, field: field.to_owned() })?;
+    fn index_ids(
+        &self,
+        rtxn: &RoTxn<'_, WithoutTls>,
+        coll: &'static CollectionSpec,
+        field: &str,
+        value: &str,
+    ) -> Result<Vec<Vec<u8>>> {
+        let spec = coll.index(field).ok_or_else(|| StoreError::UnknownFilter {
+            collection: coll.name,
+            field: field.to_owned(),
+        })?;
         let prefix = model::index_prefix(coll, spec, value);
         let mut ids = Vec::new();
         for entry in self.tables.index.prefix_iter(rtxn, &prefix)? {
@@ -339,7 +398,10 @@ fn intersect_sorted(a: Vec<Vec<u8>>, b: &[Vec<u8>]) -> Vec<Vec<u8>> {
 fn decode_record(raw: &[u8]) -> Record {
     let mut version = [0u8; VERSION_LEN];
     version.copy_from_slice(&raw[..VERSION_LEN]);
-    Record { version: u64::from_be_bytes(version), json: raw[VERSION_LEN..].to_vec() }
+    Record {
+        version: u64::from_be_bytes(version),
+        json: raw[VERSION_LEN..].to_vec(),
+    }
 }
 
 fn collection_meta_key(coll: &CollectionSpec) -> Vec<u8> {
@@ -384,7 +446,10 @@ fn commit_batch(env: &Env<WithoutTls>, tables: Tables, batch: &[Pending]) -> Vec
         for pending in batch {
             let next = counter + 1;
             let mut child = env.nested_write_txn(&mut wtxn)?;
-            let applied = pending.ops.iter().try_for_each(|op| apply_op(tables, &mut child, op, next));
+            let applied = pending
+                .ops
+                .iter()
+                .try_for_each(|op| apply_op(tables, &mut child, op, next));
             match applied {
                 Ok(()) => {
                     child.commit()?;
@@ -394,7 +459,9 @@ fn commit_batch(env: &Env<WithoutTls>, tables: Tables, batch: &[Pending]) -> Vec
                         if !touched.iter().any(|c| c.tag == coll.tag) {
                             touched.push(coll);
                         }
-                        tables.meta.put(&mut wtxn, &collection_meta_key(coll), &next.to_be_bytes())?;
+                        tables
+                            .meta
+                            .put(&mut wtxn, &collection_meta_key(coll), &next.to_be_bytes())?;
                     }
                     results.push(Ok(next));
                 }
@@ -430,7 +497,12 @@ fn check_expect(coll: &CollectionSpec, id: &str, expect: Expect, current: Option
         Expect::Version(v) => Some(v),
         _ => None,
     };
-    Err(StoreError::VersionMismatch { collection: coll.name, id: id.to_owned(), expected, actual: current })
+    Err(StoreError::VersionMismatch {
+        collection: coll.name,
+        id: id.to_owned(),
+        expected,
+        actual: current,
+    })
 }
 
 fn apply_op(tables: Tables, txn: &mut RwTxn<'_>, op: &Op, version: u64) -> Result<()> {
@@ -474,7 +546,10 @@ fn apply_op(tables: Tables, txn: &mut RwTxn<'_>, op: &Op, version: u64) -> Resul
                 .records
                 .get(txn, &record_key)?
                 .map(decode_record)
-                .ok_or_else(|| StoreError::NotFound { collection: coll.name, id: id.clone() })?;
+                .ok_or_else(|| StoreError::NotFound {
+                    collection: coll.name,
+                    id: id.clone(),
+                })?;
             check_expect(coll, id, *expect, Some(old.version))?;
             remove_index_entries(tables, txn, coll, id, &old.json)?;
             tables.records.delete(txn, &record_key)?;
@@ -483,7 +558,13 @@ fn apply_op(tables: Tables, txn: &mut RwTxn<'_>, op: &Op, version: u64) -> Resul
     }
 }
 
-fn remove_index_entries(tables: Tables, txn: &mut RwTxn<'_>, coll: &CollectionSpec, id: &str, json: &[u8]) -> Result<()> {
+fn remove_index_entries(
+    tables: Tables,
+    txn: &mut RwTxn<'_>,
+    coll: &CollectionSpec,
+    id: &str,
+    json: &[u8],
+) -> Result<()> {
     let keys = model::record_keys(coll, id, json).map_err(StoreError::InvalidRecord)?;
     for (spec, value) in &keys.entries {
         let mut key = model::index_prefix(coll, spec, value);

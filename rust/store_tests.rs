@@ -28,53 +28,94 @@ fn filters(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 fn put_get_list_and_index_bumps() {
     let (_dir, store) = open();
     assert_eq!(store.index().unwrap(), 0);
-    let i1 = store.put(&INSTANCES, "a", instance("a", "s1", "http://a", &["x"]), Expect::Any).unwrap();
-    let i2 = store.put(&INSTANCES, "b", instance("b", "s1", "http://b", &["x", "y"]), Expect::Any).unwrap();
+    let i1 = store
+        .put(&INSTANCES, "a", instance("a", "s1", "http://a", &["x"]), Expect::Any)
+        .unwrap();
+    let i2 = store
+        .put(
+            &INSTANCES,
+            "b",
+            instance("b", "s1", "http://b", &["x", "y"]),
+            Expect::Any,
+        )
+        .unwrap();
     assert_eq!((i1, i2), (1, 2));
     assert_eq!(store.index().unwrap(), 2);
     assert_eq!(store.collection_index(&INSTANCES).unwrap(), 2);
     assert_eq!(store.collection_index(&NODES).unwrap(), 0);
     assert_eq!(store.get(&INSTANCES, "a").unwrap().unwrap().version, 1);
 
-    let (_, body) = store.list_json(&INSTANCES, &filters(&[("slug", "s1"), ("tags", "y")]), "instances").unwrap();
+    let (_, body) = store
+        .list_json(&INSTANCES, &filters(&[("slug", "s1"), ("tags", "y")]), "instances")
+        .unwrap();
     let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(parsed["instances"].as_array().unwrap().len(), 1);
     assert_eq!(parsed["instances"][0]["id"], "b");
 
-    let (_, empty) = store.list_json(&INSTANCES, &filters(&[("slug", "nope")]), "instances").unwrap();
+    let (_, empty) = store
+        .list_json(&INSTANCES, &filters(&[("slug", "nope")]), "instances")
+        .unwrap();
     assert_eq!(empty, br#"{"instances":[]}"#);
-    let (_, by_id) = store.list(&INSTANCES, &filters(&[("id", "a"), ("slug", "s1")])).unwrap();
+    let (_, by_id) = store
+        .list(&INSTANCES, &filters(&[("id", "a"), ("slug", "s1")]))
+        .unwrap();
     assert_eq!(by_id.len(), 1);
 }
 
 #[test]
 fn update_moves_index_entries_and_delete_removes_them() {
     let (_dir, store) = open();
-    store.put(&INSTANCES, "a", instance("a", "s1", "http://a", &[]), Expect::Any).unwrap();
-    store.put(&INSTANCES, "a", instance("a", "s2", "http://a2", &[]), Expect::Any).unwrap();
+    store
+        .put(&INSTANCES, "a", instance("a", "s1", "http://a", &[]), Expect::Any)
+        .unwrap();
+    store
+        .put(&INSTANCES, "a", instance("a", "s2", "http://a2", &[]), Expect::Any)
+        .unwrap();
     assert!(store.ids_by(&INSTANCES, "slug", "s1").unwrap().is_empty());
     assert_eq!(store.ids_by(&INSTANCES, "slug", "s2").unwrap(), vec!["a"]);
     assert!(store.ids_by(&INSTANCES, "url", "http://a").unwrap().is_empty());
     store.delete(&INSTANCES, "a", Expect::Any).unwrap();
     assert_eq!(store.index_entry_count().unwrap(), 0);
-    assert!(matches!(store.delete(&INSTANCES, "a", Expect::Any), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.delete(&INSTANCES, "a", Expect::Any),
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 #[test]
 fn unique_url_and_version_preconditions() {
     let (_dir, store) = open();
-    let v = store.put(&INSTANCES, "a", instance("a", "s", "http://same", &[]), Expect::Absent).unwrap();
-    let err = store.put(&INSTANCES, "b", instance("b", "s", "http://same", &[]), Expect::Any).unwrap_err();
-    assert!(matches!(err, StoreError::Unique { ref holder, .. } if holder == "a"), "{err:?}");
+    let v = store
+        .put(&INSTANCES, "a", instance("a", "s", "http://same", &[]), Expect::Absent)
+        .unwrap();
+    let err = store
+        .put(&INSTANCES, "b", instance("b", "s", "http://same", &[]), Expect::Any)
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unique { ref holder, .. } if holder == "a"),
+        "{err:?}"
+    );
     assert!(matches!(
         store.put(&INSTANCES, "a", instance("a", "s", "http://same", &[]), Expect::Absent),
         Err(StoreError::VersionMismatch { .. })
     ));
     assert!(matches!(
-        store.put(&INSTANCES, "a", instance("a", "s", "http://same", &[]), Expect::Version(v + 100)),
+        store.put(
+            &INSTANCES,
+            "a",
+            instance("a", "s", "http://same", &[]),
+            Expect::Version(v + 100)
+        ),
         Err(StoreError::VersionMismatch { .. })
     ));
-    store.put(&INSTANCES, "a", instance("a", "t", "http://same", &[]), Expect::Version(v)).unwrap();
+    store
+        .put(
+            &INSTANCES,
+            "a",
+            instance("a", "t", "http://same", &[]),
+            Expect::Version(v),
+        )
+        .unwrap();
     // Failed writes did not bump the index.
     assert_eq!(store.index().unwrap(), 2);
 }
@@ -88,7 +129,11 @@ fn failed_write_in_a_batch_does_not_undo_the_others() {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
                 // Every 8th write collides on a URL with its neighbour and must fail alone.
-                let url = if i % 8 == 1 { format!("http://h{}", i - 1) } else { format!("http://h{i}") };
+                let url = if i % 8 == 1 {
+                    format!("http://h{}", i - 1)
+                } else {
+                    format!("http://h{i}")
+                };
                 let id = format!("i{i:03}");
                 store.put(&INSTANCES, &id, instance(&id, "s", &url, &[]), Expect::Any)
             })
@@ -96,9 +141,12 @@ fn failed_write_in_a_batch_does_not_undo_the_others() {
         .collect();
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = results.iter().filter(|r| r.is_ok()).count();
-    let failed = results.iter().filter(|r| matches!(r, Err(StoreError::Unique { .. }))).count();
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Unique { .. })))
+        .count();
     assert_eq!(ok + failed, 64);
-    assert!(failed <= 8 && failed >= 1, "{failed}");
+    assert!((1..=8).contains(&failed), "{failed}");
     assert_eq!(store.list(&INSTANCES, &[]).unwrap().1.len(), ok);
     assert_eq!(store.index().unwrap(), ok as u64);
 }
@@ -106,7 +154,9 @@ fn failed_write_in_a_batch_does_not_undo_the_others() {
 #[test]
 fn invalid_records_and_filters_are_refused() {
     let (_dir, store) = open();
-    let err = store.put(&INSTANCES, "a", b"{\"id\":\"b\"}".to_vec(), Expect::Any).unwrap_err();
+    let err = store
+        .put(&INSTANCES, "a", b"{\"id\":\"b\"}".to_vec(), Expect::Any)
+        .unwrap_err();
     assert!(matches!(err, StoreError::InvalidRecord(_)));
     let err = store.list(&INSTANCES, &filters(&[("weight", "3")])).unwrap_err();
     assert!(matches!(err, StoreError::UnknownFilter { .. }));
@@ -118,7 +168,9 @@ fn reopen_keeps_data_and_index() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path(), 64 << 20).unwrap();
-        store.put(&INSTANCES, "a", instance("a", "s", "http://a", &[]), Expect::Any).unwrap();
+        store
+            .put(&INSTANCES, "a", instance("a", "s", "http://a", &[]), Expect::Any)
+            .unwrap();
         store.close();
     }
     let store = Store::open(dir.path(), 64 << 20).unwrap();
@@ -145,6 +197,9 @@ fn a_full_map_is_an_error_not_a_crash() {
     assert!(store.index().unwrap() > 0);
 }
 
+/// What the model remembers of a record: slug, host and tags.
+type Modelled = (String, String, Vec<String>);
+
 #[derive(Debug, Clone)]
 enum Action {
     Put { id: u8, slug: u8, host: u8, tags: Vec<u8> },
@@ -167,7 +222,7 @@ proptest! {
     #[test]
     fn indexes_always_agree_with_records(actions in proptest::collection::vec(action(), 1..40)) {
         let (_dir, store) = open();
-        let mut model: BTreeMap<String, (String, String, Vec<String>)> = BTreeMap::new();
+        let mut model: BTreeMap<String, Modelled> = BTreeMap::new();
         for a in &actions {
             match a {
                 Action::Put { id, slug, host, tags } => {
@@ -188,7 +243,7 @@ proptest! {
         let mut expected_entries = 0u64;
         for n in 0..3 {
             let (slug, host, tag) = (format!("s{n}"), format!("h{n}"), format!("t{n}"));
-            let want = |f: &dyn Fn(&(String, String, Vec<String>)) -> bool| -> Vec<String> {
+            let want = |f: &dyn Fn(&Modelled) -> bool| -> Vec<String> {
                 model.iter().filter(|(_, v)| f(v)).map(|(k, _)| k.clone()).collect()
             };
             prop_assert_eq!(store.ids_by(&INSTANCES, "slug", &slug).unwrap(), want(&|v| v.0 == slug));
@@ -197,8 +252,8 @@ proptest! {
             let both = store.list(&INSTANCES, &filters(&[("slug", &slug), ("host", &host)])).unwrap().1.len();
             prop_assert_eq!(both, want(&|v| v.0 == slug && v.1 == host).len());
         }
-        for (slug_host_tags, _) in model.values().map(|v| (v, ())) {
-            let mut tags = slug_host_tags.2.clone();
+        for (_, _, tags) in model.values() {
+            let mut tags = tags.clone();
             tags.sort();
             tags.dedup();
             expected_entries += 3 + tags.len() as u64; // slug, host, url + distinct tags
@@ -211,10 +266,21 @@ proptest! {
 #[test]
 fn multi_op_write_is_atomic() {
     let (_dir, store) = open();
-    store.put(&INSTANCES, "a", instance("a", "s", "http://a", &[]), Expect::Any).unwrap();
+    store
+        .put(&INSTANCES, "a", instance("a", "s", "http://a", &[]), Expect::Any)
+        .unwrap();
     let ops = vec![
-        Op::Put { coll: &INSTANCES, id: "b".into(), json: instance("b", "s", "http://b", &[]), expect: Expect::Any },
-        Op::Delete { coll: &INSTANCES, id: "missing".into(), expect: Expect::Any },
+        Op::Put {
+            coll: &INSTANCES,
+            id: "b".into(),
+            json: instance("b", "s", "http://b", &[]),
+            expect: Expect::Any,
+        },
+        Op::Delete {
+            coll: &INSTANCES,
+            id: "missing".into(),
+            expect: Expect::Any,
+        },
     ];
     assert!(matches!(store.write(ops), Err(StoreError::NotFound { .. })));
     assert!(store.get(&INSTANCES, "b").unwrap().is_none());

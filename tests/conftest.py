@@ -3,6 +3,7 @@ and a small HTTP client."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -70,9 +71,7 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> Server:
         env = {**os.environ, "OB_SELF_URL": "", **self.env}
-        self.proc = subprocess.Popen(
-            self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen(self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -104,10 +103,8 @@ class Server:
         except psutil.NoSuchProcess:
             tree = []
         for p in tree:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-            except psutil.NoSuchProcess:
-                pass
         self.proc.wait(timeout=10)
         if self.proc.stdout:
             self.proc.stdout.close()

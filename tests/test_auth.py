@@ -16,7 +16,12 @@ ENDPOINTS = [
     ("GET", "/registry-svc/instances", None, "registry-svc:instance:view"),
     ("GET", "/registry-svc/instance/inst_x", None, "registry-svc:instance:view"),
     ("DELETE", "/registry-svc/instance/inst_x", None, "registry-svc:instance:delete"),
-    ("PUT", "/registry-svc/definition", {"definition": {"id": "perm", "image": {"name": "x"}}}, "registry-svc:definition:edit"),
+    (
+        "PUT",
+        "/registry-svc/definition",
+        {"definition": {"id": "perm", "image": {"name": "x"}}},
+        "registry-svc:definition:edit",
+    ),
     ("GET", "/registry-svc/definitions", None, "registry-svc:definition:view"),
     ("GET", "/registry-svc/definition/perm", None, "registry-svc:definition:view"),
     ("DELETE", "/registry-svc/definition/perm", None, "registry-svc:definition:delete"),

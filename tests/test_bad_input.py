@@ -80,7 +80,10 @@ def test_malformed_bodies_are_400(server: Server, raw: bytes, mentions: str) -> 
         ({"url": "http://x:1", "status": "Dead"}, "status"),
         ({"url": "http://x:1", "healthCheck": {"type": "icmp"}}, "healthCheck.type"),
         ({"url": "http://x:1", "healthCheck": {"intervalSeconds": 0}}, "healthCheck.intervalSeconds"),
-        ({"url": "http://x:1", "healthCheck": {"timeoutSeconds": 20, "intervalSeconds": 10}}, "healthCheck.timeoutSeconds"),
+        (
+            {"url": "http://x:1", "healthCheck": {"timeoutSeconds": 20, "intervalSeconds": 10}},
+            "healthCheck.timeoutSeconds",
+        ),
         ({"url": "http://x:1", "healthCheck": {"path": "health"}}, "healthCheck.path"),
         ({"url": "http://x:1", "colour": "red"}, "colour"),
         ({"url": "http://x:1", "nodeUrl": "node1"}, "nodeUrl"),
@@ -137,9 +140,9 @@ def test_unknown_routes_and_methods_are_json(server: Server) -> None:
 
 def test_hostile_but_valid_strings_are_stored_verbatim(server: Server) -> None:
     tags = ["'; DROP TABLE instances; --", "<script>alert(1)</script>", "ünïcødé ✓", '"quoted"']
-    reply = server.register({"url": "http://hostile:1", "slug": "hostile", "tags": tags, "metadata": {"k\"": "v\\"}})
+    reply = server.register({"url": "http://hostile:1", "slug": "hostile", "tags": tags, "metadata": {'k"': "v\\"}})
     assert reply.status == 201, reply.body
     listed = server.call("GET", "/registry-svc/instances?slug=hostile").json["instances"]
-    assert listed[0]["tags"] == tags and listed[0]["metadata"] == {"k\"": "v\\"}
+    assert listed[0]["tags"] == tags and listed[0]["metadata"] == {'k"': "v\\"}
     by_tag = server.call("GET", "/registry-svc/instances?tag=%3Cscript%3Ealert(1)%3C%2Fscript%3E").json["instances"]
     assert [i["url"] for i in by_tag] == ["http://hostile:1"]

@@ -55,10 +55,19 @@ def test_delete_then_404(server: Server) -> None:
         ({"id": "Bad_ID", "image": {"name": "x"}}, "definition.id"),
         ({"id": "no-source"}, "definition.image"),
         ({"id": "both", "image": {"name": "x"}, "repository": {"url": "u"}}, "definition.image"),
-        ({"id": "p0", "image": {"name": "x"}, "ports": [{"internal": 0, "host": 80}]}, "definition.ports[0].internal"),
-        ({"id": "p7", "image": {"name": "x"}, "ports": [{"internal": 80, "host": 70000}]}, "definition.ports[0].host"),
+        (
+            {"id": "p0", "image": {"name": "x"}, "ports": [{"internal": 0, "host": 80}]},
+            "definition.ports[0].internal",
+        ),
+        (
+            {"id": "p7", "image": {"name": "x"}, "ports": [{"internal": 80, "host": 70000}]},
+            "definition.ports[0].host",
+        ),
         ({"id": "ip", "image": {"name": "x", "internalPorts": [80, 0]}}, "definition.image.internalPorts[1]"),
-        ({"id": "rp", "repository": {"url": "u", "internalPorts": [70000]}}, "definition.repository.internalPorts[0]"),
+        (
+            {"id": "rp", "repository": {"url": "u", "internalPorts": [70000]}},
+            "definition.repository.internalPorts[0]",
+        ),
         ({"id": "noname", "image": {"internalPorts": [80]}}, "definition.image.name"),
         ({"id": "env", "image": {"name": "x"}, "envars": [{"value": "v"}]}, "definition.envars[0].key"),
         ({"id": "unk", "image": {"name": "x"}, "replicas": 3}, "definition.replicas"),

@@ -33,9 +33,7 @@ def read_instances_independently(data_dir: Path) -> dict[str, dict[str, Any]]:
         records = env.open_db(b"records", create=False)
         with env.begin(db=records) as txn:
             return {
-                key[1:].decode(): orjson.loads(value[8:])
-                for key, value in txn.cursor()
-                if key.startswith(INSTANCE_TAG)
+                key[1:].decode(): orjson.loads(value[8:]) for key, value in txn.cursor() if key.startswith(INSTANCE_TAG)
             }
     finally:
         env.close()
@@ -101,6 +99,7 @@ def test_refuses_to_start_when_the_port_is_taken(tmp_path: Path) -> None:
 def test_two_processes_take_1000_concurrent_registrations_without_loss(tmp_path: Path) -> None:
     srv = Server(tmp_path / "data", processes=2).start()
     try:
+
         def register(i: int) -> int:
             return srv.register({"url": f"http://mp-{i}:80", "slug": f"mp{i % 2}"}).status
 

@@ -18,7 +18,12 @@ def test_register_by_url_creates_then_updates_the_same_instance(server: Server) 
     assert first.status == 201
     inst = first.json["instance"]
     assert inst["id"].startswith("inst_")
-    assert (inst["scheme"], inst["host"], inst["port"], inst["status"]) == ("http", "user-service", 8080, "Unknown")
+    assert (inst["scheme"], inst["host"], inst["port"], inst["status"]) == (
+        "http",
+        "user-service",
+        8080,
+        "Unknown",
+    )
     assert inst["registeredAt"].endswith("Z") and inst["lastHeartbeat"].endswith("Z")
     assert inst["nodeUrl"] == server.url
 
@@ -62,9 +67,24 @@ def test_custom_id_and_deployment_reference(server: Server) -> None:
 
 def test_each_filter_alone_and_combined(server: Server) -> None:
     base = {"slug": "filt", "deploymentId": "depl_f", "zone": "z1", "status": "Healthy"}
-    server.register({**base, "url": "http://f-a:1", "tags": ["blue", "prod"], "nodeUrl": "http://node1.cluster.local:11337"})
+    server.register(
+        {
+            **base,
+            "url": "http://f-a:1",
+            "tags": ["blue", "prod"],
+            "nodeUrl": "http://node1.cluster.local:11337",
+        }
+    )
     server.register({**base, "url": "http://f-b:1", "tags": ["green"], "zone": "z2"})
-    server.register({**base, "url": "http://10.1.2.3:1", "tags": ["blue"], "status": "Unhealthy", "deploymentId": "depl_g"})
+    server.register(
+        {
+            **base,
+            "url": "http://10.1.2.3:1",
+            "tags": ["blue"],
+            "status": "Unhealthy",
+            "deploymentId": "depl_g",
+        }
+    )
     everything = ids(server.call("GET", "/registry-svc/instances?slug=filt"))
     assert len(everything) == 3
 

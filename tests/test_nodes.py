@@ -68,7 +68,7 @@ def test_list_filter_errors_name_the_field(cluster: tuple[Server, Server]) -> No
 
 
 def test_delete_by_percent_encoded_url_then_404(cluster: tuple[Server, Server], tmp_path: Path) -> None:
-    one, two = cluster
+    one, _two = cluster
     url = "http://node2.example.com:11337"
     assert one.call("DELETE", "/registry-svc/node/" + quote(url, safe="")).status == 204
     assert "prod-node-2" not in {n["id"] for n in one.call("POST", "/registry-svc/nodes").json["nodes"]}

@@ -36,7 +36,10 @@ def test_list_all_healthy_instances(seeded: Server) -> None:
 
 
 def test_monitor_instances_line_format(seeded: Server) -> None:
-    out = sh(seeded, f'{CURL} "$BASE/registry-svc/instances" | jq -r \'.instances[] | "\\(.slug // "N/A") \\(.url) \\(.status)"\'')
+    out = sh(
+        seeded,
+        f'{CURL} "$BASE/registry-svc/instances" | jq -r \'.instances[] | "\\(.slug // "N/A") \\(.url) \\(.status)"\'',
+    )
     lines = set(out.splitlines())
     assert "user-svc http://user-service-1:8080 Healthy" in lines
     assert "N/A http://localhost:3001 Unknown" in lines
@@ -57,9 +60,15 @@ def test_dashboard_counts(seeded: Server) -> None:
 
 
 def test_cleanup_and_blue_green_selectors(seeded: Server) -> None:
-    dead = sh(seeded, f'{CURL} "$BASE/registry-svc/instances" | jq -r \'.instances[] | select(.nodeUrl == "http://api-server-2:11337") | .id\'')
+    dead = sh(
+        seeded,
+        f'{CURL} "$BASE/registry-svc/instances" | jq -r \'.instances[] | select(.nodeUrl == "http://api-server-2:11337") | .id\'',
+    )
     assert len(dead.split()) == 1
-    blue = sh(seeded, f'{CURL} "$BASE/registry-svc/instances" | jq -r \'.instances[] | select(.tags[]? == "blue") | .id\'')
+    blue = sh(
+        seeded,
+        f'{CURL} "$BASE/registry-svc/instances" | jq -r \'.instances[] | select(.tags[]? == "blue") | .id\'',
+    )
     assert len(blue.split()) == 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from typing import Any
 
@@ -24,7 +25,9 @@ def find_by_url(store: _core.Store, url: str) -> tuple[int, dict[str, Any]] | No
     return None
 
 
-def upsert_self(store: _core.Store, settings: Settings, usage: dict[str, Any], gpus: list[dict[str, Any]]) -> dict[str, Any]:
+def upsert_self(
+    store: _core.Store, settings: Settings, usage: dict[str, Any], gpus: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Writes this node's record with fresh usage. The id is `OB_NODE_ID`, else the id the
     node already has under its URL, else a new `node_...` id."""
     for _ in range(MAX_ATTEMPTS):
@@ -32,10 +35,8 @@ def upsert_self(store: _core.Store, settings: Settings, usage: dict[str, Any], g
         node_id = settings.node_id or (by_url[1]["id"] if by_url else "node_" + secrets.token_hex(6))
         if by_url is not None and by_url[1]["id"] != node_id:
             # OB_NODE_ID changed: the old record under this URL is replaced.
-            try:
+            with contextlib.suppress(_core.NotFoundError, _core.VersionMismatchError):
                 store.delete(NODES, by_url[1]["id"], by_url[0])
-            except (_core.NotFoundError, _core.VersionMismatchError):
-                pass
             continue
         current = store.get(NODES, node_id)
         record = {

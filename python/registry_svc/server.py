@@ -10,15 +10,12 @@ opens the store in its startup handler, after the fork, as LMDB requires.
 
 import logging
 import re
-import sys
 from collections.abc import Callable
-from typing import Optional
 
 from robyn import Request, Response, Robyn
 
 from registry_svc import _core
-from registry_svc.api import Call, Context, Route
-from registry_svc.api import definitions, instances, nodes, tokens
+from registry_svc.api import Call, Context, Route, definitions, instances, nodes, tokens
 from registry_svc.auth import Authenticator
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, store_error_response
@@ -33,7 +30,7 @@ METHODS = ("get", "post", "put", "delete", "patch")
 class ProcessState:
     """This process's context, set by the startup handler once the store is open."""
 
-    ctx: Optional[Context] = None
+    ctx: Context | None = None
 
 
 def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
@@ -93,11 +90,12 @@ def build_app(settings: Settings) -> Robyn:
         if state.ctx is not None:
             state.ctx.store.close()
 
-    @app.get("/health")
     def health(request: Request) -> Response:
         if state.ctx is None:
             return error_response(503, "store not open yet")
         return json_response(200, {"status": "ok"})
+
+    app.get("/health")(health)
 
     for route in ROUTES:
         getattr(app, route.method)(route.path)(guarded(route, state))
@@ -119,4 +117,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

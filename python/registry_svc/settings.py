@@ -52,9 +52,7 @@ class Settings:
         return cls(**orjson.loads(raw))
 
 
-def resolve(
-    host: str, port: int, data_dir: str | None, processes: int, workers: int, map_size: int
-) -> Settings:
+def resolve(host: str, port: int, data_dir: str | None, processes: int, workers: int, map_size: int) -> Settings:
     """Builds the settings from flags and the `OB_*` variables.
 
     `OB_SELF_URL` defaults to this server's own address; `http://` is added when missing.

@@ -8,6 +8,7 @@ write is already committed to LMDB, so stopping the workers loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -92,10 +93,8 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             continue
         # The Robyn parent may be gone while forked workers linger in the group.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         return
 
 

@@ -24,6 +24,10 @@ def usage_sample(disk_path: str) -> dict[str, Any]:
     disk = psutil.disk_usage(disk_path)
     return {
         "cpu": {"used": round(cores * cpu_percent / 100, 3), "total": cores, "percent": cpu_percent},
-        "memory": {"used": int(memory.total - memory.available), "total": int(memory.total), "percent": float(memory.percent)},
+        "memory": {
+            "used": int(memory.total - memory.available),
+            "total": int(memory.total),
+            "percent": float(memory.percent),
+        },
         "disk": {"used": int(disk.used), "total": int(disk.total), "percent": float(disk.percent)},
     }

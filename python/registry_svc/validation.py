@@ -111,7 +111,10 @@ def record_id(value: Any, field: str = "id") -> str:
     """An id: letters, digits, '_', '.', ':', '-', starting with a letter or digit, <=128."""
     s = string(value, field, max_len=128)
     if not _ID.match(s):
-        raise fail(field, "may contain only letters, digits, '_', '.', ':' and '-', and must start with a letter or digit")
+        raise fail(
+            field,
+            "may contain only letters, digits, '_', '.', ':' and '-', and must start with a letter or digit",
+        )
     return s
 
 
@@ -159,10 +162,10 @@ def http_url(value: Any, field: str) -> str:
     if not parts.hostname:
         raise fail(field, "must include a host")
     try:
-        parts.port
+        port_number = parts.port  # urlsplit validates the port lazily, here
     except ValueError:
-        raise fail(field, "has an invalid port (must be 1-65535)") from None
-    if parts.port == 0:
+        port_number = 0
+    if port_number == 0:
         raise fail(field, "has an invalid port (must be 1-65535)")
     return s[:-1] if parts.path == "/" and not parts.query and not parts.fragment and s.endswith("/") else s
 

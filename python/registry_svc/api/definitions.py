@@ -99,7 +99,10 @@ def parse_definition(body: dict[str, Any]) -> dict[str, Any]:
         raise v.fail("definition.id", "required")
     definition_id = v.string(raw_id, "definition.id", max_len=63)
     if not _DEFINITION_ID.match(definition_id):
-        raise v.fail("definition.id", "must be lowercase letters, digits and '-', starting and ending with a letter or digit")
+        raise v.fail(
+            "definition.id",
+            "must be lowercase letters, digits and '-', starting and ending with a letter or digit",
+        )
     has_image, has_repo = body.get("image") is not None, body.get("repository") is not None
     if has_image == has_repo:
         raise v.fail("definition.image", "exactly one of 'image' or 'repository' is required")
@@ -119,7 +122,7 @@ def save_definition(call: Call) -> Response:
     body = read_json_object(call.request)
     v.reject_unknown(body, ("definition",), "")
     if body.get("definition") is None:
-        raise v.fail("definition", "required: send {\"definition\": {...}}")
+        raise v.fail("definition", 'required: send {"definition": {...}}')
     definition = parse_definition(v.obj(body["definition"], "definition"))
     store = call.ctx.store
     existed = store.get(DEFINITIONS, definition["id"]) is not None

@@ -185,7 +185,9 @@ def ordered(record: dict[str, Any]) -> dict[str, Any]:
     return {key: record.get(key) for key in FIELD_ORDER}
 
 
-def merge(existing: dict[str, Any] | None, fields: dict[str, Any], instance_id: str, slug: str | None, node_url: str) -> dict[str, Any]:
+def merge(
+    existing: dict[str, Any] | None, fields: dict[str, Any], instance_id: str, slug: str | None, node_url: str
+) -> dict[str, Any]:
     """The record after a registration: existing values, overridden by what was sent."""
     now = utc_now()
     record: dict[str, Any] = existing.copy() if existing else {
@@ -223,7 +225,10 @@ def register(call: Call) -> Response:
         slug = owning_slug(call, requested)
         if existing is not None and existing.get("slug") != slug:
             owner = existing.get("slug")
-            raise ApiError(409, f"instance '{existing['id']}' ({existing['url']}) belongs to slug '{owner}', not '{slug}'")
+            raise ApiError(
+                409,
+                f"instance '{existing['id']}' ({existing['url']}) belongs to slug '{owner}', not '{slug}'",
+            )
         instance_id = existing["id"] if existing else fields.get("id") or new_instance_id()
         record = merge(existing, fields, instance_id, slug, call.ctx.settings.self_url)
         try:
@@ -256,16 +261,15 @@ def list_instances(call: Call) -> Response:
 def visible(call: Call, instance_id: str) -> tuple[int, bytes]:
     """The stored instance, or 404 if it does not exist or belongs to another slug."""
     found = call.ctx.store.get(INSTANCES, instance_id)
-    if found is not None and not call.caller.sees_every_slug:
-        if orjson.loads(found[1]).get("slug") != call.caller.slug:
-            found = None
+    if found is not None and not call.caller.sees_every_slug and orjson.loads(found[1]).get("slug") != call.caller.slug:
+        found = None
     if found is None:
         raise ApiError(404, f"instance '{instance_id}' not found")
     return found
 
 
 def get_instance(call: Call) -> Response:
-    version, body = visible(call, path_param(call.request, "id"))
+    _version, body = visible(call, path_param(call.request, "id"))
     return raw_json(200, b'{"instance":' + body + b"}", call.ctx.store.index())
 
 

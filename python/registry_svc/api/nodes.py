@@ -52,7 +52,10 @@ def list_nodes(call: Call) -> Response:
 def node_self(call: Call) -> Response:
     found = nodes.find_by_url(call.ctx.store, call.ctx.settings.self_url)
     if found is None:
-        raise ApiError(404, f"this node ({call.ctx.settings.self_url}) is not registered; it registers again at its next heartbeat")
+        raise ApiError(
+            404,
+            f"this node ({call.ctx.settings.self_url}) is not registered; it registers again at its next heartbeat",
+        )
     return json_response(200, {"node": found[1]}, call.ctx.store.index())
 
 

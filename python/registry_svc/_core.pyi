@@ -1,0 +1,47 @@
+"""Typed stub of the Rust extension (rust/python.rs). Keep it true to the module."""
+
+import builtins
+
+MAX_ID_LEN: int
+
+class StoreError(Exception):
+    """Base class of every store error."""
+
+class NotFoundError(StoreError):
+    """No record with that id."""
+
+class ConflictError(StoreError):
+    """A unique field is held by another record; args = (message, holder_id)."""
+
+class VersionMismatchError(StoreError):
+    """The record changed since it was read."""
+
+class InvalidRecordError(StoreError):
+    """The record or the request is not acceptable to the store."""
+
+class StoreFullError(StoreError):
+    """The LMDB map is full; nothing was written."""
+
+class Store:
+    """The registry store over one LMDB directory. Safe to share between threads.
+
+    Collections: "instances", "definitions", "nodes", "tokens". Every write is durable when
+    the call returns and yields the registry index it was applied at. `expect_version`:
+    None = any, 0 = the record must not exist, n = the record must be at version n.
+    """
+
+    def __init__(self, path: str, map_size: int = ...) -> None: ...
+    def get(self, collection_name: str, id: str) -> tuple[int, bytes] | None: ...
+    def list(
+        self, collection_name: str, filters: builtins.list[tuple[str, str]] = ...
+    ) -> tuple[int, builtins.list[bytes]]: ...
+    def list_json(
+        self, collection_name: str, filters: builtins.list[tuple[str, str]], key: str
+    ) -> tuple[int, bytes]: ...
+    def ids_by(self, collection_name: str, field: str, value: str) -> builtins.list[str]: ...
+    def put(self, collection_name: str, id: str, json: bytes, expect_version: int | None = None) -> int: ...
+    def put_many(self, collection_name: str, items: builtins.list[tuple[str, bytes]]) -> int: ...
+    def delete(self, collection_name: str, id: str, expect_version: int | None = None) -> int: ...
+    def index(self) -> int: ...
+    def collection_index(self, collection_name: str) -> int: ...
+    def close(self) -> None: ...
