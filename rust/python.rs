@@ -137,7 +137,12 @@ impl PyStore {
         let coll = collection(collection_name)?;
         let ops = items
             .into_iter()
-            .map(|(id, json)| store::Op::Put { coll, id, json, expect: Expect::Any })
+            .map(|(id, json)| store::Op::Put {
+                coll,
+                id,
+                json,
+                expect: Expect::Any,
+            })
             .collect();
         py.detach(|| self.inner.write(ops)).map_err(to_py)
     }

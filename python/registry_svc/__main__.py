@@ -24,6 +24,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--processes", type=int, default=1, help="server processes sharing the store (default 1)")
     s.add_argument("--workers", type=int, default=2, help="worker threads per process (default 2)")
     s.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=10.0,
+        help="node heartbeat interval; a node silent for 3 intervals turns Unhealthy (default 10)",
+    )
+    s.add_argument(
         "--map-size-mib",
         type=int,
         default=settings_mod.DEFAULT_MAP_SIZE >> 20,
@@ -41,8 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.processes < 1 or args.workers < 1 or args.map_size_mib < 1:
         print("registry-svc: --processes, --workers and --map-size-mib must be at least 1", file=sys.stderr)
         return 2
+    if not 0.1 <= args.heartbeat_seconds <= 3600:
+        print("registry-svc: --heartbeat-seconds must be between 0.1 and 3600", file=sys.stderr)
+        return 2
     settings = settings_mod.resolve(
-        args.host, args.port, args.data_dir, args.processes, args.workers, args.map_size_mib << 20
+        args.host,
+        args.port,
+        args.data_dir,
+        args.processes,
+        args.workers,
+        args.map_size_mib << 20,
+        args.heartbeat_seconds,
     )
     return serve(settings)
 

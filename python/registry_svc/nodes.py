@@ -46,6 +46,7 @@ def upsert_self(
             "availabilityZone": settings.availability_zone,
             "lastHeartbeat": utc_now(),
             "status": "Healthy",
+            "heartbeatIntervalSeconds": settings.heartbeat_seconds,
             "usage": usage,
             "gpus": gpus,
         }

@@ -22,6 +22,7 @@ class Settings:
     processes: int = 1
     workers: int = 2
     map_size: int = DEFAULT_MAP_SIZE
+    heartbeat_seconds: float = 10.0
     self_url: str = ""
     node_id: str | None = None
     region: str | None = None
@@ -52,7 +53,15 @@ class Settings:
         return cls(**orjson.loads(raw))
 
 
-def resolve(host: str, port: int, data_dir: str | None, processes: int, workers: int, map_size: int) -> Settings:
+def resolve(
+    host: str,
+    port: int,
+    data_dir: str | None,
+    processes: int,
+    workers: int,
+    map_size: int,
+    heartbeat_seconds: float = 10.0,
+) -> Settings:
     """Builds the settings from flags and the `OB_*` variables.
 
     `OB_SELF_URL` defaults to this server's own address; `http://` is added when missing.
@@ -70,6 +79,7 @@ def resolve(host: str, port: int, data_dir: str | None, processes: int, workers:
         processes=processes,
         workers=workers,
         map_size=map_size,
+        heartbeat_seconds=heartbeat_seconds,
         self_url=self_url.rstrip("/"),
         node_id=os.environ.get("OB_NODE_ID") or None,
         region=os.environ.get("OB_REGION") or None,

@@ -22,7 +22,9 @@ import urllib.request
 from pathlib import Path
 
 from registry_svc import _core, nodes, telemetry
+from registry_svc.agent import NodeAgent
 from registry_svc.auth import ensure_admin_token
+from registry_svc.gpu import GpuSampler
 from registry_svc.settings import Settings
 
 log = logging.getLogger("registry_svc")
@@ -51,19 +53,15 @@ def check_port(host: str, port: int) -> None:
             raise
 
 
-def bootstrap(settings: Settings) -> bool:
-    """Creates the data dir, the admin token (if needed) and this node's first record.
+def bootstrap(store: _core.Store, settings: Settings, gpus: GpuSampler) -> bool:
+    """Creates the admin token (if needed) and this node's first record.
     Returns True when a new admin token was written."""
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = _core.Store(str(settings.store_path), settings.map_size)
-    try:
-        created = ensure_admin_token(store, settings.admin_token_path)
-        telemetry.prime_cpu()
-        time.sleep(0.2)
-        nodes.upsert_self(store, settings, telemetry.usage_sample(settings.data_dir), [])
-        return created
-    finally:
-        store.close()
+    created = ensure_admin_token(store, settings.admin_token_path)
+    telemetry.prime_cpu()
+    time.sleep(0.2)
+    usage = telemetry.usage_sample(settings.data_dir)
+    nodes.upsert_self(store, settings, usage, gpus.sample(settings.self_url))
+    return created
 
 
 def _wait_ready(settings: Settings, child: subprocess.Popen[bytes]) -> bool:
@@ -105,8 +103,20 @@ def serve(settings: Settings) -> int:
     except PortInUse as e:
         log.error("registry-svc: %s (is another registry-svc running?)", e)
         return 1
-    created = bootstrap(settings)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The supervisor keeps its own store handle for the node agent. The workers are
+    # exec'd, not forked from here, so they inherit no LMDB state.
+    store = _core.Store(str(settings.store_path), settings.map_size)
+    gpus = GpuSampler()
+    try:
+        created = bootstrap(store, settings, gpus)
+        return _supervise(settings, store, gpus, created)
+    finally:
+        gpus.close()
+        store.close()
 
+
+def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created: bool) -> int:
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -121,10 +131,12 @@ def serve(settings: Settings) -> int:
         "--log-level", "WARN", "--disable-openapi",
     ]  # fmt: skip
     child = subprocess.Popen(argv, env={**os.environ, **settings.to_env()}, start_new_session=True)
+    agent = NodeAgent(store, settings, gpus)
     try:
         if not _wait_ready(settings, child) and not stopping:
             log.error("registry-svc: the server did not become ready (exit code %s)", child.poll())
             return 1
+        agent.start()
         if not stopping:
             token_note = "new" if created else "existing"
             log.warning(
@@ -142,3 +154,4 @@ def serve(settings: Settings) -> int:
         return 0
     finally:
         _stop(child)
+        agent.stop()

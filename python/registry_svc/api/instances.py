@@ -273,6 +273,32 @@ def get_instance(call: Call) -> Response:
     return raw_json(200, b'{"instance":' + body + b"}", call.ctx.store.index())
 
 
+def heartbeat(call: Call) -> Response:
+    """Renews an instance's heartbeat; `{"status": ...}` in the body also sets its status.
+    A `ttl` instance that heartbeats without a status becomes Healthy."""
+    instance_id = path_param(call.request, "id")
+    body = read_json_object(call.request, allow_empty=True)
+    v.reject_unknown(body, ("status",), "")
+    status = body.get("status")
+    if status is not None and status not in STATUSES:
+        raise v.fail("status", f"must be one of {', '.join(STATUSES)}")
+    store = call.ctx.store
+    for _ in range(MAX_ATTEMPTS):
+        version, raw = visible(call, instance_id)
+        record = orjson.loads(raw)
+        record["lastHeartbeat"] = utc_now()
+        if status is not None:
+            record["status"], record["statusReason"] = status, "set by heartbeat"
+        elif record["healthCheck"]["type"] == "ttl" and record["status"] not in ("Starting", "Stopping"):
+            record["status"], record["statusReason"] = "Healthy", "TTL heartbeat received"
+        try:
+            index = store.put(INSTANCES, instance_id, orjson.dumps(record), version)
+        except _core.VersionMismatchError:
+            continue
+        return json_response(200, {"instance": record}, index)
+    raise ApiError(409, "the instance kept changing concurrently; retry the heartbeat")
+
+
 def delete_instance(call: Call) -> Response:
     instance_id = path_param(call.request, "id")
     try:
@@ -286,5 +312,6 @@ ROUTES = [
     Route("put", "/registry-svc/instance", register, auth.INSTANCE_EDIT),
     Route("get", "/registry-svc/instances", list_instances, auth.INSTANCE_VIEW),
     Route("get", "/registry-svc/instance/:id", get_instance, auth.INSTANCE_VIEW),
+    Route("put", "/registry-svc/instance/:id/heartbeat", heartbeat, auth.INSTANCE_EDIT),
     Route("delete", "/registry-svc/instance/:id", delete_instance, auth.INSTANCE_DELETE),
 ]
