@@ -148,6 +148,22 @@ class Server:
     def register(self, body: dict[str, Any], token: Any = ADMIN) -> Reply:
         return self.call("PUT", "/registry-svc/instance", body, token=token)
 
+    def snapshot(self) -> Any:
+        """Everything a client request could have written, minus what the node agent
+        changes on its own (instance health fields, node usage), for "nothing was written"
+        checks. The registry index is no good for that: heartbeats move it all the time."""
+        agent_owned = {"status", "statusReason", "lastHeartbeat"}
+        instances = [
+            {k: v for k, v in i.items() if k not in agent_owned}
+            for i in self.call("GET", "/registry-svc/instances").json["instances"]
+        ]
+        return (
+            instances,
+            self.call("GET", "/registry-svc/definitions").json,
+            self.call("GET", "/registry-svc/tokens").json,
+            sorted((n["id"], n["url"]) for n in self.call("POST", "/registry-svc/nodes").json["nodes"]),
+        )
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

@@ -76,11 +76,11 @@ def test_delete_then_404(server: Server) -> None:
     ],
 )
 def test_invalid_definitions_are_400_naming_the_field(server: Server, definition: Any, field: str) -> None:
-    before = server.call("GET", "/registry-svc/definitions").index
+    before = server.snapshot()
     reply = save(server, definition)
     assert reply.status == 400, reply.body
     assert reply.json["error"].startswith(field + ":"), reply.json["error"]
-    assert server.call("GET", "/registry-svc/definitions").index == before
+    assert server.snapshot() == before
 
 
 def test_body_must_wrap_the_definition(server: Server) -> None:
