@@ -10,3 +10,20 @@ def test_inprocess_benchmark_runs_and_reports_every_call() -> None:
     assert set(results) == {"lookup slug (10 of 300)", "get by id", "durable put (new instance)"}
     for median, p99 in results.values():
         assert 0 < median <= p99
+
+
+def test_health_capacity_benchmark_runs() -> None:
+    import multiprocessing
+
+    from loadtest import health_capacity
+
+    port = health_capacity._free_port()
+    ready = multiprocessing.Event()
+    backend = multiprocessing.Process(target=health_capacity._backend, args=(port, ready), daemon=True)
+    backend.start()
+    try:
+        assert ready.wait(10)
+        result = health_capacity.measure(count=50, interval=1.0, port=port)
+    finally:
+        backend.terminate()
+    assert result["probes"] > 0

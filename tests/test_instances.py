@@ -137,6 +137,8 @@ def test_status_tags_metadata_weight_and_health_check_round_trip(server: Server)
     assert inst["tags"] == ["dev", "user-service"]
     assert inst["metadata"] == {"version": "1.2"} and inst["weight"] == 7
     assert inst["healthCheck"]["type"] == "http" and inst["healthCheck"]["timeoutSeconds"] == 2
+    short = server.register({"url": "http://rt-short:9", "slug": "rt", "healthCheck": {"intervalSeconds": 1}})
+    assert short.json["instance"]["healthCheck"]["timeoutSeconds"] == 1
     # Sending a fetched instance back works: read-only fields are ignored.
     fetched = server.call("GET", f"/registry-svc/instance/{inst['id']}").json["instance"]
     back = server.register(fetched)

@@ -231,6 +231,9 @@ class HealthChecker:
     clock: Callable[[], float] = time.monotonic
     probes_run: int = 0
     writes: int = 0
+    # How late checks started, in seconds past their due time (for the capacity benchmark
+    # and for spotting an overloaded checker).
+    max_lateness: float = 0.0
     _instances: dict[str, dict[str, Any]] = field(default_factory=dict)
     _states: dict[str, CheckState] = field(default_factory=dict)
     _loaded_index: int = -1
@@ -284,6 +287,7 @@ class HealthChecker:
             check = instance["healthCheck"]
             if state.in_flight or state.next_due > now:
                 continue
+            self.max_lateness = max(self.max_lateness, now - state.next_due)
             state.next_due = now + float(check["intervalSeconds"])
             if check["type"] == "none":
                 continue

@@ -75,7 +75,9 @@ def parse_health_check(value: Any) -> dict[str, Any]:
         if key in body:
             check[key] = v.integer(body[key], f"healthCheck.{key}", low, high)
     if check["timeoutSeconds"] > check["intervalSeconds"]:
-        raise v.fail("healthCheck.timeoutSeconds", "must not exceed intervalSeconds")
+        if "timeoutSeconds" in body:
+            raise v.fail("healthCheck.timeoutSeconds", "must not exceed intervalSeconds")
+        check["timeoutSeconds"] = check["intervalSeconds"]  # the default follows a short interval
     return check
 
 
