@@ -1,13 +1,16 @@
 //! The PyO3 layer: argument conversion, GIL release and error mapping. No logic lives here.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::model::{self, CollectionSpec};
+use crate::select::{EjectionConfig, Outcome, PickRequest, Picked, Policy, Selector};
 use crate::store::{self, Expect, StoreError};
 
 create_exception!(_core, StoreErrorPy, PyException, "Base class of every store error.");
@@ -36,6 +39,12 @@ create_exception!(
     StoreErrorPy,
     "The LMDB map is full; nothing was written."
 );
+create_exception!(
+    _core,
+    NoRoutableError,
+    StoreErrorPy,
+    "The slug has instances, but none is routable."
+);
 
 fn to_py(err: StoreError) -> PyErr {
     let msg = err.to_string();
@@ -63,19 +72,106 @@ fn expect(version: Option<u64>) -> Expect {
     }
 }
 
-/// The registry store over one LMDB directory. Safe to share between threads.
+fn policy(name: &str) -> PyResult<Policy> {
+    Policy::parse(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown policy '{name}'; use round_robin, random, weighted, least_request or consistent_hash"
+        ))
+    })
+}
+
+/// The registry store over one LMDB directory, with this process's instance selector.
+/// Safe to share between threads.
 #[pyclass(frozen, name = "Store", module = "registry_svc._core")]
 pub struct PyStore {
     inner: store::Store,
+    selector: Selector,
 }
 
 #[pymethods]
 impl PyStore {
     #[new]
-    #[pyo3(signature = (path, map_size = 8 << 30))]
-    fn new(py: Python<'_>, path: PathBuf, map_size: usize) -> PyResult<Self> {
+    #[pyo3(signature = (
+        path, map_size = 8 << 30, default_policy = "round_robin", slug_policies = HashMap::new(),
+        eject_seconds = 30.0, eject_max_seconds = 300.0, eject_failures = 5
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        map_size: usize,
+        default_policy: &str,
+        slug_policies: HashMap<String, String>,
+        eject_seconds: f64,
+        eject_max_seconds: f64,
+        eject_failures: u32,
+    ) -> PyResult<Self> {
+        let default_policy = policy(default_policy)?;
+        let slug_policies = slug_policies
+            .iter()
+            .map(|(slug, name)| Ok((slug.clone(), policy(name)?)))
+            .collect::<PyResult<HashMap<_, _>>>()?;
+        let seconds = |s: f64| Duration::try_from_secs_f64(s).map_err(|e| PyValueError::new_err(e.to_string()));
+        let ejection = EjectionConfig {
+            consecutive_failures: eject_failures.max(1),
+            base: seconds(eject_seconds)?,
+            max: seconds(eject_max_seconds)?,
+        };
         let inner = py.detach(|| store::Store::open(&path, map_size)).map_err(to_py)?;
-        Ok(PyStore { inner })
+        Ok(PyStore {
+            inner,
+            selector: Selector::new(default_policy, slug_policies, ejection),
+        })
+    }
+
+    /// Picks an instance of `slug`: (id, url, `{"instance": ...}` body).
+    #[pyo3(signature = (
+        slug, policy_name = None, zone = None, key = None, tags = Vec::new(), track = false, exclude = Vec::new()
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn pick<'py>(
+        &self,
+        py: Python<'py>,
+        slug: &str,
+        policy_name: Option<&str>,
+        zone: Option<&str>,
+        key: Option<&str>,
+        tags: Vec<String>,
+        track: bool,
+        exclude: Vec<String>,
+    ) -> PyResult<(String, String, Bound<'py, PyBytes>)> {
+        let policy = policy_name.map(policy).transpose()?;
+        let request = PickRequest {
+            slug,
+            policy,
+            zone,
+            key,
+            tags: &tags,
+            track,
+            exclude: &exclude,
+        };
+        match py.detach(|| self.selector.pick(&self.inner, &request)).map_err(to_py)? {
+            Picked::Instance(c) => Ok((c.id.clone(), c.url.clone(), PyBytes::new(py, &c.body))),
+            Picked::UnknownSlug => Err(NotFoundError::new_err(format!(
+                "no instances are registered for slug '{slug}'"
+            ))),
+            Picked::NoneRoutable => Err(NoRoutableError::new_err(format!(
+                "no healthy instance of slug '{slug}'"
+            ))),
+        }
+    }
+
+    /// Ends a tracked pick: `outcome` is "success", "failure" (connect error or 5xx) or
+    /// "abandoned"; failures feed outlier ejection.
+    fn release(&self, py: Python<'_>, slug: &str, id: &str, outcome: &str) -> PyResult<()> {
+        let outcome = match outcome {
+            "success" => Outcome::Success,
+            "failure" => Outcome::Failure,
+            "abandoned" => Outcome::Abandoned,
+            other => return Err(PyValueError::new_err(format!("unknown outcome '{other}'"))),
+        };
+        py.detach(|| self.selector.release(&self.inner, slug, id, outcome))
+            .map_err(to_py)
     }
 
     fn get<'py>(
@@ -178,6 +274,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VersionMismatchError", py.get_type::<VersionMismatchError>())?;
     m.add("InvalidRecordError", py.get_type::<InvalidRecordError>())?;
     m.add("StoreFullError", py.get_type::<StoreFullError>())?;
+    m.add("NoRoutableError", py.get_type::<NoRoutableError>())?;
     m.add("MAX_ID_LEN", model::MAX_ID_LEN)?;
     Ok(())
 }

@@ -30,6 +30,25 @@ def parser() -> argparse.ArgumentParser:
         help="node heartbeat interval; a node silent for 3 intervals turns Unhealthy (default 10)",
     )
     s.add_argument(
+        "--policy",
+        default="round_robin",
+        choices=settings_mod.POLICIES,
+        help="default load-balancing policy of pick and the proxy (default round_robin)",
+    )
+    s.add_argument(
+        "--slug-policy",
+        action="append",
+        default=[],
+        metavar="SLUG=POLICY",
+        help="load-balancing policy for one slug; repeatable (e.g. --slug-policy user-svc=least_request)",
+    )
+    s.add_argument(
+        "--eject-seconds",
+        type=float,
+        default=30.0,
+        help="how long the proxy ejects an instance after 5 consecutive failures; doubles on repeat (default 30)",
+    )
+    s.add_argument(
         "--map-size-mib",
         type=int,
         default=settings_mod.DEFAULT_MAP_SIZE >> 20,
@@ -50,6 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.1 <= args.heartbeat_seconds <= 3600:
         print("registry-svc: --heartbeat-seconds must be between 0.1 and 3600", file=sys.stderr)
         return 2
+    slug_policies: dict[str, str] = {}
+    for item in args.slug_policy:
+        slug, _, policy = item.partition("=")
+        if not slug or policy not in settings_mod.POLICIES:
+            print(
+                f"registry-svc: --slug-policy wants SLUG=POLICY with POLICY in {', '.join(settings_mod.POLICIES)}; got '{item}'",
+                file=sys.stderr,
+            )
+            return 2
+        slug_policies[slug] = policy
+    if not 0.1 <= args.eject_seconds <= 3600:
+        print("registry-svc: --eject-seconds must be between 0.1 and 3600", file=sys.stderr)
+        return 2
     settings = settings_mod.resolve(
         args.host,
         args.port,
@@ -58,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         args.workers,
         args.map_size_mib << 20,
         args.heartbeat_seconds,
+        args.policy,
+        slug_policies,
+        args.eject_seconds,
     )
     return serve(settings)
 

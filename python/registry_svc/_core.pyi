@@ -22,6 +22,9 @@ class InvalidRecordError(StoreError):
 class StoreFullError(StoreError):
     """The LMDB map is full; nothing was written."""
 
+class NoRoutableError(StoreError):
+    """The slug has instances, but none is routable."""
+
 class Store:
     """The registry store over one LMDB directory. Safe to share between threads.
 
@@ -30,7 +33,30 @@ class Store:
     None = any, 0 = the record must not exist, n = the record must be at version n.
     """
 
-    def __init__(self, path: str, map_size: int = ...) -> None: ...
+    def __init__(
+        self,
+        path: str,
+        map_size: int = ...,
+        default_policy: str = "round_robin",
+        slug_policies: dict[str, str] = ...,
+        eject_seconds: float = 30.0,
+        eject_max_seconds: float = 300.0,
+        eject_failures: int = 5,
+    ) -> None: ...
+    def pick(
+        self,
+        slug: str,
+        policy_name: str | None = None,
+        zone: str | None = None,
+        key: str | None = None,
+        tags: builtins.list[str] = ...,
+        track: bool = False,
+        exclude: builtins.list[str] = ...,
+    ) -> tuple[str, str, bytes]:
+        """(id, url, `{"instance": ...}` body); NotFoundError for an unknown slug,
+        NoRoutableError when no instance is routable, ValueError for an unknown policy."""
+    def release(self, slug: str, id: str, outcome: str) -> None:
+        """Ends a tracked pick: "success", "failure" (connect error or 5xx) or "abandoned"."""
     def get(self, collection_name: str, id: str) -> tuple[int, bytes] | None: ...
     def list(
         self, collection_name: str, filters: builtins.list[tuple[str, str]] = ...

@@ -56,6 +56,7 @@ _STORE_ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (_core.VersionMismatchError, 409),
     (_core.InvalidRecordError, 400),
     (_core.StoreFullError, 507),
+    (_core.NoRoutableError, 503),
     (_core.StoreError, 503),
 ]
 

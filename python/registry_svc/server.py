@@ -10,12 +10,13 @@ opens the store in its startup handler, after the fork, as LMDB requires.
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from robyn import Request, Response, Robyn
 
 from registry_svc import _core
-from registry_svc.api import Call, Context, Route, definitions, instances, nodes, tokens
+from registry_svc.api import Call, Context, Route, definitions, instances, nodes, pick, tokens
+from registry_svc.api.proxy import Proxy
 from registry_svc.auth import Authenticator
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, store_error_response
@@ -23,14 +24,16 @@ from registry_svc.settings import Settings
 
 log = logging.getLogger("registry_svc")
 
-ROUTES: list[Route] = [*instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES]
-METHODS = ("get", "post", "put", "delete", "patch")
+# `pick` comes before `instance/:id`; Robyn prefers static segments anyway.
+ROUTES: list[Route] = [*pick.ROUTES, *instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES]
+METHODS = ("get", "post", "put", "delete", "patch", "head", "options")
 
 
 class ProcessState:
     """This process's context, set by the startup handler once the store is open."""
 
     ctx: Context | None = None
+    proxy: Proxy | None = None
 
 
 def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
@@ -62,15 +65,28 @@ def _pattern(path: str) -> "re.Pattern[str]":
     return re.compile(f"^{regex}$")
 
 
-def not_routed(patterns: list[tuple["re.Pattern[str]", str]]) -> Callable[[Request], Response]:
-    """JSON 405 for a known path with the wrong method, JSON 404 for anything else."""
+def not_routed(
+    patterns: list[tuple["re.Pattern[str]", str]], state: ProcessState
+) -> Callable[[Request], Awaitable[Response]]:
+    """Everything no built-in route matched: a slug's path goes to the proxy; otherwise a
+    JSON 405 for a known path with the wrong method, or a JSON 404."""
 
-    def fallback(request: Request) -> Response:
+    async def fallback(request: Request) -> Response:
         path = request.url.path
+        if state.proxy is not None:
+            try:
+                proxied = await state.proxy.handle(request)
+            except Exception:
+                log.exception("proxy error on %s %s", request.method, path)
+                return error_response(502, "proxy error; the server log has the details")
+            if proxied is not None:
+                return proxied
         allowed = sorted({method.upper() for pattern, method in patterns if pattern.match(path)})
         if allowed:
             return error_response(405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}")
-        return error_response(404, f"no route for {request.method} {path}")
+        return error_response(
+            404, f"no route for {request.method} {path}, and no registered service '{path.split('/')[1]}'"
+        )
 
     return fallback
 
@@ -82,8 +98,9 @@ def build_app(settings: Settings) -> Robyn:
 
     @app.startup_handler
     def open_store() -> None:
-        store = _core.Store(str(settings.store_path), settings.map_size)
+        store = settings.open_store()
         state.ctx = Context(store=store, settings=settings, auth=Authenticator(store))
+        state.proxy = Proxy(store)
 
     @app.shutdown_handler
     def close_store() -> None:
@@ -101,7 +118,7 @@ def build_app(settings: Settings) -> Robyn:
         getattr(app, route.method)(route.path)(guarded(route, state))
 
     patterns = [(_pattern(r.path), r.method) for r in ROUTES] + [(re.compile("^/health$"), "get")]
-    fallback = not_routed(patterns)
+    fallback = not_routed(patterns, state)
     for method in METHODS:
         getattr(app, method)("/")(fallback)
         getattr(app, method)("/*path")(fallback)

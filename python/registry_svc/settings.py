@@ -4,11 +4,14 @@ processes through the environment."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from registry_svc import _core
 
 DEFAULT_PORT = 11337
 DEFAULT_MAP_SIZE = 8 << 30
+POLICIES = ("round_robin", "random", "weighted", "least_request", "consistent_hash")
 _CHILD_ENV = "REGISTRY_SVC_SETTINGS"
 
 
@@ -23,6 +26,9 @@ class Settings:
     workers: int = 2
     map_size: int = DEFAULT_MAP_SIZE
     heartbeat_seconds: float = 10.0
+    default_policy: str = "round_robin"
+    slug_policies: dict[str, str] = field(default_factory=dict)
+    eject_seconds: float = 30.0
     self_url: str = ""
     node_id: str | None = None
     region: str | None = None
@@ -35,6 +41,17 @@ class Settings:
     @property
     def store_path(self) -> Path:
         return Path(self.data_dir) / "store"
+
+    def open_store(self) -> _core.Store:
+        """This process's store handle, with the load-balancing settings."""
+        return _core.Store(
+            str(self.store_path),
+            self.map_size,
+            default_policy=self.default_policy,
+            slug_policies=self.slug_policies,
+            eject_seconds=self.eject_seconds,
+            eject_max_seconds=max(300.0, self.eject_seconds * 10),
+        )
 
     def to_env(self) -> dict[str, str]:
         """The settings as one environment variable for a worker process."""
@@ -61,6 +78,9 @@ def resolve(
     workers: int,
     map_size: int,
     heartbeat_seconds: float = 10.0,
+    default_policy: str = "round_robin",
+    slug_policies: dict[str, str] | None = None,
+    eject_seconds: float = 30.0,
 ) -> Settings:
     """Builds the settings from flags and the `OB_*` variables.
 
@@ -80,6 +100,9 @@ def resolve(
         workers=workers,
         map_size=map_size,
         heartbeat_seconds=heartbeat_seconds,
+        default_policy=default_policy,
+        slug_policies=dict(slug_policies or {}),
+        eject_seconds=eject_seconds,
         self_url=self_url.rstrip("/"),
         node_id=os.environ.get("OB_NODE_ID") or None,
         region=os.environ.get("OB_REGION") or None,

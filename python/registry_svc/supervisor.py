@@ -106,7 +106,7 @@ def serve(settings: Settings) -> int:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     # The supervisor keeps its own store handle for the node agent. The workers are
     # exec'd, not forked from here, so they inherit no LMDB state.
-    store = _core.Store(str(settings.store_path), settings.map_size)
+    store = settings.open_store()
     gpus = GpuSampler()
     try:
         created = bootstrap(store, settings, gpus)

@@ -1,0 +1,135 @@
+"""The built-in proxy: `/<slug>/rest...` is forwarded to an instance of that slug.
+
+The instance is chosen by the same Rust selection as `pick` (the slug's policy), and the
+request goes to `instance.url + original path + query`: the slug stays in the path, as in
+1Backend. Method, headers and body pass through; hop-by-hop headers are dropped and
+X-Forwarded-For/-Proto/-Host added. Upstream connections are pooled (urllib3).
+
+Failures: a connect failure is retried once on another instance for idempotent methods.
+Connect failures and 5xx answers feed the selector's passive outlier detection, which
+ejects an instance after 5 in a row (without touching its stored status). Unknown slug
+404, nothing routable 503, upstream failure 502.
+
+Like 1Backend's proxy, this needs no registry token: the upstream service authorizes its
+own requests (the Authorization header is passed through).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import urllib3
+from robyn import Headers, Request, Response
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError
+
+from registry_svc import _core
+from registry_svc.api.instances import RESERVED_SLUGS
+from registry_svc.http import error_response
+
+log = logging.getLogger("registry_svc")
+
+CONNECT_TIMEOUT_S = 2.0
+READ_TIMEOUT_S = 60.0
+MAX_CONCURRENT = 128
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+        "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+        # Recomputed for the new message:
+        "content-length", "host",
+    }
+)  # fmt: skip
+
+
+def _hop_by_hop(headers: list[tuple[str, str]]) -> frozenset[str]:
+    """The standard hop-by-hop headers plus any the Connection header names."""
+    named = {
+        token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
+    }
+    return HOP_BY_HOP | frozenset(named)
+
+
+def slug_of(path: str) -> str | None:
+    """The first path segment, if it can be a slug (built-in prefixes cannot)."""
+    first = path.lstrip("/").split("/", 1)[0]
+    return first if first and first not in RESERVED_SLUGS else None
+
+
+class Proxy:
+    """Forwards requests for one worker process; create it after the fork."""
+
+    def __init__(self, store: _core.Store) -> None:
+        self.store = store
+        self.pool = urllib3.PoolManager(
+            num_pools=512,
+            maxsize=MAX_CONCURRENT,
+            retries=False,
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+        )
+        self.executor = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="proxy")
+
+    async def handle(self, request: Request) -> Response | None:
+        """The upstream's response, or None when the path names no slug."""
+        slug = slug_of(request.url.path)
+        if slug is None:
+            return None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.forward, slug, request)
+
+    def forward(self, slug: str, request: Request) -> Response | None:
+        method = request.method.upper()
+        incoming = request.headers.multi_items()
+        drop = _hop_by_hop(incoming)
+        headers = urllib3.HTTPHeaderDict()
+        for name, value in incoming:
+            if name.lower() not in drop and not name.lower().startswith("x-forwarded-"):
+                headers.add(name, value)
+        forwarded_for = request.headers.get("x-forwarded-for")
+        client = request.ip_addr or "unknown"
+        headers["X-Forwarded-For"] = f"{forwarded_for}, {client}" if forwarded_for else client
+        headers["X-Forwarded-Proto"] = request.headers.get("x-forwarded-proto") or "http"
+        headers["X-Forwarded-Host"] = request.headers.get("x-forwarded-host") or request.headers.get("host") or ""
+        body = request.body.encode() if isinstance(request.body, str) else bytes(request.body or b"")
+        query = "&".join(f"{k}={v}" if v != "" else k for k, v in request.query_params.multi_items())
+        suffix = request.url.path + (f"?{query}" if query else "")
+
+        tried: list[str] = []
+        last_error = ""
+        for _ in range(2 if method in IDEMPOTENT else 1):
+            try:
+                instance_id, url, _ = self.store.pick(slug, track=True, exclude=tried)
+            except _core.NotFoundError:
+                return None if not tried else error_response(502, last_error)
+            except _core.NoRoutableError:
+                return error_response(503, f"no healthy instance of '{slug}'")
+            target = url.rstrip("/") + suffix
+            try:
+                upstream = self.pool.urlopen(
+                    method, target, body=body or None, headers=headers, redirect=False, assert_same_host=False
+                )
+            except (NewConnectionError, ConnectTimeoutError, ProtocolError) as e:
+                # Nothing reached the upstream (or a pooled connection was dead): safe to
+                # retry an idempotent request elsewhere.
+                self.store.release(slug, instance_id, "failure")
+                tried.append(instance_id)
+                last_error = f"upstream {url} of '{slug}' failed to connect: {e}"
+                continue
+            except HTTPError as e:
+                self.store.release(slug, instance_id, "failure")
+                return error_response(502, f"upstream {url} of '{slug}' failed: {e}")
+            self.store.release(slug, instance_id, "failure" if upstream.status >= 500 else "success")
+            return self._response(upstream)
+        return error_response(502, last_error)
+
+    @staticmethod
+    def _response(upstream: urllib3.BaseHTTPResponse) -> Response:
+        pairs = list(upstream.headers.iteritems())
+        drop = _hop_by_hop(pairs)
+        headers = Headers({})
+        for name, value in pairs:
+            if name.lower() not in drop:
+                headers.append(name, value)
+        return Response(status_code=upstream.status, headers=headers, description=upstream.data)

@@ -1,0 +1,507 @@
+//! Load-balancing selection: which instance of a slug gets the next request.
+//!
+//! The candidates of a slug are read from the store through the slug index and cached,
+//! keyed on the instances collection's registry index, so a pick parses no JSON. Each
+//! candidate carries its ready-made `{"instance": ...}` response body.
+//!
+//! Routable: `Healthy` instances; `Unknown` ones only while none is Healthy; never
+//! `Unhealthy`, `Starting` or `Stopping`. Tags filter first, then zone preference, then
+//! passive outlier ejection (never more than half of the slug), then the policy.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::model::INSTANCES;
+use crate::store::{Result, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    RoundRobin,
+    Random,
+    Weighted,
+    LeastRequest,
+    ConsistentHash,
+}
+
+impl Policy {
+    pub fn parse(name: &str) -> Option<Policy> {
+        Some(match name {
+            "round_robin" => Policy::RoundRobin,
+            "random" => Policy::Random,
+            "weighted" => Policy::Weighted,
+            "least_request" => Policy::LeastRequest,
+            "consistent_hash" => Policy::ConsistentHash,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Unknown,
+    /// Unhealthy, Starting or Stopping: never routed to.
+    Excluded,
+}
+
+/// One instance as selection sees it.
+#[derive(Debug)]
+pub struct Candidate {
+    pub id: String,
+    pub url: String,
+    pub health: Health,
+    pub weight: u32,
+    pub zone: Option<String>,
+    pub tags: Vec<String>,
+    /// The pick response body: `{"instance": <stored JSON>}`.
+    pub body: Vec<u8>,
+}
+
+impl Candidate {
+    /// Builds a candidate from an instance's stored JSON.
+    pub fn from_json(json: &[u8]) -> Option<Candidate> {
+        let value: Value = serde_json::from_slice(json).ok()?;
+        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+        let health = match value.get("status").and_then(Value::as_str) {
+            Some("Healthy") => Health::Healthy,
+            Some("Unknown") | None => Health::Unknown,
+            Some(_) => Health::Excluded,
+        };
+        let tags = value
+            .get("tags")
+            .and_then(Value::as_array)
+            .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        let mut body = Vec::with_capacity(json.len() + 13);
+        body.extend_from_slice(b"{\"instance\":");
+        body.extend_from_slice(json);
+        body.push(b'}');
+        Some(Candidate {
+            id: text("id")?,
+            url: text("url")?,
+            health,
+            weight: value
+                .get("weight")
+                .and_then(Value::as_u64)
+                .unwrap_or(100)
+                .clamp(1, 1000) as u32,
+            zone: text("zone"),
+            tags,
+            body,
+        })
+    }
+}
+
+/// What a caller asks for.
+#[derive(Debug, Default, Clone)]
+pub struct PickRequest<'a> {
+    pub slug: &'a str,
+    pub policy: Option<Policy>,
+    pub zone: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub tags: &'a [String],
+    /// Count the pick as an in-flight request until `release` (the proxy does; a sidecar
+    /// asking `pick` does not).
+    pub track: bool,
+    /// Instances to avoid while another is routable (a retry goes elsewhere).
+    pub exclude: &'a [String],
+}
+
+#[derive(Debug)]
+pub enum Picked {
+    Instance(Arc<Candidate>),
+    /// The slug has no instances at all.
+    UnknownSlug,
+    /// The slug has instances, but none is routable.
+    NoneRoutable,
+}
+
+/// How a proxied request to an instance went, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Connect failure or a 5xx answer.
+    Failure,
+    /// The request was not sent (e.g. the client went away): only the in-flight count moves.
+    Abandoned,
+}
+
+/// Outlier detection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EjectionConfig {
+    pub consecutive_failures: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        EjectionConfig {
+            consecutive_failures: 5,
+            base: Duration::from_secs(30),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outlier {
+    consecutive_failures: u32,
+    successes_since_return: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// Per-slug policy state; it outlives candidate rebuilds so that, e.g., round robin stays
+/// even while the registry changes.
+#[derive(Debug, Default)]
+struct PolicyState {
+    next: AtomicUsize,
+    smooth_weights: Mutex<HashMap<String, i64>>,
+}
+
+struct CachedSlug {
+    index: u64,
+    candidates: Arc<Vec<Arc<Candidate>>>,
+}
+
+pub struct Selector {
+    default_policy: Policy,
+    slug_policies: HashMap<String, Policy>,
+    ejection: EjectionConfig,
+    cache: RwLock<HashMap<String, CachedSlug>>,
+    policy_state: RwLock<HashMap<String, Arc<PolicyState>>>,
+    in_flight: Mutex<HashMap<String, u32>>,
+    outliers: Mutex<HashMap<String, Outlier>>,
+    rng: AtomicU64,
+}
+
+impl Default for Selector {
+    fn default() -> Self {
+        Selector::new(Policy::RoundRobin, HashMap::new(), EjectionConfig::default())
+    }
+}
+
+impl Selector {
+    pub fn new(default_policy: Policy, slug_policies: HashMap<String, Policy>, ejection: EjectionConfig) -> Selector {
+        let seed =
+            Instant::now().elapsed().as_nanos() as u64 ^ (std::process::id() as u64) << 32 ^ 0x9E37_79B9_7F4A_7C15;
+        Selector {
+            default_policy,
+            slug_policies,
+            ejection,
+            cache: RwLock::new(HashMap::new()),
+            policy_state: RwLock::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            outliers: Mutex::new(HashMap::new()),
+            rng: AtomicU64::new(seed),
+        }
+    }
+
+    /// The candidates of `slug`, from the cache while the instances collection is unchanged.
+    pub fn candidates(&self, store: &Store, slug: &str) -> Result<Arc<Vec<Arc<Candidate>>>> {
+        let index = store.collection_index(&INSTANCES)?;
+        if let Some(hit) = self.cache.read().expect("cache lock").get(slug) {
+            if hit.index == index {
+                return Ok(Arc::clone(&hit.candidates));
+            }
+        }
+        let (_, records) = store.list(&INSTANCES, &[("slug".to_owned(), slug.to_owned())])?;
+        let built: Arc<Vec<Arc<Candidate>>> = Arc::new(
+            records
+                .iter()
+                .filter_map(|r| Candidate::from_json(&r.json))
+                .map(Arc::new)
+                .collect(),
+        );
+        let mut cache = self.cache.write().expect("cache lock");
+        if cache.len() > 100_000 {
+            cache.clear(); // a bound on slugs that come and go
+        }
+        cache.insert(
+            slug.to_owned(),
+            CachedSlug {
+                index,
+                candidates: Arc::clone(&built),
+            },
+        );
+        Ok(built)
+    }
+
+    /// Picks an instance of `req.slug` from the store.
+    pub fn pick(&self, store: &Store, req: &PickRequest<'_>) -> Result<Picked> {
+        let candidates = self.candidates(store, req.slug)?;
+        Ok(self.pick_from(&candidates, req, Instant::now()))
+    }
+
+    /// The selection itself, over a given candidate list (sorted by id).
+    pub fn pick_from(&self, candidates: &[Arc<Candidate>], req: &PickRequest<'_>, now: Instant) -> Picked {
+        if candidates.is_empty() {
+            return Picked::UnknownSlug;
+        }
+        let mut routable = routable(candidates, req.tags, req.zone);
+        if routable.is_empty() {
+            return Picked::NoneRoutable;
+        }
+        if !req.exclude.is_empty() && routable.iter().any(|c| !req.exclude.contains(&c.id)) {
+            routable.retain(|c| !req.exclude.contains(&c.id));
+        }
+        let usable = self.without_ejected(routable, now);
+        let policy = req
+            .policy
+            .or_else(|| self.slug_policies.get(req.slug).copied())
+            .unwrap_or(self.default_policy);
+        let chosen = Arc::clone(self.choose(req.slug, &usable, policy, req.key));
+        if req.track {
+            *self
+                .in_flight
+                .lock()
+                .expect("in-flight lock")
+                .entry(chosen.id.clone())
+                .or_default() += 1;
+        }
+        Picked::Instance(chosen)
+    }
+
+    fn without_ejected<'c>(&self, routable: Vec<&'c Arc<Candidate>>, now: Instant) -> Vec<&'c Arc<Candidate>> {
+        let outliers = self.outliers.lock().expect("outlier lock");
+        if outliers.is_empty() {
+            return routable;
+        }
+        let kept: Vec<&Arc<Candidate>> = routable
+            .iter()
+            .copied()
+            .filter(|c| {
+                outliers
+                    .get(&c.id)
+                    .and_then(|o| o.ejected_until)
+                    .is_none_or(|until| until <= now)
+            })
+            .collect();
+        // Panic threshold: ejection may never remove more than half of the instances.
+        if kept.is_empty() || kept.len() * 2 < routable.len() {
+            routable
+        } else {
+            kept
+        }
+    }
+
+    fn policy_state(&self, slug: &str) -> Arc<PolicyState> {
+        if let Some(state) = self.policy_state.read().expect("policy lock").get(slug) {
+            return Arc::clone(state);
+        }
+        let mut states = self.policy_state.write().expect("policy lock");
+        Arc::clone(states.entry(slug.to_owned()).or_default())
+    }
+
+    fn random(&self) -> u64 {
+        // splitmix64 over an atomic counter: lock-free and good enough for balancing.
+        let x = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        mix64(x)
+    }
+
+    fn choose<'c>(
+        &self,
+        slug: &str,
+        usable: &[&'c Arc<Candidate>],
+        policy: Policy,
+        key: Option<&str>,
+    ) -> &'c Arc<Candidate> {
+        let n = usable.len();
+        if n == 1 {
+            return usable[0];
+        }
+        match policy {
+            Policy::RoundRobin => {
+                let state = self.policy_state(slug);
+                usable[state.next.fetch_add(1, Ordering::Relaxed) % n]
+            }
+            Policy::Random => usable[(self.random() % n as u64) as usize],
+            Policy::Weighted => {
+                let state = self.policy_state(slug);
+                let mut current = state.smooth_weights.lock().expect("weights lock");
+                smooth_weighted(&mut current, usable)
+            }
+            Policy::LeastRequest => {
+                let a = (self.random() % n as u64) as usize;
+                let mut b = (self.random() % (n as u64 - 1)) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                let in_flight = self.in_flight.lock().expect("in-flight lock");
+                let load = |c: &Candidate| in_flight.get(&c.id).copied().unwrap_or(0);
+                if load(usable[b]) < load(usable[a]) {
+                    usable[b]
+                } else {
+                    usable[a]
+                }
+            }
+            Policy::ConsistentHash => match key {
+                Some(key) => rendezvous(usable, key),
+                None => usable[(self.random() % n as u64) as usize],
+            },
+        }
+    }
+
+    /// Records how a tracked request went: ends its in-flight count and feeds outlier
+    /// detection. `slug` bounds ejection to half of that slug's routable instances.
+    pub fn release(&self, store: &Store, slug: &str, id: &str, outcome: Outcome) -> Result<()> {
+        {
+            let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+            if let Some(count) = in_flight.get_mut(id) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    in_flight.remove(id);
+                }
+            }
+        }
+        if outcome == Outcome::Abandoned {
+            return Ok(());
+        }
+        let candidates = self.candidates(store, slug)?;
+        self.record_outcome(&candidates, id, outcome, Instant::now());
+        Ok(())
+    }
+
+    /// Outlier bookkeeping for one result. Returns true when it ejected the instance.
+    pub fn record_outcome(&self, candidates: &[Arc<Candidate>], id: &str, outcome: Outcome, now: Instant) -> bool {
+        let mut outliers = self.outliers.lock().expect("outlier lock");
+        let entry = outliers.entry(id.to_owned()).or_default();
+        if outcome == Outcome::Success {
+            entry.consecutive_failures = 0;
+            entry.successes_since_return += 1;
+            if entry.successes_since_return >= self.ejection.consecutive_failures {
+                entry.ejections = 0; // it has been fine for a while: forget past ejections
+            }
+            if entry.ejections == 0 && entry.ejected_until.is_none_or(|until| until <= now) {
+                outliers.remove(id);
+            }
+            return false;
+        }
+        entry.consecutive_failures += 1;
+        entry.successes_since_return = 0;
+        if entry.consecutive_failures < self.ejection.consecutive_failures
+            || entry.ejected_until.is_some_and(|until| until > now)
+        {
+            return false;
+        }
+        let routable = routable(candidates, &[], None);
+        let ejected_now = routable
+            .iter()
+            .filter(|c| {
+                c.id != id
+                    && outliers
+                        .get(&c.id)
+                        .and_then(|o| o.ejected_until)
+                        .is_some_and(|u| u > now)
+            })
+            .count();
+        if (ejected_now + 1) * 2 > routable.len() {
+            return false; // panic threshold: keep it in rotation
+        }
+        let entry = outliers.get_mut(id).expect("just inserted");
+        let factor = 1u32.checked_shl(entry.ejections.min(16)).unwrap_or(u32::MAX);
+        let duration = self.ejection.base.saturating_mul(factor).min(self.ejection.max);
+        entry.ejected_until = Some(now + duration);
+        entry.ejections += 1;
+        entry.consecutive_failures = 0;
+        true
+    }
+
+    /// In-flight tracked requests per instance id (for tests and metrics).
+    pub fn in_flight(&self, id: &str) -> u32 {
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether `id` is ejected at `now`.
+    pub fn is_ejected(&self, id: &str, now: Instant) -> bool {
+        self.outliers
+            .lock()
+            .expect("outlier lock")
+            .get(id)
+            .and_then(|o| o.ejected_until)
+            .is_some_and(|u| u > now)
+    }
+}
+
+/// Healthy candidates having every tag (Unknown ones when none is Healthy), restricted to
+/// `zone` while any of them is in it.
+fn routable<'c>(candidates: &'c [Arc<Candidate>], tags: &[String], zone: Option<&str>) -> Vec<&'c Arc<Candidate>> {
+    let tagged = |c: &&Arc<Candidate>| tags.iter().all(|t| c.tags.contains(t));
+    let mut chosen: Vec<&Arc<Candidate>> = candidates
+        .iter()
+        .filter(tagged)
+        .filter(|c| c.health == Health::Healthy)
+        .collect();
+    if chosen.is_empty() {
+        chosen = candidates
+            .iter()
+            .filter(tagged)
+            .filter(|c| c.health == Health::Unknown)
+            .collect();
+    }
+    if let Some(zone) = zone {
+        let in_zone: Vec<&Arc<Candidate>> = chosen
+            .iter()
+            .copied()
+            .filter(|c| c.zone.as_deref() == Some(zone))
+            .collect();
+        if !in_zone.is_empty() {
+            return in_zone;
+        }
+    }
+    chosen
+}
+
+/// Smooth weighted round robin (as in nginx): over any window of sum(weights) picks each
+/// instance is chosen exactly its weight's times, interleaved rather than in bursts.
+fn smooth_weighted<'c>(current: &mut HashMap<String, i64>, usable: &[&'c Arc<Candidate>]) -> &'c Arc<Candidate> {
+    current.retain(|id, _| usable.iter().any(|c| &c.id == id));
+    let total: i64 = usable.iter().map(|c| i64::from(c.weight)).sum();
+    let mut best = 0;
+    let mut best_weight = i64::MIN;
+    for (i, c) in usable.iter().enumerate() {
+        let w = current.entry(c.id.clone()).or_insert(0);
+        *w += i64::from(c.weight);
+        if *w > best_weight {
+            best_weight = *w;
+            best = i;
+        }
+    }
+    *current.get_mut(&usable[best].id).expect("present") -= total;
+    usable[best]
+}
+
+/// Rendezvous (highest random weight) hashing: the same key keeps its instance while that
+/// instance stays, and only the keys of a removed instance (or 1/N of keys, to a new one)
+/// move.
+fn rendezvous<'c>(usable: &[&'c Arc<Candidate>], key: &str) -> &'c Arc<Candidate> {
+    let key_hash = fnv1a64(key.as_bytes());
+    usable
+        .iter()
+        .copied()
+        .max_by_key(|c| (mix64(key_hash ^ fnv1a64(c.id.as_bytes())), std::cmp::Reverse(&c.id)))
+        .expect("non-empty")
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+/// splitmix64's finalizer: spreads the bits of `x`.
+fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
