@@ -21,6 +21,7 @@ from Debian's packages. A missing baseline is reported as such, never silently s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -116,10 +117,8 @@ class Bench:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     # --- servers ---------------------------------------------------------------------
 
@@ -270,7 +269,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small registry, for a smoke run")
     a = p.parse_args()
     started = time.monotonic()
-    bench = run(a.seconds, a.quick)
+    run(a.seconds, a.quick)
     print(f"done in {time.monotonic() - started:.0f} s on {platform.node()} ({os.cpu_count()} cores), "
           f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")  # fmt: skip
 
