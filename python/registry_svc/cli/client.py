@@ -1,0 +1,134 @@
+"""The `oo` command's connection: which server, which token, and HTTP with clear failures.
+
+Token order: `--token`, `OB_TOKEN`, the token saved by `oo login` for this server, and, for
+a server on this machine, the local admin token file (`~/.registry-svc/admin.token`, or
+`$REGISTRY_SVC_DATA_DIR/admin.token`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import urllib3
+
+DEFAULT_SERVER = "http://127.0.0.1:11337"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+
+# Exit codes scripts can rely on.
+EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A failure to report on stderr, with the exit code to leave with."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "registry-svc" / "cli.json"
+
+
+def load_config() -> dict[str, Any]:
+    try:
+        data = json.loads(config_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_token(server: str, token: str) -> Path:
+    """Saves `token` for `server` in the user's config, readable by the user only."""
+    config = load_config()
+    config.setdefault("tokens", {})[server] = token
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(config, f, indent=2)
+    path.chmod(0o600)
+    return path
+
+
+def local_admin_token() -> str | None:
+    data_dir = os.environ.get("REGISTRY_SVC_DATA_DIR") or str(Path.home() / ".registry-svc")
+    try:
+        return (Path(data_dir).expanduser() / "admin.token").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def resolve_token(server: str, flag: str | None) -> str | None:
+    if flag:
+        return flag
+    if os.environ.get("OB_TOKEN"):
+        return os.environ["OB_TOKEN"]
+    saved = load_config().get("tokens", {}).get(server)
+    if saved:
+        return str(saved)
+    if (urlsplit(server).hostname or "") in LOCAL_HOSTS:
+        return local_admin_token()
+    return None
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+@dataclass
+class Client:
+    server: str
+    token: str | None
+
+    def __post_init__(self) -> None:
+        self.server = self.server.rstrip("/")
+        self._pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=60))
+
+    def request(self, method: str, path: str, body: Any = None) -> Reply:
+        """Sends the request; raises CliError for an HTTP error (exit 1) or no connection (exit 2)."""
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        url = self.server + (path if path.startswith("/") else "/" + path)
+        try:
+            resp = self._pool.request(method, url, body=payload, headers=headers)
+        except urllib3.exceptions.HTTPError as e:
+            raise CliError(f"cannot connect to {self.server}: {_reason(e)}", EXIT_UNREACHABLE) from None
+        reply = Reply(resp.status, resp.data)
+        if resp.status >= 400:
+            raise CliError(f"HTTP {resp.status}: {_error_message(reply)}")
+        return reply
+
+
+def _reason(err: Exception) -> str:
+    """The OS-level reason inside urllib3's wrapping (e.g. "Connection refused")."""
+    match = re.search(r"\[Errno -?\d+\] ([^'\)]+)", str(err))
+    return match.group(1).strip() if match else str(err)
+
+
+def _error_message(reply: Reply) -> str:
+    try:
+        data = reply.json()
+    except ValueError:
+        return reply.body.decode(errors="replace").strip() or "(no body)"
+    if isinstance(data, dict) and "error" in data:
+        return str(data["error"])
+    return reply.body.decode(errors="replace")
