@@ -43,6 +43,7 @@ import orjson
 
 from loadtest import inprocess
 from registry_svc import _core
+from registry_svc.clock import utc_now
 
 THREADS, CONNECTIONS = 2, 64
 
@@ -82,6 +83,7 @@ class Bench:
     results: list[Result] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    inprocess: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     # --- tools -----------------------------------------------------------------------
 
@@ -199,12 +201,14 @@ def seed_registry(data_dir: Path, instances: int, slugs: int, nodes: int) -> Non
     """Fills a data dir through the store's bulk path, before the server starts."""
     store = _core.Store(str(data_dir / "store"))
     inprocess.seed(store, instances, slugs)
-    now = "2026-11-27T20:00:00.000Z"
+    # A live fleet: fresh heartbeats and a long interval, so that the node agent does not
+    # (rightly) declare the simulated nodes dead and their instances Unhealthy mid-run.
+    now = utc_now()
     store.put_many(
         "nodes",
         [
             (f"node-{i}", orjson.dumps({"id": f"node-{i}", "url": f"http://node-{i}:11337", "region": None,
-             "availabilityZone": None, "lastHeartbeat": now, "status": "Healthy", "heartbeatIntervalSeconds": 10,
+             "availabilityZone": None, "lastHeartbeat": now, "status": "Healthy", "heartbeatIntervalSeconds": 86400,
              "usage": {}, "gpus": []}))
             for i in range(nodes)
         ],
@@ -217,36 +221,111 @@ def get(url: str, token: str) -> bytes:
         return bytes(r.read())
 
 
+REGISTER_SCRIPT = """
+local threads = 0
+function setup(thread) thread:set("tid", threads); threads = threads + 1 end
+local n = 0
+request = function()
+  n = n + 1
+  local body = string.format('{"url":"http://reg-%d-%d:80","slug":"reg-%d","healthCheck":{"type":"none"}}', tid, n, n % 100)
+  local headers = {["Content-Type"] = "application/json"}
+  for k, v in pairs(wrk.headers) do headers[k] = v end  -- keeps -H Authorization
+  return wrk.format("PUT", "/registry-svc/instance", headers, body)
+end
+"""
+
+
+def etcd(bench: Bench, records: list[bytes]) -> tuple[str, str] | None:
+    """etcd (3.4, from Debian's etcd-server) holding `records` under one prefix; returns
+    its URL and the JSON-gateway range request for them."""
+    if shutil.which("etcd") is None:
+        bench.notes.append("etcd baseline skipped: `etcd` not found (make bench installs etcd-server)")
+        return None
+    client, peer = free_port(), free_port()
+    data = bench.work / "etcd"
+    bench.spawn(
+        ["etcd", "--name", "bench", "--data-dir", str(data), "--listen-client-urls", f"http://127.0.0.1:{client}",
+         "--advertise-client-urls", f"http://127.0.0.1:{client}", "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}", "--initial-cluster", f"bench=http://127.0.0.1:{peer}"],
+        env={**os.environ, "ETCD_UNSUPPORTED_ARCH": platform.machine()},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{client}"
+    wait_http(f"{base}/version")
+    prefix = b"/registry/instances/svc-1/"
+    for i, record in enumerate(records):
+        put = {"key": b64(prefix + str(i).encode()), "value": b64(record)}
+        urllib.request.urlopen(urllib.request.Request(f"{base}/v3/kv/put", data=orjson.dumps(put))).close()
+    range_end = prefix[:-1] + bytes([prefix[-1] + 1])
+    query = orjson.dumps({"key": b64(prefix), "range_end": b64(range_end), "serializable": True}).decode()
+    return base, query
+
+
+def b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def post_script(body: str) -> str:
+    return f'wrk.method = "POST"\nwrk.body = \'{body}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+
+
 def run(seconds: float, quick: bool) -> Bench:
     missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
     if missing:
         raise SystemExit(
-            f"bench: {', '.join(missing)} not found; `make bench` installs them (Debian: apt-get install wrk nginx-light)"
+            f"bench: {', '.join(missing)} not found; `make bench` installs them (Debian: apt-get install wrk nginx-light etcd-server)"
         )
     work = Path(tempfile.mkdtemp(prefix="registry-bench-"))
     work.chmod(0o755)  # nginx workers (user nobody when started as root) must read the files
     bench = Bench(seconds, work)
-    instances, slugs, nodes = (3000, 300, 30) if quick else (100_000, 10_000, 1000)
+    large = (3000, 300, 30) if quick else (100_000, 10_000, 1000)
+    small = (300, 30, 3) if quick else (1000, 100, 10)
     processes = os.cpu_count() or 1
     try:
-        print(f"seeding {instances} instances over {slugs} slugs and {nodes} nodes ...", flush=True)
-        data = work / "large"
-        seed_registry(data, instances, slugs, nodes)
-        base, token = bench.registry(data, processes)
+        print(f"in-process (Rust store from Python, {large[0]:,} instances):", flush=True)
+        calls = 2000 if quick else 20000
+        bench.inprocess = inprocess.run(large[0], large[1], calls, 50 if quick else 500)
+
+        print(
+            f"seeding {large[0]:,} instances over {large[1]:,} slugs and {large[2]:,} nodes, and a small registry ...",
+            flush=True,
+        )
+        seed_registry(work / "large", *large)
+        seed_registry(work / "small", *small)
+        base, token = bench.registry(work / "large", processes)
         lookup_bytes = get(f"{base}/registry-svc/instances?slug=svc-1", token)
         pick_bytes = get(f"{base}/registry-svc/instance/pick?slug=svc-1", token)
         payload = b'{"ok":true,"items":[' + b",".join(b'"item"' for _ in range(40)) + b"]}"
         static, _ = bench.nginx({"lookup.json": lookup_bytes, "pick.json": pick_bytes, "bench-svc/payload": payload})
         _, nginx_proxy = bench.nginx({"probe.txt": b"ok"}, proxy_to=static.removeprefix("http://"))
 
-        print(f"lookup ({instances} instances, {len(lookup_bytes)} B responses):", flush=True)
-        bench.wrk("lookup 10 of " + f"{instances:,}", "registry-svc", base,
-                  token=token, script=random_slug_script("/registry-svc/instances?slug=svc-%d", slugs))  # fmt: skip
-        bench.wrk("lookup 10 of " + f"{instances:,}", "nginx static, same bytes", f"{static}/lookup.json")
+        lookup_case = f"lookup 10 of {large[0]:,}"
+        print(f"{lookup_case} ({len(lookup_bytes)} B responses):", flush=True)
+        bench.wrk(lookup_case, "registry-svc", base, token=token,
+                  script=random_slug_script("/registry-svc/instances?slug=svc-%d", large[1]))  # fmt: skip
+        bench.wrk(lookup_case, "nginx static, same bytes", f"{static}/lookup.json")
+        records = [orjson.dumps(i) for i in orjson.loads(lookup_bytes)["instances"]]
+        etcd_target = etcd(bench, records)
+        if etcd_target:
+            etcd_base, query = etcd_target
+            bench.wrk(
+                lookup_case, "etcd 3.4 range, serializable", f"{etcd_base}/v3/kv/range", script=post_script(query)
+            )
+
+        small_base, small_token = bench.registry(work / "small", processes)
+        small_case = f"lookup 10 of {small[0]:,}"
+        print(f"{small_case}:", flush=True)
+        bench.wrk(small_case, "registry-svc", small_base, token=small_token,
+                  script=random_slug_script("/registry-svc/instances?slug=svc-%d", small[1]))  # fmt: skip
+
         print(f"pick ({len(pick_bytes)} B responses):", flush=True)
         bench.wrk("pick", "registry-svc", base, token=token,
-                  script=random_slug_script("/registry-svc/instance/pick?slug=svc-%d", slugs))  # fmt: skip
+                  script=random_slug_script("/registry-svc/instance/pick?slug=svc-%d", large[1]))  # fmt: skip
         bench.wrk("pick", "nginx static, same bytes", f"{static}/pick.json")
+
+        print("durable registrations (64 connections):", flush=True)
+        bench.wrk("register (durable PUT)", "registry-svc", base, token=token, script=REGISTER_SCRIPT)
 
         print("proxy (backend: nginx static):", flush=True)
         instance = {"url": static, "slug": "bench-svc", "status": "Healthy", "healthCheck": {"type": "none"}}
@@ -263,15 +342,77 @@ def run(seconds: float, quick: bool) -> Bench:
     return bench
 
 
+def ratio(bench: Bench, case: str, ours: str, baseline: str) -> str:
+    found = {r.target: r for r in bench.results if r.case == case}
+    if ours not in found or baseline not in found:
+        return "n/a"
+    return f"{found[ours].rps / found[baseline].rps:.2f}x"
+
+
+def report(bench: Bench, seconds: float, elapsed: float) -> str:
+    """BENCHMARKS.md: the table, the targets, and how the figures were taken."""
+    now = datetime.datetime.now(datetime.UTC)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` (`python -m loadtest.bench --seconds {seconds:g}`) on "
+        f"{now:%Y-%m-%d %H:%M} UTC, machine `{platform.node()}`: {os.cpu_count()} cores, "
+        f"{platform.machine()}, Python {platform.python_version()}, Linux {platform.release()}. "
+        f"Whole run: {elapsed:.0f} s. Every server, the load generator (wrk, {THREADS} threads x "
+        f"{CONNECTIONS} connections) and the baselines share the same cores, on loopback; figures are "
+        "relative and from one noisy machine.",
+        "",
+        "## HTTP",
+        "",
+        "| case | target | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in bench.results:
+        lines.append(f"| {r.case} | {r.target} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
+    large = next((r.case for r in bench.results if r.case.startswith("lookup") and "100,000" in r.case), None)
+    large = large or next((r.case for r in bench.results if r.case.startswith("lookup")), "")
+    small = next((r.case for r in bench.results if r.case.startswith("lookup") and r.case != large), "")
+    p99 = {r.case: r.p99_ms for r in bench.results if r.target == "registry-svc"}
+    lines += [
+        "",
+        "Ratios (ours / baseline, requests per second):",
+        "",
+        f"- lookup vs nginx static: {ratio(bench, large, 'registry-svc', 'nginx static, same bytes')} (target 0.5x)",
+        f"- lookup vs etcd range: {ratio(bench, large, 'registry-svc', 'etcd 3.4 range, serializable')} (target 3x)",
+        f"- pick vs nginx static: {ratio(bench, 'pick', 'registry-svc', 'nginx static, same bytes')}",
+        f"- proxy vs nginx reverse proxy: {ratio(bench, 'proxy GET 1 KiB', 'registry-svc proxy', 'nginx reverse proxy')}",
+    ]
+    if large in p99 and small in p99 and p99[small] > 0:
+        lines.append(f"- lookup p99, large / small registry: {p99[large] / p99[small]:.2f} (target at most 1.5)")
+    lines += [
+        "",
+        "## In-process (Rust store called from Python)",
+        "",
+        "| call | median us | p99 us |",
+        "|---|---:|---:|",
+    ]
+    for name, (median, p99_us) in bench.inprocess.items():
+        lines.append(f"| {name} | {median:.2f} | {p99_us:.2f} |")
+    if bench.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in bench.notes]
+    lines += ["", "## Commands", "", "```"] + [r.command for r in bench.results] + ["```", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--quick", action="store_true", help="small registry, for a smoke run")
+    p.add_argument("--quick", action="store_true", help="small registries, for a smoke run")
+    p.add_argument("--out", type=Path, default=None, help="write the report here (e.g. BENCHMARKS.md)")
     a = p.parse_args()
     started = time.monotonic()
-    run(a.seconds, a.quick)
-    print(f"done in {time.monotonic() - started:.0f} s on {platform.node()} ({os.cpu_count()} cores), "
-          f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")  # fmt: skip
+    bench = run(a.seconds, a.quick)
+    text = report(bench, a.seconds, time.monotonic() - started)
+    print()
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+        print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 //! registry-svc core: the LMDB store, its indexes and instance selection, in plain
 //! Rust tested by `cargo test`, with a thin PyO3 binding in `python.rs`.
 
+pub mod cache;
 pub mod model;
 pub mod select;
 pub mod store;

@@ -22,6 +22,10 @@ pub struct CollectionSpec {
     pub name: &'static str,
     pub tag: u8,
     pub indexes: &'static [IndexSpec],
+    /// A field whose values partition the collection (instances: `slug`). The store keeps
+    /// a registry index per partition value, bumped by every write that touches it, so
+    /// caches of one partition survive writes to others.
+    pub partition: Option<&'static str>,
 }
 
 const fn idx(field: &'static str, tag: u8) -> IndexSpec {
@@ -57,12 +61,14 @@ pub static INSTANCES: CollectionSpec = CollectionSpec {
             multi: true,
         },
     ],
+    partition: Some("slug"),
 };
 
 pub static DEFINITIONS: CollectionSpec = CollectionSpec {
     name: "definitions",
     tag: 2,
     indexes: &[],
+    partition: None,
 };
 
 pub static NODES: CollectionSpec = CollectionSpec {
@@ -74,6 +80,7 @@ pub static NODES: CollectionSpec = CollectionSpec {
         unique: true,
         multi: false,
     }],
+    partition: None,
 };
 
 pub static TOKENS: CollectionSpec = CollectionSpec {
@@ -85,6 +92,7 @@ pub static TOKENS: CollectionSpec = CollectionSpec {
         unique: true,
         multi: false,
     }],
+    partition: None,
 };
 
 pub static COLLECTIONS: [&CollectionSpec; 4] = [&INSTANCES, &DEFINITIONS, &NODES, &TOKENS];
@@ -186,6 +194,17 @@ pub fn record_keys(coll: &CollectionSpec, id: &str, json: &[u8]) -> Result<Recor
         }
     }
     Ok(RecordKeys { entries })
+}
+
+impl RecordKeys {
+    /// The record's value of the collection's partition field, if it has one.
+    pub fn partition(&self, coll: &CollectionSpec) -> Option<&str> {
+        let field = coll.partition?;
+        self.entries
+            .iter()
+            .find(|(spec, _)| spec.field == field)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 pub fn validate_id(id: &str) -> Result<(), String> {

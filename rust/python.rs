@@ -9,6 +9,7 @@ use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::cache::ResponseCache;
 use crate::model::{self, CollectionSpec};
 use crate::select::{EjectionConfig, Outcome, PickRequest, Picked, Policy, Selector};
 use crate::store::{self, Expect, StoreError};
@@ -86,6 +87,7 @@ fn policy(name: &str) -> PyResult<Policy> {
 pub struct PyStore {
     inner: store::Store,
     selector: Selector,
+    responses: ResponseCache,
 }
 
 #[pymethods]
@@ -121,10 +123,12 @@ impl PyStore {
         Ok(PyStore {
             inner,
             selector: Selector::new(default_policy, slug_policies, ejection),
+            responses: ResponseCache::default(),
         })
     }
 
     /// Picks an instance of `slug`: (id, url, `{"instance": ...}` body).
+    /// The GIL stays held: a pick never blocks (LMDB readers do not wait for writers).
     #[pyo3(signature = (
         slug, policy_name = None, zone = None, key = None, tags = Vec::new(), track = false, exclude = Vec::new()
     ))]
@@ -150,15 +154,31 @@ impl PyStore {
             track,
             exclude: &exclude,
         };
-        match py.detach(|| self.selector.pick(&self.inner, &request)).map_err(to_py)? {
-            Picked::Instance(c) => Ok((c.id.clone(), c.url.clone(), PyBytes::new(py, &c.body))),
-            Picked::UnknownSlug => Err(NotFoundError::new_err(format!(
-                "no instances are registered for slug '{slug}'"
-            ))),
-            Picked::NoneRoutable => Err(NoRoutableError::new_err(format!(
-                "no healthy instance of slug '{slug}'"
-            ))),
-        }
+        let chosen = self.picked(slug, &request)?;
+        Ok((chosen.id.clone(), chosen.url.clone(), PyBytes::new(py, &chosen.body)))
+    }
+
+    /// The `{"instance": ...}` body of a pick: what the pick endpoint sends.
+    #[pyo3(signature = (slug, policy_name = None, zone = None, key = None, tags = Vec::new()))]
+    fn pick_json<'py>(
+        &self,
+        py: Python<'py>,
+        slug: &str,
+        policy_name: Option<&str>,
+        zone: Option<&str>,
+        key: Option<&str>,
+        tags: Vec<String>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let policy = policy_name.map(policy).transpose()?;
+        let request = PickRequest {
+            slug,
+            policy,
+            zone,
+            key,
+            tags: &tags,
+            ..PickRequest::default()
+        };
+        Ok(PyBytes::new(py, &self.picked(slug, &request)?.body))
     }
 
     /// Ends a tracked pick: `outcome` is "success", "failure" (connect error or 5xx) or
@@ -181,7 +201,9 @@ impl PyStore {
         id: &str,
     ) -> PyResult<Option<(u64, Bound<'py, PyBytes>)>> {
         let coll = collection(collection_name)?;
-        let record = py.detach(|| self.inner.get(coll, id)).map_err(to_py)?;
+        // Short LMDB reads keep the GIL: releasing it would invite a thread switch that
+        // costs more than the read (readers never wait for writers).
+        let record = self.inner.get(coll, id).map_err(to_py)?;
         Ok(record.map(|r| (r.version, PyBytes::new(py, &r.json))))
     }
 
@@ -197,6 +219,8 @@ impl PyStore {
         Ok((index, records.iter().map(|r| PyBytes::new(py, &r.json)).collect()))
     }
 
+    /// `{"<key>": [...]}` for the matching records, built from stored bytes and cached
+    /// per filter set until a write touches them.
     fn list_json<'py>(
         &self,
         py: Python<'py>,
@@ -205,13 +229,35 @@ impl PyStore {
         key: &str,
     ) -> PyResult<(u64, Bound<'py, PyBytes>)> {
         let coll = collection(collection_name)?;
-        let (index, body) = py.detach(|| self.inner.list_json(coll, &filters, key)).map_err(to_py)?;
+        // The GIL stays held: a cache hit is a few hundred ns and LMDB readers never wait.
+        let (index, body) = self
+            .responses
+            .list_json(&self.inner, coll, &filters, key)
+            .map_err(to_py)?;
         Ok((index, PyBytes::new(py, &body)))
     }
 
-    fn ids_by(&self, py: Python<'_>, collection_name: &str, field: &str, value: &str) -> PyResult<Vec<String>> {
+    /// (index, records written after `since`, live record count) of a collection.
+    fn changes<'py>(
+        &self,
+        py: Python<'py>,
+        collection_name: &str,
+        since: u64,
+    ) -> PyResult<(u64, Vec<Bound<'py, PyBytes>>, u64)> {
         let coll = collection(collection_name)?;
-        py.detach(|| self.inner.ids_by(coll, field, value)).map_err(to_py)
+        let (index, records, live) = py.detach(|| self.inner.changes(coll, since)).map_err(to_py)?;
+        Ok((index, records.iter().map(|r| PyBytes::new(py, &r.json)).collect(), live))
+    }
+
+    /// Every id of a collection, sorted.
+    fn ids(&self, py: Python<'_>, collection_name: &str) -> PyResult<Vec<String>> {
+        let coll = collection(collection_name)?;
+        py.detach(|| self.inner.ids(coll)).map_err(to_py)
+    }
+
+    fn ids_by(&self, collection_name: &str, field: &str, value: &str) -> PyResult<Vec<String>> {
+        let coll = collection(collection_name)?;
+        self.inner.ids_by(coll, field, value).map_err(to_py)
     }
 
     #[pyo3(signature = (collection_name, id, json, expect_version = None))]
@@ -250,17 +296,31 @@ impl PyStore {
             .map_err(to_py)
     }
 
-    fn index(&self, py: Python<'_>) -> PyResult<u64> {
-        py.detach(|| self.inner.index()).map_err(to_py)
+    fn index(&self) -> PyResult<u64> {
+        self.inner.index().map_err(to_py)
     }
 
-    fn collection_index(&self, py: Python<'_>, collection_name: &str) -> PyResult<u64> {
+    fn collection_index(&self, collection_name: &str) -> PyResult<u64> {
         let coll = collection(collection_name)?;
-        py.detach(|| self.inner.collection_index(coll)).map_err(to_py)
+        self.inner.collection_index(coll).map_err(to_py)
     }
 
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.inner.close());
+    }
+}
+
+impl PyStore {
+    fn picked(&self, slug: &str, request: &PickRequest<'_>) -> PyResult<std::sync::Arc<crate::select::Candidate>> {
+        match self.selector.pick(&self.inner, request).map_err(to_py)? {
+            Picked::Instance(c) => Ok(c),
+            Picked::UnknownSlug => Err(NotFoundError::new_err(format!(
+                "no instances are registered for slug '{slug}'"
+            ))),
+            Picked::NoneRoutable => Err(NoRoutableError::new_err(format!(
+                "no healthy instance of slug '{slug}'"
+            ))),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Load-balancing selection: which instance of a slug gets the next request.
 //!
 //! The candidates of a slug are read from the store through the slug index and cached,
-//! keyed on the instances collection's registry index, so a pick parses no JSON. Each
+//! keyed on the slug's partition index, so a pick parses no JSON. Each
 //! candidate carries its ready-made `{"instance": ...}` response body.
 //!
 //! Routable: `Healthy` instances; `Unknown` ones only while none is Healthy; never
@@ -9,12 +9,13 @@
 //! passive outlier ejection (never more than half of the slug), then the policy.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::cache::Stamp;
 use crate::model::INSTANCES;
 use crate::store::{Result, Store};
 
@@ -164,9 +165,29 @@ struct PolicyState {
     smooth_weights: Mutex<HashMap<String, i64>>,
 }
 
+/// A slug's candidates as cached, with the routable set for requests without tag or zone
+/// precomputed so that the common pick touches only the instance it chooses.
+pub struct SlugCandidates {
+    pub all: Vec<Arc<Candidate>>,
+    default_routable: Vec<Arc<Candidate>>,
+    /// The slug's policy state, resolved once per build instead of once per pick.
+    policy_state: Option<Arc<PolicyState>>,
+}
+
+impl SlugCandidates {
+    pub fn new(all: Vec<Arc<Candidate>>) -> SlugCandidates {
+        let default_routable = routable(&all, &[], None).into_iter().cloned().collect();
+        SlugCandidates {
+            all,
+            default_routable,
+            policy_state: None,
+        }
+    }
+}
+
 struct CachedSlug {
-    index: u64,
-    candidates: Arc<Vec<Arc<Candidate>>>,
+    stamp: Stamp,
+    candidates: Arc<SlugCandidates>,
 }
 
 pub struct Selector {
@@ -177,6 +198,8 @@ pub struct Selector {
     policy_state: RwLock<HashMap<String, Arc<PolicyState>>>,
     in_flight: Mutex<HashMap<String, u32>>,
     outliers: Mutex<HashMap<String, Outlier>>,
+    /// Whether `outliers` has entries: lets the hot path skip its lock.
+    any_outliers: AtomicBool,
     rng: AtomicU64,
 }
 
@@ -198,26 +221,26 @@ impl Selector {
             policy_state: RwLock::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             outliers: Mutex::new(HashMap::new()),
+            any_outliers: AtomicBool::new(false),
             rng: AtomicU64::new(seed),
         }
     }
 
-    /// The candidates of `slug`, from the cache while the instances collection is unchanged.
-    pub fn candidates(&self, store: &Store, slug: &str) -> Result<Arc<Vec<Arc<Candidate>>>> {
-        let index = store.collection_index(&INSTANCES)?;
+    /// The candidates of `slug`, from the cache while no write touched the slug.
+    pub fn candidates(&self, store: &Store, slug: &str) -> Result<Arc<SlugCandidates>> {
         if let Some(hit) = self.cache.read().expect("cache lock").get(slug) {
-            if hit.index == index {
+            if hit.stamp.is_current(store, &INSTANCES, Some(slug))? {
                 return Ok(Arc::clone(&hit.candidates));
             }
         }
+        let stamp = Stamp::read(store, &INSTANCES, Some(slug))?;
         let (_, records) = store.list(&INSTANCES, &[("slug".to_owned(), slug.to_owned())])?;
-        let built: Arc<Vec<Arc<Candidate>>> = Arc::new(
-            records
-                .iter()
-                .filter_map(|r| Candidate::from_json(&r.json))
-                .map(Arc::new)
-                .collect(),
-        );
+        let all = records
+            .iter()
+            .filter_map(|r| Candidate::from_json(&r.json))
+            .map(Arc::new)
+            .collect();
+        let built = Arc::new(SlugCandidates::new(all));
         let mut cache = self.cache.write().expect("cache lock");
         if cache.len() > 100_000 {
             cache.clear(); // a bound on slugs that come and go
@@ -225,7 +248,7 @@ impl Selector {
         cache.insert(
             slug.to_owned(),
             CachedSlug {
-                index,
+                stamp,
                 candidates: Arc::clone(&built),
             },
         );
@@ -235,7 +258,23 @@ impl Selector {
     /// Picks an instance of `req.slug` from the store.
     pub fn pick(&self, store: &Store, req: &PickRequest<'_>) -> Result<Picked> {
         let candidates = self.candidates(store, req.slug)?;
-        Ok(self.pick_from(&candidates, req, Instant::now()))
+        Ok(self.pick_among(&candidates, req, Instant::now()))
+    }
+
+    /// `pick_from`, using the precomputed routable set when the request has no filters.
+    pub fn pick_among(&self, candidates: &SlugCandidates, req: &PickRequest<'_>, now: Instant) -> Picked {
+        if req.tags.is_empty() && req.zone.is_none() && req.exclude.is_empty() && !candidates.all.is_empty() {
+            if candidates.default_routable.is_empty() {
+                return Picked::NoneRoutable;
+            }
+            let routable: Vec<&Arc<Candidate>> = candidates.default_routable.iter().collect();
+            return self.finish(
+                req,
+                self.without_ejected(routable, now),
+                candidates.policy_state.as_ref(),
+            );
+        }
+        self.pick_from(&candidates.all, req, now)
     }
 
     /// The selection itself, over a given candidate list (sorted by id).
@@ -251,11 +290,16 @@ impl Selector {
             routable.retain(|c| !req.exclude.contains(&c.id));
         }
         let usable = self.without_ejected(routable, now);
+        self.finish(req, usable, None)
+    }
+
+    /// Applies the policy to the usable instances and records a tracked pick.
+    fn finish(&self, req: &PickRequest<'_>, usable: Vec<&Arc<Candidate>>, state: Option<&Arc<PolicyState>>) -> Picked {
         let policy = req
             .policy
             .or_else(|| self.slug_policies.get(req.slug).copied())
             .unwrap_or(self.default_policy);
-        let chosen = Arc::clone(self.choose(req.slug, &usable, policy, req.key));
+        let chosen = Arc::clone(self.choose(req.slug, state, &usable, policy, req.key));
         if req.track {
             *self
                 .in_flight
@@ -268,6 +312,9 @@ impl Selector {
     }
 
     fn without_ejected<'c>(&self, routable: Vec<&'c Arc<Candidate>>, now: Instant) -> Vec<&'c Arc<Candidate>> {
+        if !self.any_outliers.load(Ordering::Acquire) {
+            return routable;
+        }
         let outliers = self.outliers.lock().expect("outlier lock");
         if outliers.is_empty() {
             return routable;
@@ -307,6 +354,7 @@ impl Selector {
     fn choose<'c>(
         &self,
         slug: &str,
+        state: Option<&Arc<PolicyState>>,
         usable: &[&'c Arc<Candidate>],
         policy: Policy,
         key: Option<&str>,
@@ -315,14 +363,12 @@ impl Selector {
         if n == 1 {
             return usable[0];
         }
+        let state = || state.cloned().unwrap_or_else(|| self.policy_state(slug));
         match policy {
-            Policy::RoundRobin => {
-                let state = self.policy_state(slug);
-                usable[state.next.fetch_add(1, Ordering::Relaxed) % n]
-            }
+            Policy::RoundRobin => usable[state().next.fetch_add(1, Ordering::Relaxed) % n],
             Policy::Random => usable[(self.random() % n as u64) as usize],
             Policy::Weighted => {
-                let state = self.policy_state(slug);
+                let state = state();
                 let mut current = state.smooth_weights.lock().expect("weights lock");
                 smooth_weighted(&mut current, usable)
             }
@@ -363,13 +409,26 @@ impl Selector {
             return Ok(());
         }
         let candidates = self.candidates(store, slug)?;
-        self.record_outcome(&candidates, id, outcome, Instant::now());
+        self.record_outcome(&candidates.all, id, outcome, Instant::now());
         Ok(())
     }
 
     /// Outlier bookkeeping for one result. Returns true when it ejected the instance.
     pub fn record_outcome(&self, candidates: &[Arc<Candidate>], id: &str, outcome: Outcome, now: Instant) -> bool {
         let mut outliers = self.outliers.lock().expect("outlier lock");
+        let ejected = self.update_outlier(&mut outliers, candidates, id, outcome, now);
+        self.any_outliers.store(!outliers.is_empty(), Ordering::Release);
+        ejected
+    }
+
+    fn update_outlier(
+        &self,
+        outliers: &mut HashMap<String, Outlier>,
+        candidates: &[Arc<Candidate>],
+        id: &str,
+        outcome: Outcome,
+        now: Instant,
+    ) -> bool {
         let entry = outliers.entry(id.to_owned()).or_default();
         if outcome == Outcome::Success {
             entry.consecutive_failures = 0;

@@ -302,3 +302,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn candidates_survive_writes_to_other_slugs_and_follow_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 64 << 20).unwrap();
+    let sel = Selector::default();
+    let put = |id: &str, slug: &str, status: &str| {
+        let json = serde_json::json!({"id": id, "url": format!("http://{id}"), "slug": slug, "status": status});
+        store
+            .put(&INSTANCES, id, json.to_string().into_bytes(), Expect::Any)
+            .unwrap();
+    };
+    put("a1", "a", "Healthy");
+    let first = sel.candidates(&store, "a").unwrap();
+    put("b1", "b", "Healthy");
+    assert!(
+        Arc::ptr_eq(&first, &sel.candidates(&store, "a").unwrap()),
+        "a write to b must not rebuild a"
+    );
+    put("a1", "a", "Unhealthy");
+    let rebuilt = sel.candidates(&store, "a").unwrap();
+    assert!(!Arc::ptr_eq(&first, &rebuilt));
+    let r = PickRequest {
+        slug: "a",
+        ..PickRequest::default()
+    };
+    assert!(matches!(sel.pick(&store, &r).unwrap(), Picked::NoneRoutable));
+}

@@ -21,6 +21,7 @@ use crate::model::{self, CollectionSpec};
 
 const META_INDEX: &[u8] = b"index";
 const META_COLLECTION_PREFIX: &[u8] = b"collection-index:";
+const META_PARTITION_PREFIX: &[u8] = b"partition-index:";
 /// Longest run of pending writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 const VERSION_LEN: usize = 8;
@@ -260,6 +261,13 @@ impl Store {
         read_u64(&self.tables.meta, &rtxn, &collection_meta_key(coll))
     }
 
+    /// The registry index of the last write that touched partition `value` of `coll`
+    /// (e.g. the instances of one slug); 0 if never written.
+    pub fn partition_index(&self, coll: &CollectionSpec, value: &str) -> Result<u64> {
+        let rtxn = self.read_txn()?;
+        read_u64(&self.tables.meta, &rtxn, &partition_meta_key(coll, value))
+    }
+
     pub fn get(&self, coll: &CollectionSpec, id: &str) -> Result<Option<Record>> {
         let rtxn = self.read_txn()?;
         Ok(self.tables.records.get(&rtxn, &coll.record_key(id))?.map(decode_record))
@@ -294,6 +302,35 @@ impl Store {
         })?;
         body.extend_from_slice(b"]}");
         Ok((index, body))
+    }
+
+    /// Records of `coll` written after registry index `since`, the index they were read
+    /// at, and how many records `coll` holds now (so a reader can tell that some were
+    /// deleted). Scans keys and versions only; just the changed records are copied.
+    pub fn changes(&self, coll: &'static CollectionSpec, since: u64) -> Result<(u64, Vec<Record>, u64)> {
+        let rtxn = self.read_txn()?;
+        let index = read_u64(&self.tables.meta, &rtxn, META_INDEX)?;
+        let mut changed = Vec::new();
+        let mut live = 0u64;
+        for entry in self.tables.records.prefix_iter(&rtxn, &coll.record_prefix())? {
+            let (_, raw) = entry?;
+            live += 1;
+            if u64::from_be_bytes(raw[..VERSION_LEN].try_into().expect("8 bytes")) > since {
+                changed.push(decode_record(raw));
+            }
+        }
+        Ok((index, changed, live))
+    }
+
+    /// Every id in `coll`, sorted.
+    pub fn ids(&self, coll: &'static CollectionSpec) -> Result<Vec<String>> {
+        let rtxn = self.read_txn()?;
+        let prefix = coll.record_prefix();
+        let mut ids = Vec::new();
+        for entry in self.tables.records.prefix_iter(&rtxn, &prefix)? {
+            ids.push(String::from_utf8_lossy(&entry?.0[prefix.len()..]).into_owned());
+        }
+        Ok(ids)
     }
 
     /// Ids of the records of `coll` whose indexed `field` equals `value`, sorted.
@@ -410,6 +447,28 @@ fn collection_meta_key(coll: &CollectionSpec) -> Vec<u8> {
     key
 }
 
+fn partition_meta_key(coll: &CollectionSpec, value: &str) -> Vec<u8> {
+    let mut key = META_PARTITION_PREFIX.to_vec();
+    key.push(coll.tag);
+    key.extend_from_slice(value.as_bytes());
+    key
+}
+
+fn bump_partition(
+    tables: Tables,
+    txn: &mut RwTxn<'_>,
+    coll: &CollectionSpec,
+    value: Option<&str>,
+    version: u64,
+) -> Result<()> {
+    if let Some(value) = value {
+        tables
+            .meta
+            .put(txn, &partition_meta_key(coll, value), &version.to_be_bytes())?;
+    }
+    Ok(())
+}
+
 fn read_u64(meta: &Database<Bytes, Bytes>, rtxn: &RoTxn<'_, WithoutTls>, key: &[u8]) -> Result<u64> {
     Ok(match meta.get(rtxn, key)? {
         Some(raw) if raw.len() == 8 => u64::from_be_bytes(raw.try_into().expect("8 bytes")),
@@ -442,33 +501,46 @@ fn commit_batch(env: &Env<WithoutTls>, tables: Tables, batch: &[Pending]) -> Vec
         let mut wtxn = env.write_txn()?;
         let start = read_u64(&tables.meta, &wtxn, META_INDEX)?;
         let mut counter = start;
-        let mut touched: Vec<&'static CollectionSpec> = Vec::new();
         for pending in batch {
             let next = counter + 1;
-            let mut child = env.nested_write_txn(&mut wtxn)?;
-            let applied = pending
-                .ops
-                .iter()
-                .try_for_each(|op| apply_op(tables, &mut child, op, next));
-            match applied {
+            let outcome = if let [op] = pending.ops.as_slice() {
+                // One operation: check, then write straight into the batch's transaction.
+                // A refused check wrote nothing; a failed write breaks the whole batch (`?`).
+                match check_op(tables, &wtxn, op) {
+                    Ok(checked) => write_op(tables, &mut wtxn, op, checked, next).map(|()| Ok(()))?,
+                    Err(e) => Err(e),
+                }
+            } else {
+                // Several operations are atomic together: a nested transaction undoes the
+                // earlier ones if a later one is refused. (Nested transactions cost a large
+                // allocation each, hence not for single operations.)
+                let mut child = env.nested_write_txn(&mut wtxn)?;
+                let applied = pending.ops.iter().try_for_each(|op| {
+                    let checked = check_op(tables, &child, op)?;
+                    write_op(tables, &mut child, op, checked, next)
+                });
+                match applied {
+                    Ok(()) => {
+                        child.commit()?;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        child.abort();
+                        Err(e)
+                    }
+                }
+            };
+            match outcome {
                 Ok(()) => {
-                    child.commit()?;
                     counter = next;
                     for op in &pending.ops {
-                        let coll = op.collection();
-                        if !touched.iter().any(|c| c.tag == coll.tag) {
-                            touched.push(coll);
-                        }
                         tables
                             .meta
-                            .put(&mut wtxn, &collection_meta_key(coll), &next.to_be_bytes())?;
+                            .put(&mut wtxn, &collection_meta_key(op.collection()), &next.to_be_bytes())?;
                     }
                     results.push(Ok(next));
                 }
-                Err(e) => {
-                    child.abort();
-                    results.push(Err(e));
-                }
+                Err(e) => results.push(Err(e)),
             }
         }
         if counter != start {
@@ -505,12 +577,19 @@ fn check_expect(coll: &CollectionSpec, id: &str, expect: Expect, current: Option
     })
 }
 
-fn apply_op(tables: Tables, txn: &mut RwTxn<'_>, op: &Op, version: u64) -> Result<()> {
+/// What `check_op` learned, for `write_op` to apply.
+struct Checked {
+    keys: Option<model::RecordKeys>,
+    old: Option<Record>,
+}
+
+/// Every check of an operation (record validity, version precondition, unique indexes),
+/// reading only: an operation refused here has written nothing.
+fn check_op(tables: Tables, txn: &RoTxn<'_, WithoutTls>, op: &Op) -> Result<Checked> {
     match op {
         Op::Put { coll, id, json, expect } => {
             let keys = model::record_keys(coll, id, json).map_err(StoreError::InvalidRecord)?;
-            let record_key = coll.record_key(id);
-            let old = tables.records.get(txn, &record_key)?.map(decode_record);
+            let old = tables.records.get(txn, &coll.record_key(id))?.map(decode_record);
             check_expect(coll, id, *expect, old.as_ref().map(|r| r.version))?;
             for (spec, value) in keys.entries.iter().filter(|(spec, _)| spec.unique) {
                 let prefix = model::index_prefix(coll, spec, value);
@@ -526,9 +605,40 @@ fn apply_op(tables: Tables, txn: &mut RwTxn<'_>, op: &Op, version: u64) -> Resul
                     }
                 }
             }
-            if let Some(old) = old {
-                remove_index_entries(tables, txn, coll, id, &old.json)?;
-            }
+            Ok(Checked { keys: Some(keys), old })
+        }
+        Op::Delete { coll, id, expect } => {
+            let old = tables
+                .records
+                .get(txn, &coll.record_key(id))?
+                .map(decode_record)
+                .ok_or_else(|| StoreError::NotFound {
+                    collection: coll.name,
+                    id: id.clone(),
+                })?;
+            check_expect(coll, id, *expect, Some(old.version))?;
+            Ok(Checked {
+                keys: None,
+                old: Some(old),
+            })
+        }
+    }
+}
+
+/// Applies a checked operation. An error here leaves a partial write in `txn`, which the
+/// caller must then abort.
+fn write_op(tables: Tables, txn: &mut RwTxn<'_>, op: &Op, checked: Checked, version: u64) -> Result<()> {
+    let (coll, id) = match op {
+        Op::Put { coll, id, .. } | Op::Delete { coll, id, .. } => (*coll, id),
+    };
+    if let Some(old) = &checked.old {
+        let old_keys = remove_index_entries(tables, txn, coll, id, &old.json)?;
+        bump_partition(tables, txn, coll, old_keys.partition(coll), version)?;
+    }
+    let record_key = coll.record_key(id);
+    match (op, checked.keys) {
+        (Op::Put { json, .. }, Some(keys)) => {
+            bump_partition(tables, txn, coll, keys.partition(coll), version)?;
             for (spec, value) in &keys.entries {
                 let mut key = model::index_prefix(coll, spec, value);
                 key.extend_from_slice(id.as_bytes());
@@ -538,38 +648,27 @@ fn apply_op(tables: Tables, txn: &mut RwTxn<'_>, op: &Op, version: u64) -> Resul
             stored.extend_from_slice(&version.to_be_bytes());
             stored.extend_from_slice(json);
             tables.records.put(txn, &record_key, &stored)?;
-            Ok(())
         }
-        Op::Delete { coll, id, expect } => {
-            let record_key = coll.record_key(id);
-            let old = tables
-                .records
-                .get(txn, &record_key)?
-                .map(decode_record)
-                .ok_or_else(|| StoreError::NotFound {
-                    collection: coll.name,
-                    id: id.clone(),
-                })?;
-            check_expect(coll, id, *expect, Some(old.version))?;
-            remove_index_entries(tables, txn, coll, id, &old.json)?;
+        _ => {
             tables.records.delete(txn, &record_key)?;
-            Ok(())
         }
     }
+    Ok(())
 }
 
+/// Deletes the index entries of a stored record; returns its keys.
 fn remove_index_entries(
     tables: Tables,
     txn: &mut RwTxn<'_>,
     coll: &CollectionSpec,
     id: &str,
     json: &[u8],
-) -> Result<()> {
+) -> Result<model::RecordKeys> {
     let keys = model::record_keys(coll, id, json).map_err(StoreError::InvalidRecord)?;
     for (spec, value) in &keys.entries {
         let mut key = model::index_prefix(coll, spec, value);
         key.extend_from_slice(id.as_bytes());
         tables.index.delete(txn, &key)?;
     }
-    Ok(())
+    Ok(keys)
 }

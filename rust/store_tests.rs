@@ -285,3 +285,22 @@ fn multi_op_write_is_atomic() {
     assert!(matches!(store.write(ops), Err(StoreError::NotFound { .. })));
     assert!(store.get(&INSTANCES, "b").unwrap().is_none());
 }
+
+#[test]
+fn changes_since_an_index_returns_only_newer_records_and_the_live_count() {
+    let (_dir, store) = open();
+    let i1 = store
+        .put(&INSTANCES, "a", instance("a", "s", "http://a", &[]), Expect::Any)
+        .unwrap();
+    store
+        .put(&INSTANCES, "b", instance("b", "s", "http://b", &[]), Expect::Any)
+        .unwrap();
+    let (index, changed, live) = store.changes(&INSTANCES, i1).unwrap();
+    assert_eq!((index, live), (2, 2));
+    assert_eq!(changed.len(), 1);
+    assert!(changed[0].json.starts_with(br#"{"id":"b""#));
+    store.delete(&INSTANCES, "a", Expect::Any).unwrap();
+    let (_, changed, live) = store.changes(&INSTANCES, index).unwrap();
+    assert_eq!((changed.len(), live), (0, 1));
+    assert_eq!(store.ids(&INSTANCES).unwrap(), vec!["b"]);
+}

@@ -55,6 +55,15 @@ class Store:
     ) -> tuple[str, str, bytes]:
         """(id, url, `{"instance": ...}` body); NotFoundError for an unknown slug,
         NoRoutableError when no instance is routable, ValueError for an unknown policy."""
+    def pick_json(
+        self,
+        slug: str,
+        policy_name: str | None = None,
+        zone: str | None = None,
+        key: str | None = None,
+        tags: builtins.list[str] = ...,
+    ) -> bytes:
+        """The `{"instance": ...}` body of a pick (same errors as `pick`)."""
     def release(self, slug: str, id: str, outcome: str) -> None:
         """Ends a tracked pick: "success", "failure" (connect error or 5xx) or "abandoned"."""
     def get(self, collection_name: str, id: str) -> tuple[int, bytes] | None: ...
@@ -64,6 +73,10 @@ class Store:
     def list_json(
         self, collection_name: str, filters: builtins.list[tuple[str, str]], key: str
     ) -> tuple[int, bytes]: ...
+    def changes(self, collection_name: str, since: int) -> tuple[int, builtins.list[bytes], int]:
+        """(index, records written after `since`, live record count)."""
+    def ids(self, collection_name: str) -> builtins.list[str]:
+        """Every id of the collection, sorted."""
     def ids_by(self, collection_name: str, field: str, value: str) -> builtins.list[str]: ...
     def put(self, collection_name: str, id: str, json: bytes, expect_version: int | None = None) -> int: ...
     def put_many(self, collection_name: str, items: builtins.list[tuple[str, bytes]]) -> int: ...

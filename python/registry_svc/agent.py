@@ -101,10 +101,13 @@ class NodeAgent:
                 if silent > MISSED_HEARTBEATS * interval:
                     self.mark_node_unhealthy(node, silent)
                     node["status"] = "Unhealthy"
-        self._node_urls = {node["url"] for node in records}
+        node_urls = {node["url"] for node in records}
         healthy = sorted(node["id"] for node in records if node.get("status") == "Healthy")
         own = nodes.find_by_url(self.store, self.settings.self_url)
-        self._adopts_orphans = bool(healthy) and own is not None and own[1]["id"] == healthy[0]
+        adopts = bool(healthy) and own is not None and own[1]["id"] == healthy[0]
+        if (node_urls, adopts) != (self._node_urls, self._adopts_orphans):
+            self._node_urls, self._adopts_orphans = node_urls, adopts
+            self.checker.request_full_reload()  # which instances are this node's changed
 
     def mark_node_unhealthy(self, node: dict[str, Any], silent: float) -> None:
         found = self.store.get(nodes.NODES, node["id"])

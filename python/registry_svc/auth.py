@@ -114,18 +114,19 @@ class Authenticator:
         header = request.headers.get("authorization")
         if not header:
             raise ApiError(401, "missing Authorization header (expected 'Bearer <token>')")
-        scheme, _, secret = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise ApiError(401, "malformed Authorization header (expected 'Bearer <token>')")
-        digest = hash_secret(secret.strip())
         epoch = self._store.collection_index(TOKENS)
         if epoch != self._epoch:
             self._cache = {}
             self._epoch = epoch
-        caller = self._cache.get(digest)
+        # Keyed on the raw header: a hit costs no hashing. Only valid tokens are cached,
+        # so garbage headers cannot grow the cache.
+        caller = self._cache.get(header)
         if caller is None:
-            caller = self._lookup(digest)
-            self._cache[digest] = caller
+            scheme, _, secret = header.strip().partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                raise ApiError(401, "malformed Authorization header (expected 'Bearer <token>')")
+            caller = self._lookup(hash_secret(secret.strip()))
+            self._cache[header] = caller
         return caller
 
     def _lookup(self, digest: str) -> Caller:

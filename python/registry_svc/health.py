@@ -236,34 +236,61 @@ class HealthChecker:
     max_lateness: float = 0.0
     _instances: dict[str, dict[str, Any]] = field(default_factory=dict)
     _states: dict[str, CheckState] = field(default_factory=dict)
+    _known: set[str] = field(default_factory=set)
     _loaded_index: int = -1
     _loaded_at: float = float("-inf")
     _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "health-write"))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def reload(self, force: bool = False) -> None:
-        """Re-reads the instance set when it changed (at most once per RELOAD_MIN_S)."""
+    def request_full_reload(self) -> None:
+        """Re-decides every instance at the next tick (which node checks what changed)."""
+        self._loaded_index = -1
+
+    def reload(self) -> None:
+        """Catches up with the store: at most once per RELOAD_MIN_S, and only the records
+        written since the last time (a full read at start or after `request_full_reload`)."""
         now = self.clock()
         index = self.store.collection_index(INSTANCES)
-        if not force and (index == self._loaded_index or now - self._loaded_at < RELOAD_MIN_S):
+        if index == self._loaded_index or now - self._loaded_at < RELOAD_MIN_S:
             return
-        _, raws = self.store.list(INSTANCES)
-        first_load = self._loaded_index < 0
-        fresh: dict[str, dict[str, Any]] = {}
-        for raw in raws:
-            instance = orjson.loads(raw)
-            if self.is_mine(instance):
-                fresh[instance["id"]] = instance
-        for instance_id, instance in fresh.items():
-            if instance_id not in self._states:
-                interval = float(instance["healthCheck"]["intervalSeconds"])
-                # Spread the first round over an interval at start; probe new ones at once.
-                delay = random.uniform(0, interval) if first_load else 0.0
-                self._states[instance_id] = CheckState(next_due=now + delay)
-        for gone in set(self._states) - set(fresh):
-            del self._states[gone]
-        self._instances = fresh
+        if self._loaded_index < 0:
+            self._full_reload(now)
+            return
+        index, changed, live = self.store.changes(INSTANCES, self._loaded_index)
+        for raw in changed:
+            self._track(orjson.loads(raw), now, spread=False)
+        if len(self._known) != live:  # something was deleted
+            present = set(self.store.ids(INSTANCES))
+            for gone in self._known - present:
+                self._forget(gone)
+            self._known = present
         self._loaded_index, self._loaded_at = index, now
+
+    def _full_reload(self, now: float) -> None:
+        index, raws = self.store.list(INSTANCES)
+        first = not self._known
+        self._known = set()
+        for instance_id in list(self._instances):
+            self._forget(instance_id)
+        for raw in raws:
+            self._track(orjson.loads(raw), now, spread=first)
+        self._loaded_index, self._loaded_at = index, now
+
+    def _track(self, instance: dict[str, Any], now: float, spread: bool) -> None:
+        instance_id = instance["id"]
+        self._known.add(instance_id)
+        if not self.is_mine(instance):
+            self._forget(instance_id)
+            return
+        self._instances[instance_id] = instance
+        if instance_id not in self._states:
+            interval = float(instance["healthCheck"]["intervalSeconds"])
+            # Spread the first round over an interval at start; probe new ones at once.
+            self._states[instance_id] = CheckState(next_due=now + (random.uniform(0, interval) if spread else 0.0))
+
+    def _forget(self, instance_id: str) -> None:
+        self._instances.pop(instance_id, None)
+        self._states.pop(instance_id, None)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Checks until `stop` is set."""

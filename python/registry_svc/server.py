@@ -8,9 +8,11 @@ opens the store in its startup handler, after the fork, as LMDB requires.
 # No `from __future__ import annotations` here: Robyn injects handler arguments by reading
 # their annotations at runtime.
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from robyn import Request, Response, Robyn
 
@@ -34,6 +36,8 @@ class ProcessState:
 
     ctx: Context | None = None
     proxy: Proxy | None = None
+    # Writes wait on disk syncs; running them on a pool lets many share one group commit.
+    writes: ThreadPoolExecutor | None = None
 
 
 def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
@@ -54,6 +58,23 @@ def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
         except Exception:
             log.exception("unhandled error in %s %s", route.method.upper(), route.path)
             return error_response(500, "internal error; the server log has the details")
+
+    endpoint.__name__ = route.handler.__name__
+    return endpoint
+
+
+WRITE_THREADS = 32
+
+
+def offloaded(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[Response]]:
+    """`guarded(route)` run on the process's write pool, so that a request waiting for its
+    commit does not hold one of Robyn's few worker threads."""
+    handler = guarded(route, state)
+
+    async def endpoint(request: Request) -> Response:
+        if state.writes is None:
+            return handler(request)
+        return await asyncio.get_running_loop().run_in_executor(state.writes, handler, request)
 
     endpoint.__name__ = route.handler.__name__
     return endpoint
@@ -101,6 +122,7 @@ def build_app(settings: Settings) -> Robyn:
         store = settings.open_store()
         state.ctx = Context(store=store, settings=settings, auth=Authenticator(store))
         state.proxy = Proxy(store)
+        state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
 
     @app.shutdown_handler
     def close_store() -> None:
@@ -115,7 +137,9 @@ def build_app(settings: Settings) -> Robyn:
     app.get("/health")(health)
 
     for route in ROUTES:
-        getattr(app, route.method)(route.path)(guarded(route, state))
+        # Reads are fast and never block: they run inline on Robyn's workers.
+        wrap = guarded if route.method == "get" else offloaded
+        getattr(app, route.method)(route.path)(wrap(route, state))
 
     patterns = [(_pattern(r.path), r.method) for r in ROUTES] + [(re.compile("^/health$"), "get")]
     fallback = not_routed(patterns, state)

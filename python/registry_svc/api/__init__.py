@@ -21,7 +21,7 @@ class Context:
     auth: Authenticator
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Call:
     """One authenticated request."""
 

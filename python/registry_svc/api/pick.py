@@ -39,7 +39,7 @@ def pick(call: Call) -> Response:
     caller = call.caller
     if not caller.sees_every_slug and slug != caller.slug:
         raise ApiError(404, f"no instances are registered for slug '{slug}'")
-    _, _, body = call.ctx.store.pick(slug, policy, one("zone"), key, params.get("tag", []))
+    body = call.ctx.store.pick_json(slug, policy, one("zone"), key, params.get("tag", []))
     return raw_json(200, body)
 
 

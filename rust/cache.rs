@@ -1,0 +1,188 @@
+//! Serialized list responses, cached per filter set and validated by registry index.
+//!
+//! A cached body is valid while its *validity token* is unchanged: the partition index of
+//! the slug when the filters include one (a write to another slug does not invalidate
+//! it), else the collection index. The token is read before the body is built, so a body
+//! can be newer than its token but never older: a concurrent write only causes a rebuild.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::model::CollectionSpec;
+use crate::store::{Filter, Result, Store};
+
+/// Entries kept before the cache is dropped whole (filters that come and go).
+const MAX_ENTRIES: usize = 50_000;
+
+/// When a cached thing was read, and how to tell cheaply that it is still current.
+///
+/// `token` is the partition index (or the collection index, without a partition) read
+/// before the thing was built. `checked_at` is the collection index at which the token
+/// was last confirmed: while the collection index stays there, no write happened at all
+/// and the (hot) collection key is the only read. After a write anywhere, the partition
+/// is looked up once and, if untouched, the stamp moves forward.
+pub struct Stamp {
+    token: u64,
+    checked_at: AtomicU64,
+}
+
+impl Stamp {
+    /// Reads the stamp; call it before building what it guards.
+    pub fn read(store: &Store, coll: &CollectionSpec, partition: Option<&str>) -> Result<Stamp> {
+        let checked = store.collection_index(coll)?;
+        let token = match partition {
+            Some(value) => store.partition_index(coll, value)?,
+            None => checked,
+        };
+        Ok(Stamp {
+            token,
+            checked_at: AtomicU64::new(checked),
+        })
+    }
+
+    /// Whether nothing the stamp guards was written since it was read.
+    pub fn is_current(&self, store: &Store, coll: &CollectionSpec, partition: Option<&str>) -> Result<bool> {
+        let now = store.collection_index(coll)?;
+        if now == self.checked_at.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        let Some(value) = partition else {
+            return Ok(false);
+        };
+        if store.partition_index(coll, value)? != self.token {
+            return Ok(false);
+        }
+        self.checked_at.store(now, Ordering::Release);
+        Ok(true)
+    }
+}
+
+struct Entry {
+    stamp: Stamp,
+    index: u64,
+    body: Arc<Vec<u8>>,
+}
+
+#[derive(Default)]
+pub struct ResponseCache {
+    entries: RwLock<HashMap<Vec<u8>, Entry>>,
+}
+
+fn cache_key(coll: &CollectionSpec, filters: &[Filter], key: &str) -> Vec<u8> {
+    let mut sorted: Vec<&Filter> = filters.iter().collect();
+    sorted.sort();
+    let mut out = vec![coll.tag];
+    out.extend_from_slice(key.as_bytes());
+    for (field, value) in sorted {
+        out.push(0);
+        out.extend_from_slice(field.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// The partition value the filters pin, if any (e.g. `slug=S` for instances).
+fn partition_of<'f>(coll: &CollectionSpec, filters: &'f [Filter]) -> Option<&'f str> {
+    let field = coll.partition?;
+    filters.iter().find(|(f, _)| f == field).map(|(_, v)| v.as_str())
+}
+
+impl ResponseCache {
+    /// `store.list_json(coll, filters, key)`, served from the cache while still valid.
+    /// Returns the registry index the body was read at, and the body.
+    pub fn list_json(
+        &self,
+        store: &Store,
+        coll: &'static CollectionSpec,
+        filters: &[Filter],
+        key: &str,
+    ) -> Result<(u64, Arc<Vec<u8>>)> {
+        let partition = partition_of(coll, filters);
+        let cache_key = cache_key(coll, filters, key);
+        if let Some(entry) = self.entries.read().expect("cache lock").get(&cache_key) {
+            if entry.stamp.is_current(store, coll, partition)? {
+                return Ok((entry.index, Arc::clone(&entry.body)));
+            }
+        }
+        let stamp = Stamp::read(store, coll, partition)?;
+        let (index, body) = store.list_json(coll, filters, key)?;
+        let body = Arc::new(body);
+        let mut entries = self.entries.write().expect("cache lock");
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(
+            cache_key,
+            Entry {
+                stamp,
+                index,
+                body: Arc::clone(&body),
+            },
+        );
+        Ok((index, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::INSTANCES;
+    use crate::store::Expect;
+
+    fn put(store: &Store, id: &str, slug: &str) {
+        let json = serde_json::json!({"id": id, "slug": slug, "url": format!("http://{id}")}).to_string();
+        store.put(&INSTANCES, id, json.into_bytes(), Expect::Any).unwrap();
+    }
+
+    fn slug_filter(slug: &str) -> Vec<Filter> {
+        vec![("slug".to_owned(), slug.to_owned())]
+    }
+
+    #[test]
+    fn cached_bodies_follow_their_slug_and_survive_other_slugs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
+        let cache = ResponseCache::default();
+        put(&store, "a1", "a");
+        let (_, first) = cache
+            .list_json(&store, &INSTANCES, &slug_filter("a"), "instances")
+            .unwrap();
+        put(&store, "b1", "b"); // another slug: a's entry stays valid
+        let (_, again) = cache
+            .list_json(&store, &INSTANCES, &slug_filter("a"), "instances")
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        put(&store, "a2", "a"); // same slug: rebuilt
+        let (_, fresh) = cache
+            .list_json(&store, &INSTANCES, &slug_filter("a"), "instances")
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &fresh));
+        assert_eq!(fresh.windows(4).filter(|w| w == b"\"id\"").count(), 2);
+        // Moving an instance out of a slug invalidates the old slug too.
+        put(&store, "a2", "b");
+        let (_, moved) = cache
+            .list_json(&store, &INSTANCES, &slug_filter("a"), "instances")
+            .unwrap();
+        assert_eq!(moved.windows(4).filter(|w| w == b"\"id\"").count(), 1);
+        store.delete(&INSTANCES, "a1", Expect::Any).unwrap();
+        let (_, gone) = cache
+            .list_json(&store, &INSTANCES, &slug_filter("a"), "instances")
+            .unwrap();
+        assert_eq!(gone.as_slice(), br#"{"instances":[]}"#);
+    }
+
+    #[test]
+    fn filters_without_a_slug_follow_the_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
+        let cache = ResponseCache::default();
+        put(&store, "a1", "a");
+        let (_, all) = cache.list_json(&store, &INSTANCES, &[], "instances").unwrap();
+        put(&store, "b1", "b");
+        let (_, after) = cache.list_json(&store, &INSTANCES, &[], "instances").unwrap();
+        assert!(!Arc::ptr_eq(&all, &after));
+        assert_eq!(after.windows(4).filter(|w| w == b"\"id\"").count(), 2);
+    }
+}
