@@ -9,7 +9,7 @@ EXT     := $(VENV)/.extension-built
 RUST_SRC := Cargo.toml Cargo.lock $(wildcard rust/*.rs)
 ARGS    ?=
 
-.PHONY: run test test-rust test-python build lint fmt bench loadtest clean
+.PHONY: run test test-rust test-python build lint fmt bench bench-tools loadtest clean
 
 $(DEPS): pyproject.toml
 	python3 -m venv $(VENV)
@@ -49,6 +49,22 @@ fmt: $(DEPS)
 	cargo fmt
 	$(VENV)/bin/ruff format python tests loadtest
 	$(VENV)/bin/ruff check --fix python tests loadtest
+
+# wrk, nginx and etcd (the benchmark's load generator and baselines), from Debian's packages.
+bench-tools:
+	@missing=""; for t in wrk:wrk nginx:nginx-light etcd:etcd-server; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; fi
+
+bench: build bench-tools
+	$(PY) -m loadtest.bench --seconds 10 --out BENCHMARKS.md
+
+# Locust scenarios (sidecars, services, operators) against a fresh server; CSV in loadtest/out/.
+loadtest: build
+	$(PY) -m loadtest.run_locust --users 50 --seconds 30
 
 clean:
 	rm -rf $(VENV) target dist python/registry_svc/_core*.so

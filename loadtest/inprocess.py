@@ -71,6 +71,7 @@ def run(instances: int, slugs: int, calls: int, put_calls: int) -> dict[str, tup
             calls, lambda i: store.list_json("instances", [("slug", slug_of[i])], "instances")
         )
         results["pick (round robin)"] = timed(calls, lambda i: store.pick_json(slug_of[i]))
+        results["pick, one hot slug"] = timed(calls, lambda i: store.pick_json("svc-1"))
         results["get by id"] = timed(calls, lambda i: store.get("instances", f"inst_{(i * 7919) % instances:08x}"))
         results["durable put (new instance)"] = timed(
             put_calls, lambda i: store.put("instances", *instance(instances + i, slugs))

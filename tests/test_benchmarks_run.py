@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from loadtest import inprocess
 
 
@@ -11,6 +14,7 @@ def test_inprocess_benchmark_runs_and_reports_every_call() -> None:
         "lookup slug, first touch (10 of 300)",
         "lookup slug, cached (10 of 300)",
         "pick (round robin)",
+        "pick, one hot slug",
         "get by id",
         "durable put (new instance)",
     }
@@ -33,3 +37,33 @@ def test_health_capacity_benchmark_runs() -> None:
     finally:
         backend.terminate()
     assert result["probes"] > 0
+
+
+def test_http_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
+    """The whole `make bench` pipeline at 1 s per case: servers, baselines, wrk, report."""
+    from loadtest import bench
+
+    missing = [t for t in ("wrk", "nginx", "etcd") if shutil.which(t) is None]
+    assert not missing, f"{missing} missing: run `make bench-tools` (CI does)"
+    result = bench.run(seconds=1, quick=True)
+    targets = {(r.case, r.target) for r in result.results}
+    assert ("pick", "registry-svc") in targets and ("register (durable PUT)", "registry-svc") in targets
+    assert any(t == "etcd 3.4 range, serializable" for _, t in targets)
+    for r in result.results:
+        assert r.rps > 0 and r.errors == 0, r
+    report = bench.report(result, 1, 1.0)
+    assert "lookup vs nginx static" in report and "## Commands" in report
+
+
+def test_locust_scenarios_run_without_failures(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "locust"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.run_locust", "--users", "6", "--seconds", "3", "--slugs", "20", "--out", str(out)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    stats = (out / "run_stats.csv").read_text()
+    assert "pick" in stats and "lookup by slug" in stats

@@ -32,7 +32,7 @@ log = logging.getLogger("registry_svc")
 
 CONNECT_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 60.0
-MAX_CONCURRENT = 128
+MAX_CONCURRENT = 32
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 HOP_BY_HOP = frozenset(
     {
