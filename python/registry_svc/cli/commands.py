@@ -67,6 +67,21 @@ class Session:
 pass_session = click.make_pass_decorator(Session)
 OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", help="table or raw JSON")
 
+def delete_each(session: Session, resource: str, keys: tuple[str, ...], done: str) -> None:
+    """DELETE `resource/<key>` (percent-encoded) for each key, saying `done <key>`."""
+    for key in keys:
+        session.client.request("DELETE", f"{resource}/{quote(key, safe='')}")
+        click.echo(f"{done} {key}")
+
+
+def show(data: Any, output: str, headers: list[str], rows: list[list[Any]]) -> None:
+    """The raw JSON with `-o json`, else the table."""
+    if output == "json":
+        print_json(data)
+    else:
+        click.echo(table(headers, rows))
+
+
 ROOT_EPILOG = """\b
 Examples:
   oo instances ls                       # or: oo i ls
@@ -117,12 +132,9 @@ def instances_list(
     query: list[tuple[str, str]] = [(k, v) for k, v in (("slug", slug), ("status", status), ("host", host)) if v]
     query += [("tag", t) for t in tags]
     data = session.client.request("GET", "/registry-svc/instances" + (f"?{urlencode(query)}" if query else "")).json()
-    if output == "json":
-        print_json(data)
-        return
     rows = [[i["id"], i["url"], i["status"], i.get("slug") or "", i.get("nodeUrl") or "", ago(i.get("lastHeartbeat"))]
             for i in data["instances"]]  # fmt: skip
-    click.echo(table(["ID", "URL", "STATUS", "SLUG", "NODE", "LAST HEARTBEAT"], rows))
+    show(data, output, ["ID", "URL", "STATUS", "SLUG", "NODE", "LAST HEARTBEAT"], rows)
 
 
 @instances.command("remove", epilog="\b\nExamples:\n  oo instances remove inst_12345\n  oo i rm inst_12345")
@@ -130,9 +142,7 @@ def instances_list(
 @pass_session
 def instances_remove(session: Session, ids: tuple[str, ...]) -> None:
     """Remove service instances by id."""
-    for instance_id in ids:
-        session.client.request("DELETE", f"/registry-svc/instance/{quote(instance_id, safe='')}")
-        click.echo(f"removed instance {instance_id}")
+    delete_each(session, "/registry-svc/instance", ids, "removed instance")
 
 
 # --- definitions ------------------------------------------------------------------------
@@ -156,14 +166,11 @@ def _ports(d: dict[str, Any]) -> str:
 def definitions_list(session: Session, output: str) -> None:
     """List service definitions."""
     data = session.client.request("GET", "/registry-svc/definitions").json()
-    if output == "json":
-        print_json(data)
-        return
     rows = []
     for d in data["definitions"]:
         source = d["image"]["name"] if d.get("image") else d.get("repository", {}).get("url", "")
         rows.append([d["id"], source, _ports(d)])
-    click.echo(table(["ID", "IMAGE OR REPO", "PORTS"], rows))
+    show(data, output, ["ID", "IMAGE OR REPO", "PORTS"], rows)
 
 
 def read_definitions(path: Path) -> list[dict[str, Any]]:
@@ -205,9 +212,7 @@ def definitions_save(session: Session, files: tuple[Path, ...]) -> None:
 @pass_session
 def definitions_remove(session: Session, ids: tuple[str, ...]) -> None:
     """Remove definitions by id."""
-    for definition_id in ids:
-        session.client.request("DELETE", f"/registry-svc/definition/{quote(definition_id, safe='')}")
-        click.echo(f"removed definition {definition_id}")
+    delete_each(session, "/registry-svc/definition", ids, "removed definition")
 
 
 # --- nodes ------------------------------------------------------------------------------
@@ -224,13 +229,10 @@ def nodes() -> None:
 def nodes_list(session: Session, output: str) -> None:
     """List cluster nodes with their usage."""
     data = session.client.request("POST", "/registry-svc/nodes").json()
-    if output == "json":
-        print_json(data)
-        return
     rows = [[n["id"], n["url"], n.get("region") or "", n.get("availabilityZone") or "", percent(n.get("usage"), "cpu"),
              percent(n.get("usage"), "memory"), len(n.get("gpus") or []), ago(n.get("lastHeartbeat"))]
             for n in data["nodes"]]  # fmt: skip
-    click.echo(table(["ID", "URL", "REGION", "ZONE", "CPU%", "MEM%", "GPUS", "LAST HEARTBEAT"], rows))
+    show(data, output, ["ID", "URL", "REGION", "ZONE", "CPU%", "MEM%", "GPUS", "LAST HEARTBEAT"], rows)
 
 
 @nodes.command("remove", epilog="\b\nExamples:\n  oo nodes remove http://node2.example.com:11337\n  oo n rm http://node2.example.com:11337")  # fmt: skip
@@ -238,9 +240,7 @@ def nodes_list(session: Session, output: str) -> None:
 @pass_session
 def nodes_remove(session: Session, urls: tuple[str, ...]) -> None:
     """Remove nodes by URL."""
-    for url in urls:
-        session.client.request("DELETE", f"/registry-svc/node/{quote(url, safe='')}")
-        click.echo(f"removed node {url}")
+    delete_each(session, "/registry-svc/node", urls, "removed node")
 
 
 # --- tokens and login -------------------------------------------------------------------
@@ -275,13 +275,10 @@ def tokens_create(session: Session, role: str, slug: str | None, description: st
 def tokens_list(session: Session, output: str) -> None:
     """List tokens (never their secrets)."""
     data = session.client.request("GET", "/registry-svc/tokens").json()
-    if output == "json":
-        print_json(data)
-        return
     rows = [
         [t["id"], t["role"], t.get("slug") or "", t.get("description") or "", t["createdAt"]] for t in data["tokens"]
     ]
-    click.echo(table(["ID", "ROLE", "SLUG", "DESCRIPTION", "CREATED"], rows))
+    show(data, output, ["ID", "ROLE", "SLUG", "DESCRIPTION", "CREATED"], rows)
 
 
 @tokens.command("remove", epilog="\b\nExamples:\n  oo tokens rm tok_0123456789abcdef")
@@ -289,9 +286,7 @@ def tokens_list(session: Session, output: str) -> None:
 @pass_session
 def tokens_remove(session: Session, ids: tuple[str, ...]) -> None:
     """Revoke tokens by id."""
-    for token_id in ids:
-        session.client.request("DELETE", f"/registry-svc/token/{quote(token_id, safe='')}")
-        click.echo(f"revoked token {token_id}")
+    delete_each(session, "/registry-svc/token", ids, "revoked token")
 
 
 @cli.command(epilog="\b\nExamples:\n  oo login rsv_...\n  oo --url http://node2:11337 login rsv_...")
