@@ -120,6 +120,8 @@ impl PyStore {
             max: seconds(eject_max_seconds)?,
         };
         let inner = py.detach(|| store::Store::open(&path, map_size)).map_err(to_py)?;
+        // One GIL acquisition per committed batch runs all of its `put_nowait` callbacks.
+        inner.set_completion_runner(Box::new(|run| Python::attach(|_py| run())));
         Ok(PyStore {
             inner,
             selector: Selector::new(default_policy, slug_policies, ejection),
@@ -272,6 +274,41 @@ impl PyStore {
         let coll = collection(collection_name)?;
         py.detach(|| self.inner.put(coll, id, json, expect(expect_version)))
             .map_err(to_py)
+    }
+
+    /// `put` without blocking: `done(result)` is called from the store's writer thread
+    /// once the write is durable, with the registry index (int) or the store exception.
+    #[pyo3(signature = (collection_name, id, json, expect_version, done))]
+    fn put_nowait(
+        &self,
+        collection_name: &str,
+        id: &str,
+        json: Vec<u8>,
+        expect_version: Option<u64>,
+        done: Py<PyAny>,
+    ) -> PyResult<()> {
+        let coll = collection(collection_name)?;
+        let op = store::Op::Put {
+            coll,
+            id: id.to_owned(),
+            json,
+            expect: expect(expect_version),
+        };
+        let completion: store::Completion = Box::new(move |result| {
+            Python::attach(|py| {
+                let arg: Py<PyAny> = match result {
+                    Ok(index) => {
+                        let Ok(number) = index.into_pyobject(py);
+                        number.into_any().unbind()
+                    }
+                    Err(e) => to_py(e).into_value(py).into_any(),
+                };
+                if let Err(err) = done.call1(py, (arg,)) {
+                    err.print(py);
+                }
+            })
+        });
+        self.inner.submit(vec![op], completion).map_err(to_py)
     }
 
     /// Writes many records in one atomic, durable write (bulk import); returns its index.

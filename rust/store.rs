@@ -11,7 +11,7 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use heed::types::Bytes;
@@ -155,9 +155,24 @@ struct Tables {
     meta: Database<Bytes, Bytes>,
 }
 
+/// Called with a write's result once it is durable (or refused), on the writer thread.
+pub type Completion = Box<dyn FnOnce(Result<u64>) + Send>;
+
+/// Runs a batch's completions; lets a binding take a lock (e.g. Python's GIL) once per
+/// batch instead of once per write.
+pub type CompletionRunner = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
+/// How the writer thread answers a write.
+enum Reply {
+    /// A caller blocked in `write`.
+    Wait(mpsc::SyncSender<Result<u64>>),
+    /// A caller that went on and wants a call back (`submit`).
+    Call(Completion),
+}
+
 struct Pending {
     ops: Vec<Op>,
-    reply: mpsc::SyncSender<Result<u64>>,
+    reply: Reply,
 }
 
 pub struct Store {
@@ -165,6 +180,7 @@ pub struct Store {
     tables: Tables,
     sender: Mutex<Option<mpsc::Sender<Pending>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    runner: Arc<OnceLock<CompletionRunner>>,
 }
 
 impl Store {
@@ -194,15 +210,18 @@ impl Store {
 
         let (sender, receiver) = mpsc::channel::<Pending>();
         let writer_env = env.clone();
+        let runner = Arc::new(OnceLock::new());
+        let writer_runner = Arc::clone(&runner);
         let writer = std::thread::Builder::new()
             .name("registry-store-writer".into())
-            .spawn(move || writer_loop(&writer_env, tables, &receiver))
+            .spawn(move || writer_loop(&writer_env, tables, &receiver, &writer_runner))
             .map_err(|e| StoreError::Lmdb(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             env,
             tables,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
+            runner,
         })
     }
 
@@ -210,12 +229,31 @@ impl Store {
     /// of the write, once it is durable.
     pub fn write(&self, ops: Vec<Op>) -> Result<u64> {
         let (reply, answer) = mpsc::sync_channel(1);
-        {
-            let guard = self.sender.lock().map_err(|_| StoreError::Closed)?;
-            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(Pending { ops, reply }).map_err(|_| StoreError::Closed)?;
-        }
+        self.enqueue(Pending {
+            ops,
+            reply: Reply::Wait(reply),
+        })?;
         answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like `write`, without waiting: `done` is called on the writer thread once the write
+    /// is durable (or refused). Lets an event loop await writes without a thread per write.
+    pub fn submit(&self, ops: Vec<Op>, done: Completion) -> Result<()> {
+        self.enqueue(Pending {
+            ops,
+            reply: Reply::Call(done),
+        })
+    }
+
+    /// Sets how completions of `submit`ted writes are run (once; later calls are ignored).
+    pub fn set_completion_runner(&self, runner: CompletionRunner) {
+        let _ = self.runner.set(runner);
+    }
+
+    fn enqueue(&self, pending: Pending) -> Result<()> {
+        let guard = self.sender.lock().map_err(|_| StoreError::Closed)?;
+        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(pending).map_err(|_| StoreError::Closed)
     }
 
     pub fn put(&self, coll: &'static CollectionSpec, id: &str, json: Vec<u8>, expect: Expect) -> Result<u64> {
@@ -476,7 +514,12 @@ fn read_u64(meta: &Database<Bytes, Bytes>, rtxn: &RoTxn<'_, WithoutTls>, key: &[
     })
 }
 
-fn writer_loop(env: &Env<WithoutTls>, tables: Tables, receiver: &mpsc::Receiver<Pending>) {
+fn writer_loop(
+    env: &Env<WithoutTls>,
+    tables: Tables,
+    receiver: &mpsc::Receiver<Pending>,
+    runner: &OnceLock<CompletionRunner>,
+) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -486,9 +529,25 @@ fn writer_loop(env: &Env<WithoutTls>, tables: Tables, receiver: &mpsc::Receiver<
             }
         }
         let results = commit_batch(env, tables, &batch);
+        let mut calls = Vec::new();
         for (pending, result) in batch.into_iter().zip(results) {
-            // The caller may have gone away (e.g. its thread was interrupted); nothing to do.
-            let _ = pending.reply.send(result);
+            match pending.reply {
+                // The caller may have gone away (e.g. its thread was interrupted); nothing to do.
+                Reply::Wait(reply) => drop(reply.send(result)),
+                Reply::Call(done) => calls.push((done, result)),
+            }
+        }
+        if calls.is_empty() {
+            continue;
+        }
+        let mut run_all = || {
+            for (done, result) in calls.drain(..) {
+                done(result);
+            }
+        };
+        match runner.get() {
+            Some(runner) => runner(&mut run_all),
+            None => run_all(),
         }
     }
 }

@@ -304,3 +304,37 @@ fn changes_since_an_index_returns_only_newer_records_and_the_live_count() {
     assert_eq!((changed.len(), live), (0, 1));
     assert_eq!(store.ids(&INSTANCES).unwrap(), vec!["b"]);
 }
+
+#[test]
+fn submitted_writes_call_back_once_durable() {
+    let (_dir, store) = open();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..20 {
+        let id = format!("s{i}");
+        let json = instance(&id, "s", &format!("http://{id}"), &[]);
+        let tx = tx.clone();
+        let op = Op::Put {
+            coll: &INSTANCES,
+            id: id.clone(),
+            json,
+            expect: Expect::Absent,
+        };
+        store
+            .submit(vec![op], Box::new(move |result| tx.send(result).unwrap()))
+            .unwrap();
+    }
+    let mut indexes: Vec<u64> = (0..20).map(|_| rx.recv().unwrap().unwrap()).collect();
+    indexes.sort();
+    assert_eq!(indexes, (1..=20).collect::<Vec<_>>());
+    let dup = Op::Put {
+        coll: &INSTANCES,
+        id: "s0".into(),
+        json: instance("s0", "s", "http://s0", &[]),
+        expect: Expect::Absent,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    store
+        .submit(vec![dup], Box::new(move |result| tx.send(result).unwrap()))
+        .unwrap();
+    assert!(matches!(rx.recv().unwrap(), Err(StoreError::VersionMismatch { .. })));
+}

@@ -1,6 +1,7 @@
 """Typed stub of the Rust extension (rust/python.rs). Keep it true to the module."""
 
 import builtins
+from collections.abc import Callable
 
 MAX_ID_LEN: int
 
@@ -79,6 +80,15 @@ class Store:
         """Every id of the collection, sorted."""
     def ids_by(self, collection_name: str, field: str, value: str) -> builtins.list[str]: ...
     def put(self, collection_name: str, id: str, json: bytes, expect_version: int | None = None) -> int: ...
+    def put_nowait(
+        self,
+        collection_name: str,
+        id: str,
+        json: bytes,
+        expect_version: int | None,
+        done: Callable[[int | StoreError], object],
+    ) -> None:
+        """`put` without blocking: `done` gets the index, or the store error, from the writer thread."""
     def put_many(self, collection_name: str, items: builtins.list[tuple[str, bytes]]) -> int: ...
     def delete(self, collection_name: str, id: str, expect_version: int | None = None) -> int: ...
     def index(self) -> int: ...

@@ -5,6 +5,7 @@ Store errors are mapped to status codes here and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from urllib.parse import unquote, unquote_plus
@@ -70,6 +71,26 @@ def store_error_response(err: Exception) -> Response:
                 log.error("store error: %s", message)
             return error_response(status, str(message))
     raise err
+
+
+async def put_async(
+    store: _core.Store, collection: str, record_id: str, json: bytes, expect_version: int | None
+) -> int:
+    """`store.put` for the event loop: the write is submitted, and the loop is woken by the
+    store's writer thread once it is durable. Raises what `put` would raise."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[int] = loop.create_future()
+
+    def settle(result: int | BaseException) -> None:
+        if future.cancelled():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    store.put_nowait(collection, record_id, json, expect_version, lambda r: loop.call_soon_threadsafe(settle, r))
+    return await future
 
 
 def read_json_object(request: Request, *, allow_empty: bool = False) -> dict[str, Any]:

@@ -40,6 +40,16 @@ class ProcessState:
     writes: ThreadPoolExecutor | None = None
 
 
+def error_for(route: Route, err: Exception) -> Response:
+    """The response for an exception a handler raised."""
+    if isinstance(err, ApiError):
+        return error_response(err.status, err.message)
+    if isinstance(err, _core.StoreError):
+        return store_error_response(err)
+    log.error("unhandled error in %s %s", route.method.upper(), route.path, exc_info=err)
+    return error_response(500, "internal error; the server log has the details")
+
+
 def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
     """The Robyn handler for `route`: authenticate, check the permission, run, map errors."""
 
@@ -51,15 +61,30 @@ def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
             caller = ctx.auth.authenticate(request)
             caller.require(route.permission)
             return route.handler(Call(request, caller, ctx))
-        except ApiError as e:
-            return error_response(e.status, e.message)
-        except _core.StoreError as e:
-            return store_error_response(e)
-        except Exception:
-            log.exception("unhandled error in %s %s", route.method.upper(), route.path)
-            return error_response(500, "internal error; the server log has the details")
+        except Exception as e:
+            return error_for(route, e)
 
     endpoint.__name__ = route.handler.__name__
+    return endpoint
+
+
+def awaited(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[Response]]:
+    """`guarded` for a route with an async handler, run on Robyn's event loop."""
+    assert route.async_handler is not None
+    handler = route.async_handler
+
+    async def endpoint(request: Request) -> Response:
+        ctx = state.ctx
+        if ctx is None:
+            return error_response(503, "the server is starting; retry shortly")
+        try:
+            caller = ctx.auth.authenticate(request)
+            caller.require(route.permission)
+            return await handler(Call(request, caller, ctx))
+        except Exception as e:
+            return error_for(route, e)
+
+    endpoint.__name__ = handler.__name__
     return endpoint
 
 
@@ -137,9 +162,16 @@ def build_app(settings: Settings) -> Robyn:
     app.get("/health")(health)
 
     for route in ROUTES:
-        # Reads are fast and never block: they run inline on Robyn's workers.
-        wrap = guarded if route.method == "get" else offloaded
-        getattr(app, route.method)(route.path)(wrap(route, state))
+        # Reads are fast and never block: they run inline on Robyn's workers. Writes await
+        # their commit (async handlers) or wait for it on the write pool.
+        endpoint: Callable[[Request], Response] | Callable[[Request], Awaitable[Response]]
+        if route.async_handler is not None:
+            endpoint = awaited(route, state)
+        elif route.method == "get":
+            endpoint = guarded(route, state)
+        else:
+            endpoint = offloaded(route, state)
+        getattr(app, route.method)(route.path)(endpoint)
 
     patterns = [(_pattern(r.path), r.method) for r in ROUTES] + [(re.compile("^/health$"), "get")]
     fallback = not_routed(patterns, state)

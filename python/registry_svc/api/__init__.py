@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from robyn import Request, Response
@@ -31,6 +31,7 @@ class Call:
 
 
 Handler = Callable[[Call], Response]
+AsyncHandler = Callable[[Call], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
@@ -41,3 +42,5 @@ class Route:
     path: str
     handler: Handler
     permission: str
+    # When set, the server awaits this instead of running `handler` on a thread.
+    async_handler: AsyncHandler | None = None

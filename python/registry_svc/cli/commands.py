@@ -67,6 +67,7 @@ class Session:
 pass_session = click.make_pass_decorator(Session)
 OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", help="table or raw JSON")
 
+
 def delete_each(session: Session, resource: str, keys: tuple[str, ...], done: str) -> None:
     """DELETE `resource/<key>` (percent-encoded) for each key, saying `done <key>`."""
     for key in keys:
