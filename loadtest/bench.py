@@ -394,13 +394,17 @@ load during development; the shares below come from those runs, not from this ta
   caches on the slug's cache entry, its candidate and its body. A get by id, one B-tree
   lookup, costs about as much for the same reason. The cache entries would have to be
   packed tighter (one arena per slug, bodies inline) to go lower.
-- **Durable registrations (target 5,000/s: not met, about 4,000-4,200/s).** The store
-  alone commits 16,000-20,000 durable puts/s from 32-64 threads (group commit works). Over
-  HTTP, each write crosses five threads (Robyn worker, asyncio loop, executor thread, store
-  writer, back). In `perf`, over half of the worker CPU is kernel time: context switches
-  and futex waits, plus ext4 writeback of LMDB's dirty pages. What would close it: complete
-  writes from the Rust writer thread straight into the event loop (one wakeup per batch,
-  not one per request), and LMDB's `MDB_WRITEMAP` to avoid copying dirty pages.
+- **Durable registrations (target 5,000/s: at the edge).** The store alone commits
+  16,000-20,000 durable puts/s from 32-64 threads (group commit works). Over HTTP, a
+  registration is an async handler: it reads and merges on Robyn's event loop, submits the
+  write to the store's writer thread (`Store.submit`), and awaits it. The writer commits a
+  batch with one fsync and then wakes the loop, running the batch's completions under one
+  GIL acquisition. This took the figure from about 2,200/s (sync handlers) through
+  4,000/s (a thread per write) to 4,500-5,300/s across runs of this machine, so the target
+  sits inside the run-to-run noise. In `perf`, over half of the worker CPU is kernel time:
+  context switches, futex waits, and ext4 writeback of LMDB's dirty pages. What would
+  close it for good: LMDB's `MDB_WRITEMAP` (no copy of dirty pages), and fewer index
+  entries per instance.
 - **Proxy (no target; reported).** The upstream call runs in Python (urllib3 on a thread
   pool): about 2,500-3,000 requests/s, about 0.06x nginx. Forwarding in Rust with pooled
   connections, which the design allows, would remove most of that cost.
