@@ -1,7 +1,9 @@
 //! registry-svc core: the LMDB store, its indexes and instance selection, in plain
 //! Rust tested by `cargo test`, with a thin PyO3 binding in `python.rs`.
 
+mod apply;
 pub mod cache;
+mod error;
 pub mod model;
 pub mod select;
 pub mod store;

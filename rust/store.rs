@@ -1,109 +1,25 @@
 //! The registry store: records as JSON bytes in LMDB (via heed), secondary indexes kept in
-//! the same transaction as the records, and one apply path for every change.
-//!
-//! Every write goes through [`Store::write`], which hands the operation to a single writer
-//! thread. That thread commits whatever writes are pending in one LMDB transaction (group
-//! commit), giving each write its own nested transaction so that one failing write does
-//! not undo the others, and bumps a durable registry index once per successful write.
-//! A write is acknowledged only after the transaction is committed and synced to disk.
-//! Several processes may open the same directory: LMDB serializes their writers.
+//! the same transaction as the records, and the reads. Every write goes through the apply
+//! path in `apply.rs` ([`Store::write`], [`Store::submit`]). Several processes may open the
+//! same directory: LMDB serializes their writers.
 
-use std::fmt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use heed::types::Bytes;
-use heed::{Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
 
+use crate::apply::{writer_loop, Pending, Reply};
+pub use crate::apply::{Completion, CompletionRunner};
+pub use crate::error::StoreError;
 use crate::model::{self, CollectionSpec};
 
-const META_INDEX: &[u8] = b"index";
+pub(crate) const META_INDEX: &[u8] = b"index";
 const META_COLLECTION_PREFIX: &[u8] = b"collection-index:";
 const META_PARTITION_PREFIX: &[u8] = b"partition-index:";
-/// Longest run of pending writes committed in one transaction.
-const MAX_BATCH: usize = 512;
-const VERSION_LEN: usize = 8;
-
-/// Everything that can go wrong in the store, as values a caller can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreError {
-    NotFound {
-        collection: &'static str,
-        id: String,
-    },
-    /// The record's version is not the one the write expected (a concurrent change won).
-    VersionMismatch {
-        collection: &'static str,
-        id: String,
-        expected: Option<u64>,
-        actual: Option<u64>,
-    },
-    /// A unique index already holds this value for another record.
-    Unique {
-        collection: &'static str,
-        field: &'static str,
-        value: String,
-        holder: String,
-    },
-    InvalidRecord(String),
-    UnknownCollection(String),
-    UnknownFilter {
-        collection: &'static str,
-        field: String,
-    },
-    /// The LMDB map is full: nothing was written.
-    Full(String),
-    Lmdb(String),
-    Closed,
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::NotFound { collection, id } => write!(f, "{collection}: no record with id '{id}'"),
-            StoreError::VersionMismatch {
-                collection,
-                id,
-                expected,
-                actual,
-            } => write!(
-                f,
-                "{collection}/{id}: expected version {expected:?}, found {actual:?} (changed concurrently)"
-            ),
-            StoreError::Unique {
-                collection,
-                field,
-                value,
-                holder,
-            } => {
-                write!(f, "{collection}: {field} '{value}' is already held by '{holder}'")
-            }
-            StoreError::InvalidRecord(msg) => write!(f, "invalid record: {msg}"),
-            StoreError::UnknownCollection(name) => write!(f, "unknown collection '{name}'"),
-            StoreError::UnknownFilter { collection, field } => {
-                write!(f, "{collection} cannot be filtered by '{field}'")
-            }
-            StoreError::Full(msg) => write!(f, "store is full: {msg}"),
-            StoreError::Lmdb(msg) => write!(f, "storage error: {msg}"),
-            StoreError::Closed => write!(f, "the store is closed"),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-impl From<heed::Error> for StoreError {
-    fn from(e: heed::Error) -> Self {
-        match e {
-            heed::Error::Mdb(MdbError::MapFull) => {
-                StoreError::Full("the LMDB map size is exhausted; restart with a larger --map-size".into())
-            }
-            other => StoreError::Lmdb(other.to_string()),
-        }
-    }
-}
+pub(crate) const VERSION_LEN: usize = 8;
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -131,7 +47,7 @@ pub enum Op {
 }
 
 impl Op {
-    fn collection(&self) -> &'static CollectionSpec {
+    pub(crate) fn collection(&self) -> &'static CollectionSpec {
         match self {
             Op::Put { coll, .. } | Op::Delete { coll, .. } => coll,
         }
@@ -149,30 +65,10 @@ pub struct Record {
 pub type Filter = (String, String);
 
 #[derive(Clone, Copy)]
-struct Tables {
-    records: Database<Bytes, Bytes>,
-    index: Database<Bytes, Bytes>,
-    meta: Database<Bytes, Bytes>,
-}
-
-/// Called with a write's result once it is durable (or refused), on the writer thread.
-pub type Completion = Box<dyn FnOnce(Result<u64>) + Send>;
-
-/// Runs a batch's completions; lets a binding take a lock (e.g. Python's GIL) once per
-/// batch instead of once per write.
-pub type CompletionRunner = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
-
-/// How the writer thread answers a write.
-enum Reply {
-    /// A caller blocked in `write`.
-    Wait(mpsc::SyncSender<Result<u64>>),
-    /// A caller that went on and wants a call back (`submit`).
-    Call(Completion),
-}
-
-struct Pending {
-    ops: Vec<Op>,
-    reply: Reply,
+pub(crate) struct Tables {
+    pub(crate) records: Database<Bytes, Bytes>,
+    pub(crate) index: Database<Bytes, Bytes>,
+    pub(crate) meta: Database<Bytes, Bytes>,
 }
 
 pub struct Store {
@@ -470,7 +366,7 @@ fn intersect_sorted(a: Vec<Vec<u8>>, b: &[Vec<u8>]) -> Vec<Vec<u8>> {
     out
 }
 
-fn decode_record(raw: &[u8]) -> Record {
+pub(crate) fn decode_record(raw: &[u8]) -> Record {
     let mut version = [0u8; VERSION_LEN];
     version.copy_from_slice(&raw[..VERSION_LEN]);
     Record {
@@ -479,255 +375,22 @@ fn decode_record(raw: &[u8]) -> Record {
     }
 }
 
-fn collection_meta_key(coll: &CollectionSpec) -> Vec<u8> {
+pub(crate) fn collection_meta_key(coll: &CollectionSpec) -> Vec<u8> {
     let mut key = META_COLLECTION_PREFIX.to_vec();
     key.extend_from_slice(coll.name.as_bytes());
     key
 }
 
-fn partition_meta_key(coll: &CollectionSpec, value: &str) -> Vec<u8> {
+pub(crate) fn partition_meta_key(coll: &CollectionSpec, value: &str) -> Vec<u8> {
     let mut key = META_PARTITION_PREFIX.to_vec();
     key.push(coll.tag);
     key.extend_from_slice(value.as_bytes());
     key
 }
 
-fn bump_partition(
-    tables: Tables,
-    txn: &mut RwTxn<'_>,
-    coll: &CollectionSpec,
-    value: Option<&str>,
-    version: u64,
-) -> Result<()> {
-    if let Some(value) = value {
-        tables
-            .meta
-            .put(txn, &partition_meta_key(coll, value), &version.to_be_bytes())?;
-    }
-    Ok(())
-}
-
-fn read_u64(meta: &Database<Bytes, Bytes>, rtxn: &RoTxn<'_, WithoutTls>, key: &[u8]) -> Result<u64> {
+pub(crate) fn read_u64(meta: &Database<Bytes, Bytes>, rtxn: &RoTxn<'_, WithoutTls>, key: &[u8]) -> Result<u64> {
     Ok(match meta.get(rtxn, key)? {
         Some(raw) if raw.len() == 8 => u64::from_be_bytes(raw.try_into().expect("8 bytes")),
         _ => 0,
     })
-}
-
-fn writer_loop(
-    env: &Env<WithoutTls>,
-    tables: Tables,
-    receiver: &mpsc::Receiver<Pending>,
-    runner: &OnceLock<CompletionRunner>,
-) {
-    while let Ok(first) = receiver.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let results = commit_batch(env, tables, &batch);
-        let mut calls = Vec::new();
-        for (pending, result) in batch.into_iter().zip(results) {
-            match pending.reply {
-                // The caller may have gone away (e.g. its thread was interrupted); nothing to do.
-                Reply::Wait(reply) => drop(reply.send(result)),
-                Reply::Call(done) => calls.push((done, result)),
-            }
-        }
-        if calls.is_empty() {
-            continue;
-        }
-        let mut run_all = || {
-            for (done, result) in calls.drain(..) {
-                done(result);
-            }
-        };
-        match runner.get() {
-            Some(runner) => runner(&mut run_all),
-            None => run_all(),
-        }
-    }
-}
-
-/// Applies each pending write in its own nested transaction inside one outer transaction,
-/// then commits (and syncs) once. Returns one result per pending write.
-fn commit_batch(env: &Env<WithoutTls>, tables: Tables, batch: &[Pending]) -> Vec<Result<u64>> {
-    let mut results: Vec<Result<u64>> = Vec::with_capacity(batch.len());
-    let outcome = (|| -> Result<()> {
-        let mut wtxn = env.write_txn()?;
-        let start = read_u64(&tables.meta, &wtxn, META_INDEX)?;
-        let mut counter = start;
-        for pending in batch {
-            let next = counter + 1;
-            let outcome = if let [op] = pending.ops.as_slice() {
-                // One operation: check, then write straight into the batch's transaction.
-                // A refused check wrote nothing; a failed write breaks the whole batch (`?`).
-                match check_op(tables, &wtxn, op) {
-                    Ok(checked) => write_op(tables, &mut wtxn, op, checked, next).map(|()| Ok(()))?,
-                    Err(e) => Err(e),
-                }
-            } else {
-                // Several operations are atomic together: a nested transaction undoes the
-                // earlier ones if a later one is refused. (Nested transactions cost a large
-                // allocation each, hence not for single operations.)
-                let mut child = env.nested_write_txn(&mut wtxn)?;
-                let applied = pending.ops.iter().try_for_each(|op| {
-                    let checked = check_op(tables, &child, op)?;
-                    write_op(tables, &mut child, op, checked, next)
-                });
-                match applied {
-                    Ok(()) => {
-                        child.commit()?;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        child.abort();
-                        Err(e)
-                    }
-                }
-            };
-            match outcome {
-                Ok(()) => {
-                    counter = next;
-                    for op in &pending.ops {
-                        tables
-                            .meta
-                            .put(&mut wtxn, &collection_meta_key(op.collection()), &next.to_be_bytes())?;
-                    }
-                    results.push(Ok(next));
-                }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        if counter != start {
-            tables.meta.put(&mut wtxn, META_INDEX, &counter.to_be_bytes())?;
-        }
-        wtxn.commit()?;
-        Ok(())
-    })();
-    match outcome {
-        Ok(()) => results,
-        // The outer transaction failed: nothing in this batch was written.
-        Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
-    }
-}
-
-fn check_expect(coll: &CollectionSpec, id: &str, expect: Expect, current: Option<u64>) -> Result<()> {
-    let ok = match expect {
-        Expect::Any => true,
-        Expect::Absent => current.is_none(),
-        Expect::Version(v) => current == Some(v),
-    };
-    if ok {
-        return Ok(());
-    }
-    let expected = match expect {
-        Expect::Version(v) => Some(v),
-        _ => None,
-    };
-    Err(StoreError::VersionMismatch {
-        collection: coll.name,
-        id: id.to_owned(),
-        expected,
-        actual: current,
-    })
-}
-
-/// What `check_op` learned, for `write_op` to apply.
-struct Checked {
-    keys: Option<model::RecordKeys>,
-    old: Option<Record>,
-}
-
-/// Every check of an operation (record validity, version precondition, unique indexes),
-/// reading only: an operation refused here has written nothing.
-fn check_op(tables: Tables, txn: &RoTxn<'_, WithoutTls>, op: &Op) -> Result<Checked> {
-    match op {
-        Op::Put { coll, id, json, expect } => {
-            let keys = model::record_keys(coll, id, json).map_err(StoreError::InvalidRecord)?;
-            let old = tables.records.get(txn, &coll.record_key(id))?.map(decode_record);
-            check_expect(coll, id, *expect, old.as_ref().map(|r| r.version))?;
-            for (spec, value) in keys.entries.iter().filter(|(spec, _)| spec.unique) {
-                let prefix = model::index_prefix(coll, spec, value);
-                for entry in tables.index.prefix_iter(txn, &prefix)? {
-                    let holder = &entry?.0[prefix.len()..];
-                    if holder != id.as_bytes() {
-                        return Err(StoreError::Unique {
-                            collection: coll.name,
-                            field: spec.field,
-                            value: value.clone(),
-                            holder: String::from_utf8_lossy(holder).into_owned(),
-                        });
-                    }
-                }
-            }
-            Ok(Checked { keys: Some(keys), old })
-        }
-        Op::Delete { coll, id, expect } => {
-            let old = tables
-                .records
-                .get(txn, &coll.record_key(id))?
-                .map(decode_record)
-                .ok_or_else(|| StoreError::NotFound {
-                    collection: coll.name,
-                    id: id.clone(),
-                })?;
-            check_expect(coll, id, *expect, Some(old.version))?;
-            Ok(Checked {
-                keys: None,
-                old: Some(old),
-            })
-        }
-    }
-}
-
-/// Applies a checked operation. An error here leaves a partial write in `txn`, which the
-/// caller must then abort.
-fn write_op(tables: Tables, txn: &mut RwTxn<'_>, op: &Op, checked: Checked, version: u64) -> Result<()> {
-    let (coll, id) = match op {
-        Op::Put { coll, id, .. } | Op::Delete { coll, id, .. } => (*coll, id),
-    };
-    if let Some(old) = &checked.old {
-        let old_keys = remove_index_entries(tables, txn, coll, id, &old.json)?;
-        bump_partition(tables, txn, coll, old_keys.partition(coll), version)?;
-    }
-    let record_key = coll.record_key(id);
-    match (op, checked.keys) {
-        (Op::Put { json, .. }, Some(keys)) => {
-            bump_partition(tables, txn, coll, keys.partition(coll), version)?;
-            for (spec, value) in &keys.entries {
-                let mut key = model::index_prefix(coll, spec, value);
-                key.extend_from_slice(id.as_bytes());
-                tables.index.put(txn, &key, &[])?;
-            }
-            let mut stored = Vec::with_capacity(VERSION_LEN + json.len());
-            stored.extend_from_slice(&version.to_be_bytes());
-            stored.extend_from_slice(json);
-            tables.records.put(txn, &record_key, &stored)?;
-        }
-        _ => {
-            tables.records.delete(txn, &record_key)?;
-        }
-    }
-    Ok(())
-}
-
-/// Deletes the index entries of a stored record; returns its keys.
-fn remove_index_entries(
-    tables: Tables,
-    txn: &mut RwTxn<'_>,
-    coll: &CollectionSpec,
-    id: &str,
-    json: &[u8],
-) -> Result<model::RecordKeys> {
-    let keys = model::record_keys(coll, id, json).map_err(StoreError::InvalidRecord)?;
-    for (spec, value) in &keys.entries {
-        let mut key = model::index_prefix(coll, spec, value);
-        key.extend_from_slice(id.as_bytes());
-        tables.index.delete(txn, &key)?;
-    }
-    Ok(keys)
 }
