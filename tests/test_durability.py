@@ -190,3 +190,20 @@ def test_kill_9_loses_no_acknowledged_registration(tmp_path: Path) -> None:
 
 def test_free_port_helper_gives_distinct_ports() -> None:
     assert free_port() != 0
+
+
+def test_servers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    import psutil
+
+    srv = Server(tmp_path / "data", processes=2).start()
+    assert srv.proc is not None
+    children = psutil.Process(srv.proc.pid).children(recursive=True)
+    assert len(children) == 3  # the Robyn parent and its two workers
+    srv.proc.kill()  # SIGKILL the supervisor alone
+    srv.proc.wait(timeout=10)
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"orphaned server processes: {alive}"
+    deadline = time.monotonic() + 5
+    while not port_is_free(srv.port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert port_is_free(srv.port)

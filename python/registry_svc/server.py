@@ -10,6 +10,7 @@ opens the store in its startup handler, after the fork, as LMDB requires.
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from registry_svc.api.proxy import Proxy
 from registry_svc.auth import Authenticator
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, store_error_response
+from registry_svc.lifecycle import SUPERVISOR_PID_ENV, die_with_parent
 from registry_svc.settings import Settings
 
 log = logging.getLogger("registry_svc")
@@ -144,6 +146,8 @@ def build_app(settings: Settings) -> Robyn:
 
     @app.startup_handler
     def open_store() -> None:
+        if settings.processes > 1:
+            die_with_parent()  # a forked worker goes when the Robyn parent goes
         store = settings.open_store()
         state.ctx = Context(store=store, settings=settings, auth=Authenticator(store))
         state.proxy = Proxy(store)
@@ -183,6 +187,8 @@ def build_app(settings: Settings) -> Robyn:
 
 def main() -> None:
     """Entry point of a worker process started by the supervisor."""
+    # Go when the supervisor goes, even if it is SIGKILLed.
+    die_with_parent(int(os.environ[SUPERVISOR_PID_ENV]) if SUPERVISOR_PID_ENV in os.environ else None)
     settings = Settings.from_env()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_app(settings)

@@ -25,6 +25,7 @@ from registry_svc import _core, nodes, telemetry
 from registry_svc.agent import NodeAgent
 from registry_svc.auth import ensure_admin_token
 from registry_svc.gpu import GpuSampler
+from registry_svc.lifecycle import SUPERVISOR_PID_ENV
 from registry_svc.settings import Settings
 
 log = logging.getLogger("registry_svc")
@@ -130,7 +131,8 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
         "--processes", str(settings.processes), "--workers", str(settings.workers),
         "--log-level", "WARN", "--disable-openapi",
     ]  # fmt: skip
-    child = subprocess.Popen(argv, env={**os.environ, **settings.to_env()}, start_new_session=True)
+    env = {**os.environ, **settings.to_env(), SUPERVISOR_PID_ENV: str(os.getpid())}
+    child = subprocess.Popen(argv, env=env, start_new_session=True)
     agent = NodeAgent(store, settings, gpus)
     try:
         if not _wait_ready(settings, child) and not stopping:
