@@ -201,7 +201,7 @@ def test_servers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     assert len(children) == 3  # the Robyn parent and its two workers
     srv.proc.kill()  # SIGKILL the supervisor alone
     srv.proc.wait(timeout=10)
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"orphaned server processes: {alive}"
     deadline = time.monotonic() + 5
     while not port_is_free(srv.port) and time.monotonic() < deadline:
