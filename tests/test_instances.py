@@ -66,7 +66,14 @@ def test_custom_id_and_deployment_reference(server: Server) -> None:
 
 
 def test_each_filter_alone_and_combined(server: Server) -> None:
-    base = {"slug": "filt", "deploymentId": "depl_f", "zone": "z1", "status": "Healthy"}
+    # Statuses are set here, so no health check may change them under the test.
+    base = {
+        "slug": "filt",
+        "deploymentId": "depl_f",
+        "zone": "z1",
+        "status": "Healthy",
+        "healthCheck": {"type": "none"},
+    }
     server.register(
         {
             **base,

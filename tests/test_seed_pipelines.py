@@ -12,10 +12,29 @@ from conftest import Server
 
 @pytest.fixture(scope="module")
 def seeded(server: Server) -> Server:
-    server.register({"url": "http://user-service-1:8080", "slug": "user-svc", "status": "Healthy", "tags": ["blue"]})
-    server.register({"url": "http://user-service-2:8080", "slug": "user-svc", "status": "Unhealthy"})
-    server.register({"url": "http://localhost:3001", "tags": ["dev", "user-service"]})
-    server.register({"url": "http://gpu-1:8080", "slug": "model-inference-svc", "nodeUrl": "http://api-server-2:11337"})
+    # Statuses are set here, so no health check may change them under the test.
+    static = {"type": "none"}
+    server.register(
+        {
+            "url": "http://user-service-1:8080",
+            "slug": "user-svc",
+            "status": "Healthy",
+            "tags": ["blue"],
+            "healthCheck": static,
+        }
+    )
+    server.register(
+        {"url": "http://user-service-2:8080", "slug": "user-svc", "status": "Unhealthy", "healthCheck": static}
+    )
+    server.register({"url": "http://localhost:3001", "tags": ["dev", "user-service"], "healthCheck": static})
+    server.register(
+        {
+            "url": "http://gpu-1:8080",
+            "slug": "model-inference-svc",
+            "nodeUrl": "http://api-server-2:11337",
+            "healthCheck": static,
+        }
+    )
     return server
 
 

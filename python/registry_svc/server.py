@@ -52,17 +52,22 @@ def error_for(route: Route, err: Exception) -> Response:
     return error_response(500, "internal error; the server log has the details")
 
 
+def authorized(route: Route, state: ProcessState, request: Request) -> Call:
+    """The request as a call of an authenticated caller holding the route's permission."""
+    ctx = state.ctx
+    if ctx is None:
+        raise ApiError(503, "the server is starting; retry shortly")
+    caller = ctx.auth.authenticate(request)
+    caller.require(route.permission)
+    return Call(request, caller, ctx)
+
+
 def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
     """The Robyn handler for `route`: authenticate, check the permission, run, map errors."""
 
     def endpoint(request: Request) -> Response:
-        ctx = state.ctx
-        if ctx is None:
-            return error_response(503, "the server is starting; retry shortly")
         try:
-            caller = ctx.auth.authenticate(request)
-            caller.require(route.permission)
-            return route.handler(Call(request, caller, ctx))
+            return route.handler(authorized(route, state, request))
         except Exception as e:
             return error_for(route, e)
 
@@ -76,13 +81,8 @@ def awaited(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[
     handler = route.async_handler
 
     async def endpoint(request: Request) -> Response:
-        ctx = state.ctx
-        if ctx is None:
-            return error_response(503, "the server is starting; retry shortly")
         try:
-            caller = ctx.auth.authenticate(request)
-            caller.require(route.permission)
-            return await handler(Call(request, caller, ctx))
+            return await handler(authorized(route, state, request))
         except Exception as e:
             return error_for(route, e)
 
