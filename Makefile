@@ -34,7 +34,8 @@ test: test-rust test-python
 test-rust:
 	cargo test --no-default-features --quiet
 
-test-python: build
+# The benchmark harness's smoke tests need wrk, nginx and etcd: installed here if missing.
+test-python: build bench-tools
 	$(PY) -m pytest -q
 
 lint: build

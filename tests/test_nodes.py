@@ -68,7 +68,8 @@ def test_list_filter_errors_name_the_field(cluster: tuple[Server, Server]) -> No
 
 
 def test_delete_by_percent_encoded_url_then_404(cluster: tuple[Server, Server], tmp_path: Path) -> None:
-    one, _two = cluster
+    one, two = cluster
+    two.kill9()  # a node that still heartbeats would register again
     url = "http://node2.example.com:11337"
     assert one.call("DELETE", "/registry-svc/node/" + quote(url, safe="")).status == 204
     assert "prod-node-2" not in {n["id"] for n in one.call("POST", "/registry-svc/nodes").json["nodes"]}
@@ -79,7 +80,9 @@ def test_delete_by_percent_encoded_url_then_404(cluster: tuple[Server, Server], 
 
 
 def test_unencoded_url_in_path_also_works(fresh_server: Server) -> None:
-    url = fresh_server.url
-    reply = fresh_server.call("DELETE", f"/registry-svc/node/{url}")
-    assert reply.status == 204
-    assert fresh_server.call("GET", "/registry-svc/node/self").status == 404
+    # A node that no longer heartbeats (this server's own node would register again).
+    url = "http://gone.example.com:11337"
+    Server(fresh_server.data_dir, env={"OB_SELF_URL": url}).start().kill9()
+    assert url in {n["url"] for n in fresh_server.call("POST", "/registry-svc/nodes").json["nodes"]}
+    assert fresh_server.call("DELETE", f"/registry-svc/node/{url}").status == 204
+    assert url not in {n["url"] for n in fresh_server.call("POST", "/registry-svc/nodes").json["nodes"]}
