@@ -374,3 +374,21 @@ def test_decide_applies_thresholds(status: str, results: list[ProbeResult], expe
         if change is not None:
             final, status = change.status, change.status
     assert final == expected
+
+
+def test_imported_instances_with_partial_checks_do_not_break_the_checker(tmp_path: Path) -> None:
+    """Records written around the API (bulk import) may lack check fields: defaults apply."""
+    import orjson
+
+    from registry_svc import _core
+    from registry_svc.health import HealthChecker
+
+    store = _core.Store(str(tmp_path / "store"))
+    partial = {"id": "imported", "url": "http://imported:80", "status": "Unknown", "healthCheck": {"type": "tcp"}}
+    bare = {"id": "bare", "url": "http://bare:80", "status": "Unknown"}
+    store.put_many("instances", [(r["id"], orjson.dumps(r)) for r in (partial, bare)])
+    checker = HealthChecker(store, lambda _instance: True)
+    checker.reload()
+    assert set(checker._instances) == {"imported", "bare"}
+    assert checker._instances["bare"]["healthCheck"]["intervalSeconds"] == 10
+    store.close()

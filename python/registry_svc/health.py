@@ -38,6 +38,15 @@ from registry_svc.clock import parse_time, utc_now
 log = logging.getLogger("registry_svc")
 
 INSTANCES = "instances"
+HEALTH_CHECK_DEFAULTS: dict[str, Any] = {
+    "type": "tcp",
+    "path": "/health",
+    "intervalSeconds": 10,
+    "timeoutSeconds": 2,
+    "healthyThreshold": 2,
+    "unhealthyThreshold": 3,
+    "deregisterAfterSeconds": 0,
+}
 HEARTBEAT_REFRESH_S = 60.0
 MAX_CONCURRENT_PROBES = 256
 TICK_S = 0.2
@@ -282,6 +291,8 @@ class HealthChecker:
         if not self.is_mine(instance):
             self._forget(instance_id)
             return
+        # Records written by the API carry a full check; imported ones may not.
+        instance["healthCheck"] = {**HEALTH_CHECK_DEFAULTS, **(instance.get("healthCheck") or {})}
         self._instances[instance_id] = instance
         if instance_id not in self._states:
             interval = float(instance["healthCheck"]["intervalSeconds"])

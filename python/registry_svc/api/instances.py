@@ -20,6 +20,7 @@ from registry_svc import validation as v
 from registry_svc.api import Call, Route
 from registry_svc.clock import utc_now
 from registry_svc.errors import ApiError
+from registry_svc.health import HEALTH_CHECK_DEFAULTS
 from registry_svc.http import json_response, no_content, path_param, put_async, query_params, raw_json, read_json_object
 
 INSTANCES = "instances"
@@ -34,15 +35,6 @@ WRITABLE = frozenset(FIELD_ORDER) - {"statusReason", "lastHeartbeat", "registere
 ACCEPTED = frozenset(FIELD_ORDER)
 ADDRESS_FIELDS = ("url", "scheme", "host", "ip", "port", "path")
 HEALTH_CHECK_TYPES = ("tcp", "http", "ttl", "none")
-HEALTH_CHECK_DEFAULTS: dict[str, Any] = {
-    "type": "tcp",
-    "path": "/health",
-    "intervalSeconds": 10,
-    "timeoutSeconds": 2,
-    "healthyThreshold": 2,
-    "unhealthyThreshold": 3,
-    "deregisterAfterSeconds": 0,
-}
 # Query parameter -> indexed field of the store.
 FILTERS = {
     "id": "id", "slug": "slug", "host": "host", "ip": "ip", "deploymentId": "deploymentId",
