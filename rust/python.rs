@@ -372,6 +372,5 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InvalidRecordError", py.get_type::<InvalidRecordError>())?;
     m.add("StoreFullError", py.get_type::<StoreFullError>())?;
     m.add("NoRoutableError", py.get_type::<NoRoutableError>())?;
-    m.add("MAX_ID_LEN", model::MAX_ID_LEN)?;
     Ok(())
 }

@@ -3,8 +3,6 @@
 import builtins
 from collections.abc import Callable
 
-MAX_ID_LEN: int
-
 class StoreError(Exception):
     """Base class of every store error."""
 

@@ -9,16 +9,18 @@ opens the store in its startup handler, after the fork, as LMDB requires.
 # their annotations at runtime.
 
 import asyncio
+import inspect
 import logging
 import os
 import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 from robyn import Request, Response, Robyn
 
 from registry_svc import _core
-from registry_svc.api import Call, Context, Route, definitions, instances, nodes, pick, tokens
+from registry_svc.api import AsyncHandler, Call, Context, Handler, Route, definitions, instances, nodes, pick, tokens
 from registry_svc.api.proxy import Proxy
 from registry_svc.auth import Authenticator
 from registry_svc.errors import ApiError
@@ -64,10 +66,11 @@ def authorized(route: Route, state: ProcessState, request: Request) -> Call:
 
 def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
     """The Robyn handler for `route`: authenticate, check the permission, run, map errors."""
+    handler = cast(Handler, route.handler)
 
     def endpoint(request: Request) -> Response:
         try:
-            return route.handler(authorized(route, state, request))
+            return handler(authorized(route, state, request))
         except Exception as e:
             return error_for(route, e)
 
@@ -76,9 +79,8 @@ def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
 
 
 def awaited(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[Response]]:
-    """`guarded` for a route with an async handler, run on Robyn's event loop."""
-    assert route.async_handler is not None
-    handler = route.async_handler
+    """`guarded` for an async handler, run on Robyn's event loop."""
+    handler = cast(AsyncHandler, route.handler)
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -86,7 +88,7 @@ def awaited(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[
         except Exception as e:
             return error_for(route, e)
 
-    endpoint.__name__ = handler.__name__
+    endpoint.__name__ = route.handler.__name__
     return endpoint
 
 
@@ -169,7 +171,7 @@ def build_app(settings: Settings) -> Robyn:
         # Reads are fast and never block: they run inline on Robyn's workers. Writes await
         # their commit (async handlers) or wait for it on the write pool.
         endpoint: Callable[[Request], Response] | Callable[[Request], Awaitable[Response]]
-        if route.async_handler is not None:
+        if inspect.iscoroutinefunction(route.handler):
             endpoint = awaited(route, state)
         elif route.method == "get":
             endpoint = guarded(route, state)

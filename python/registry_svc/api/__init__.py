@@ -40,7 +40,7 @@ class Route:
 
     method: str
     path: str
-    handler: Handler
+    # An async handler is awaited on Robyn's event loop; a sync one runs inline (reads) or
+    # on the write pool (writes).
+    handler: Handler | AsyncHandler
     permission: str
-    # When set, the server awaits this instead of running `handler` on a thread.
-    async_handler: AsyncHandler | None = None

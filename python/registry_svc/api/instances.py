@@ -30,10 +30,8 @@ FIELD_ORDER = (
     "id", "url", "slug", "scheme", "host", "ip", "port", "path", "deploymentId", "nodeUrl", "tags",
     "metadata", "weight", "zone", "status", "statusReason", "lastHeartbeat", "registeredAt", "healthCheck",
 )  # fmt: skip
-WRITABLE = frozenset(FIELD_ORDER) - {"statusReason", "lastHeartbeat", "registeredAt"}
 # Read-only fields are accepted and ignored, so a fetched instance can be sent back as is.
 ACCEPTED = frozenset(FIELD_ORDER)
-ADDRESS_FIELDS = ("url", "scheme", "host", "ip", "port", "path")
 HEALTH_CHECK_TYPES = ("tcp", "http", "ttl", "none")
 # Query parameter -> indexed field of the store.
 FILTERS = {
@@ -242,22 +240,9 @@ RETRY = (_core.ConflictError, _core.VersionMismatchError)  # someone wrote the U
 GAVE_UP = "the instance kept changing concurrently; retry the registration"
 
 
-def register(call: Call) -> Response:
-    """Register or re-register, blocking on the durable write."""
-    fields = parse_registration(read_json_object(call.request))
-    for _ in range(MAX_ATTEMPTS):
-        plan = plan_registration(call, fields)
-        try:
-            index = call.ctx.store.put(INSTANCES, plan.instance_id, orjson.dumps(plan.record), plan.expect_version)
-        except RETRY:
-            continue
-        return plan.response(index)
-    raise ApiError(409, GAVE_UP)
-
-
-async def register_async(call: Call) -> Response:
-    """`register` for the event loop: awaits the durable write instead of holding a thread,
-    so many registrations share one group commit at the cost of one wakeup each."""
+async def register(call: Call) -> Response:
+    """Register or re-register. Runs on the event loop and awaits the durable write instead
+    of holding a thread, so many registrations share one group commit."""
     fields = parse_registration(read_json_object(call.request))
     for _ in range(MAX_ATTEMPTS):
         plan = plan_registration(call, fields)
@@ -341,7 +326,7 @@ def delete_instance(call: Call) -> Response:
 
 
 ROUTES = [
-    Route("put", "/registry-svc/instance", register, auth.INSTANCE_EDIT, async_handler=register_async),
+    Route("put", "/registry-svc/instance", register, auth.INSTANCE_EDIT),
     Route("get", "/registry-svc/instances", list_instances, auth.INSTANCE_VIEW),
     Route("get", "/registry-svc/instance/:id", get_instance, auth.INSTANCE_VIEW),
     Route("put", "/registry-svc/instance/:id/heartbeat", heartbeat, auth.INSTANCE_EDIT),

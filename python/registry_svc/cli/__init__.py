@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from registry_svc.cli.client import EXIT_ERROR, CliError
+from registry_svc.cli.client import EXIT_ERROR, EXIT_OK, CliError
 from registry_svc.cli.commands import cli
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return EXIT_ERROR
-    return 0
+    return EXIT_OK
 
 
 def run() -> None:
