@@ -134,10 +134,10 @@ fn commit_batch(env: &Env<WithoutTls>, tables: Tables, batch: &[Pending]) -> Vec
             match outcome {
                 Ok(()) => {
                     counter = next;
-                    for op in &pending.ops {
+                    for coll in pending.ops.iter().filter_map(Op::written_collection) {
                         tables
                             .meta
-                            .put(&mut wtxn, &collection_meta_key(op.collection()), &next.to_be_bytes())?;
+                            .put(&mut wtxn, &collection_meta_key(coll), &next.to_be_bytes())?;
                     }
                     results.push(Ok(next));
                 }
@@ -208,6 +208,17 @@ fn check_op(tables: Tables, txn: &RoTxn<'_, WithoutTls>, op: &Op) -> Result<Chec
             }
             Ok(Checked { keys: Some(keys), old })
         }
+        Op::Guard { coll, collection_index } => {
+            let actual = read_u64(&tables.meta, txn, &collection_meta_key(coll))?;
+            if actual != *collection_index {
+                return Err(StoreError::CollectionChanged {
+                    collection: coll.name,
+                    expected: *collection_index,
+                    actual,
+                });
+            }
+            Ok(Checked { keys: None, old: None })
+        }
         Op::Delete { coll, id, expect } => {
             let old = tables
                 .records
@@ -231,6 +242,7 @@ fn check_op(tables: Tables, txn: &RoTxn<'_, WithoutTls>, op: &Op) -> Result<Chec
 fn write_op(tables: Tables, txn: &mut RwTxn<'_>, op: &Op, checked: Checked, version: u64) -> Result<()> {
     let (coll, id) = match op {
         Op::Put { coll, id, .. } | Op::Delete { coll, id, .. } => (*coll, id),
+        Op::Guard { .. } => return Ok(()),
     };
     if let Some(old) = &checked.old {
         let old_keys = remove_index_entries(tables, txn, coll, id, &old.json)?;

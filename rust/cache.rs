@@ -5,15 +5,78 @@
 //! it), else the collection index. The token is read before the body is built, so a body
 //! can be newer than its token but never older: a concurrent write only causes a rebuild.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::model::CollectionSpec;
 use crate::store::{Filter, Result, Store};
 
-/// Entries kept before the cache is dropped whole (filters that come and go).
-const MAX_ENTRIES: usize = 50_000;
+/// Bytes of cached list responses one process keeps (keys and bodies).
+pub const RESPONSE_CACHE_BYTES: usize = 64 << 20;
+/// Per-entry bookkeeping counted on top of key and value bytes.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// A map whose entries have a size, holding at most `max_bytes` in all: a caller that
+/// varies its queries can make the cache churn, never grow. An entry larger than
+/// `max_entry` bytes is not kept; an insert that would pass the budget empties the map
+/// first (entries are rebuilt from the store on demand, so dropping them is safe).
+pub struct BoundedMap<K, V> {
+    entries: HashMap<K, (V, usize)>,
+    bytes: usize,
+    max_bytes: usize,
+    max_entry: usize,
+}
+
+impl<K: Hash + Eq, V> BoundedMap<K, V> {
+    pub fn new(max_bytes: usize, max_entry: usize) -> BoundedMap<K, V> {
+        BoundedMap {
+            entries: HashMap::new(),
+            bytes: 0,
+            max_bytes,
+            max_entry: max_entry.min(max_bytes),
+        }
+    }
+
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        self.entries.get(key).map(|(value, _)| value)
+    }
+
+    /// Inserts `value`, accounted as `size` bytes (plus a fixed overhead).
+    pub fn insert(&mut self, key: K, value: V, size: usize) {
+        let size = size + ENTRY_OVERHEAD;
+        if let Some((_, old)) = self.entries.remove(&key) {
+            self.bytes -= old;
+        }
+        if size > self.max_entry {
+            return;
+        }
+        if self.bytes + size > self.max_bytes {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.entries.insert(key, (value, size));
+    }
+
+    /// Bytes accounted to the entries now held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
 
 /// When a cached thing was read, and how to tell cheaply that it is still current.
 ///
@@ -64,9 +127,14 @@ struct Entry {
     body: Arc<Vec<u8>>,
 }
 
-#[derive(Default)]
 pub struct ResponseCache {
-    entries: RwLock<HashMap<Vec<u8>, Entry>>,
+    entries: RwLock<BoundedMap<Vec<u8>, Entry>>,
+}
+
+impl Default for ResponseCache {
+    fn default() -> Self {
+        ResponseCache::with_budget(RESPONSE_CACHE_BYTES)
+    }
 }
 
 fn cache_key(coll: &CollectionSpec, filters: &[Filter], key: &str) -> Vec<u8> {
@@ -90,6 +158,20 @@ fn partition_of<'f>(coll: &CollectionSpec, filters: &'f [Filter]) -> Option<&'f 
 }
 
 impl ResponseCache {
+    pub fn with_budget(max_bytes: usize) -> ResponseCache {
+        ResponseCache {
+            // Half the budget for one body: a full listing of a large registry is worth
+            // keeping, a second one evicts the first.
+            entries: RwLock::new(BoundedMap::new(max_bytes, max_bytes / 2)),
+        }
+    }
+
+    /// (entries, bytes) held now.
+    pub fn usage(&self) -> (usize, usize) {
+        let entries = self.entries.read().expect("cache lock");
+        (entries.len(), entries.bytes())
+    }
+
     /// `store.list_json(coll, filters, key)`, served from the cache while still valid.
     /// Returns the registry index the body was read at, and the body.
     pub fn list_json(
@@ -109,17 +191,15 @@ impl ResponseCache {
         let stamp = Stamp::read(store, coll, partition)?;
         let (index, body) = store.list_json(coll, filters, key)?;
         let body = Arc::new(body);
-        let mut entries = self.entries.write().expect("cache lock");
-        if entries.len() >= MAX_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(
+        let size = cache_key.len() + body.len();
+        self.entries.write().expect("cache lock").insert(
             cache_key,
             Entry {
                 stamp,
                 index,
                 body: Arc::clone(&body),
             },
+            size,
         );
         Ok((index, body))
     }
@@ -171,6 +251,32 @@ mod tests {
             .list_json(&store, &INSTANCES, &slug_filter("a"), "instances")
             .unwrap();
         assert_eq!(gone.as_slice(), br#"{"instances":[]}"#);
+    }
+
+    #[test]
+    fn varied_queries_never_grow_the_cache_past_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
+        for i in 0..50 {
+            put(&store, &format!("a{i}"), "a");
+        }
+        let budget = 64 << 10;
+        let cache = ResponseCache::with_budget(budget);
+        for i in 0..2000 {
+            let filters = vec![
+                ("slug".to_owned(), "a".to_owned()),
+                ("zone".to_owned(), format!("z{i}")),
+            ];
+            cache.list_json(&store, &INSTANCES, &filters, "instances").unwrap();
+            assert!(cache.usage().1 <= budget);
+        }
+        // A body over half the budget is served but not kept.
+        let small = ResponseCache::with_budget(4 << 10);
+        let (_, big) = small
+            .list_json(&store, &INSTANCES, &slug_filter("a"), "instances")
+            .unwrap();
+        assert!(big.len() > 2 << 10);
+        assert_eq!(small.usage(), (0, 0));
     }
 
     #[test]

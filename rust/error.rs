@@ -19,6 +19,12 @@ pub enum StoreError {
         expected: Option<u64>,
         actual: Option<u64>,
     },
+    /// The collection was written since the caller read it (a guarded write refused).
+    CollectionChanged {
+        collection: &'static str,
+        expected: u64,
+        actual: u64,
+    },
     /// A unique index already holds this value for another record.
     Unique {
         collection: &'static str,
@@ -50,6 +56,14 @@ impl fmt::Display for StoreError {
             } => write!(
                 f,
                 "{collection}/{id}: expected version {expected:?}, found {actual:?} (changed concurrently)"
+            ),
+            StoreError::CollectionChanged {
+                collection,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{collection}: expected collection index {expected}, found {actual} (changed concurrently)"
             ),
             StoreError::Unique {
                 collection,

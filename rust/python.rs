@@ -52,7 +52,7 @@ fn to_py(err: StoreError) -> PyErr {
     match err {
         StoreError::NotFound { .. } => NotFoundError::new_err(msg),
         StoreError::Unique { holder, .. } => ConflictError::new_err((msg, holder)),
-        StoreError::VersionMismatch { .. } => VersionMismatchError::new_err(msg),
+        StoreError::VersionMismatch { .. } | StoreError::CollectionChanged { .. } => VersionMismatchError::new_err(msg),
         StoreError::InvalidRecord(_) | StoreError::UnknownCollection(_) | StoreError::UnknownFilter { .. } => {
             InvalidRecordError::new_err(msg)
         }
@@ -326,11 +326,28 @@ impl PyStore {
         py.detach(|| self.inner.write(ops)).map_err(to_py)
     }
 
-    #[pyo3(signature = (collection_name, id, expect_version = None))]
-    fn delete(&self, py: Python<'_>, collection_name: &str, id: &str, expect_version: Option<u64>) -> PyResult<u64> {
+    /// Deletes a record. With `expect_collection_index`, only if nothing in the collection
+    /// was written since that collection index was read (else VersionMismatchError).
+    #[pyo3(signature = (collection_name, id, expect_version = None, expect_collection_index = None))]
+    fn delete(
+        &self,
+        py: Python<'_>,
+        collection_name: &str,
+        id: &str,
+        expect_version: Option<u64>,
+        expect_collection_index: Option<u64>,
+    ) -> PyResult<u64> {
         let coll = collection(collection_name)?;
-        py.detach(|| self.inner.delete(coll, id, expect(expect_version)))
-            .map_err(to_py)
+        let mut ops = Vec::with_capacity(2);
+        if let Some(collection_index) = expect_collection_index {
+            ops.push(store::Op::Guard { coll, collection_index });
+        }
+        ops.push(store::Op::Delete {
+            coll,
+            id: id.to_owned(),
+            expect: expect(expect_version),
+        });
+        py.detach(|| self.inner.write(ops)).map_err(to_py)
     }
 
     fn index(&self) -> PyResult<u64> {
@@ -344,6 +361,17 @@ impl PyStore {
 
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.inner.close());
+    }
+}
+
+impl Drop for PyStore {
+    /// Flushes pending writes with the GIL released: the writer thread may need the GIL
+    /// to run their completions, so waiting for it while holding the GIL would deadlock.
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        // None: the interpreter is going away and no completion can run; the writer
+        // finishes what is pending on its own (`Store::drop`).
+        let _ = Python::try_attach(|py| py.detach(|| inner.close()));
     }
 }
 

@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cache::Stamp;
+use crate::cache::{BoundedMap, Stamp};
+
+/// Bytes of cached pick candidates one process keeps (their bodies dominate). Keys are
+/// valid slugs and entries are bounded by what the store holds, so one slug may use it all.
+const CANDIDATE_CACHE_BYTES: usize = 128 << 20;
 use crate::model::INSTANCES;
 use crate::store::{Result, Store};
 
@@ -194,7 +198,7 @@ pub struct Selector {
     default_policy: Policy,
     slug_policies: HashMap<String, Policy>,
     ejection: EjectionConfig,
-    cache: RwLock<HashMap<String, CachedSlug>>,
+    cache: RwLock<BoundedMap<String, CachedSlug>>,
     policy_state: RwLock<HashMap<String, Arc<PolicyState>>>,
     in_flight: Mutex<HashMap<String, u32>>,
     outliers: Mutex<HashMap<String, Outlier>>,
@@ -217,7 +221,7 @@ impl Selector {
             default_policy,
             slug_policies,
             ejection,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(BoundedMap::new(CANDIDATE_CACHE_BYTES, CANDIDATE_CACHE_BYTES)),
             policy_state: RwLock::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             outliers: Mutex::new(HashMap::new()),
@@ -241,16 +245,19 @@ impl Selector {
             .map(Arc::new)
             .collect();
         let built = Arc::new(SlugCandidates::new(all));
-        let mut cache = self.cache.write().expect("cache lock");
-        if cache.len() > 100_000 {
-            cache.clear(); // a bound on slugs that come and go
-        }
-        cache.insert(
+        let size = slug.len()
+            + built
+                .all
+                .iter()
+                .map(|c| c.body.len() + c.url.len() + c.id.len())
+                .sum::<usize>();
+        self.cache.write().expect("cache lock").insert(
             slug.to_owned(),
             CachedSlug {
                 stamp,
                 candidates: Arc::clone(&built),
             },
+            size,
         );
         Ok(built)
     }

@@ -44,12 +44,21 @@ pub enum Op {
         id: String,
         expect: Expect,
     },
+    /// Writes nothing; refuses the whole write unless the collection index of `coll` is
+    /// still `collection_index`. Makes a decision over a whole collection (e.g. "another
+    /// admin token remains") hold at commit time.
+    Guard {
+        coll: &'static CollectionSpec,
+        collection_index: u64,
+    },
 }
 
 impl Op {
-    pub(crate) fn collection(&self) -> &'static CollectionSpec {
+    /// The collection the operation writes to, if it writes.
+    pub(crate) fn written_collection(&self) -> Option<&'static CollectionSpec> {
         match self {
-            Op::Put { coll, .. } | Op::Delete { coll, .. } => coll,
+            Op::Put { coll, .. } | Op::Delete { coll, .. } => Some(coll),
+            Op::Guard { .. } => None,
         }
     }
 }
@@ -169,13 +178,19 @@ impl Store {
         }])
     }
 
-    /// Stops the writer thread after it has committed what is pending.
+    /// Stops the writer thread after it has committed what is pending, and waits for it.
+    /// A caller holding a lock that completions take (Python's GIL) must release it first.
     pub fn close(&self) {
-        if let Ok(mut sender) = self.sender.lock() {
-            sender.take();
-        }
+        self.stop_writer();
         if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = handle.join();
+        }
+    }
+
+    /// Tells the writer thread to stop once what is pending is committed, without waiting.
+    fn stop_writer(&self) {
+        if let Ok(mut sender) = self.sender.lock() {
+            sender.take();
         }
     }
 
@@ -344,8 +359,11 @@ impl Store {
 }
 
 impl Drop for Store {
+    /// Does not wait for the writer: it may be about to run completions that need a lock
+    /// the dropping thread holds (the GIL). It owns its own handle on the environment,
+    /// commits what is pending and exits.
     fn drop(&mut self) {
-        self.close();
+        self.stop_writer();
     }
 }
 

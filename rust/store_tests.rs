@@ -338,3 +338,52 @@ fn submitted_writes_call_back_once_durable() {
         .unwrap();
     assert!(matches!(rx.recv().unwrap(), Err(StoreError::VersionMismatch { .. })));
 }
+
+#[test]
+fn guarded_deletes_decided_on_one_collection_index_cannot_both_apply() {
+    // Two admins revoking each other: each checked "another admin remains" at the same
+    // collection index; whichever commits first moves it, so the other is refused, even
+    // when both land in one group-commit batch.
+    let (_dir, store) = open();
+    for id in ["a", "b"] {
+        store.put(&NODES, id, node(id), Expect::Any).unwrap();
+    }
+    let seen = store.collection_index(&NODES).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for id in ["a", "b"] {
+        let tx = tx.clone();
+        let ops = vec![
+            Op::Guard {
+                coll: &NODES,
+                collection_index: seen,
+            },
+            Op::Delete {
+                coll: &NODES,
+                id: id.to_owned(),
+                expect: Expect::Any,
+            },
+        ];
+        store.submit(ops, Box::new(move |r| tx.send(r).unwrap())).unwrap();
+    }
+    let results: Vec<_> = (0..2).map(|_| rx.recv().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(StoreError::CollectionChanged { .. }))));
+    assert_eq!(store.ids(&NODES).unwrap().len(), 1);
+    // A guard alone writes nothing and does not move the collection index.
+    let now = store.collection_index(&NODES).unwrap();
+    store
+        .write(vec![Op::Guard {
+            coll: &NODES,
+            collection_index: now,
+        }])
+        .unwrap();
+    assert_eq!(store.collection_index(&NODES).unwrap(), now);
+}
+
+fn node(id: &str) -> Vec<u8> {
+    serde_json::json!({"id": id, "url": format!("http://{id}:1")})
+        .to_string()
+        .into_bytes()
+}

@@ -13,7 +13,7 @@ class ConflictError(StoreError):
     """A unique field is held by another record; args = (message, holder_id)."""
 
 class VersionMismatchError(StoreError):
-    """The record changed since it was read."""
+    """The record (or, for a guarded write, its collection) changed since it was read."""
 
 class InvalidRecordError(StoreError):
     """The record or the request is not acceptable to the store."""
@@ -88,7 +88,15 @@ class Store:
     ) -> None:
         """`put` without blocking: `done` gets the index, or the store error, from the writer thread."""
     def put_many(self, collection_name: str, items: builtins.list[tuple[str, bytes]]) -> int: ...
-    def delete(self, collection_name: str, id: str, expect_version: int | None = None) -> int: ...
+    def delete(
+        self,
+        collection_name: str,
+        id: str,
+        expect_version: int | None = None,
+        expect_collection_index: int | None = None,
+    ) -> int:
+        """Deletes a record; with `expect_collection_index`, only if nothing in the collection
+        was written since that collection index (else VersionMismatchError)."""
     def index(self) -> int: ...
     def collection_index(self, collection_name: str) -> int: ...
     def close(self) -> None: ...
