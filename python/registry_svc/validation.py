@@ -6,17 +6,14 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
+from registry_svc import urls
 from registry_svc.errors import ApiError
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Ids: what the store accepts, minus characters that are awkward in URLs and shells.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _SLUG = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
-
-MAX_URL_LEN = 2048
 
 
 def fail(field: str, problem: str) -> ApiError:
@@ -129,45 +126,43 @@ def slug(value: Any, field: str = "slug") -> str:
 
 
 def hostname(value: Any, field: str) -> str:
+    """A DNS host name, lower-cased (see `urls.canonical_host`)."""
     s = string(value, field, max_len=253)
-    if not _HOSTNAME.match(s):
-        raise fail(field, "must be a host name (letters, digits, '.', '-', '_')")
-    return s
+    if is_ip(s):
+        raise fail(field, f"'{s}' is an IP address; give it as ip")
+    try:
+        return urls.canonical_host(s)
+    except urls.UrlError as e:
+        raise fail(field, str(e)) from None
 
 
 def ip_address(value: Any, field: str) -> str:
+    """An IPv4 or IPv6 address (IPv6 without brackets), in canonical form."""
     s = string(value, field, max_len=64)
     try:
-        return str(ipaddress.ip_address(s))
+        address = ipaddress.ip_address(s)
     except ValueError:
         raise fail(field, f"'{s}' is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise fail(field, "an IPv6 zone (%...) is not allowed")
+    return str(address)
 
 
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+is_ip = urls.is_ip
 
 
 def http_url(value: Any, field: str) -> str:
-    """An absolute http(s) URL with a host; a trailing '/' alone as path is dropped."""
-    s = string(value, field, max_len=MAX_URL_LEN)
-    if any(c.isspace() for c in s):
-        raise fail(field, "must not contain whitespace")
-    parts = urlsplit(s)
-    if parts.scheme not in ("http", "https"):
-        raise fail(field, f"must be an http:// or https:// URL, got '{s}'")
-    if not parts.hostname:
-        raise fail(field, "must include a host")
+    """An absolute http(s) URL, in the canonical form of `urls.parse_url`."""
+    return endpoint(value, field).url
+
+
+def endpoint(value: Any, field: str) -> urls.Endpoint:
+    """`http_url`, parsed."""
+    s = string(value, field, max_len=urls.MAX_URL_LEN)
     try:
-        port_number = parts.port  # urlsplit validates the port lazily, here
-    except ValueError:
-        port_number = 0
-    if port_number == 0:
-        raise fail(field, "has an invalid port (must be 1-65535)")
-    return s[:-1] if parts.path == "/" and not parts.query and not parts.fragment and s.endswith("/") else s
+        return urls.parse_url(s)
+    except urls.UrlError as e:
+        raise fail(field, str(e)) from None
 
 
 def type_name(value: Any) -> str:
