@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
+from registry_svc import netguard
 from registry_svc import settings as settings_mod
 from registry_svc.supervisor import serve
+from registry_svc.urls import UrlError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,6 +52,20 @@ def parser() -> argparse.ArgumentParser:
         help="how long the proxy ejects an instance after 5 consecutive failures; doubles on repeat (default 30)",
     )
     s.add_argument(
+        "--probe-networks",
+        default=os.environ.get("OB_PROBE_NETWORKS", ",".join(settings_mod.LOOPBACK_NETWORKS)),
+        metavar="CIDR[,CIDR...]",
+        help="networks health probes may connect to; an instance outside them turns Unhealthy unprobed, and "
+        "with loopback networks only no host name but localhost is resolved "
+        "(default 127.0.0.0/8,::1/128; env OB_PROBE_NETWORKS; 0.0.0.0/0,::/0 allows any)",
+    )
+    s.add_argument(
+        "--proxy-networks",
+        default=os.environ.get("OB_PROXY_NETWORKS"),
+        metavar="CIDR[,CIDR...]",
+        help="networks the proxy may forward to (default: the probe networks; env OB_PROXY_NETWORKS)",
+    )
+    s.add_argument(
         "--map-size-mib",
         type=int,
         default=settings_mod.DEFAULT_MAP_SIZE >> 20,
@@ -82,18 +99,33 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.1 <= args.eject_seconds <= 3600:
         print("registry-svc: --eject-seconds must be between 0.1 and 3600", file=sys.stderr)
         return 2
-    settings = settings_mod.resolve(
-        args.host,
-        args.port,
-        args.data_dir,
-        args.processes,
-        args.workers,
-        args.map_size_mib << 20,
-        args.heartbeat_seconds,
-        args.policy,
-        slug_policies,
-        args.eject_seconds,
-    )
+    networks: dict[str, tuple[str, ...]] = {}
+    for flag, value in (("--probe-networks", args.probe_networks), ("--proxy-networks", args.proxy_networks)):
+        if value is None:
+            continue
+        try:
+            networks[flag] = tuple(str(n) for n in netguard.parse_networks(value.split(",")))
+        except ValueError as e:
+            print(f"registry-svc: {flag}: {e}", file=sys.stderr)
+            return 2
+    try:
+        settings = settings_mod.resolve(
+            args.host,
+            args.port,
+            args.data_dir,
+            args.processes,
+            args.workers,
+            args.map_size_mib << 20,
+            args.heartbeat_seconds,
+            args.policy,
+            slug_policies,
+            args.eject_seconds,
+            probe_networks=networks["--probe-networks"],
+            proxy_networks=networks.get("--proxy-networks"),
+        )
+    except UrlError as e:
+        print(f"registry-svc: OB_SELF_URL: {e}", file=sys.stderr)
+        return 2
     return serve(settings)
 
 

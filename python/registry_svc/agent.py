@@ -5,10 +5,13 @@ process (`registry-svc serve`), which exists once per node, while the Robyn work
 processes only serve HTTP. It runs on its own asyncio loop in a thread.
 
 Which instances this node checks: those whose `nodeUrl` is this node's URL, plus orphans
-(no `nodeUrl`, or one that names no registered node), which the Healthy node with the
-smallest id adopts. Every agent derives the same answer from the same store, so no lease
-is needed. A node whose heartbeats stop for three of its intervals is marked Unhealthy by
-whichever agent notices first, and so is every instance on it.
+(no `nodeUrl`, one that names no registered node, or one whose node is not Healthy),
+which the Healthy node with the smallest id adopts. Every agent derives the same answer
+from the same store, so no lease is needed. A node whose heartbeats stop for three of its
+intervals is marked Unhealthy by whichever agent notices first, and so is every instance
+on it; the adopting node then probes those instances, so a backend that still answers
+turns Healthy again instead of being stranded. When the node comes back, it takes its
+instances back.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from typing import Any
 
 import orjson
 
-from registry_svc import _core, nodes, telemetry
+from registry_svc import _core, nodes, records, status, telemetry
 from registry_svc.clock import parse_time
 from registry_svc.gpu import GpuSampler
-from registry_svc.health import HealthChecker, Transition, pause, write_status
+from registry_svc.health import HealthChecker, pause, write_status
+from registry_svc.netguard import NetworkPolicy
 from registry_svc.settings import Settings
 
 log = logging.getLogger("registry_svc")
@@ -39,8 +43,8 @@ class NodeAgent:
         self.store = store
         self.settings = settings
         self.gpus = gpus
-        self.checker = HealthChecker(store, self.is_mine)
-        self._node_urls: set[str] = set()
+        self.checker = HealthChecker(store, self.is_mine, NetworkPolicy.of(settings.probe_networks, "probe"))
+        self._live_node_urls: set[str] = set()
         self._adopts_orphans = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -61,7 +65,7 @@ class NodeAgent:
         node_url = instance.get("nodeUrl")
         if node_url == self.settings.self_url:
             return True
-        return self._adopts_orphans and (node_url is None or node_url not in self._node_urls)
+        return self._adopts_orphans and (node_url is None or node_url not in self._live_node_urls)
 
     def _run(self) -> None:
         asyncio.run(self._main())
@@ -93,36 +97,39 @@ class NodeAgent:
         recomputes which URLs are known and whether this node adopts orphans."""
         now = time.time()
         _, raws = self.store.list(nodes.NODES)
-        records = [orjson.loads(raw) for raw in raws]
-        for node in records:
+        node_records = [orjson.loads(raw) for raw in raws]
+        for node in node_records:
             if node["url"] != self.settings.self_url and node.get("status") == "Healthy":
                 interval = float(node.get("heartbeatIntervalSeconds") or 10)
                 silent = now - parse_time(node["lastHeartbeat"]).timestamp()
                 if silent > MISSED_HEARTBEATS * interval:
                     self.mark_node_unhealthy(node, silent)
                     node["status"] = "Unhealthy"
-        node_urls = {node["url"] for node in records}
-        healthy = sorted(node["id"] for node in records if node.get("status") == "Healthy")
+        live = {node["url"] for node in node_records if node.get("status") == "Healthy"}
+        healthy = sorted(node["id"] for node in node_records if node.get("status") == "Healthy")
         own = nodes.find_by_url(self.store, self.settings.self_url)
         adopts = bool(healthy) and own is not None and own[1]["id"] == healthy[0]
-        if (node_urls, adopts) != (self._node_urls, self._adopts_orphans):
-            self._node_urls, self._adopts_orphans = node_urls, adopts
+        if (live, adopts) != (self._live_node_urls, self._adopts_orphans):
+            self._live_node_urls, self._adopts_orphans = live, adopts
             self.checker.request_full_reload()  # which instances are this node's changed
 
     def mark_node_unhealthy(self, node: dict[str, Any], silent: float) -> None:
-        found = self.store.get(nodes.NODES, node["id"])
-        if found is None:
+        """Marks a silent node Unhealthy, and then its instances, unless it heartbeated
+        (or another agent marked it) meanwhile."""
+
+        def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if (
+                current is None
+                or current.get("status") != "Healthy"
+                or current["lastHeartbeat"] != node["lastHeartbeat"]
+            ):
+                return None
+            current["status"] = "Unhealthy"
+            return current
+
+        if not records.update(self.store, nodes.NODES, node["id"], change, f"node '{node['id']}'").wrote:
             return
-        version, raw = found
-        record = orjson.loads(raw)
-        if record.get("status") != "Healthy":
-            return
-        record["status"] = "Unhealthy"
-        try:
-            self.store.put(nodes.NODES, node["id"], orjson.dumps(record), version)
-        except _core.VersionMismatchError:
-            return  # it heartbeated meanwhile, or another agent got there first
         reason = f"node {node['id']} ({node['url']}) missed {MISSED_HEARTBEATS} heartbeats ({int(silent)}s silent)"
         log.warning("%s; marking its instances Unhealthy", reason)
         for instance_id in self.store.ids_by("instances", "nodeUrl", node["url"]):
-            write_status(self.store, instance_id, Transition("Unhealthy", reason), alive=False)
+            write_status(self.store, instance_id, lambda current: status.after_node_lost(current, reason), alive=False)

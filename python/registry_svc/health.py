@@ -1,19 +1,14 @@
-"""Instance health checks: probes, the per-instance state machine, and the checker loop.
+"""The health checker: which instances are due, the per-instance pass/failure counts, and
+writing what the probes found.
 
 Checks run concurrently on one asyncio loop (in the node agent, see `agent.py`). Each
 instance keeps explicit counts of consecutive passes and failures; its stored `status`
-changes only when a threshold is crossed, so one lost probe does not flap it. Only status
-changes are written (through the store's apply path), plus a refresh of `lastHeartbeat`
-when it is older than `HEARTBEAT_REFRESH_S`; a probe that changes nothing writes nothing.
-
-Transitions:
-- `Unknown`: the first result decides (Healthy on a pass, Unhealthy on a failure).
-- `Healthy` -> `Unhealthy` after `unhealthyThreshold` consecutive failures.
-- `Unhealthy`/`Starting` -> `Healthy` after `healthyThreshold` consecutive passes.
-- `Starting` stays `Starting` while probes fail (the service says it is coming up).
-- `Stopping` is never changed by a probe.
-- `ttl`: `Unhealthy` when no heartbeat came within `intervalSeconds`; the heartbeat
-  endpoint makes it `Healthy` again. `none`: never probed.
+changes only when a threshold is crossed (rules in `status.py`), so one lost probe does
+not flap it. A result is applied inside a compare-and-set update of the current record
+(`records.update`), so it is judged against the status the record has when it is
+written. Only status changes are written, plus a refresh of `lastHeartbeat` when it is
+older than `HEARTBEAT_REFRESH_S`; a probe that changes nothing writes nothing. Probes
+themselves are in `probes.py`.
 """
 
 from __future__ import annotations
@@ -22,18 +17,20 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
-from registry_svc import _core
+from registry_svc import _core, records, status
 from registry_svc.clock import parse_time, utc_now
+from registry_svc.netguard import NetworkPolicy
+from registry_svc.probes import ProbeResult, probe
+from registry_svc.settings import LOOPBACK_NETWORKS
+from registry_svc.status import Transition
 
 log = logging.getLogger("registry_svc")
 
@@ -53,12 +50,6 @@ TICK_S = 0.2
 RELOAD_MIN_S = 1.0
 
 
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    reason: str
-
-
 @dataclass
 class CheckState:
     """What the checker remembers of one instance between probes."""
@@ -69,123 +60,12 @@ class CheckState:
     in_flight: bool = False
     unhealthy_since: float | None = None
 
-
-@dataclass(frozen=True)
-class Transition:
-    status: str
-    reason: str
-
-
-def _error_reason(err: BaseException, timeout: float) -> str:
-    if isinstance(err, TimeoutError):
-        return f"timeout after {timeout:g}s"
-    if isinstance(err, ConnectionRefusedError):
-        return "connect refused"
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return str(err) or type(err).__name__
-
-
-def _unverified_tls() -> ssl.SSLContext:
-    # A health check asks "does it answer", not "is it who it claims": like Consul's
-    # TLSSkipVerify, self-signed upstreams must not read as down.
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-_TLS = _unverified_tls()
-
-
-async def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
-    """Passes when a TCP connection to host:port opens within `timeout`."""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError) as e:
-        return ProbeResult(False, _error_reason(e, timeout))
-    writer.close()
-    return ProbeResult(True, "tcp connect ok")
-
-
-async def probe_http(url: str, timeout: float) -> ProbeResult:
-    """Passes on a 2xx answer to `GET url` within `timeout`."""
-    parts = urlsplit(url)
-    secure = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if secure else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-    async def exchange() -> int:
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=_TLS if secure else None, server_hostname=host if secure else None
-        )
-        try:
-            writer.write(
-                f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: registry-svc-health\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            await writer.drain()
-            status_line = await reader.readline()
-        finally:
-            writer.close()
-        fields = status_line.split()
-        if len(fields) < 2 or not fields[1].isdigit():
-            raise OSError(0, "not an HTTP response")
-        return int(fields[1])
-
-    try:
-        status = await asyncio.wait_for(exchange(), timeout)
-    except (OSError, TimeoutError, ssl.SSLError) as e:
-        return ProbeResult(False, _error_reason(e, timeout))
-    return ProbeResult(200 <= status < 300, f"HTTP {status}")
-
-
-def probe_target(instance: dict[str, Any]) -> tuple[str, int]:
-    """Host and port to connect to for `instance`."""
-    host = instance.get("host") or instance.get("ip") or (urlsplit(instance["url"]).hostname or "")
-    port = instance.get("port") or urlsplit(instance["url"]).port
-    if port is None:
-        port = 443 if instance.get("scheme") == "https" else 80
-    return host, int(port)
-
-
-async def probe(instance: dict[str, Any]) -> ProbeResult:
-    """Runs the instance's configured check once."""
-    check = instance.get("healthCheck") or {}
-    timeout = float(check.get("timeoutSeconds", 2))
-    if check.get("type") == "http":
-        return await probe_http(instance["url"].rstrip("/") + check.get("path", "/health"), timeout)
-    host, port = probe_target(instance)
-    return await probe_tcp(host, port, timeout)
-
-
-def decide(status: str, check: dict[str, Any], state: CheckState, result: ProbeResult) -> Transition | None:
-    """Counts `result` into `state` and returns the status change it causes, if any."""
-    if result.ok:
-        state.passes, state.failures = state.passes + 1, 0
-    else:
-        state.passes, state.failures = 0, state.failures + 1
-    if status == "Stopping":
-        return None
-    if result.ok:
-        if status == "Healthy":
-            return None
-        needed = 1 if status == "Unknown" else int(check.get("healthyThreshold", 2))
-        return Transition("Healthy", result.reason) if state.passes >= needed else None
-    if status in ("Unhealthy", "Starting"):
-        return None
-    needed = 1 if status == "Unknown" else int(check.get("unhealthyThreshold", 3))
-    return Transition("Unhealthy", result.reason) if state.failures >= needed else None
-
-
-def ttl_expired(instance: dict[str, Any], now_wall: float) -> Transition | None:
-    """`Unhealthy` when a ttl instance's last heartbeat is older than its interval."""
-    if instance.get("status") in ("Unhealthy", "Stopping"):
-        return None
-    interval = float((instance.get("healthCheck") or {}).get("intervalSeconds", 10))
-    age = now_wall - parse_time(instance["lastHeartbeat"]).timestamp()
-    return Transition("Unhealthy", f"no heartbeat for {int(age)}s") if age > interval else None
+    def count(self, result: ProbeResult) -> None:
+        """Counts a probe result into the consecutive passes/failures."""
+        if result.ok:
+            self.passes, self.failures = self.passes + 1, 0
+        else:
+            self.passes, self.failures = 0, self.failures + 1
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:
@@ -194,33 +74,39 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def write_status(store: _core.Store, instance_id: str, transition: Transition | None, alive: bool) -> bool:
-    """Applies a status change (and/or a lastHeartbeat refresh when `alive`) onto the
-    current record, with its version as precondition. Returns True if it wrote."""
-    for _ in range(3):
-        found = store.get(INSTANCES, instance_id)
-        if found is None:
-            return False
-        version, raw = found
-        record = orjson.loads(raw)
-        changed = False
-        if transition is not None and (record["status"], record.get("statusReason")) != (
-            transition.status,
-            transition.reason,
-        ):
-            record["status"], record["statusReason"] = transition.status, transition.reason
+Decide = Callable[[dict[str, Any]], Transition | None]
+
+
+def write_status(store: _core.Store, instance_id: str, decide: Decide, alive: bool) -> records.Applied:
+    """Applies `decide(current record)` to the instance, and refreshes its `lastHeartbeat`
+    when `alive` and it is stale, in one compare-and-set update. Transitions are logged
+    once, when written."""
+
+    def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        if current is None:
+            return None
+        before = current.get("status")
+        changed = status.apply(current, decide(current))
+        if alive and (changed or _heartbeat_age(current) > HEARTBEAT_REFRESH_S):
+            current["lastHeartbeat"] = utc_now()
             changed = True
-        if alive and (changed or _heartbeat_age(record) > HEARTBEAT_REFRESH_S):
-            record["lastHeartbeat"] = utc_now()
-            changed = True
-        if not changed:
-            return False
-        try:
-            store.put(INSTANCES, instance_id, orjson.dumps(record), version)
-            return True
-        except _core.VersionMismatchError:
-            continue
-    return False
+        if changed and current.get("status") != before:
+            log.info("instance %s: %s -> %s (%s)", instance_id, before, current["status"], current["statusReason"])
+        return current if changed else None
+
+    return records.update(store, INSTANCES, instance_id, change, f"instance '{instance_id}'")
+
+
+def deregister_if_unhealthy(store: _core.Store, instance_id: str) -> bool:
+    """Deletes the instance if it is still Unhealthy (checked inside the delete)."""
+    applied = records.update(
+        store,
+        INSTANCES,
+        instance_id,
+        lambda current: records.DELETE if current is not None and current.get("status") == "Unhealthy" else None,
+        f"instance '{instance_id}'",
+    )
+    return applied.wrote
 
 
 def _heartbeat_age(record: dict[str, Any]) -> float:
@@ -237,6 +123,7 @@ class HealthChecker:
     store: _core.Store
     # Which instances this node checks; re-evaluated whenever the instance set is reloaded.
     is_mine: Callable[[dict[str, Any]], bool]
+    policy: NetworkPolicy = field(default_factory=lambda: NetworkPolicy.of(LOOPBACK_NETWORKS, "probe"))
     clock: Callable[[], float] = time.monotonic
     probes_run: int = 0
     writes: int = 0
@@ -329,11 +216,11 @@ class HealthChecker:
             state.next_due = now + float(check["intervalSeconds"])
             if check["type"] == "none":
                 continue
-            if check["type"] == "ttl":
-                self._spawn(self._apply(instance, state, ttl_expired(instance, wall), alive=False))
-                continue
             state.in_flight = True
-            self._spawn(self._probe_and_apply(instance, state, semaphore))
+            if check["type"] == "ttl":
+                self._spawn(self._apply(instance, state, lambda current: status.after_ttl_check(current, wall), False))
+            else:
+                self._spawn(self._probe_and_apply(instance, state, semaphore))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -341,46 +228,60 @@ class HealthChecker:
         task.add_done_callback(self._tasks.discard)
 
     async def _probe_and_apply(self, instance: dict[str, Any], state: CheckState, semaphore: asyncio.Semaphore) -> None:
+        async with semaphore:
+            result = await probe(self.policy, instance)
+        self.probes_run += 1
+        state.count(result)
+        passes, failures = state.passes, state.failures
+
+        def decide(current: dict[str, Any]) -> Transition | None:
+            check = {**HEALTH_CHECK_DEFAULTS, **(current.get("healthCheck") or {})}
+            return status.after_probe(
+                current.get("status", "Unknown"), check, passes, failures, result.ok, result.reason
+            )
+
+        await self._apply(instance, state, decide, result.ok)
+
+    async def _apply(self, instance: dict[str, Any], state: CheckState, decide: Decide, alive: bool) -> None:
+        """Writes the decision (off the loop), then follows the record as written."""
+        loop = asyncio.get_running_loop()
         try:
-            async with semaphore:
-                result = await probe(instance)
-            self.probes_run += 1
-            transition = decide(instance["status"], instance["healthCheck"], state, result)
-            await self._apply(instance, state, transition, alive=result.ok)
+            if not self._may_change(instance, decide, alive):
+                await self._after_write(instance, state, instance)
+                return
+            applied = await loop.run_in_executor(self._writer, write_status, self.store, instance["id"], decide, alive)
+            if applied.wrote:
+                self.writes += 1
+            if applied.record is None:
+                return  # deleted meanwhile; the next reload forgets it
+            instance.update({k: applied.record.get(k) for k in ("status", "statusReason", "lastHeartbeat")})
+            await self._after_write(instance, state, applied.record)
+        except Exception as e:
+            # A write that keeps conflicting, a full or closed store: retried at the next
+            # interval; one line, no traceback per tick.
+            log.warning("health result for instance %s not written: %s", instance["id"], e)
         finally:
             state.in_flight = False
 
-    async def _apply(
-        self, instance: dict[str, Any], state: CheckState, transition: Transition | None, alive: bool
-    ) -> None:
-        status = transition.status if transition else instance["status"]
-        if transition is not None:
-            instance["status"], instance["statusReason"] = transition.status, transition.reason
-        deregister_after = float(instance["healthCheck"].get("deregisterAfterSeconds", 0))
-        if status == "Unhealthy":
-            state.unhealthy_since = state.unhealthy_since or self.clock()
-        else:
-            state.unhealthy_since = None
-        loop = asyncio.get_running_loop()
-        if (
-            deregister_after > 0
-            and state.unhealthy_since is not None
-            and self.clock() - state.unhealthy_since >= deregister_after
-        ):
-            await loop.run_in_executor(self._writer, self._deregister, instance["id"], deregister_after)
-            return
-        if transition is None and not (alive and _heartbeat_age(instance) > HEARTBEAT_REFRESH_S):
-            return
-        wrote = await loop.run_in_executor(self._writer, write_status, self.store, instance["id"], transition, alive)
-        if wrote:
-            self.writes += 1
-            if alive:
-                instance["lastHeartbeat"] = utc_now()
+    @staticmethod
+    def _may_change(instance: dict[str, Any], decide: Decide, alive: bool) -> bool:
+        """Whether the result could change the record, judged on the copy loaded at the
+        last reload (at most RELOAD_MIN_S old): most probes change nothing and cost no
+        store access. Whenever this says yes, the write re-decides on the current record."""
+        if alive and _heartbeat_age(instance) > HEARTBEAT_REFRESH_S:
+            return True
+        return decide(dict(instance)) is not None
 
-    def _deregister(self, instance_id: str, after: float) -> None:
-        try:
-            self.store.delete(INSTANCES, instance_id)
-            log.info("deregistered instance %s: unhealthy for %gs", instance_id, after)
-            self.writes += 1
-        except _core.NotFoundError:
-            pass
+    async def _after_write(self, instance: dict[str, Any], state: CheckState, current: dict[str, Any]) -> None:
+        """Tracks how long the instance has been Unhealthy, and deregisters it after
+        `deregisterAfterSeconds`."""
+        if current.get("status") != "Unhealthy":
+            state.unhealthy_since = None
+            return
+        state.unhealthy_since = state.unhealthy_since or self.clock()
+        after = float(instance["healthCheck"].get("deregisterAfterSeconds", 0))
+        if after > 0 and self.clock() - state.unhealthy_since >= after:
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(self._writer, deregister_if_unhealthy, self.store, instance["id"]):
+                self.writes += 1
+                log.info("deregistered instance %s: unhealthy for %gs", instance["id"], after)

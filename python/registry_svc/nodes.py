@@ -8,12 +8,11 @@ from typing import Any
 
 import orjson
 
-from registry_svc import _core
+from registry_svc import _core, records
 from registry_svc.clock import utc_now
 from registry_svc.settings import Settings
 
 NODES = "nodes"
-MAX_ATTEMPTS = 8
 
 
 def find_by_url(store: _core.Store, url: str) -> tuple[int, dict[str, Any]] | None:
@@ -30,15 +29,15 @@ def upsert_self(
 ) -> dict[str, Any]:
     """Writes this node's record with fresh usage. The id is `OB_NODE_ID`, else the id the
     node already has under its URL, else a new `node_...` id."""
-    for _ in range(MAX_ATTEMPTS):
+
+    def attempt() -> dict[str, Any]:
         by_url = find_by_url(store, settings.self_url)
         node_id = settings.node_id or (by_url[1]["id"] if by_url else "node_" + secrets.token_hex(6))
         if by_url is not None and by_url[1]["id"] != node_id:
             # OB_NODE_ID changed: the old record under this URL is replaced.
-            with contextlib.suppress(_core.NotFoundError, _core.VersionMismatchError):
+            with contextlib.suppress(_core.NotFoundError):
                 store.delete(NODES, by_url[1]["id"], by_url[0])
-            continue
-        current = store.get(NODES, node_id)
+        version, _ = records.read(store, NODES, node_id)
         record = {
             "id": node_id,
             "url": settings.self_url,
@@ -50,9 +49,7 @@ def upsert_self(
             "usage": usage,
             "gpus": gpus,
         }
-        try:
-            store.put(NODES, node_id, orjson.dumps(record), current[0] if current else 0)
-        except (_core.ConflictError, _core.VersionMismatchError):
-            continue
+        store.put(NODES, node_id, orjson.dumps(record), version)
         return record
-    raise RuntimeError(f"could not register node {settings.self_url}: it kept changing concurrently")
+
+    return records.retrying(attempt, f"node {settings.self_url}")

@@ -26,13 +26,16 @@ from registry_svc.auth import Authenticator
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, store_error_response
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV, die_with_parent
+from registry_svc.netguard import NetworkPolicy
 from registry_svc.settings import Settings
 
 log = logging.getLogger("registry_svc")
 
 # `pick` comes before `instance/:id`; Robyn prefers static segments anyway.
 ROUTES: list[Route] = [*pick.ROUTES, *instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES]
-METHODS = ("get", "post", "put", "delete", "patch", "head", "options")
+# Methods the JSON fallback answers (404/405). Robyn cannot route extension methods
+# (`FOO /x`): see README, "HTTP limits of the API port".
+METHODS = ("get", "post", "put", "delete", "patch", "head", "options", "trace")
 
 
 class ProcessState:
@@ -152,7 +155,7 @@ def build_app(settings: Settings) -> Robyn:
             die_with_parent()  # a forked worker goes when the Robyn parent goes
         store = settings.open_store()
         state.ctx = Context(store=store, settings=settings, auth=Authenticator(store))
-        state.proxy = Proxy(store)
+        state.proxy = Proxy(store, NetworkPolicy.of(settings.proxy_networks, "proxy"))
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
 
     @app.shutdown_handler
@@ -166,6 +169,7 @@ def build_app(settings: Settings) -> Robyn:
         return json_response(200, {"status": "ok"})
 
     app.get("/health")(health)
+    app.head("/health")(health)
 
     for route in ROUTES:
         # Reads are fast and never block: they run inline on Robyn's workers. Writes await
@@ -178,8 +182,13 @@ def build_app(settings: Settings) -> Robyn:
         else:
             endpoint = offloaded(route, state)
         getattr(app, route.method)(route.path)(endpoint)
+        if route.method == "get":
+            # HEAD answers like GET; the server sends the headers (Content-Length
+            # included) without the body.
+            app.head(route.path)(endpoint)
 
     patterns = [(_pattern(r.path), r.method) for r in ROUTES] + [(re.compile("^/health$"), "get")]
+    patterns += [(pattern, "head") for pattern, method in patterns if method == "get"]
     fallback = not_routed(patterns, state)
     for method in METHODS:
         getattr(app, method)("/")(fallback)

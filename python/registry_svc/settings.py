@@ -7,11 +7,14 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from registry_svc import _core
+from registry_svc import _core, urls
 
 DEFAULT_PORT = 11337
 DEFAULT_MAP_SIZE = 8 << 30
 POLICIES = ("round_robin", "random", "weighted", "least_request", "consistent_hash")
+# Where the server may connect on its own behalf (health probes, proxy upstreams) unless
+# told otherwise: this machine only. See `netguard.py`.
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 _CHILD_ENV = "REGISTRY_SVC_SETTINGS"
 
 
@@ -33,6 +36,8 @@ class Settings:
     node_id: str | None = None
     region: str | None = None
     availability_zone: str | None = None
+    probe_networks: tuple[str, ...] = LOOPBACK_NETWORKS
+    proxy_networks: tuple[str, ...] = LOOPBACK_NETWORKS
 
     @property
     def admin_token_path(self) -> Path:
@@ -67,7 +72,10 @@ class Settings:
         raw = os.environ.get(_CHILD_ENV)
         if raw is None:
             raise RuntimeError(f"{_CHILD_ENV} is not set: start the server with `registry-svc serve`")
-        return cls(**orjson.loads(raw))
+        fields = orjson.loads(raw)
+        for key in ("probe_networks", "proxy_networks"):
+            fields[key] = tuple(fields[key])
+        return cls(**fields)
 
 
 def resolve(
@@ -81,14 +89,17 @@ def resolve(
     default_policy: str = "round_robin",
     slug_policies: dict[str, str] | None = None,
     eject_seconds: float = 30.0,
+    probe_networks: tuple[str, ...] = LOOPBACK_NETWORKS,
+    proxy_networks: tuple[str, ...] | None = None,
 ) -> Settings:
     """Builds the settings from flags and the `OB_*` variables.
 
     `OB_SELF_URL` defaults to this server's own address; `http://` is added when missing.
+    Raises `urls.UrlError` when it is not a valid URL.
     """
     self_url = os.environ.get("OB_SELF_URL", "").strip()
     if not self_url:
-        advertised = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        advertised = "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
         self_url = f"http://{advertised}:{port}"
     elif "://" not in self_url:
         self_url = f"http://{self_url}"
@@ -103,8 +114,10 @@ def resolve(
         default_policy=default_policy,
         slug_policies=dict(slug_policies or {}),
         eject_seconds=eject_seconds,
-        self_url=self_url.rstrip("/"),
+        self_url=urls.canonical_url(self_url),
         node_id=os.environ.get("OB_NODE_ID") or None,
         region=os.environ.get("OB_REGION") or None,
         availability_zone=os.environ.get("OB_AVAILABILITY_ZONE") or None,
+        probe_networks=probe_networks,
+        proxy_networks=probe_networks if proxy_networks is None else proxy_networks,
     )

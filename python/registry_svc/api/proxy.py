@@ -5,6 +5,11 @@ request goes to `instance.url + original path + query`: the slug stays in the pa
 1Backend. Method, headers and body pass through; hop-by-hop headers are dropped and
 X-Forwarded-For/-Proto/-Host added. Upstream connections are pooled (urllib3).
 
+Upstreams are fenced by `--proxy-networks` (`netguard.py`): the instance's host is
+resolved under that policy and the connection goes to the checked address, with the
+canonical host in the Host header. An upstream outside the networks is not contacted: it
+counts as a connect failure (502 naming the reason, retried elsewhere when idempotent).
+
 Failures: a connect failure is retried once on another instance for idempotent methods.
 Connect failures and 5xx answers feed the selector's passive outlier detection, which
 ejects an instance after 5 in a row (without touching its stored status). Unknown slug
@@ -24,9 +29,10 @@ import urllib3
 from robyn import Headers, Request, Response
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError
 
-from registry_svc import _core
+from registry_svc import _core, urls
 from registry_svc.api.instances import RESERVED_SLUGS
 from registry_svc.http import error_response
+from registry_svc.netguard import NetworkPolicy, Refused
 
 log = logging.getLogger("registry_svc")
 
@@ -61,8 +67,9 @@ def slug_of(path: str) -> str | None:
 class Proxy:
     """Forwards requests for one worker process; create it after the fork."""
 
-    def __init__(self, store: _core.Store) -> None:
+    def __init__(self, store: _core.Store, policy: NetworkPolicy) -> None:
         self.store = store
+        self.policy = policy
         self.pool = urllib3.PoolManager(
             num_pools=512,
             maxsize=MAX_CONCURRENT,
@@ -105,10 +112,28 @@ class Proxy:
                 return None if not tried else error_response(502, last_error)
             except _core.NoRoutableError:
                 return error_response(503, f"no healthy instance of '{slug}'")
-            target = url.rstrip("/") + suffix
             try:
-                upstream = self.pool.urlopen(
-                    method, target, body=body or None, headers=headers, redirect=False, assert_same_host=False
+                endpoint = urls.parse_url(url)
+                address = self.policy.resolve_blocking(endpoint.host, endpoint.effective_port)[0]
+            except (urls.UrlError, Refused) as e:
+                self.store.release(slug, instance_id, "failure")
+                tried.append(instance_id)
+                last_error = f"upstream {url} of '{slug}' not contacted: {e}"
+                continue
+            tls_name = {"server_hostname": endpoint.host} if endpoint.scheme == "https" and not endpoint.is_ip else None
+            connections = self.pool.connection_from_host(
+                address, endpoint.effective_port, endpoint.scheme, pool_kwargs=tls_name
+            )
+            headers["Host"] = endpoint.netloc
+            try:
+                upstream = connections.urlopen(
+                    method,
+                    endpoint.path.rstrip("/") + suffix,
+                    body=body or None,
+                    headers=headers,
+                    redirect=False,
+                    assert_same_host=False,
+                    retries=False,
                 )
             except (NewConnectionError, ConnectTimeoutError, ProtocolError) as e:
                 # Nothing reached the upstream (or a pooled connection was dead): safe to

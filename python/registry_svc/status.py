@@ -1,0 +1,96 @@
+"""The instance status rules, in one place: what a probe result, a TTL expiry, a heartbeat
+or the loss of a node does to an instance's `status`.
+
+Each rule is a pure function of the record *as it is now* (read inside the write that
+applies the result, see `records.update`), never of a copy cached before the probe
+started: a service that said `Stopping` while a probe was in flight stays `Stopping`.
+
+Transitions:
+- `Unknown`: the first probe result decides (Healthy on a pass, Unhealthy on a failure).
+- `Healthy` -> `Unhealthy` after `unhealthyThreshold` consecutive failures.
+- `Unhealthy`/`Starting` -> `Healthy` after `healthyThreshold` consecutive passes.
+- `Starting` stays `Starting` while probes fail (the service says it is coming up).
+- `Stopping` is never changed by a probe, a TTL expiry or a node loss; only the service
+  (heartbeat or re-registration) or an admin changes it.
+- `ttl`: `Unhealthy` when no heartbeat came within `intervalSeconds`; a heartbeat without
+  a status makes it `Healthy` again. `none`: never probed.
+- The node an instance runs on stopped heartbeating: `Unhealthy`, until a live node's
+  checker probes it back (see `agent.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from registry_svc.clock import parse_time
+
+STATUSES = ("Unknown", "Healthy", "Unhealthy", "Starting", "Stopping")
+MAX_REASON_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Transition:
+    status: str
+    reason: str
+
+
+def short(reason: str) -> str:
+    """A statusReason: one line, at most MAX_REASON_CHARS characters."""
+    line = " ".join(reason.split())
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 3] + "..."
+
+
+def after_probe(
+    status: str, check: dict[str, Any], passes: int, failures: int, ok: bool, reason: str
+) -> Transition | None:
+    """The change a probe result makes, given the consecutive pass/failure counts
+    including it."""
+    if status == "Stopping":
+        return None
+    if ok:
+        if status == "Healthy":
+            return None
+        needed = 1 if status == "Unknown" else int(check.get("healthyThreshold", 2))
+        return Transition("Healthy", short(reason)) if passes >= needed else None
+    if status in ("Unhealthy", "Starting"):
+        return None
+    needed = 1 if status == "Unknown" else int(check.get("unhealthyThreshold", 3))
+    return Transition("Unhealthy", short(reason)) if failures >= needed else None
+
+
+def after_ttl_check(instance: dict[str, Any], now_wall: float) -> Transition | None:
+    """`Unhealthy` when a ttl instance's last heartbeat is older than its interval."""
+    if instance.get("status") in ("Unhealthy", "Stopping"):
+        return None
+    interval = float((instance.get("healthCheck") or {}).get("intervalSeconds", 10))
+    age = now_wall - parse_time(instance["lastHeartbeat"]).timestamp()
+    return Transition("Unhealthy", f"no heartbeat for {int(age)}s") if age > interval else None
+
+
+def after_heartbeat(instance: dict[str, Any], requested: str | None) -> Transition | None:
+    """A heartbeat's change: the status it names, or Healthy for a ttl instance."""
+    if requested is not None:
+        return Transition(requested, "set by heartbeat")
+    check_type = (instance.get("healthCheck") or {}).get("type")
+    if check_type == "ttl" and instance.get("status") not in ("Starting", "Stopping"):
+        return Transition("Healthy", "TTL heartbeat received")
+    return None
+
+
+def after_node_lost(instance: dict[str, Any], reason: str) -> Transition | None:
+    """The node running the instance stopped heartbeating."""
+    if instance.get("status") == "Stopping":
+        return None
+    return Transition("Unhealthy", short(reason))
+
+
+def apply(record: dict[str, Any], transition: Transition | None) -> bool:
+    """Sets the transition's status and reason on `record`; False if it already had them."""
+    if transition is None or (record.get("status"), record.get("statusReason")) == (
+        transition.status,
+        transition.reason,
+    ):
+        return False
+    record["status"], record["statusReason"] = transition.status, transition.reason
+    return True
