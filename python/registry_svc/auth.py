@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from robyn import Request
 
 TOKENS = "tokens"
+MAX_CACHED_HEADERS = 4096
 
 INSTANCE_VIEW = "registry-svc:instance:view"
 INSTANCE_EDIT = "registry-svc:instance:edit"
@@ -119,13 +120,15 @@ class Authenticator:
             self._cache = {}
             self._epoch = epoch
         # Keyed on the raw header: a hit costs no hashing. Only valid tokens are cached,
-        # so garbage headers cannot grow the cache.
+        # and spelling variants of one ("bearer", extra spaces) are bounded by the cap.
         caller = self._cache.get(header)
         if caller is None:
             scheme, _, secret = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not secret.strip():
                 raise ApiError(401, "malformed Authorization header (expected 'Bearer <token>')")
             caller = self._lookup(hash_secret(secret.strip()))
+            if len(self._cache) >= MAX_CACHED_HEADERS:
+                self._cache = {}
             self._cache[header] = caller
         return caller
 

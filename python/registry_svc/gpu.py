@@ -3,6 +3,11 @@
 NVML is initialised once per process. Without an NVIDIA driver or library the sampler logs
 one line and reports `[]` from then on: no retry storm. A field a GPU does not support is
 null, never a reason to drop the GPU. Units: MiB, W, degrees C, percent.
+
+Memory comes from NVML's v2 memory call where the driver has it: its `used` is what
+`nvidia-smi` shows, while v1's `used` also counts memory the driver reserves for itself
+(615 MiB on an idle H200 that nvidia-smi showed at 0 MiB). The reserved amount is
+reported beside it as `memoryReserved` (null where only v1 exists).
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ class GpuSampler:
             handle = self._field(nvml.nvmlDeviceGetHandleByIndex, index)
             if handle is None:
                 continue
-            memory = self._field(nvml.nvmlDeviceGetMemoryInfo, handle)
+            memory, reserved = self._memory(handle)
             utilization = self._field(nvml.nvmlDeviceGetUtilizationRates, handle)
             pci = self._field(nvml.nvmlDeviceGetPciInfo, handle)
             pstate = self._field(nvml.nvmlDeviceGetPerformanceState, handle)
@@ -85,12 +90,26 @@ class GpuSampler:
                     "powerCap": None if power_cap is None else round(power_cap / 1000, 1),
                     "memoryUsage": None if memory is None else int(memory.used // MIB),
                     "memoryTotal": None if memory is None else int(memory.total // MIB),
+                    "memoryReserved": None if reserved is None else int(reserved // MIB),
                     "gpuUtilization": None if utilization is None else utilization.gpu,
                     "computeMode": None if mode is None else COMPUTE_MODES.get(mode, str(mode)),
                     "cudaVersion": self._cuda_version,
                 }
             )
         return gpus
+
+    def _memory(self, handle: Any) -> tuple[Any, int | None]:
+        """(memory info, reserved bytes): v2 where the driver has it, else v1 and None."""
+        nvml = self._nvml
+        assert nvml is not None
+        v2 = getattr(nvml, "nvmlMemory_v2", None)
+        if v2 is not None:
+            try:
+                info = nvml.nvmlDeviceGetMemoryInfo(handle, version=v2)
+                return info, getattr(info, "reserved", None)
+            except (nvml.NVMLError, TypeError):  # an older driver, or a binding without `version`
+                pass
+        return self._field(nvml.nvmlDeviceGetMemoryInfo, handle), None
 
     def close(self) -> None:
         if self._nvml is not None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from robyn import Response
 
-from registry_svc import _core, auth
+from registry_svc import _core, auth, records, status, urls
 from registry_svc import validation as v
 from registry_svc.api import Call, Route
 from registry_svc.clock import utc_now
@@ -24,7 +23,7 @@ from registry_svc.health import HEALTH_CHECK_DEFAULTS
 from registry_svc.http import json_response, no_content, path_param, put_async, query_params, raw_json, read_json_object
 
 INSTANCES = "instances"
-STATUSES = ("Unknown", "Healthy", "Unhealthy", "Starting", "Stopping")
+STATUSES = status.STATUSES
 RESERVED_SLUGS = frozenset({"registry-svc", "health", "metrics"})
 FIELD_ORDER = (
     "id", "url", "slug", "scheme", "host", "ip", "port", "path", "deploymentId", "nodeUrl", "tags",
@@ -38,7 +37,8 @@ FILTERS = {
     "id": "id", "slug": "slug", "host": "host", "ip": "ip", "deploymentId": "deploymentId",
     "nodeUrl": "nodeUrl", "status": "status", "tag": "tags", "zone": "zone",
 }  # fmt: skip
-MAX_ATTEMPTS = 8
+MAX_FILTERS = 16
+MAX_FILTER_VALUE = 256
 
 
 def parse_health_check(value: Any) -> dict[str, Any]:
@@ -73,7 +73,8 @@ def parse_health_check(value: Any) -> dict[str, Any]:
 
 
 def parse_address(body: dict[str, Any]) -> dict[str, Any]:
-    """The address fields, from `url` or composed from scheme/host/ip/port/path.
+    """The address fields, from `url` or composed from scheme/host/ip/port/path, with `url`
+    in canonical form (see `urls.py`) and `port` always the effective port.
 
     Parts given beside a `url` must agree with it.
     """
@@ -90,47 +91,41 @@ def parse_address(body: dict[str, Any]) -> dict[str, Any]:
         given["port"] = v.port(body["port"], "port")
     if body.get("path") is not None:
         path = v.string(body["path"], "path", max_len=1024)
-        if not path.startswith("/"):
-            raise v.fail("path", "must start with '/'")
-        given["path"] = path
+        try:
+            given["path"] = urls.canonical_path(path) or None
+        except urls.UrlError as e:
+            raise v.fail("path", str(e)) from None
 
     if body.get("url") is not None:
-        url = v.http_url(body["url"], "url")
-        parts = urlsplit(url)
-        if parts.query or parts.fragment:
-            raise v.fail("url", "must not have a query string or fragment")
-        name = parts.hostname or ""
-        derived: dict[str, Any] = {
-            "scheme": parts.scheme,
-            "host": None if v.is_ip(name) else name,
-            "ip": name if v.is_ip(name) else given.get("ip"),
-            "port": parts.port,
-            "path": parts.path or None,
-        }
+        endpoint = v.endpoint(body["url"], "url")
+        derived = address_fields(endpoint, given.get("ip"))
         for key in ("scheme", "host", "port", "path"):
             if key in given and given[key] != derived[key]:
-                raise v.fail(key, f"'{given[key]}' does not match url '{url}'")
-        if "ip" in given and v.is_ip(name) and given["ip"] != derived["ip"]:
-            raise v.fail("ip", f"'{given['ip']}' does not match url '{url}'")
-        return {"url": url, **derived}
+                raise v.fail(key, f"'{given[key]}' does not match url '{endpoint.url}'")
+        if "ip" in given and endpoint.is_ip and given["ip"] != derived["ip"]:
+            raise v.fail("ip", f"'{given['ip']}' does not match url '{endpoint.url}'")
+        return derived
 
     if "host" not in given and "ip" not in given:
         raise v.fail("url", "required (or give host or ip, with scheme, port and path)")
     scheme = given.get("scheme", "http")
+    port = given.get("port", urls.DEFAULT_PORTS[scheme])
     host = given.get("host") or given["ip"]
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    url = f"{scheme}://{host}"
-    if "port" in given:
-        url += f":{given['port']}"
-    url += given.get("path", "")
+    endpoint = urls.Endpoint(
+        scheme, host, None if port == urls.DEFAULT_PORTS[scheme] else port, given.get("path") or ""
+    )
+    return address_fields(endpoint, given.get("ip"))
+
+
+def address_fields(endpoint: urls.Endpoint, ip: str | None) -> dict[str, Any]:
+    """An instance's address fields for `endpoint` (`ip` kept beside a host name)."""
     return {
-        "url": url,
-        "scheme": scheme,
-        "host": given.get("host"),
-        "ip": given.get("ip"),
-        "port": given.get("port"),
-        "path": given.get("path"),
+        "url": endpoint.url,
+        "scheme": endpoint.scheme,
+        "host": None if endpoint.is_ip else endpoint.host,
+        "ip": endpoint.host if endpoint.is_ip else ip,
+        "port": endpoint.effective_port,
+        "path": endpoint.path or None,
     }
 
 
@@ -214,21 +209,34 @@ class Plan:
         return json_response(201 if self.created else 200, {"instance": self.record}, index)
 
 
+def can_see(caller: auth.Caller, record: dict[str, Any]) -> bool:
+    """Whether the caller may read `record` (services see only their own slug's)."""
+    return caller.sees_every_slug or record.get("slug") == caller.slug
+
+
 def plan_registration(call: Call, fields: dict[str, Any]) -> Plan:
-    """Reads the instance that holds the URL (or id) and merges the registration into it."""
+    """Reads the instance that holds the URL (or id) and merges the registration into it.
+
+    A refusal caused by a record the caller cannot read says only that the URL or id is
+    taken: never that record's id, URL or slug."""
     store = call.ctx.store
     holders = store.ids_by(INSTANCES, "url", fields["url"])
     by_url = load(store, holders[0]) if holders else None
     if "id" in fields:
         current = load(store, fields["id"])
         if by_url is not None and by_url[1]["id"] != fields["id"]:
-            raise ApiError(409, f"url '{fields['url']}' is already registered as instance '{by_url[1]['id']}'")
+            if can_see(call.caller, by_url[1]):
+                raise ApiError(409, f"url '{fields['url']}' is already registered as instance '{by_url[1]['id']}'")
+            raise ApiError(409, f"url '{fields['url']}' is already registered")
     else:
         current = by_url
     existing = current[1] if current else None
     requested = fields.get("slug", existing.get("slug") if existing and call.caller.role != "service" else None)
     slug = owning_slug(call, requested)
     if existing is not None and existing.get("slug") != slug:
+        if not can_see(call.caller, existing):
+            taken = f"instance id '{existing['id']}'" if "id" in fields else f"url '{fields['url']}'"
+            raise ApiError(409, f"{taken} is already registered")
         owner = existing.get("slug")
         raise ApiError(409, f"instance '{existing['id']}' ({existing['url']}) belongs to slug '{owner}', not '{slug}'")
     instance_id = existing["id"] if existing else fields.get("id") or new_instance_id()
@@ -236,24 +244,20 @@ def plan_registration(call: Call, fields: dict[str, Any]) -> Plan:
     return Plan(instance_id, record, current[0] if current else 0, existing is None)
 
 
-RETRY = (_core.ConflictError, _core.VersionMismatchError)  # someone wrote the URL or id meanwhile
-GAVE_UP = "the instance kept changing concurrently; retry the registration"
-
-
 async def register(call: Call) -> Response:
     """Register or re-register. Runs on the event loop and awaits the durable write instead
-    of holding a thread, so many registrations share one group commit."""
+    of holding a thread, so many registrations share one group commit. A concurrent write
+    to the same URL or id makes it plan again on what is stored now."""
     fields = parse_registration(read_json_object(call.request))
-    for _ in range(MAX_ATTEMPTS):
+
+    async def attempt() -> Response:
         plan = plan_registration(call, fields)
-        try:
-            index = await put_async(
-                call.ctx.store, INSTANCES, plan.instance_id, orjson.dumps(plan.record), plan.expect_version
-            )
-        except RETRY:
-            continue
+        index = await put_async(
+            call.ctx.store, INSTANCES, plan.instance_id, orjson.dumps(plan.record), plan.expect_version
+        )
         return plan.response(index)
-    raise ApiError(409, GAVE_UP)
+
+    return await records.retrying_async(attempt, "the instance")
 
 
 def new_instance_id() -> str:
@@ -262,13 +266,30 @@ def new_instance_id() -> str:
     return "inst_" + secrets.token_hex(8)
 
 
-def list_instances(call: Call) -> Response:
-    filters: list[tuple[str, str]] = []
-    for name, values in query_params(call.request).items():
+def parse_filters(params: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """The store filters of a list query: known names only, values checked and put in the
+    stored form (so `nodeUrl=HTTP://N:80` finds `http://n`), repeats removed, sorted. Every
+    distinct query is a response-cache entry, so absurd ones are refused."""
+    filters: set[tuple[str, str]] = set()
+    for name, values in params.items():
         field = FILTERS.get(name)
         if field is None:
             raise v.fail(name, f"unknown filter; use one of {', '.join(FILTERS)}")
-        filters.extend((field, value) for value in values)
+        for value in values:
+            if name == "nodeUrl":
+                value = v.http_url(value, name)
+            else:
+                value = v.string(value, name, max_len=MAX_FILTER_VALUE, allow_empty=True)
+                if name in ("host", "ip") and value:
+                    value = value.lower() if name == "host" else v.ip_address(value, name)
+            filters.add((field, value))
+    if len(filters) > MAX_FILTERS:
+        raise v.fail(next(iter(params)), f"at most {MAX_FILTERS} distinct filters per query")
+    return sorted(filters)
+
+
+def list_instances(call: Call) -> Response:
+    filters = parse_filters(query_params(call.request))
     if not call.caller.sees_every_slug:
         filters.append(("slug", call.caller.slug or ""))
     index, body = call.ctx.store.list_json(INSTANCES, filters, INSTANCES)
@@ -278,7 +299,7 @@ def list_instances(call: Call) -> Response:
 def visible(call: Call, instance_id: str) -> tuple[int, bytes]:
     """The stored instance, or 404 if it does not exist or belongs to another slug."""
     found = call.ctx.store.get(INSTANCES, instance_id)
-    if found is not None and not call.caller.sees_every_slug and orjson.loads(found[1]).get("slug") != call.caller.slug:
+    if found is not None and not can_see(call.caller, orjson.loads(found[1])):
         found = None
     if found is None:
         raise ApiError(404, f"instance '{instance_id}' not found")
@@ -292,28 +313,23 @@ def get_instance(call: Call) -> Response:
 
 def heartbeat(call: Call) -> Response:
     """Renews an instance's heartbeat; `{"status": ...}` in the body also sets its status.
-    A `ttl` instance that heartbeats without a status becomes Healthy."""
+    A `ttl` instance that heartbeats without a status becomes Healthy (`status.py`)."""
     instance_id = path_param(call.request, "id")
     body = read_json_object(call.request, allow_empty=True)
     v.reject_unknown(body, ("status",), "")
-    status = body.get("status")
-    if status is not None and status not in STATUSES:
+    requested = body.get("status")
+    if requested is not None and requested not in STATUSES:
         raise v.fail("status", f"must be one of {', '.join(STATUSES)}")
-    store = call.ctx.store
-    for _ in range(MAX_ATTEMPTS):
-        version, raw = visible(call, instance_id)
-        record = orjson.loads(raw)
-        record["lastHeartbeat"] = utc_now()
-        if status is not None:
-            record["status"], record["statusReason"] = status, "set by heartbeat"
-        elif record["healthCheck"]["type"] == "ttl" and record["status"] not in ("Starting", "Stopping"):
-            record["status"], record["statusReason"] = "Healthy", "TTL heartbeat received"
-        try:
-            index = store.put(INSTANCES, instance_id, orjson.dumps(record), version)
-        except _core.VersionMismatchError:
-            continue
-        return json_response(200, {"instance": record}, index)
-    raise ApiError(409, "the instance kept changing concurrently; retry the heartbeat")
+
+    def change(current: dict[str, Any] | None) -> dict[str, Any]:
+        if current is None or not can_see(call.caller, current):
+            raise ApiError(404, f"instance '{instance_id}' not found")
+        status.apply(current, status.after_heartbeat(current, requested))
+        current["lastHeartbeat"] = utc_now()
+        return current
+
+    applied = records.update(call.ctx.store, INSTANCES, instance_id, change, "the instance")
+    return json_response(200, {"instance": applied.record}, applied.index)
 
 
 def delete_instance(call: Call) -> Response:

@@ -13,6 +13,7 @@ from registry_svc.http import query_params, raw_json
 from registry_svc.settings import POLICIES
 
 PICK_PARAMS = ("slug", "policy", "zone", "key", "tag")
+MAX_TAGS = 16
 
 
 def pick(call: Call) -> Response:
@@ -30,16 +31,26 @@ def pick(call: Call) -> Response:
     slug = one("slug")
     if not slug:
         raise v.fail("slug", "required")
+    slug = v.slug(slug)
+    zone = one("zone")
+    if zone is not None:
+        v.string(zone, "zone", max_len=128)
+    # Tags are a set: repeats are one tag, and each distinct query is a cache entry.
+    tags = sorted({v.string(tag, "tag", max_len=128) for tag in params.get("tag", [])})
+    if len(tags) > MAX_TAGS:
+        raise v.fail("tag", f"at most {MAX_TAGS} distinct tags per query")
     policy = one("policy")
     if policy is not None and policy not in POLICIES:
         raise v.fail("policy", f"must be one of {', '.join(POLICIES)}")
     key = one("key")
+    if key is not None:
+        v.string(key, "key", max_len=256)
     if policy == "consistent_hash" and not key:
         raise v.fail("key", "required with policy=consistent_hash")
     caller = call.caller
     if not caller.sees_every_slug and slug != caller.slug:
         raise ApiError(404, f"no instances are registered for slug '{slug}'")
-    body = call.ctx.store.pick_json(slug, policy, one("zone"), key, params.get("tag", []))
+    body = call.ctx.store.pick_json(slug, policy, zone, key, tags)
     return raw_json(200, body)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from robyn import Response
 
-from registry_svc import _core, auth
+from registry_svc import _core, auth, records
 from registry_svc import validation as v
 from registry_svc.api import Call, Route
 from registry_svc.errors import ApiError
@@ -38,20 +38,28 @@ def list_tokens(call: Call) -> Response:
 
 
 def revoke_token(call: Call) -> Response:
+    """Revokes a token. The last admin token cannot be revoked: the count of admins is
+    taken at a tokens collection index, and the delete applies only if no token was
+    written since (a guard checked at commit), so two admins revoking each other at the
+    same moment cannot both succeed."""
     token_id = path_param(call.request, "id")
     store = call.ctx.store
-    found = store.get(auth.TOKENS, token_id)
-    if found is None:
-        raise ApiError(404, f"token '{token_id}' not found")
-    if orjson.loads(found[1])["role"] == "admin":
-        admins = [r for r in store.list(auth.TOKENS)[1] if orjson.loads(r)["role"] == "admin"]
-        if len(admins) <= 1:
-            raise ApiError(409, "cannot revoke the last admin token; create another admin token first")
-    try:
-        index = store.delete(auth.TOKENS, token_id, found[0])
-    except _core.NotFoundError:
-        raise ApiError(404, f"token '{token_id}' not found") from None
-    return no_content(index)
+
+    def attempt() -> int:
+        seen = store.collection_index(auth.TOKENS)
+        found = store.get(auth.TOKENS, token_id)
+        if found is None:
+            raise ApiError(404, f"token '{token_id}' not found")
+        if orjson.loads(found[1])["role"] == "admin":
+            admins = [r for r in store.list(auth.TOKENS)[1] if orjson.loads(r)["role"] == "admin"]
+            if len(admins) <= 1:
+                raise ApiError(409, "cannot revoke the last admin token; create another admin token first")
+        try:
+            return store.delete(auth.TOKENS, token_id, found[0], expect_collection_index=seen)
+        except _core.NotFoundError:
+            raise ApiError(404, f"token '{token_id}' not found") from None
+
+    return no_content(records.retrying(attempt, "the tokens"))
 
 
 ROUTES = [
