@@ -21,12 +21,23 @@ import psutil
 import pytest
 
 ADMIN = object()  # sentinel: use the server's admin token
+NETSPY = str(Path(__file__).parent / "netspy")
+LOOPBACK_ONLY = ["--probe-networks", "127.0.0.0/8,::1/128"]
+# Made-up hosts and private addresses may be registered only with this check: nothing
+# probes them (the probe fence would refuse anyway; this keeps tests honest about it).
+NO_CHECK = {"type": "none"}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def is_loopback_target(body: dict[str, Any]) -> bool:
+    """Whether a registration body addresses this machine."""
+    target = str(body.get("url") or body.get("ip") or body.get("host") or "").lower()
+    return any(local in target for local in ("127.0.0.1", "localhost", "::1"))
 
 
 @dataclass
@@ -63,20 +74,32 @@ class Server:
     def admin_token(self) -> str:
         return (self.data_dir / "admin.token").read_text().strip()
 
+    @property
+    def log_path(self) -> Path:
+        """The server's stdout and stderr (a file, so a chatty server never blocks)."""
+        return self.data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def netspy_path(self) -> Path:
+        return self.data_dir.parent / f"netspy-{self.port}.log"
+
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "registry_svc", "serve", "--port", str(self.port),
-            "--data-dir", str(self.data_dir), "--processes", str(self.processes), *self.args,
+            "--data-dir", str(self.data_dir), "--processes", str(self.processes), *LOOPBACK_ONLY, *self.args,
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> Server:
         env = {**os.environ, "OB_SELF_URL": "", **self.env}
-        self.proc = subprocess.Popen(self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (NETSPY, env.get("PYTHONPATH", "")) if p)
+        env["REGISTRY_SVC_NETSPY"] = str(self.netspy_path)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {out}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-4000:]}")
             try:
                 if self.call("GET", "/health", token=None, timeout=1).status == 200:
                     return self
@@ -106,8 +129,12 @@ class Server:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         self.proc.wait(timeout=10)
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        self.assert_no_traffic_left_the_machine()
+
+    def assert_no_traffic_left_the_machine(self) -> None:
+        """Fails if any server process resolved or connected to anything but loopback."""
+        if self.netspy_path.exists() and self.netspy_path.read_text():
+            raise AssertionError(f"the server touched the network beyond loopback:\n{self.netspy_path.read_text()}")
 
     def call(
         self,
@@ -146,6 +173,17 @@ class Server:
         return str(reply.json["token"])
 
     def register(self, body: dict[str, Any], token: Any = ADMIN) -> Reply:
+        """Registers an instance. Tests probe only what listens on this machine: a made-up
+        host or private address gets `NO_CHECK` when the test gives no check, and a test
+        that asks for a tcp or http check of one is a mistake."""
+        if not is_loopback_target(body):
+            check = body.get("healthCheck")
+            if check is None and "healthCheck" not in body:
+                body = {**body, "healthCheck": NO_CHECK}
+            elif isinstance(check, dict):
+                assert check.get("type") not in ("tcp", "http"), (
+                    f"{body.get('url') or body}: tests may probe only loopback; use healthCheck NO_CHECK"
+                )
         return self.call("PUT", "/registry-svc/instance", body, token=token)
 
     def snapshot(self) -> Any:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from conftest import Server
+from conftest import NO_CHECK, Server
 
 # (method, path, body, permission named in the 403)
 ENDPOINTS = [
-    ("PUT", "/registry-svc/instance", {"url": "http://perm:1"}, "registry-svc:instance:edit"),
+    ("PUT", "/registry-svc/instance", {"url": "http://perm:1", "healthCheck": NO_CHECK}, "registry-svc:instance:edit"),
     ("GET", "/registry-svc/instances", None, "registry-svc:instance:view"),
     ("GET", "/registry-svc/instance/inst_x", None, "registry-svc:instance:view"),
     ("DELETE", "/registry-svc/instance/inst_x", None, "registry-svc:instance:delete"),
@@ -151,9 +153,35 @@ def test_revocation_is_immediate_in_every_process(two_process_server: Server) ->
     srv = two_process_server
     secret = srv.token("proxy")
     token_id = next(t["id"] for t in srv.call("GET", "/registry-svc/tokens").json["tokens"] if t["role"] == "proxy")
-    # Warm both processes' caches (connections are spread across processes by the kernel).
-    for _ in range(20):
-        assert srv.call("GET", "/registry-svc/instances", token=secret).status == 200
-    assert srv.call("DELETE", f"/registry-svc/token/{token_id}").status == 204
-    statuses = {srv.call("GET", "/registry-svc/instances", token=secret).status for _ in range(40)}
-    assert statuses == {401}
+    # Keep-alive connections, spread over the worker processes by the kernel; each one
+    # warms its process's token cache.
+    connections = [http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10) for _ in range(24)]
+    headers = {"Authorization": f"Bearer {secret}"}
+
+    def status(conn: http.client.HTTPConnection) -> int:
+        conn.request("GET", "/registry-svc/instances", headers=headers)
+        reply = conn.getresponse()
+        reply.read()
+        return reply.status
+
+    try:
+        assert {status(c) for c in connections} == {200}
+        # Which process holds each connection: both must have served some.
+        assert srv.proc is not None
+        workers = [
+            p
+            for p in psutil.Process(srv.proc.pid).children(recursive=True)
+            if "registry_svc.server" in " ".join(p.cmdline())
+        ]
+        serving = {
+            p.pid
+            for p in workers
+            for c in p.net_connections("tcp")
+            if c.laddr and c.laddr.port == srv.port and c.status == psutil.CONN_ESTABLISHED
+        }
+        assert len(serving) == 2, f"the connections did not reach both processes: {serving}"
+        assert srv.call("DELETE", f"/registry-svc/token/{token_id}").status == 204
+        assert {status(c) for c in connections} == {401}
+    finally:
+        for c in connections:
+            c.close()

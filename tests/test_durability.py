@@ -189,7 +189,8 @@ def test_kill_9_loses_no_acknowledged_registration(tmp_path: Path) -> None:
 
 
 def test_free_port_helper_gives_distinct_ports() -> None:
-    assert free_port() != 0
+    ports = [free_port() for _ in range(20)]
+    assert len(set(ports)) > 1 and all(1024 <= p <= 65535 for p in ports)
 
 
 def test_servers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:

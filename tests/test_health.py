@@ -22,7 +22,9 @@ import pytest
 
 from conftest import Server, free_port
 from registry_svc.gpu import GpuSampler
-from registry_svc.health import CheckState, ProbeResult, decide
+from registry_svc.health import CheckState
+from registry_svc.probes import ProbeResult
+from registry_svc.status import after_probe
 
 FAKE_NVML = str(Path(__file__).parent / "fake_nvml")
 FAST = ["--heartbeat-seconds", "0.5"]
@@ -45,6 +47,7 @@ class Backend:
         self.port = port or free_port()
         self.hits = 0
         self.status = 200
+        self.fail_next = 0  # answer this many requests with 503, then `status` again
         self._server: http.server.ThreadingHTTPServer | None = None
 
     def start(self) -> Backend:
@@ -53,7 +56,9 @@ class Backend:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 backend.hits += 1
-                self.send_response(backend.status)
+                failing = backend.fail_next > 0
+                backend.fail_next -= failing
+                self.send_response(503 if failing else backend.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -254,7 +259,22 @@ def test_http_check_follows_a_real_backend_down_and_up(fast_server: Server, back
         back.stop()
 
 
-def test_tcp_check_is_the_default_and_one_lost_probe_does_not_flap(fast_server: Server, backend: Backend) -> None:
+def test_one_failed_probe_does_not_flap(fast_server: Server, backend: Backend) -> None:
+    check = {"type": "http", "intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2}
+    inst = fast_server.register({"url": f"http://127.0.0.1:{backend.port}", "slug": "flap", "healthCheck": check})
+    iid = inst.json["instance"]["id"]
+    wait_until(lambda: status_of(fast_server, iid) == "Healthy", what="Healthy")
+    backend.fail_next = 1
+    lost_at = wait_until(lambda: backend.fail_next == 0 and backend.hits, what="the lost probe")
+    seen = set()
+    while backend.hits < lost_at + 2:  # the two probes after the lost one
+        seen.add(status_of(fast_server, iid))
+        time.sleep(0.05)
+    seen.add(status_of(fast_server, iid))
+    assert seen == {"Healthy"}
+
+
+def test_tcp_check_is_the_default_and_passing_probes_write_nothing(fast_server: Server, backend: Backend) -> None:
     inst = fast_server.register(
         {"url": f"http://127.0.0.1:{backend.port}", "slug": "tcp",
          "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 3}}
@@ -366,11 +386,12 @@ CHECK = {"healthyThreshold": 2, "unhealthyThreshold": 3}
         ("Stopping", [PASS, PASS, FAIL, FAIL, FAIL], None),
     ],
 )
-def test_decide_applies_thresholds(status: str, results: list[ProbeResult], expected: str | None) -> None:
+def test_probe_results_apply_thresholds(status: str, results: list[ProbeResult], expected: str | None) -> None:
     state = CheckState()
     final = None
     for result in results:
-        change = decide(status, CHECK, state, result)
+        state.count(result)
+        change = after_probe(status, CHECK, state.passes, state.failures, result.ok, result.reason)
         if change is not None:
             final, status = change.status, change.status
     assert final == expected

@@ -42,7 +42,8 @@ def test_register_by_url_creates_then_updates_the_same_instance(server: Server) 
 def test_register_by_parts_composes_the_url(server: Server) -> None:
     reply = server.register({"scheme": "https", "host": "api.example.com", "port": 443, "path": "/v1", "slug": "parts"})
     assert reply.status == 201, reply.body
-    assert reply.json["instance"]["url"] == "https://api.example.com:443/v1"
+    # The canonical form drops the scheme's default port from the url; `port` keeps it.
+    assert (reply.json["instance"]["url"], reply.json["instance"]["port"]) == ("https://api.example.com/v1", 443)
 
     by_ip = server.register({"scheme": "http", "ip": "192.168.1.100", "port": 8080, "slug": "parts"})
     inst = by_ip.json["instance"]
@@ -135,7 +136,7 @@ def test_get_and_delete_with_404_for_unknown_ids(server: Server) -> None:
 
 def test_status_tags_metadata_weight_and_health_check_round_trip(server: Server) -> None:
     body = {
-        "url": "http://rt:9", "slug": "rt", "status": "Starting", "tags": ["dev", "user-service", "dev"],
+        "url": "http://127.0.0.1:9", "slug": "rt", "status": "Starting", "tags": ["dev", "user-service", "dev"],
         "metadata": {"version": "1.2"}, "weight": 7, "zone": "us-east-1a",
         "healthCheck": {"type": "http", "path": "/healthz", "intervalSeconds": 5},
     }  # fmt: skip
@@ -144,7 +145,7 @@ def test_status_tags_metadata_weight_and_health_check_round_trip(server: Server)
     assert inst["tags"] == ["dev", "user-service"]
     assert inst["metadata"] == {"version": "1.2"} and inst["weight"] == 7
     assert inst["healthCheck"]["type"] == "http" and inst["healthCheck"]["timeoutSeconds"] == 2
-    short = server.register({"url": "http://rt-short:9", "slug": "rt", "healthCheck": {"intervalSeconds": 1}})
+    short = server.register({"url": "http://127.0.0.1:19", "slug": "rt", "healthCheck": {"intervalSeconds": 1}})
     assert short.json["instance"]["healthCheck"]["timeoutSeconds"] == 1
     # Sending a fetched instance back works: read-only fields are ignored.
     fetched = server.call("GET", f"/registry-svc/instance/{inst['id']}").json["instance"]
@@ -152,7 +153,7 @@ def test_status_tags_metadata_weight_and_health_check_round_trip(server: Server)
     assert back.status == 200
     assert back.json["instance"]["registeredAt"] == inst["registeredAt"]
     # Re-registering without status keeps the status.
-    assert server.register({"url": "http://rt:9", "slug": "rt"}).json["instance"]["status"] == "Starting"
+    assert server.register({"url": "http://127.0.0.1:9", "slug": "rt"}).json["instance"]["status"] == "Starting"
 
 
 @pytest.mark.parametrize("reserved", ["registry-svc", "health", "metrics"])

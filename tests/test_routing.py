@@ -276,7 +276,8 @@ def test_method_body_headers_and_query_pass_through(router: Server, echoes: list
     assert seen["method"] == "POST" and seen["body"] == body.decode()
     path, _, query = seen["path"].partition("?")
     assert path == "/echo-svc/api/users"
-    assert sorted(query.split("&")) == sorted(["b=2", "a=x%20y", "a=z"])
+    # Every parameter arrives, repeats included; their order is the next test.
+    assert Counter(query.split("&")) == Counter(["b=2", "a=x%20y", "a=z"])
     headers = seen["headers"]
     assert headers["authorization"] == "Bearer upstream-token" and headers["x-custom"] == "kept"
     assert "x-hop" not in headers
@@ -291,6 +292,18 @@ def test_method_body_headers_and_query_pass_through(router: Server, echoes: list
     conn.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Robyn 0.88 hands over query parameters grouped by name, not the raw query string: "
+    "the proxy cannot keep their order (forwarding in Rust, the data-plane work, will)",
+)
+def test_the_query_string_is_forwarded_in_its_order(router: Server, echoes: list[Echo]) -> None:
+    register(router, "order-svc", echoes[0])
+    query = "&".join(f"k{i}={i}" for i in reversed(range(8)))  # 8 names: 1 in 40,320 to keep it by chance
+    seen = proxied(router, "GET", f"/order-svc/q?{query}").json
+    assert seen["path"] == f"/order-svc/q?{query}"
+
+
 def test_built_in_routes_win_over_the_proxy(router: Server) -> None:
     assert router.call("GET", "/health", token=None).json == {"status": "ok"}
     assert router.call("GET", "/registry-svc/instances", token=None).status == 401
@@ -298,14 +311,22 @@ def test_built_in_routes_win_over_the_proxy(router: Server) -> None:
 
 
 def test_a_slug_ejection_state_is_per_instance_not_stored(router: Server, tmp_path: Path) -> None:
-    """Ejection never touches the stored status."""
+    """Connect failures eject the instance from selection (pick too), and never touch its
+    stored status."""
     dead = Echo("gone")
     inst = register(router, "eject-svc", dead)
     alive = Echo("alive").start()
     try:
-        register(router, "eject-svc", alive)
+        other = register(router, "eject-svc", alive)
+        picks = Counter(router.call("GET", "/registry-svc/instance/pick?slug=eject-svc").json["instance"]["id"]
+                        for _ in range(10))  # fmt: skip
+        assert picks == Counter({inst["id"]: 5, other["id"]: 5})  # round robin over both
         for _ in range(20):
-            proxied(router, "GET", "/eject-svc/x")
+            assert proxied(router, "GET", "/eject-svc/x").status == 200  # each failure retried on `alive`
+        # Ejected: selection no longer offers it, though it is still stored as Healthy.
+        picks = Counter(router.call("GET", "/registry-svc/instance/pick?slug=eject-svc").json["instance"]["id"]
+                        for _ in range(10))  # fmt: skip
+        assert picks == Counter({other["id"]: 10})
         assert router.call("GET", f"/registry-svc/instance/{inst['id']}").json["instance"]["status"] == "Healthy"
     finally:
         alive.stop()
