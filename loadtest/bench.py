@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,19 +68,31 @@ def wait_http(url: str, timeout: float = 30.0, headers: dict[str, str] | None = 
 
 @dataclass
 class Result:
+    """One case against one target: requests/s of each repetition, latency of the median one."""
+
     case: str
     target: str
-    rps: float
+    runs: list[float]
     p50_ms: float
     p99_ms: float
     command: str
     errors: int = 0
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def spread(self) -> str:
+        """min-max of the repetitions (empty for a single run)."""
+        return "" if len(self.runs) < 2 else f"{min(self.runs):,.0f}-{max(self.runs):,.0f}"
 
 
 @dataclass
 class Bench:
     seconds: float
     work: Path
+    repeats: int = 1
     results: list[Result] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -96,13 +109,21 @@ class Bench:
             path.write_text(script)
             cmd += ["-s", str(path)]
         cmd.append(url)
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.seconds + 60, check=True).stdout
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-        errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?):\s*(\d+)", out))
+        runs: list[tuple[float, str]] = []
+        errors = 0
+        for _ in range(self.repeats):
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.seconds + 60, check=True).stdout
+            runs.append((float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), out))  # type: ignore[union-attr]
+            errors += sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?):\s*(\d+)", out))
+        median_out = sorted(runs)[len(runs) // 2][1]
         shown = " ".join(c if " " not in c else repr(c) for c in cmd).replace(token or "\0", "$TOKEN")
-        result = Result(case, target, rps, _percentile(out, "50%"), _percentile(out, "99%"), shown, errors)
+        result = Result(
+            case, target, [r for r, _ in runs], _percentile(median_out, "50%"), _percentile(median_out, "99%"),
+            shown, errors,
+        )  # fmt: skip
         self.results.append(result)
-        print(f"  {case:34s} {target:28s} {rps:10.0f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+        print(f"  {case:34s} {target:28s} {result.rps:10.0f} req/s {result.spread:>15s}  "
+              f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
               + (f"  ({errors} errors)" if errors else ""), flush=True)  # fmt: skip
         return result
 
@@ -135,7 +156,7 @@ class Bench:
         port = free_port()
         self.spawn(
             [sys.executable, "-m", "registry_svc", "serve", "--port", str(port), "--data-dir", str(data_dir),
-             "--processes", str(processes), "--workers", "2"]
+             "--processes", str(processes), "--workers", "2", "--probe-networks", "127.0.0.0/8,::1/128"]
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/health")
@@ -290,7 +311,7 @@ def post_script(body: str) -> str:
     return f'wrk.method = "POST"\nwrk.body = \'{body}\'\nwrk.headers["Content-Type"] = "application/json"\n'
 
 
-def run(seconds: float, quick: bool) -> Bench:
+def run(seconds: float, quick: bool, repeats: int = 1) -> Bench:
     missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
     if missing:
         raise SystemExit(
@@ -298,7 +319,7 @@ def run(seconds: float, quick: bool) -> Bench:
         )
     work = Path(tempfile.mkdtemp(prefix="registry-bench-"))
     work.chmod(0o755)  # nginx workers (user nobody when started as root) must read the files
-    bench = Bench(seconds, work)
+    bench = Bench(seconds, work, repeats)
     large = (3000, 300, 30) if quick else (100_000, 10_000, 1000)
     small = (300, 30, 3) if quick else (1000, 100, 10)
     processes = os.cpu_count() or 1
@@ -367,51 +388,82 @@ def run(seconds: float, quick: bool) -> Bench:
     return bench
 
 
+def find(bench: Bench, case: str, target: str) -> Result | None:
+    return next((r for r in bench.results if r.case == case and r.target == target), None)
+
+
+def ratio_of(bench: Bench, case: str, ours: str, baseline: str) -> tuple[float, float, float] | None:
+    """(median ratio, lowest, highest): ours / baseline in requests per second, the range
+    pairing each side's slowest and fastest repetition."""
+    a, b = find(bench, case, ours), find(bench, case, baseline)
+    if a is None or b is None:
+        return None
+    return a.rps / b.rps, min(a.runs) / max(b.runs), max(a.runs) / min(b.runs)
+
+
 def ratio(bench: Bench, case: str, ours: str, baseline: str) -> str:
-    found = {r.target: r for r in bench.results if r.case == case}
-    if ours not in found or baseline not in found:
+    found = ratio_of(bench, case, ours, baseline)
+    if found is None:
         return "n/a"
-    return f"{found[ours].rps / found[baseline].rps:.2f}x"
+    median, low, high = found
+    return f"{median:.2f}x" + (f" ({low:.2f}-{high:.2f})" if bench.repeats > 1 else "")
 
 
-ANALYSIS = """## Where the time goes, and what would close the gaps
+def verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
+    if value is None:
+        return "not measured"
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "not met"
 
-Profiles were taken with `perf record -g -p <worker pid>` and `py-spy` under the same wrk
-load during development; the shares below come from those runs, not from this table.
 
-- **Lookup and pick over HTTP (target 0.5x nginx: not met).** The Rust side of a cached
-  lookup costs about 1 us (see the in-process table). The ceiling is the stack: the
-  `GET /health` row is a Python handler that does nothing, and it tops out at roughly a
-  third of nginx on these two cores, which wrk shares. In a worker process, about 47% of
-  the CPU is kernel time (network, wakeups), 26% CPython, 15% Robyn's Rust HTTP layer, and
-  2% our extension. Auth (cached per header), query parsing and the Response object add
-  about 40-50 us of Python per request on top of the floor. To close the gap, the hot
-  routes must not enter Python at all: serve `pick` and slug lookups from Rust inside the
-  HTTP layer (a Rust route handler over the same store), or put a Rust front in front of
-  Robyn for them. **Against etcd (target 3x): met.**
-- **In-process pick (target under 1 us).** Met for a hot slug (the `pick, one hot slug`
-  row). Picks spread over 10,000 random slugs are memory-bound: each one misses the CPU
-  caches on the slug's cache entry, its candidate and its body. A get by id, one B-tree
-  lookup, costs about as much for the same reason. The cache entries would have to be
-  packed tighter (one arena per slug, bodies inline) to go lower.
-- **Durable registrations (target 5,000/s: at the edge).** The store alone commits
-  16,000-20,000 durable puts/s from 32-64 threads (group commit works). Over HTTP, a
-  registration is an async handler: it reads and merges on Robyn's event loop, submits the
-  write to the store's writer thread (`Store.submit`), and awaits it. The writer commits a
-  batch with one fsync and then wakes the loop, running the batch's completions under one
-  GIL acquisition. This took the figure from about 2,200/s (sync handlers) through
-  4,000/s (a thread per write) to 4,500-5,300/s across runs of this machine, so the target
-  sits inside the run-to-run noise. In `perf`, over half of the worker CPU is kernel time:
-  context switches, futex waits, and ext4 writeback of LMDB's dirty pages. What would
-  close it for good: LMDB's `MDB_WRITEMAP` (no copy of dirty pages), and fewer index
-  entries per instance.
-- **Proxy (no target; reported).** The upstream call runs in Python (urllib3 on a thread
-  pool): about 2,500-3,000 requests/s, about 0.06x nginx. Forwarding in Rust with pooled
-  connections, which the design allows, would remove most of that cost.
-- **Large vs small registry p99 (target at most 1.5x): met.** Lookups touch only their
-  slug: the index is a prefix scan, and cached bodies are keyed by per-slug registry
-  indexes, so registry size does not show in the latency.
-"""
+def analysis(bench: Bench, large: str, small: str) -> list[str]:
+    """What this run says about each target. Every figure and verdict is computed here
+    from the results of the run; none is written by hand."""
+
+    def times(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}x"
+
+    def median(found: tuple[float, float, float] | None) -> float | None:
+        return None if found is None else found[0]
+
+    lookup = median(ratio_of(bench, large, "registry-svc", "nginx static, same bytes"))
+    etcd = median(ratio_of(bench, large, "registry-svc", "etcd 3.4 range, serializable"))
+    proxy = median(ratio_of(bench, "proxy GET 1 KiB", "registry-svc proxy", "nginx reverse proxy"))
+    health, static = (
+        find(bench, "GET /health (stack floor)", "registry-svc"),
+        find(bench, large, "nginx static, same bytes"),
+    )
+    floor = health.rps / static.rps if health and static else None
+    big, little = find(bench, large, "registry-svc"), find(bench, small, "registry-svc")
+    p99 = big.p99_ms / little.p99_ms if big and little and little.p99_ms > 0 else None
+    register = find(bench, "register (durable PUT)", "registry-svc")
+    cached = next((v[0] for k, v in bench.inprocess.items() if k.startswith("lookup slug, cached")), None)
+    hot_pick = bench.inprocess.get("pick, one hot slug", (None, None))[0]
+
+    lines = ["## What this run says", ""]
+    lines.append(f"- **Lookup over HTTP vs nginx (target 0.5x): {verdict(lookup, 0.5)}**, at {times(lookup)}.")
+    if cached is not None:
+        lines.append(
+            f"  The store answers a cached lookup in {cached:.1f} us in-process, while a Python handler that does "
+            f"nothing (`GET /health`) reaches {times(floor)} of nginx's rate here: the HTTP stack sets the ceiling."
+        )
+    lines.append(f"- **Lookup vs etcd range (target 3x): {verdict(etcd, 3.0)}**, at {times(etcd)}.")
+    if hot_pick is not None:
+        lines.append(
+            f"- **In-process pick of a hot slug (target under 1 us): {verdict(hot_pick, 1.0, False)}**, "
+            f"median {hot_pick:.2f} us."
+        )
+    if register is not None:
+        spread = f" (repetitions {register.spread})" if register.spread else ""
+        lines.append(
+            f"- **Durable registrations (target 5,000/s): {verdict(register.rps, 5000)}**, "
+            f"at {register.rps:,.0f}/s{spread}."
+        )
+    lines.append(f"- **Proxy vs nginx reverse proxy (no target)**: {times(proxy)}.")
+    lines.append(
+        f"- **Lookup p99, large / small registry (target at most 1.5x): {verdict(p99, 1.5, False)}**, at {times(p99)}."
+    )
+    return lines
 
 
 def report(bench: Bench, seconds: float, elapsed: float) -> str:
@@ -429,11 +481,15 @@ def report(bench: Bench, seconds: float, elapsed: float) -> str:
         "",
         "## HTTP",
         "",
-        "| case | target | requests/s | p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|",
+        f"Each case ran {bench.repeats} time(s); requests/s is the median, with the range of the repetitions.",
+        "",
+        "| case | target | requests/s | range | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in bench.results:
-        lines.append(f"| {r.case} | {r.target} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
+        lines.append(
+            f"| {r.case} | {r.target} | {r.rps:,.0f} | {r.spread or '-'} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
+        )
     large = next((r.case for r in bench.results if r.case.startswith("lookup") and "100,000" in r.case), None)
     large = large or next((r.case for r in bench.results if r.case.startswith("lookup")), "")
     small = next((r.case for r in bench.results if r.case.startswith("lookup") and r.case != large), "")
@@ -458,7 +514,7 @@ def report(bench: Bench, seconds: float, elapsed: float) -> str:
     ]
     for name, (median, p99_us) in bench.inprocess.items():
         lines.append(f"| {name} | {median:.2f} | {p99_us:.2f} |")
-    lines += ["", ANALYSIS]
+    lines += ["", *analysis(bench, large, small)]
     if bench.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in bench.notes]
     lines += ["", "## Commands", "", "```"] + [r.command for r in bench.results] + ["```", ""]
@@ -469,10 +525,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--quick", action="store_true", help="small registries, for a smoke run")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each case, for the spread (default 3)")
     p.add_argument("--out", type=Path, default=None, help="write the report here (e.g. BENCHMARKS.md)")
     a = p.parse_args()
     started = time.monotonic()
-    bench = run(a.seconds, a.quick)
+    bench = run(a.seconds, a.quick, a.repeats)
     text = report(bench, a.seconds, time.monotonic() - started)
     print()
     print(text)

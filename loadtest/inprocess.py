@@ -27,7 +27,7 @@ def instance(i: int, slugs: int) -> tuple[str, bytes]:
         "host": f"host-{i}", "ip": None, "port": 8080, "path": None, "deploymentId": None,
         "nodeUrl": f"http://node-{i % 1000}:11337", "tags": ["prod"], "metadata": {}, "weight": 100,
         "zone": None, "status": "Healthy", "statusReason": None, "lastHeartbeat": "2026-11-27T20:00:00.000Z",
-        "registeredAt": "2026-11-27T20:00:00.000Z", "healthCheck": {"type": "tcp"},
+        "registeredAt": "2026-11-27T20:00:00.000Z", "healthCheck": {"type": "none"},  # made-up hosts: never probed
     }  # fmt: skip
     return inst_id, orjson.dumps(record)
 
