@@ -1,9 +1,11 @@
-//! registry-svc core: the LMDB store, its indexes and instance selection, in plain
-//! Rust tested by `cargo test`, with a thin PyO3 binding in `python.rs`.
+//! registry-svc core: the LMDB store, its indexes and instance selection, and the gate
+//! in front of the API port, in plain Rust tested by `cargo test`, with a thin PyO3
+//! binding in `python.rs`.
 
 mod apply;
 pub mod cache;
 mod error;
+pub mod front;
 pub mod model;
 pub mod select;
 pub mod store;
@@ -11,6 +13,8 @@ pub mod store;
 #[cfg(feature = "python")]
 mod python;
 
+#[cfg(test)]
+mod front_tests;
 #[cfg(test)]
 mod select_tests;
 #[cfg(test)]

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::exceptions::{PyException, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::cache::ResponseCache;
+use crate::front::{Front, Limits};
 use crate::model::{self, CollectionSpec};
 use crate::select::{EjectionConfig, Outcome, PickRequest, Picked, Policy, Selector};
 use crate::store::{self, Expect, StoreError};
@@ -389,10 +390,69 @@ impl PyStore {
     }
 }
 
+/// The gate in front of the API port (see `front.rs`): listens on `host:port` and
+/// forwards checked requests to the workers on `127.0.0.1:upstream_port`.
+#[pyclass(frozen, name = "Front", module = "registry_svc._core")]
+pub struct PyFront {
+    inner: std::sync::Mutex<Option<Front>>,
+    port: u16,
+}
+
+#[pymethods]
+impl PyFront {
+    #[new]
+    #[pyo3(signature = (host, port, upstream_port, api_body_limit = 1 << 20, proxy_body_limit = 16 << 20, threads = 2))]
+    fn new(
+        py: Python<'_>,
+        host: &str,
+        port: u16,
+        upstream_port: u16,
+        api_body_limit: u64,
+        proxy_body_limit: u64,
+        threads: usize,
+    ) -> PyResult<Self> {
+        use std::net::ToSocketAddrs;
+        let listen = (host, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut found| found.next())
+            .ok_or_else(|| PyValueError::new_err(format!("'{host}' is not an address to listen on")))?;
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], upstream_port));
+        let limits = Limits {
+            api_body: api_body_limit,
+            proxy_body: proxy_body_limit,
+            ..Limits::default()
+        };
+        let front = py
+            .detach(|| Front::start(listen, upstream, limits, threads))
+            .map_err(|e| {
+                PyOSError::new_err((e.raw_os_error().unwrap_or(0), format!("cannot listen on {listen}: {e}")))
+            })?;
+        let port = front.local_addr().port();
+        Ok(PyFront {
+            inner: std::sync::Mutex::new(Some(front)),
+            port,
+        })
+    }
+
+    /// The port it listens on.
+    #[getter]
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops listening and drops every connection.
+    fn close(&self, py: Python<'_>) {
+        let front = self.inner.lock().ok().and_then(|mut f| f.take());
+        py.detach(move || drop(front));
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyStore>()?;
+    m.add_class::<PyFront>()?;
     m.add("StoreError", py.get_type::<StoreErrorPy>())?;
     m.add("NotFoundError", py.get_type::<NotFoundError>())?;
     m.add("ConflictError", py.get_type::<ConflictError>())?;

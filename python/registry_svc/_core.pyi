@@ -100,3 +100,22 @@ class Store:
     def index(self) -> int: ...
     def collection_index(self, collection_name: str) -> int: ...
     def close(self) -> None: ...
+
+class Front:
+    """The gate in front of the API port (rust/front.rs): listens on `host:port` and
+    forwards checked requests to the workers on 127.0.0.1:`upstream_port`. Bodies over
+    the limits get 413 before they are read. OSError when the port is taken."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        upstream_port: int,
+        api_body_limit: int = 1048576,
+        proxy_body_limit: int = 16777216,
+        threads: int = 2,
+    ) -> None: ...
+    @property
+    def port(self) -> int: ...
+    def close(self) -> None:
+        """Stops listening and drops every connection."""

@@ -1,0 +1,574 @@
+//! The front door of the API port: a small HTTP/1.1 gate in front of the Robyn workers.
+//!
+//! Robyn reads every request body whole into memory before any handler, middleware or
+//! limit runs, and it cannot answer extension methods or refuse ambiguous framing. The
+//! gate owns the public port and checks each request head before a byte of the body is
+//! read:
+//! - a body over the limit (by `Content-Length`, or while a chunked body is decoded) is
+//!   refused with 413 and the connection closed, without reading the rest;
+//! - `Content-Length` together with `Transfer-Encoding`, several different lengths, or a
+//!   transfer coding other than `chunked` is a 400 and the connection is closed (RFC 9112
+//!   section 6.1: a request smuggling vector otherwise);
+//! - a method the API does not know is a JSON 405; a malformed head is a 400; a head over
+//!   `max_head` bytes is a 431; a head that does not arrive in time is a 408.
+//!
+//! Everything else goes to the workers on a loopback connection of its own (one per
+//! client connection), with the body re-framed by `Content-Length` (a chunked body is
+//! decoded here, so the workers never see a partial or chunked body) and the client's
+//! address in `x-registry-client-addr` (a client-sent one is dropped). Responses are
+//! copied back byte for byte. A refusal first lets the workers finish the responses to
+//! earlier pipelined requests, then answers and closes.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// The header carrying the client's address to the workers.
+pub const CLIENT_ADDR_HEADER: &str = "x-registry-client-addr";
+const MAX_HEADERS: usize = 100;
+const LISTEN_BACKLOG: u32 = 4096;
+/// How long, and how much, a refused client's leftover input is read and dropped.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_MAX_BYTES: usize = 256 << 20;
+const MAX_CHUNK_LINE: usize = 1024;
+const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"];
+
+/// What the gate lets through.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest body of a request to the registry's own routes (`/registry-svc/...`, `/health`).
+    pub api_body: u64,
+    /// Largest body of a request to the proxy (`/<slug>/...`).
+    pub proxy_body: u64,
+    /// Largest request head (request line and headers).
+    pub max_head: usize,
+    /// Time allowed for a head, from its first byte, and for a body.
+    pub request_timeout: Duration,
+    /// Time a kept-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// Body bytes held in memory at once across all connections (bodies are buffered
+    /// before they are forwarded; past this, new bodies wait).
+    pub buffered_bodies: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            api_body: 1 << 20,
+            proxy_body: 16 << 20,
+            max_head: 32 << 10,
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            buffered_bodies: 256 << 20,
+        }
+    }
+}
+
+/// A running gate; stops when dropped or on `stop`.
+pub struct Front {
+    runtime: Option<tokio::runtime::Runtime>,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Front {
+    /// Listens on `listen` (an error if it is taken), forwarding to the workers at `upstream`.
+    pub fn start(listen: SocketAddr, upstream: SocketAddr, limits: Limits, threads: usize) -> io::Result<Front> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("registry-front")
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _guard = runtime.enter();
+            let socket = if listen.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            // Lets a restart bind past TIME_WAIT leftovers; a live listener still fails.
+            socket.set_reuseaddr(true)?;
+            socket.bind(listen)?;
+            socket.listen(LISTEN_BACKLOG)?
+        };
+        let local = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let gate = Arc::new(Gate {
+            upstream,
+            budget: Semaphore::new(limits.buffered_bodies.min(Semaphore::MAX_PERMITS)),
+            limits,
+        });
+        runtime.spawn(accept_loop(listener, gate, stopped));
+        Ok(Front {
+            runtime: Some(runtime),
+            local,
+            stop,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops accepting and drops every connection.
+    pub fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Gate {
+    upstream: SocketAddr,
+    limits: Limits,
+    budget: Semaphore,
+}
+
+async fn accept_loop(listener: TcpListener, gate: Arc<Gate>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(Arc::clone(&gate).serve(stream, peer));
+                }
+                // Out of descriptors and the like: back off instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+    }
+}
+
+/// A refusal: status, reason phrase, message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON error response, closing the connection.
+    pub fn response(&self) -> Vec<u8> {
+        let body = serde_json::json!({ "error": self.message }).to_string();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+            self.status,
+            reason(self.status),
+            body.len(),
+            body
+        )
+        .into_bytes()
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        _ => "Error",
+    }
+}
+
+/// How the body of a request is framed.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A checked request head, ready to forward (without its framing headers).
+#[derive(Debug)]
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    pub framing: Framing,
+    pub limit: u64,
+    /// Request line and headers, minus framing and client-address headers, without the
+    /// final blank line.
+    pub forwarded: Vec<u8>,
+}
+
+/// Parses and checks a complete request head (`raw` ends with the blank line).
+pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(raw) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(Refusal::new(400, "incomplete request head")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal::new(431, format!("more than {MAX_HEADERS} request headers")))
+        }
+        Err(e) => return Err(Refusal::new(400, format!("malformed request: {e}"))),
+    }
+    let method = request.method.unwrap_or_default().to_owned();
+    let path = request.path.unwrap_or_default().to_owned();
+    if !METHODS.contains(&method.as_str()) {
+        return Err(Refusal::new(405, format!("{method} is not allowed on {path}")));
+    }
+    let mut lengths: Vec<&[u8]> = Vec::new();
+    let mut codings: Vec<String> = Vec::new();
+    let mut forwarded = format!("{method} {path} HTTP/1.{}\r\n", request.version.unwrap_or(1)).into_bytes();
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            lengths.push(header.value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            codings.extend(
+                String::from_utf8_lossy(header.value)
+                    .split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .filter(|c| !c.is_empty()),
+            );
+        } else if !name.eq_ignore_ascii_case(CLIENT_ADDR_HEADER) {
+            forwarded.extend_from_slice(name.as_bytes());
+            forwarded.extend_from_slice(b": ");
+            forwarded.extend_from_slice(header.value);
+            forwarded.extend_from_slice(b"\r\n");
+        }
+    }
+    let framing = match (lengths.as_slice(), codings.as_slice()) {
+        ([], []) => Framing::None,
+        ([], [only]) if only == "chunked" => Framing::Chunked,
+        ([], _) => {
+            return Err(Refusal::new(
+                400,
+                format!(
+                    "unsupported Transfer-Encoding '{}'; only chunked is accepted",
+                    codings.join(", ")
+                ),
+            ))
+        }
+        (_, [_, ..]) => {
+            return Err(Refusal::new(
+                400,
+                "a request must not carry both Content-Length and Transfer-Encoding",
+            ))
+        }
+        (first, []) => {
+            let parse = |v: &[u8]| -> Option<u64> {
+                let text = std::str::from_utf8(v).ok()?.trim();
+                (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| text.parse().ok())
+                    .flatten()
+            };
+            let values: Vec<Option<u64>> = first.iter().map(|v| parse(v)).collect();
+            match values.first() {
+                Some(Some(n)) if values.iter().all(|v| *v == Some(*n)) => Framing::Length(*n),
+                _ => return Err(Refusal::new(400, "invalid or conflicting Content-Length")),
+            }
+        }
+    };
+    let api = path == "/health" || path.starts_with("/health?") || path.starts_with("/registry-svc/");
+    let limit = if api { limits.api_body } else { limits.proxy_body };
+    if let Framing::Length(n) = framing {
+        if n > limit {
+            return Err(too_large(n, limit));
+        }
+    }
+    Ok(Head {
+        method,
+        path,
+        framing,
+        limit,
+        forwarded,
+    })
+}
+
+fn too_large(size: u64, limit: u64) -> Refusal {
+    Refusal::new(413, format!("request body is {size} bytes; the limit is {limit}"))
+}
+
+/// The client side of a connection: its read half and what was read but not used yet.
+struct Incoming {
+    rd: OwnedReadHalf,
+    buf: Vec<u8>,
+}
+
+enum HeadRead {
+    Head(Vec<u8>),
+    /// The client closed (or went idle) between requests.
+    Gone,
+}
+
+impl Incoming {
+    async fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 << 10];
+        let n = self.rd.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    async fn head(&mut self, limits: &Limits) -> Result<HeadRead, Refusal> {
+        // Idle between requests: wait for a first byte (tolerating stray CRLFs).
+        loop {
+            while self.buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
+                self.buf.remove(0);
+            }
+            if !self.buf.is_empty() {
+                break;
+            }
+            match tokio::time::timeout(limits.idle_timeout, self.fill()).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(HeadRead::Gone),
+                Ok(Ok(_)) => {}
+            }
+        }
+        let deadline = tokio::time::Instant::now() + limits.request_timeout;
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let rest = self.buf.split_off(end + 4);
+                return Ok(HeadRead::Head(std::mem::replace(&mut self.buf, rest)));
+            }
+            if self.buf.len() > limits.max_head {
+                return Err(Refusal::new(
+                    431,
+                    format!("request head over {} bytes", limits.max_head),
+                ));
+            }
+            match tokio::time::timeout_at(deadline, self.fill()).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(HeadRead::Gone),
+                Ok(Ok(_)) => {}
+                Err(_) => return Err(Refusal::new(408, "the request head did not arrive in time")),
+            }
+        }
+    }
+
+    /// Exactly `n` body bytes.
+    async fn exact(&mut self, n: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        while self.buf.len() < n {
+            if self.fill().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let rest = self.buf.split_off(n);
+        out.extend_from_slice(&std::mem::replace(&mut self.buf, rest));
+        Ok(())
+    }
+
+    async fn line(&mut self) -> Result<Vec<u8>, Refusal> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n") {
+                let rest = self.buf.split_off(end + 2);
+                let mut line = std::mem::replace(&mut self.buf, rest);
+                line.truncate(end);
+                return Ok(line);
+            }
+            if self.buf.len() > MAX_CHUNK_LINE {
+                return Err(Refusal::new(400, "malformed chunked body"));
+            }
+            if self.fill().await.map_err(|_| gone())? == 0 {
+                return Err(gone());
+            }
+        }
+    }
+
+    /// A chunked body, decoded, refused past `limit`.
+    async fn chunked(&mut self, limit: u64) -> Result<Vec<u8>, Refusal> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.line().await?;
+            let size_text = line.split(|b| *b == b';').next().unwrap_or_default();
+            let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
+            let size = u64::from_str_radix(size_text, 16).map_err(|_| Refusal::new(400, "malformed chunked body"))?;
+            if size == 0 {
+                // Trailers, up to the blank line; dropped.
+                while !self.line().await?.is_empty() {}
+                return Ok(body);
+            }
+            let total = body.len() as u64 + size;
+            if total > limit {
+                return Err(too_large(total, limit));
+            }
+            self.exact(size as usize, &mut body).await.map_err(|_| gone())?;
+            if !self.line().await?.is_empty() {
+                return Err(Refusal::new(400, "malformed chunked body"));
+            }
+        }
+    }
+}
+
+/// The client went away mid-request: nothing to answer.
+fn gone() -> Refusal {
+    Refusal::new(0, "client gone")
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Where responses to the client come from: nothing yet, or a task copying the workers'
+/// responses that hands the client's write half back when the workers close.
+enum Responses {
+    Direct(OwnedWriteHalf),
+    Relayed {
+        upstream: OwnedWriteHalf,
+        task: JoinHandle<OwnedWriteHalf>,
+    },
+}
+
+impl Responses {
+    /// The client's write half, once every response already under way has been relayed.
+    async fn finish(self) -> Option<OwnedWriteHalf> {
+        match self {
+            Responses::Direct(client) => Some(client),
+            Responses::Relayed { mut upstream, task } => {
+                let _ = upstream.shutdown().await;
+                task.await.ok()
+            }
+        }
+    }
+}
+
+impl Gate {
+    async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let (rd, wr) = stream.into_split();
+        let mut incoming = Incoming { rd, buf: Vec::new() };
+        let mut responses = Responses::Direct(wr);
+        let client_ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        loop {
+            match self.next_request(&mut incoming, client_ip).await {
+                Ok(Some(request)) => match self.forward(responses, request).await {
+                    Ok(next) => responses = next,
+                    Err(_) => return, // the client went away, or was already answered
+                },
+                Ok(None) => {
+                    // The client is done: let the relayed responses finish, then close.
+                    if let Some(mut client) = responses.finish().await {
+                        let _ = client.shutdown().await;
+                    }
+                    return;
+                }
+                Err(refusal) => return refuse(refusal, responses.finish().await, incoming).await,
+            }
+        }
+    }
+
+    /// The next request, checked and buffered: head (with its new framing) and body.
+    async fn next_request(&self, incoming: &mut Incoming, client_ip: IpAddr) -> Result<Option<Vec<u8>>, Refusal> {
+        let raw = match incoming.head(&self.limits).await? {
+            HeadRead::Head(raw) => raw,
+            HeadRead::Gone => return Ok(None),
+        };
+        let head = check_head(&raw, &self.limits)?;
+        let expected = match head.framing {
+            Framing::Length(n) => n,
+            Framing::Chunked => head.limit,
+            Framing::None => 0,
+        };
+        // Hold budget for the body while it is buffered and forwarded.
+        let permits = u32::try_from(expected.min(self.limits.buffered_bodies as u64)).unwrap_or(u32::MAX);
+        let _held = if permits > 0 {
+            Some(self.budget.acquire_many(permits).await.map_err(|_| gone())?)
+        } else {
+            None
+        };
+        let mut body = Vec::new();
+        let read = async {
+            match head.framing {
+                Framing::None => Ok(()),
+                Framing::Length(n) => incoming.exact(n as usize, &mut body).await.map_err(|_| gone()),
+                Framing::Chunked => {
+                    body = incoming.chunked(head.limit).await?;
+                    Ok(())
+                }
+            }
+        };
+        match tokio::time::timeout(self.limits.request_timeout, read).await {
+            Ok(result) => result?,
+            Err(_) => return Err(Refusal::new(408, "the request body did not arrive in time")),
+        }
+        let mut request = head.forwarded;
+        if head.framing != Framing::None {
+            request.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        }
+        request.extend_from_slice(format!("{CLIENT_ADDR_HEADER}: {client_ip}\r\n\r\n").as_bytes());
+        request.extend_from_slice(&body);
+        Ok(Some(request))
+    }
+
+    /// Sends one request to the workers, connecting (and starting the relay of their
+    /// responses) on the first one.
+    async fn forward(&self, responses: Responses, request: Vec<u8>) -> Result<Responses, Refusal> {
+        let mut relayed = match responses {
+            Responses::Relayed { upstream, task } => (upstream, task),
+            Responses::Direct(mut client) => {
+                let stream = match TcpStream::connect(self.upstream).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        let refusal = Refusal::new(502, format!("the server's workers are not reachable: {e}"));
+                        let _ = client.write_all(&refusal.response()).await;
+                        let _ = client.shutdown().await;
+                        return Err(gone());
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let (mut upstream_rd, upstream_wr) = stream.into_split();
+                let task = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut upstream_rd, &mut client).await;
+                    client
+                });
+                (upstream_wr, task)
+            }
+        };
+        if relayed.0.write_all(&request).await.is_err() {
+            return Err(gone());
+        }
+        Ok(Responses::Relayed {
+            upstream: relayed.0,
+            task: relayed.1,
+        })
+    }
+}
+
+/// Answers a refusal and closes. The client may still be sending the body we refused:
+/// closing at once would make the kernel reset the connection and lose the answer, so
+/// what it sends is read and dropped (never kept) for a short while first (nginx's
+/// "lingering close").
+async fn refuse(refusal: Refusal, client: Option<OwnedWriteHalf>, mut incoming: Incoming) {
+    let Some(mut client) = client else { return };
+    if refusal.status == 0 {
+        return; // the client is gone
+    }
+    if client.write_all(&refusal.response()).await.is_err() {
+        return;
+    }
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 64 << 10];
+    let mut dropped = 0usize;
+    let deadline = tokio::time::Instant::now() + LINGER;
+    while dropped < LINGER_MAX_BYTES {
+        match tokio::time::timeout_at(deadline, incoming.rd.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The API port's gate, end to end over loopback: a real `Front` in front of a fake
+//! upstream that answers each request with the bytes it received.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::front::{check_head, Framing, Front, Limits};
+
+struct Upstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+/// Answers every request (head plus Content-Length body) with 200 and the raw request as body.
+fn upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&connections);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() < end + 4 + length {
+                            break;
+                        }
+                        let request: Vec<u8> = buf.drain(..end + 4 + length).collect();
+                        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", request.len());
+                        if stream.write_all(answer.as_bytes()).is_err() || stream.write_all(&request).is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    Upstream { addr, connections }
+}
+
+fn front(up: &Upstream) -> Front {
+    let limits = Limits {
+        api_body: 1024,
+        proxy_body: 4096,
+        ..Limits::default()
+    };
+    Front::start("127.0.0.1:0".parse().unwrap(), up.addr, limits, 1).unwrap()
+}
+
+/// Sends `data`, then reads until the gate closes or 2 s pass without a byte.
+fn exchange(front: &Front, data: &[u8]) -> (String, bool) {
+    let mut stream = TcpStream::connect(front.local_addr()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    stream.write_all(data).unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let closed = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[test]
+fn a_body_over_the_limit_is_refused_before_it_is_read() {
+    let up = upstream();
+    let gate = front(&up);
+    let mut data = b"PUT /registry-svc/instance HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n".to_vec();
+    data.extend_from_slice(&[b'x'; 8192]);
+    let (out, closed) = exchange(&gate, &data);
+    assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+    assert!(
+        out.ends_with(r#"{"error":"request body is 1073741824 bytes; the limit is 1024"}"#),
+        "{out}"
+    );
+    assert!(closed);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 0, "nothing reached the workers");
+}
+
+#[test]
+fn proxied_paths_have_their_own_limit() {
+    let up = upstream();
+    let gate = front(&up);
+    let body = vec![b'y'; 2000];
+    let mut data = format!(
+        "POST /some-svc/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    data.extend_from_slice(&body);
+    let (out, _) = exchange(&gate, &data);
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+}
+
+#[test]
+fn chunked_bodies_are_decoded_and_limited() {
+    let up = upstream();
+    let gate = front(&up);
+    let ok = b"PUT /registry-svc/instance HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: t\r\n\r\n";
+    let (out, _) = exchange(&gate, ok);
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    let forwarded = out.to_lowercase();
+    assert!(
+        forwarded.contains("content-length: 11\r\n") && forwarded.ends_with("\r\n\r\nhello world"),
+        "{out}"
+    );
+    assert!(!forwarded.contains("transfer-encoding"), "{out}");
+    let mut big = b"PUT /registry-svc/instance HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        big.extend_from_slice(b"200\r\n");
+        big.extend_from_slice(&[b'z'; 512]);
+        big.extend_from_slice(b"\r\n");
+    }
+    let (out, closed) = exchange(&gate, &big);
+    assert!(out.starts_with("HTTP/1.1 413 ") && closed, "{out}");
+}
+
+#[test]
+fn ambiguous_framing_and_unknown_methods_are_refused_and_closed() {
+    let up = upstream();
+    let gate = front(&up);
+    let smuggle = b"PUT /registry-svc/instance HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (out, closed) = exchange(&gate, smuggle);
+    assert!(out.starts_with("HTTP/1.1 400 ") && closed, "{out}");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    let (out, closed) = exchange(&gate, b"FOO /registry-svc/instances HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 405 ") && closed, "{out}");
+    assert!(
+        out.ends_with(r#"{"error":"FOO is not allowed on /registry-svc/instances"}"#),
+        "{out}"
+    );
+    let (out, _) = exchange(
+        &gate,
+        b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_a_refusal_waits_for_earlier_answers() {
+    let up = upstream();
+    let gate = front(&up);
+    let data =
+        b"GET /health?n=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /health?n=2 HTTP/1.1\r\nHost: x\r\n\r\nFOO / HTTP/1.1\r\n\r\n";
+    let (out, closed) = exchange(&gate, data);
+    let first = out.find("GET /health?n=1").unwrap();
+    let second = out.find("GET /health?n=2").unwrap();
+    let refused = out.find("HTTP/1.1 405").unwrap();
+    assert!(first < second && second < refused && closed, "{out}");
+}
+
+#[test]
+fn the_client_address_header_is_the_gates_own() {
+    let up = upstream();
+    let gate = front(&up);
+    let (out, _) = exchange(
+        &gate,
+        b"GET /svc/x HTTP/1.1\r\nHost: x\r\nX-Registry-Client-Addr: 6.6.6.6\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        out.contains("x-registry-client-addr: 127.0.0.1\r\n") && !out.contains("6.6.6.6"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_oversized_head_is_a_431() {
+    let up = upstream();
+    let gate = front(&up);
+    let mut data = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+    data.extend_from_slice(&vec![b'a'; 40 << 10]);
+    let (out, closed) = exchange(&gate, &data);
+    assert!(out.starts_with("HTTP/1.1 431 ") && closed, "{out}");
+}
+
+#[test]
+fn a_taken_port_is_an_error() {
+    let up = upstream();
+    let gate = front(&up);
+    assert!(Front::start(gate.local_addr(), up.addr, Limits::default(), 1).is_err());
+}
+
+#[test]
+fn heads_are_checked_without_a_connection() {
+    let limits = Limits::default();
+    let head = check_head(
+        b"POST /registry-svc/tokens HTTP/1.1\r\nContent-Length: 12\r\n\r\n",
+        &limits,
+    )
+    .unwrap();
+    assert_eq!((head.framing, head.limit), (Framing::Length(12), 1 << 20));
+    let proxied = check_head(b"POST /svc/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", &limits).unwrap();
+    assert_eq!((proxied.framing, proxied.limit), (Framing::Chunked, 16 << 20));
+    for bad in [
+        &b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    ] {
+        assert_eq!(
+            check_head(bad, &limits).unwrap_err().status,
+            400,
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
