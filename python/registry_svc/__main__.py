@@ -66,6 +66,13 @@ def parser() -> argparse.ArgumentParser:
         help="networks the proxy may forward to (default: the probe networks; env OB_PROXY_NETWORKS)",
     )
     s.add_argument(
+        "--max-proxy-body-mib",
+        type=int,
+        default=settings_mod.DEFAULT_MAX_PROXY_BODY >> 20,
+        help="largest request body the proxy accepts, in MiB; larger ones get 413 before they are read "
+        "(default 16; the registry's own routes take at most 1 MiB)",
+    )
+    s.add_argument(
         "--map-size-mib",
         type=int,
         default=settings_mod.DEFAULT_MAP_SIZE >> 20,
@@ -80,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.port <= 65535:
         print(f"registry-svc: --port must be 1-65535, got {args.port}", file=sys.stderr)
         return 2
-    if args.processes < 1 or args.workers < 1 or args.map_size_mib < 1:
-        print("registry-svc: --processes, --workers and --map-size-mib must be at least 1", file=sys.stderr)
+    if args.processes < 1 or args.workers < 1 or args.map_size_mib < 1 or args.max_proxy_body_mib < 1:
+        print(
+            "registry-svc: --processes, --workers, --map-size-mib and --max-proxy-body-mib must be at least 1",
+            file=sys.stderr,
+        )
         return 2
     if not 0.1 <= args.heartbeat_seconds <= 3600:
         print("registry-svc: --heartbeat-seconds must be between 0.1 and 3600", file=sys.stderr)
@@ -122,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             args.eject_seconds,
             probe_networks=networks["--probe-networks"],
             proxy_networks=networks.get("--proxy-networks"),
+            max_proxy_body_bytes=args.max_proxy_body_mib << 20,
         )
     except UrlError as e:
         print(f"registry-svc: OB_SELF_URL: {e}", file=sys.stderr)

@@ -15,10 +15,11 @@ from robyn import Request, Response
 
 from registry_svc import _core
 from registry_svc.errors import ApiError
+from registry_svc.settings import MAX_API_BODY
 
 log = logging.getLogger("registry_svc")
 
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = MAX_API_BODY  # the gate refuses larger bodies before they are read
 JSON_CONTENT_TYPE = "application/json"
 INDEX_HEADER = "x-registry-index"
 

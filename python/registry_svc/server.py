@@ -203,7 +203,8 @@ def main() -> None:
     settings = Settings.from_env()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_app(settings)
-    app.start(host=settings.host, port=settings.port, _check_port=False)
+    # Behind the gate (rust/front.rs), which holds the public port: loopback only.
+    app.start(host="127.0.0.1", port=settings.internal_port, _check_port=False)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ from registry_svc import _core, urls
 
 DEFAULT_PORT = 11337
 DEFAULT_MAP_SIZE = 8 << 30
+DEFAULT_MAX_PROXY_BODY = 16 << 20
+# The largest body of a request to the registry's own routes (413 beyond).
+MAX_API_BODY = 1 << 20
 POLICIES = ("round_robin", "random", "weighted", "least_request", "consistent_hash")
 # Where the server may connect on its own behalf (health probes, proxy upstreams) unless
 # told otherwise: this machine only. See `netguard.py`.
@@ -38,6 +41,9 @@ class Settings:
     availability_zone: str | None = None
     probe_networks: tuple[str, ...] = LOOPBACK_NETWORKS
     proxy_networks: tuple[str, ...] = LOOPBACK_NETWORKS
+    max_proxy_body_bytes: int = DEFAULT_MAX_PROXY_BODY
+    # The loopback port the Robyn workers listen on behind the gate (set at start).
+    internal_port: int = 0
 
     @property
     def admin_token_path(self) -> Path:
@@ -91,6 +97,7 @@ def resolve(
     eject_seconds: float = 30.0,
     probe_networks: tuple[str, ...] = LOOPBACK_NETWORKS,
     proxy_networks: tuple[str, ...] | None = None,
+    max_proxy_body_bytes: int = DEFAULT_MAX_PROXY_BODY,
 ) -> Settings:
     """Builds the settings from flags and the `OB_*` variables.
 
@@ -120,4 +127,5 @@ def resolve(
         availability_zone=os.environ.get("OB_AVAILABILITY_ZONE") or None,
         probe_networks=probe_networks,
         proxy_networks=probe_networks if proxy_networks is None else proxy_networks,
+        max_proxy_body_bytes=max_proxy_body_bytes,
     )

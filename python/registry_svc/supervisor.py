@@ -1,5 +1,9 @@
-"""`registry-svc serve`: checks the port, bootstraps the data dir (admin token, own node),
+"""`registry-svc serve`: takes the port, bootstraps the data dir (admin token, own node),
 then runs the Robyn server as a child process group and owns its lifecycle.
+
+The public port is held by the gate of the Rust extension (`rust/front.rs`), which checks
+every request head (body size, framing, method) before reading the body and forwards
+what passes to the Robyn workers, which listen on a loopback port of their own.
 
 Robyn alone ignores SIGTERM/SIGINT in single-process mode and keeps the port; the
 supervisor turns either signal into a clean stop of the whole group. Every acknowledged
@@ -9,9 +13,11 @@ write is already committed to LMDB, so stopping the workers loses nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -26,32 +32,39 @@ from registry_svc.agent import NodeAgent
 from registry_svc.auth import ensure_admin_token
 from registry_svc.gpu import GpuSampler
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV
-from registry_svc.settings import Settings
+from registry_svc.settings import MAX_API_BODY, Settings
 
 log = logging.getLogger("registry_svc")
 
 READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 2.0
+# Tokio threads of the gate: it only parses heads and copies bytes, so one per two cores
+# (on 2 cores a second thread measured slower: it competes with the workers).
+FRONT_THREADS = max(1, (os.cpu_count() or 2) // 2)
 
 
-class PortInUse(Exception):
-    """The listen address is taken."""
+def _free_loopback_port() -> int:
+    """A port for the workers to listen on behind the gate (loopback only)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
-def check_port(host: str, port: int) -> None:
-    """Raises PortInUse if host:port has a listener. Robyn itself would start silently
-    beside another server (SO_REUSEPORT) or spin asking for another port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # SO_REUSEADDR lets the probe past TIME_WAIT leftovers of a previous run while still
-        # failing on a live listener.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise PortInUse(f"cannot listen on {host}:{port}: the address is already in use") from None
-            raise
+def _raise_open_files_limit() -> None:
+    """The gate holds two descriptors per active connection (client and worker) and one
+    per idle one: take the hard limit rather than the usual soft 1024."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def open_front(settings: Settings) -> tuple[_core.Front, Settings]:
+    """Takes the public port (OSError if it is taken) and picks the workers' port."""
+    internal = _free_loopback_port()
+    front = _core.Front(
+        settings.host, settings.port, internal, MAX_API_BODY, settings.max_proxy_body_bytes, threads=FRONT_THREADS
+    )
+    return front, dataclasses.replace(settings, internal_port=internal)
 
 
 def bootstrap(store: _core.Store, settings: Settings, gpus: GpuSampler) -> bool:
@@ -100,10 +113,14 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
 def serve(settings: Settings) -> int:
     """Runs the server until SIGTERM/SIGINT or until the workers die. Returns the exit code."""
     try:
-        check_port(settings.host, settings.port)
-    except PortInUse as e:
-        log.error("registry-svc: %s (is another registry-svc running?)", e)
+        front, settings = open_front(settings)
+    except OSError as e:
+        in_use = (
+            " (the address is already in use: is another registry-svc running?)" if e.errno == errno.EADDRINUSE else ""
+        )
+        log.error("registry-svc: %s%s", e.strerror or e, in_use)
         return 1
+    _raise_open_files_limit()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     # The supervisor keeps its own store handle for the node agent. The workers are
     # exec'd, not forked from here, so they inherit no LMDB state.
@@ -113,6 +130,7 @@ def serve(settings: Settings) -> int:
         created = bootstrap(store, settings, gpus)
         return _supervise(settings, store, gpus, created)
     finally:
+        front.close()
         gpus.close()
         store.close()
 

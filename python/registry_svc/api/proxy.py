@@ -36,6 +36,8 @@ from registry_svc.netguard import NetworkPolicy, Refused
 
 log = logging.getLogger("registry_svc")
 
+CLIENT_ADDR_HEADER = "x-registry-client-addr"  # rust/front.rs
+
 CONNECT_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 60.0
 MAX_CONCURRENT = 32
@@ -46,6 +48,8 @@ HOP_BY_HOP = frozenset(
         "te", "trailer", "trailers", "transfer-encoding", "upgrade",
         # Recomputed for the new message:
         "content-length", "host",
+        # Set by the gate in front of the workers for them only.
+        CLIENT_ADDR_HEADER,
     }
 )  # fmt: skip
 
@@ -95,7 +99,8 @@ class Proxy:
             if name.lower() not in drop and not name.lower().startswith("x-forwarded-"):
                 headers.add(name, value)
         forwarded_for = request.headers.get("x-forwarded-for")
-        client = request.ip_addr or "unknown"
+        # The workers sit behind the gate: the client's address comes from its header.
+        client = request.headers.get(CLIENT_ADDR_HEADER) or request.ip_addr or "unknown"
         headers["X-Forwarded-For"] = f"{forwarded_for}, {client}" if forwarded_for else client
         headers["X-Forwarded-Proto"] = request.headers.get("x-forwarded-proto") or "http"
         headers["X-Forwarded-Host"] = request.headers.get("x-forwarded-host") or request.headers.get("host") or ""
