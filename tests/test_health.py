@@ -172,6 +172,8 @@ def test_node_reports_fake_gpus_and_seed_gpu_pipelines_work(tmp_path: Path) -> N
         node = srv.call("GET", "/registry-svc/node/self").json["node"]
         assert [g["name"] for g in node["gpus"]] == ["NVIDIA H100 80GB HBM3", "NVIDIA A10"]
         assert node["gpus"][1]["powerUsage"] is None and node["gpus"][0]["powerUsage"] == 71.2
+        # NVML v2 memory where the driver has it (v1 would say 3207: it counts the reserved 615).
+        assert [(g["memoryUsage"], g["memoryReserved"]) for g in node["gpus"]] == [(2592, 615), (20000, None)]
         env = {**os.environ, "TOKEN": srv.admin_token, "BASE": srv.url}
         script = """curl -sf -X POST -H "Authorization: Bearer $TOKEN" "$BASE/registry-svc/nodes" | jq -r '.nodes[] |
           select(.gpus | length > 0) | .gpus[] | select(.gpuUtilization < 50) |
