@@ -26,6 +26,9 @@ pub struct CollectionSpec {
     /// a registry index per partition value, bumped by every write that touches it, so
     /// caches of one partition survive writes to others.
     pub partition: Option<&'static str>,
+    /// Top-level string fields that may be filtered on without an index: matched by
+    /// reading the candidates (rarely used filters, e.g. an instance's `scheme`).
+    pub scanned: &'static [&'static str],
 }
 
 const fn idx(field: &'static str, tag: u8) -> IndexSpec {
@@ -62,6 +65,7 @@ pub static INSTANCES: CollectionSpec = CollectionSpec {
         },
     ],
     partition: Some("slug"),
+    scanned: &["scheme"],
 };
 
 pub static DEFINITIONS: CollectionSpec = CollectionSpec {
@@ -69,6 +73,7 @@ pub static DEFINITIONS: CollectionSpec = CollectionSpec {
     tag: 2,
     indexes: &[],
     partition: None,
+    scanned: &[],
 };
 
 pub static NODES: CollectionSpec = CollectionSpec {
@@ -81,6 +86,7 @@ pub static NODES: CollectionSpec = CollectionSpec {
         multi: false,
     }],
     partition: None,
+    scanned: &[],
 };
 
 pub static TOKENS: CollectionSpec = CollectionSpec {
@@ -93,6 +99,7 @@ pub static TOKENS: CollectionSpec = CollectionSpec {
         multi: false,
     }],
     partition: None,
+    scanned: &[],
 };
 
 pub static COLLECTIONS: [&CollectionSpec; 4] = [&INSTANCES, &DEFINITIONS, &NODES, &TOKENS];

@@ -453,6 +453,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyStore>()?;
     m.add_class::<PyFront>()?;
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    m.add(
+        "__build__",
+        format!("registry-svc-core {} ({profile})", env!("CARGO_PKG_VERSION")),
+    )?;
     m.add("StoreError", py.get_type::<StoreErrorPy>())?;
     m.add("NotFoundError", py.get_type::<NotFoundError>())?;
     m.add("ConflictError", py.get_type::<ConflictError>())?;

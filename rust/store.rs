@@ -319,14 +319,22 @@ impl Store {
         filters: &[Filter],
         mut visit: impl FnMut(&[u8]),
     ) -> Result<()> {
-        if filters.is_empty() {
+        let (scanned, indexed): (Vec<&Filter>, Vec<&Filter>) = filters
+            .iter()
+            .partition(|(field, _)| coll.scanned.contains(&field.as_str()));
+        let mut matches = |raw: &[u8]| {
+            if scanned.is_empty() || scanned_match(&raw[VERSION_LEN..], &scanned) {
+                visit(raw);
+            }
+        };
+        if indexed.is_empty() {
             for entry in self.tables.records.prefix_iter(rtxn, &coll.record_prefix())? {
-                visit(entry?.1);
+                matches(entry?.1);
             }
             return Ok(());
         }
         let mut candidates: Option<Vec<Vec<u8>>> = None;
-        for (field, value) in filters {
+        for (field, value) in indexed {
             let ids = if field == "id" {
                 vec![value.as_bytes().to_vec()]
             } else {
@@ -345,7 +353,7 @@ impl Store {
             key.push(coll.tag);
             key.extend_from_slice(&id);
             if let Some(raw) = self.tables.records.get(rtxn, &key)? {
-                visit(raw);
+                matches(raw);
             }
         }
         Ok(())
@@ -365,6 +373,16 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.stop_writer();
     }
+}
+
+/// Whether the record's top-level string fields equal every scanned filter.
+fn scanned_match(json: &[u8], filters: &[&Filter]) -> bool {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return false;
+    };
+    filters
+        .iter()
+        .all(|(field, wanted)| value.get(field).and_then(serde_json::Value::as_str) == Some(wanted.as_str()))
 }
 
 fn intersect_sorted(a: Vec<Vec<u8>>, b: &[Vec<u8>]) -> Vec<Vec<u8>> {

@@ -387,3 +387,30 @@ fn node(id: &str) -> Vec<u8> {
         .to_string()
         .into_bytes()
 }
+
+#[test]
+fn scanned_filters_match_without_an_index() {
+    let (_dir, store) = open();
+    for (id, scheme, slug) in [("a", "http", "s"), ("b", "https", "s"), ("c", "https", "t")] {
+        let json = serde_json::json!({"id": id, "url": format!("{scheme}://{id}"), "scheme": scheme, "slug": slug});
+        store
+            .put(&INSTANCES, id, json.to_string().into_bytes(), Expect::Any)
+            .unwrap();
+    }
+    let ids = |pairs: &[(&str, &str)]| -> Vec<String> {
+        let (_, records) = store.list(&INSTANCES, &filters(pairs)).unwrap();
+        records
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.json).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(ids(&[("scheme", "https")]), ["b", "c"]);
+    assert_eq!(ids(&[("scheme", "https"), ("slug", "s")]), ["b"]);
+    assert_eq!(ids(&[("scheme", "gopher")]), Vec::<String>::new());
+    assert!(store.list(&INSTANCES, &filters(&[("colour", "red")])).is_err());
+}

@@ -3,6 +3,9 @@
 import builtins
 from collections.abc import Callable
 
+__build__: str
+"""The extension's crate version and build profile, e.g. "registry-svc-core 0.1.0 (release)"."""
+
 class StoreError(Exception):
     """Base class of every store error."""
 
