@@ -7,14 +7,17 @@ import logging
 import os
 import sys
 
-from registry_svc import netguard
+from registry_svc import about, netguard
 from registry_svc import settings as settings_mod
 from registry_svc.supervisor import serve
 from registry_svc.urls import UrlError
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="registry-svc", description="Service registry and discovery server.")
+    p.add_argument("--version", action="version", version=f"registry-svc {about.describe(about.version_info())}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser(
         "serve",
@@ -73,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
         "(default 16; the registry's own routes take at most 1 MiB)",
     )
     s.add_argument(
+        "--log-level",
+        default=os.environ.get("OB_LOG_LEVEL", "info"),
+        choices=LOG_LEVELS,
+        help="log detail: debug, info (status transitions, tokens created and revoked, start-up), "
+        "warning, error (default info; env OB_LOG_LEVEL)",
+    )
+    s.add_argument(
         "--map-size-mib",
         type=int,
         default=settings_mod.DEFAULT_MAP_SIZE >> 20,
@@ -83,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     if not 1 <= args.port <= 65535:
         print(f"registry-svc: --port must be 1-65535, got {args.port}", file=sys.stderr)
         return 2
@@ -133,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             probe_networks=networks["--probe-networks"],
             proxy_networks=networks.get("--proxy-networks"),
             max_proxy_body_bytes=args.max_proxy_body_mib << 20,
+            log_level=args.log_level,
         )
     except UrlError as e:
         print(f"registry-svc: OB_SELF_URL: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 TOKENS = "tokens"
 MAX_CACHED_HEADERS = 4096
+SECRET_PREFIX = "rsv_"
 
 INSTANCE_VIEW = "registry-svc:instance:view"
 INSTANCE_EDIT = "registry-svc:instance:edit"
@@ -34,6 +35,9 @@ DEFINITION_DELETE = "registry-svc:definition:delete"
 NODE_VIEW = "registry-svc:node:view"
 NODE_DELETE = "registry-svc:node:delete"
 ADMIN = "admin"
+# Routes anyone may call, without a token: /health, /version, echo, and this node's own
+# record (node/self carries only what the node says about itself; see README).
+PUBLIC = "public"
 
 ALL_PERMISSIONS = frozenset(
     {
@@ -68,7 +72,9 @@ class Caller:
 
     def require(self, permission: str) -> None:
         """Raises 403 naming `permission` unless the caller's role grants it."""
-        if permission not in ROLE_PERMISSIONS[self.role]:
+        if permission == PUBLIC:
+            return
+        if permission not in ROLE_PERMISSIONS.get(self.role, frozenset()):
             if permission == ADMIN:
                 raise ApiError(403, "this endpoint requires an admin token")
             raise ApiError(403, f"token lacks permission {permission}")
@@ -79,13 +85,16 @@ class Caller:
         return self.role in ("admin", "proxy")
 
 
+ANONYMOUS = Caller(token_id="", role="anonymous", slug=None)
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def new_token_record(role: str, slug: str | None, description: str) -> tuple[str, dict[str, Any]]:
     """A fresh secret and the record to store for it (which holds only its hash)."""
-    secret = "rsv_" + secrets.token_urlsafe(32)
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     record = {
         "id": "tok_" + secrets.token_hex(8),
         "role": role,
@@ -123,14 +132,15 @@ class Authenticator:
         # and spelling variants of one ("bearer", extra spaces) are bounded by the cap.
         caller = self._cache.get(header)
         if caller is None:
-            scheme, _, secret = header.strip().partition(" ")
-            if scheme.lower() != "bearer" or not secret.strip():
-                raise ApiError(401, "malformed Authorization header (expected 'Bearer <token>')")
-            caller = self._lookup(hash_secret(secret.strip()))
+            caller = self._lookup(hash_secret(bearer_secret(header)))
             if len(self._cache) >= MAX_CACHED_HEADERS:
                 self._cache = {}
             self._cache[header] = caller
         return caller
+
+    def authenticate_optional(self, request: Request) -> Caller:
+        """The caller when a token is sent, else ANONYMOUS (for public routes)."""
+        return self.authenticate(request) if request.headers.get("authorization") else ANONYMOUS
 
     def _lookup(self, digest: str) -> Caller:
         for token_id in self._store.ids_by(TOKENS, "secretHash", digest):
@@ -139,6 +149,18 @@ class Authenticator:
                 record = orjson.loads(found[1])
                 return Caller(token_id=record["id"], role=record["role"], slug=record.get("slug"))
         raise ApiError(401, "unknown or revoked token")
+
+
+def bearer_secret(header: str) -> str:
+    """The secret of an Authorization header: `Bearer <token>`, or a bare `rsv_...` token
+    as 1Backend's generated clients send it."""
+    text = header.strip()
+    if text.startswith(SECRET_PREFIX) and " " not in text:
+        return text
+    scheme, _, secret = text.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError(401, "malformed Authorization header (expected 'Bearer <token>')")
+    return secret.strip()
 
 
 def ensure_admin_token(store: _core.Store, path: os.PathLike[str] | str) -> bool:

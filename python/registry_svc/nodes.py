@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import secrets
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,6 +16,14 @@ from registry_svc.clock import utc_now
 from registry_svc.settings import Settings
 
 NODES = "nodes"
+log = logging.getLogger("registry_svc")
+
+
+def _read_kept(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def find_by_url(store: _core.Store, url: str) -> tuple[int, dict[str, Any]] | None:
@@ -27,17 +38,26 @@ def find_by_url(store: _core.Store, url: str) -> tuple[int, dict[str, Any]] | No
 def upsert_self(
     store: _core.Store, settings: Settings, usage: dict[str, Any], gpus: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Writes this node's record with fresh usage. The id is `OB_NODE_ID`, else the id the
-    node already has under its URL, else a new `node_...` id."""
+    """Writes this node's record with fresh usage. The id is `OB_NODE_ID`, else the one kept
+    in the data dir for this node's URL (`node-<hash>.id`), else the id the node already has under its URL, else a new
+    `node_...` id, which is then kept: a node removed by an operator comes back with the
+    same id at its next heartbeat."""
+    # Per node URL: several nodes may share one data dir (tests, one machine).
+    digest = hashlib.sha256(settings.self_url.encode()).hexdigest()[:12]
+    kept = Path(settings.data_dir) / f"node-{digest}.id"
 
     def attempt() -> dict[str, Any]:
         by_url = find_by_url(store, settings.self_url)
-        node_id = settings.node_id or (by_url[1]["id"] if by_url else "node_" + secrets.token_hex(6))
+        node_id = settings.node_id or _read_kept(kept) or (by_url[1]["id"] if by_url else None)
+        if node_id is None:
+            node_id = "node_" + secrets.token_hex(6)
+        if not settings.node_id and _read_kept(kept) != node_id:
+            kept.write_text(node_id + "\n")
         if by_url is not None and by_url[1]["id"] != node_id:
             # OB_NODE_ID changed: the old record under this URL is replaced.
             with contextlib.suppress(_core.NotFoundError):
                 store.delete(NODES, by_url[1]["id"], by_url[0])
-        version, _ = records.read(store, NODES, node_id)
+        version, previous = records.read(store, NODES, node_id)
         record = {
             "id": node_id,
             "url": settings.self_url,
@@ -50,6 +70,10 @@ def upsert_self(
             "gpus": gpus,
         }
         store.put(NODES, node_id, orjson.dumps(record), version)
+        if previous is not None and previous.get("status") != "Healthy":
+            log.info(
+                "node %s (%s): %s -> Healthy (heartbeating again)", node_id, settings.self_url, previous.get("status")
+            )
         return record
 
     return records.retrying(attempt, f"node {settings.self_url}")

@@ -19,8 +19,21 @@ from typing import cast
 
 from robyn import Request, Response, Robyn
 
-from registry_svc import _core
-from registry_svc.api import AsyncHandler, Call, Context, Handler, Route, definitions, instances, nodes, pick, tokens
+from registry_svc import _core, auth
+from registry_svc.api import (
+    AsyncHandler,
+    Call,
+    Context,
+    Handler,
+    Route,
+    definitions,
+    instances,
+    meta,
+    nodes,
+    pick,
+    tokens,
+)  # fmt: skip
+from registry_svc.api.instances import RESERVED_SLUGS
 from registry_svc.api.proxy import Proxy
 from registry_svc.auth import Authenticator
 from registry_svc.errors import ApiError
@@ -32,7 +45,9 @@ from registry_svc.settings import Settings
 log = logging.getLogger("registry_svc")
 
 # `pick` comes before `instance/:id`; Robyn prefers static segments anyway.
-ROUTES: list[Route] = [*pick.ROUTES, *instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES]
+ROUTES: list[Route] = [
+    *pick.ROUTES, *instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES, *meta.ROUTES,
+]  # fmt: skip
 # Methods the JSON fallback answers (404/405). Robyn cannot route extension methods
 # (`FOO /x`): see README, "HTTP limits of the API port".
 METHODS = ("get", "post", "put", "delete", "patch", "head", "options", "trace")
@@ -62,6 +77,8 @@ def authorized(route: Route, state: ProcessState, request: Request) -> Call:
     ctx = state.ctx
     if ctx is None:
         raise ApiError(503, "the server is starting; retry shortly")
+    if route.permission == auth.PUBLIC:
+        return Call(request, ctx.auth.authenticate_optional(request), ctx)
     caller = ctx.auth.authenticate(request)
     caller.require(route.permission)
     return Call(request, caller, ctx)
@@ -137,6 +154,8 @@ def not_routed(
         allowed = sorted({method.upper() for pattern, method in patterns if pattern.match(path)})
         if allowed:
             return error_response(405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}")
+        if path.split("/")[1] in RESERVED_SLUGS:
+            return error_response(404, f"no such endpoint: {request.method} {path}")
         return error_response(
             404, f"no route for {request.method} {path}, and no registered service '{path.split('/')[1]}'"
         )
@@ -201,7 +220,7 @@ def main() -> None:
     # Go when the supervisor goes, even if it is SIGKILLed.
     die_with_parent(int(os.environ[SUPERVISOR_PID_ENV]) if SUPERVISOR_PID_ENV in os.environ else None)
     settings = Settings.from_env()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
     app = build_app(settings)
     # Behind the gate (rust/front.rs), which holds the public port: loopback only.
     app.start(host="127.0.0.1", port=settings.internal_port, _check_port=False)

@@ -42,6 +42,7 @@ class Settings:
     probe_networks: tuple[str, ...] = LOOPBACK_NETWORKS
     proxy_networks: tuple[str, ...] = LOOPBACK_NETWORKS
     max_proxy_body_bytes: int = DEFAULT_MAX_PROXY_BODY
+    log_level: str = "info"
     # The loopback port the Robyn workers listen on behind the gate (set at start).
     internal_port: int = 0
 
@@ -62,6 +63,18 @@ class Settings:
             slug_policies=self.slug_policies,
             eject_seconds=self.eject_seconds,
             eject_max_seconds=max(300.0, self.eject_seconds * 10),
+        )
+
+    def describe(self) -> str:
+        """The configuration in one log line (no secrets: the admin token only by path)."""
+        return (
+            f"processes={self.processes} workers={self.workers} data_dir={self.data_dir} "
+            f"map_size_mib={self.map_size >> 20} self_url={self.self_url} node_id={self.node_id or '-'} "
+            f"region={self.region or '-'} zone={self.availability_zone or '-'} policy={self.default_policy} "
+            f"slug_policies={self.slug_policies or '-'} heartbeat_seconds={self.heartbeat_seconds:g} "
+            f"eject_seconds={self.eject_seconds:g} probe_networks={','.join(self.probe_networks)} "
+            f"proxy_networks={','.join(self.proxy_networks)} max_proxy_body_mib={self.max_proxy_body_bytes >> 20} "
+            f"log_level={self.log_level}"
         )
 
     def to_env(self) -> dict[str, str]:
@@ -98,6 +111,7 @@ def resolve(
     probe_networks: tuple[str, ...] = LOOPBACK_NETWORKS,
     proxy_networks: tuple[str, ...] | None = None,
     max_proxy_body_bytes: int = DEFAULT_MAX_PROXY_BODY,
+    log_level: str = "info",
 ) -> Settings:
     """Builds the settings from flags and the `OB_*` variables.
 
@@ -128,4 +142,5 @@ def resolve(
         probe_networks=probe_networks,
         proxy_networks=probe_networks if proxy_networks is None else proxy_networks,
         max_proxy_body_bytes=max_proxy_body_bytes,
+        log_level=log_level,
     )

@@ -20,10 +20,13 @@ Transitions:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from registry_svc.clock import parse_time
+
+log = logging.getLogger("registry_svc")
 
 STATUSES = ("Unknown", "Healthy", "Unhealthy", "Starting", "Stopping")
 MAX_REASON_CHARS = 200
@@ -86,11 +89,30 @@ def after_node_lost(instance: dict[str, Any], reason: str) -> Transition | None:
 
 
 def apply(record: dict[str, Any], transition: Transition | None) -> bool:
-    """Sets the transition's status and reason on `record`; False if it already had them."""
-    if transition is None or (record.get("status"), record.get("statusReason")) == (
+    """Sets the transition's status and reason on `record`; False if it already had them.
+    The reason also goes to `details`, the name 1Backend's clients read it under."""
+    if transition is None or (record.get("status"), record.get("statusReason"), record.get("details")) == (
         transition.status,
+        transition.reason,
         transition.reason,
     ):
         return False
-    record["status"], record["statusReason"] = transition.status, transition.reason
+    record["status"], record["statusReason"], record["details"] = (
+        transition.status,
+        transition.reason,
+        transition.reason,
+    )
     return True
+
+
+def log_transition(record: dict[str, Any], before: str | None) -> None:
+    """One log line for a written status change of an instance (nothing if unchanged)."""
+    if record.get("status") != before:
+        log.info(
+            "instance %s (%s): %s -> %s (%s)",
+            record.get("id"),
+            record.get("url"),
+            before or "new",
+            record.get("status"),
+            record.get("statusReason"),
+        )

@@ -158,6 +158,7 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
             return 1
         agent.start()
         if not stopping:
+            log.info("registry-svc configuration: %s", settings.describe())
             token_note = "new" if created else "existing"
             log.warning(
                 "registry-svc listening on http://%s:%d (%d process(es) x %d worker(s)); data in %s; admin token (%s) in %s",

@@ -12,7 +12,7 @@ from registry_svc import _core, auth
 from registry_svc import validation as v
 from registry_svc.api import Call, Route
 from registry_svc.errors import ApiError
-from registry_svc.http import json_response, no_content, path_param, raw_json, read_json_object
+from registry_svc.http import json_response, no_content, path_param, query_params, raw_json, read_json_object
 
 DEFINITIONS = "definitions"
 _DEFINITION_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -119,11 +119,21 @@ def parse_definition(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_definition(call: Call) -> Response:
+    """Saves a definition; with `?dryRun=true`, only validates it (200, nothing written)."""
+    params = query_params(call.request)
+    for name in params:
+        if name != "dryRun":
+            raise v.fail(name, "unknown parameter; use dryRun=true to validate without saving")
+    dry_run = params.get("dryRun", ["false"])[-1]
+    if dry_run not in ("true", "false"):
+        raise v.fail("dryRun", "must be true or false")
     body = read_json_object(call.request)
     v.reject_unknown(body, ("definition",), "")
     if body.get("definition") is None:
         raise v.fail("definition", 'required: send {"definition": {...}}')
     definition = parse_definition(v.obj(body["definition"], "definition"))
+    if dry_run == "true":
+        return json_response(200, {"definition": definition, "dryRun": True})
     store = call.ctx.store
     existed = store.get(DEFINITIONS, definition["id"]) is not None
     index = store.put(DEFINITIONS, definition["id"], orjson.dumps(definition))

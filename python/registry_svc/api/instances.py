@@ -24,10 +24,11 @@ from registry_svc.http import json_response, no_content, path_param, put_async, 
 
 INSTANCES = "instances"
 STATUSES = status.STATUSES
-RESERVED_SLUGS = frozenset({"registry-svc", "health", "metrics"})
+RESERVED_SLUGS = frozenset({"registry-svc", "health", "metrics", "version"})
 FIELD_ORDER = (
     "id", "url", "slug", "scheme", "host", "ip", "port", "path", "deploymentId", "nodeUrl", "tags",
-    "metadata", "weight", "zone", "status", "statusReason", "lastHeartbeat", "registeredAt", "healthCheck",
+    "metadata", "weight", "zone", "status", "statusReason", "details", "lastHeartbeat", "registeredAt",
+    "healthCheck",
 )  # fmt: skip
 # Read-only fields are accepted and ignored, so a fetched instance can be sent back as is.
 ACCEPTED = frozenset(FIELD_ORDER)
@@ -35,7 +36,7 @@ HEALTH_CHECK_TYPES = ("tcp", "http", "ttl", "none")
 # Query parameter -> indexed field of the store.
 FILTERS = {
     "id": "id", "slug": "slug", "host": "host", "ip": "ip", "deploymentId": "deploymentId",
-    "nodeUrl": "nodeUrl", "status": "status", "tag": "tags", "zone": "zone",
+    "nodeUrl": "nodeUrl", "status": "status", "tag": "tags", "zone": "zone", "scheme": "scheme",
 }  # fmt: skip
 MAX_FILTERS = 16
 MAX_FILTER_VALUE = 256
@@ -96,7 +97,8 @@ def parse_address(body: dict[str, Any]) -> dict[str, Any]:
         except urls.UrlError as e:
             raise v.fail("path", str(e)) from None
 
-    if body.get("url") is not None:
+    # A typed 1Backend client must send `url` and sends "" when it registers by parts.
+    if body.get("url") is not None and not (body["url"] == "" and ("host" in given or "ip" in given)):
         endpoint = v.endpoint(body["url"], "url")
         derived = address_fields(endpoint, given.get("ip"))
         for key in ("scheme", "host", "port", "path"):
@@ -187,7 +189,7 @@ def merge(
     record["slug"] = slug
     record["lastHeartbeat"] = now
     if "status" in fields:
-        record["statusReason"] = "set at registration"
+        status.apply(record, status.Transition(fields["status"], "set at registration"))
     return ordered(record)
 
 
@@ -204,6 +206,7 @@ class Plan:
     record: dict[str, Any]
     expect_version: int
     created: bool
+    previous_status: str | None = None
 
     def response(self, index: int) -> Response:
         return json_response(201 if self.created else 200, {"instance": self.record}, index)
@@ -241,7 +244,8 @@ def plan_registration(call: Call, fields: dict[str, Any]) -> Plan:
         raise ApiError(409, f"instance '{existing['id']}' ({existing['url']}) belongs to slug '{owner}', not '{slug}'")
     instance_id = existing["id"] if existing else fields.get("id") or new_instance_id()
     record = merge(existing, fields, instance_id, slug, call.ctx.settings.self_url)
-    return Plan(instance_id, record, current[0] if current else 0, existing is None)
+    previous = existing.get("status") if existing else None
+    return Plan(instance_id, record, current[0] if current else 0, existing is None, previous)
 
 
 async def register(call: Call) -> Response:
@@ -255,6 +259,7 @@ async def register(call: Call) -> Response:
         index = await put_async(
             call.ctx.store, INSTANCES, plan.instance_id, orjson.dumps(plan.record), plan.expect_version
         )
+        status.log_transition(plan.record, None if plan.created else plan.previous_status)
         return plan.response(index)
 
     return await records.retrying_async(attempt, "the instance")
@@ -321,14 +326,19 @@ def heartbeat(call: Call) -> Response:
     if requested is not None and requested not in STATUSES:
         raise v.fail("status", f"must be one of {', '.join(STATUSES)}")
 
+    before: list[str | None] = [None]
+
     def change(current: dict[str, Any] | None) -> dict[str, Any]:
         if current is None or not can_see(call.caller, current):
             raise ApiError(404, f"instance '{instance_id}' not found")
+        before[0] = current.get("status")
         status.apply(current, status.after_heartbeat(current, requested))
         current["lastHeartbeat"] = utc_now()
         return current
 
     applied = records.update(call.ctx.store, INSTANCES, instance_id, change, "the instance")
+    assert applied.record is not None
+    status.log_transition(applied.record, before[0])
     return json_response(200, {"instance": applied.record}, applied.index)
 
 

@@ -70,6 +70,8 @@ def delete_node(call: Call) -> Response:
 
 ROUTES = [
     Route("post", "/registry-svc/nodes", list_nodes, auth.NODE_VIEW),
-    Route("get", "/registry-svc/node/self", node_self, auth.NODE_VIEW),
+    # Public: this node's own record only (its URL, zone, usage and GPUs), what any
+    # client that can reach the port learns anyway; other nodes need node:view.
+    Route("get", "/registry-svc/node/self", node_self, auth.PUBLIC),
     Route("delete", "/registry-svc/node/*url", delete_node, auth.NODE_DELETE),
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 from robyn import Response
 
@@ -10,6 +12,8 @@ from registry_svc import validation as v
 from registry_svc.api import Call, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import json_response, no_content, path_param, read_json_object
+
+log = logging.getLogger("registry_svc")
 
 
 def create_token(call: Call) -> Response:
@@ -28,6 +32,7 @@ def create_token(call: Call) -> Response:
     description = v.string(body.get("description", ""), "description", max_len=256, allow_empty=True)
     secret, record = auth.new_token_record(role, slug, description)
     index = call.ctx.store.put(auth.TOKENS, record["id"], orjson.dumps(record), 0)
+    log.info("token %s created (role %s%s)", record["id"], role, f", slug {slug}" if slug else "")
     return json_response(201, {"token": secret, "info": auth.public_info(record)}, index)
 
 
@@ -59,7 +64,9 @@ def revoke_token(call: Call) -> Response:
         except _core.NotFoundError:
             raise ApiError(404, f"token '{token_id}' not found") from None
 
-    return no_content(records.retrying(attempt, "the tokens"))
+    index = records.retrying(attempt, "the tokens")
+    log.info("token %s revoked", token_id)
+    return no_content(index)
 
 
 ROUTES = [
