@@ -1,8 +1,11 @@
 """The `oo` command's connection: which server, which token, and HTTP with clear failures.
 
-Token order: `--token`, `OB_TOKEN`, the token saved by `oo login` for this server, and, for
-a server on this machine, the local admin token file (`~/.registry-svc/admin.token`, or
-`$REGISTRY_SVC_DATA_DIR/admin.token`).
+Server order: `--url`, `OB_SERVER_URL`, the server of the last `oo login` (the current
+context), then http://127.0.0.1:11337. Token order: `--token`, `OB_TOKEN`, the token saved
+by `oo login` for this server, and, for a server on this machine, the local admin token
+file (`~/.registry-svc/admin.token`, or `$REGISTRY_SVC_DATA_DIR/admin.token`). Server URLs
+are normalised (`http://` added, `localhost` is 127.0.0.1, no trailing '/'), so every
+spelling of one server finds its saved token.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
+
+# Library warnings (TLS, deprecations) are not for an `oo` user's terminal.
+urllib3.disable_warnings()
 
 DEFAULT_SERVER = "http://127.0.0.1:11337"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
@@ -46,10 +52,33 @@ def load_config() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def normalize_server(url: str) -> str:
+    """`localhost:11337`, `http://LOCALHOST:11337/` and `http://127.0.0.1:11337` are one server."""
+    text = url.strip().rstrip("/")
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        host = "127.0.0.1"
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return f"{parts.scheme.lower()}://{netloc}{parts.path}"
+
+
+def current_server() -> str | None:
+    """The server of the last `oo login`."""
+    server = load_config().get("current")
+    return str(server) if server else None
+
+
 def save_token(server: str, token: str) -> Path:
-    """Saves `token` for `server` in the user's config, readable by the user only."""
+    """Saves `token` for `server` in the user's config (readable by the user only) and makes
+    that server the current context."""
     config = load_config()
     config.setdefault("tokens", {})[server] = token
+    config["current"] = server
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -60,11 +89,16 @@ def save_token(server: str, token: str) -> Path:
 
 
 def local_admin_token() -> str | None:
-    data_dir = os.environ.get("REGISTRY_SVC_DATA_DIR") or str(Path.home() / ".registry-svc")
     try:
-        return (Path(data_dir).expanduser() / "admin.token").read_text().strip() or None
+        return admin_token_path().read_text().strip() or None
     except OSError:
         return None
+
+
+def admin_token_path() -> Path:
+    return (
+        Path(os.environ.get("REGISTRY_SVC_DATA_DIR") or str(Path.home() / ".registry-svc")).expanduser() / "admin.token"
+    )
 
 
 def resolve_token(server: str, flag: str | None) -> str | None:
@@ -113,9 +147,20 @@ class Client:
         except urllib3.exceptions.HTTPError as e:
             raise CliError(f"cannot connect to {self.server}: {_reason(e)}", EXIT_UNREACHABLE) from None
         reply = Reply(resp.status, resp.data)
+        if resp.status == 401:
+            raise CliError(f"HTTP 401: {_error_message(reply)}\n{login_hint(self.server, self.token)}")
         if resp.status >= 400:
             raise CliError(f"HTTP {resp.status}: {_error_message(reply)}")
         return reply
+
+
+def login_hint(server: str, token: str | None) -> str:
+    """How to get past a 401."""
+    sent = "the token sent was refused" if token else "no token was sent"
+    return (
+        f"  ({sent}) give a token with `oo login TOKEN` (saved for {server}), the OB_TOKEN variable, "
+        f"or --token TOKEN; on the server's machine the admin token is in {admin_token_path()}"
+    )
 
 
 def _reason(err: Exception) -> str:

@@ -3,8 +3,11 @@ generic `get|put|post|delete PATH --key=value` calls from the product page."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -12,8 +15,17 @@ from urllib.parse import quote, urlencode
 import click
 import yaml
 
-from registry_svc.cli.client import DEFAULT_SERVER, Client, CliError, resolve_token, save_token
-from registry_svc.cli.output import ago, percent, print_json, table
+from registry_svc import about
+from registry_svc.cli.client import (
+    DEFAULT_SERVER,
+    Client,
+    CliError,
+    current_server,
+    normalize_server,
+    resolve_token,
+    save_token,
+)  # fmt: skip
+from registry_svc.cli.output import ago, percent, print_json, shorten, table
 
 _INT = re.compile(r"^-?\d+$")
 _FLOAT = re.compile(r"^-?\d+\.\d+$")
@@ -52,8 +64,8 @@ class AliasedGroup(click.Group):
 class Session:
     """The server and token chosen by the global options, and a client made on first use."""
 
-    def __init__(self, server: str, token: str | None) -> None:
-        self.server = server.rstrip("/")
+    def __init__(self, server: str | None, token: str | None) -> None:
+        self.server = normalize_server(server or current_server() or DEFAULT_SERVER)
         self.token_flag = token
         self._client: Client | None = None
 
@@ -75,10 +87,12 @@ def delete_each(session: Session, resource: str, keys: tuple[str, ...], done: st
         click.echo(f"{done} {key}")
 
 
-def show(data: Any, output: str, headers: list[str], rows: list[list[Any]]) -> None:
-    """The raw JSON with `-o json`, else the table."""
+def show(data: Any, output: str, headers: list[str], rows: list[list[Any]], empty: str = "nothing") -> None:
+    """The raw JSON with `-o json`, else the table (or `empty` when there are no rows)."""
     if output == "json":
         print_json(data)
+    elif not rows:
+        click.echo(empty)
     else:
         click.echo(table(headers, rows))
 
@@ -92,21 +106,48 @@ Examples:
   oo post /registry-svc/nodes | jq '.nodes[].url'
   oo --url http://node2:11337 nodes ls
 
-Token: --token, $OB_TOKEN, `oo login TOKEN`, or the local admin token for a server on this
-machine. Server: --url or $OB_SERVER_URL. Exit codes: 0 ok, 1 HTTP or usage error,
-2 cannot connect. Shell completion: eval "$(_OO_COMPLETE=bash_source oo)".
+Server: --url, $OB_SERVER_URL, or the server of the last `oo login` (default
+http://127.0.0.1:11337). Token: --token, $OB_TOKEN, `oo login TOKEN`, or the local admin token
+for a server on this machine. --url and --token also work after a resource command
+(`oo i ls --url http://node2:11337`). Exit codes: 0 ok, 1 HTTP or usage error, 2 cannot
+connect. Shell completion: eval "$(_OO_COMPLETE=bash_source oo)".
 """
+
+
+def print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    show_version(Session(ctx.params.get("url"), ctx.params.get("token")))
+    ctx.exit()
+
+
+def show_version(session: Session) -> None:
+    """This `oo`'s version, and the server's when it answers."""
+    click.echo(f"oo {about.describe(about.version_info())}")
+    try:
+        server = Client(session.server, None).request("GET", "/version").json()
+    except CliError as e:
+        click.echo(f"server {session.server}: {e.message}")
+        return
+    click.echo(f"server {session.server}: registry-svc {about.describe(server)}")
 
 
 @click.group(cls=AliasedGroup, epilog=ROOT_EPILOG, context_settings={"help_option_names": ["-h", "--help"]},
              aliases={"i": "instances", "instance": "instances", "def": "definitions", "definition": "definitions",
-                      "n": "nodes", "node": "nodes", "token": "tokens"})  # fmt: skip
+                      "n": "nodes", "node": "nodes", "token": "tokens", "svc": "services", "service": "services"})  # fmt: skip
 @click.option(
-    "--url", envvar="OB_SERVER_URL", default=DEFAULT_SERVER, show_default=True, help="registry-svc server URL"
+    "--url",
+    envvar="OB_SERVER_URL",
+    default=None,
+    is_eager=True,
+    help="registry-svc server URL (default: $OB_SERVER_URL, the last `oo login`, http://127.0.0.1:11337)",
 )
-@click.option("--token", default=None, help="bearer token (default: $OB_TOKEN, `oo login`, local admin token)")
+@click.option(
+    "--token", default=None, is_eager=True, help="bearer token (default: $OB_TOKEN, `oo login`, local admin token)"
+)
+@click.option("--version", is_flag=True, expose_value=False, callback=print_version, help="show versions and exit")
 @click.pass_context
-def cli(ctx: click.Context, url: str, token: str | None) -> None:
+def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
     """oo: the registry-svc command line."""
     ctx.obj = Session(url, token)
 
@@ -114,28 +155,132 @@ def cli(ctx: click.Context, url: str, token: str | None) -> None:
 # --- instances --------------------------------------------------------------------------
 
 
-@cli.group(cls=AliasedGroup, aliases={"ls": "list", "rm": "remove"})
+@cli.group(cls=AliasedGroup, aliases={"ls": "list", "rm": "remove", "reg": "register", "hb": "heartbeat"})
 def instances() -> None:
-    """Service instances: list and remove."""
+    """Service instances: list, get, register, heartbeat, drain, remove."""
 
 
-@instances.command("list", epilog="\b\nExamples:\n  oo instances ls\n  oo i ls --slug user-svc --status Healthy\n  oo i ls -o json | jq '.instances[].url'")  # fmt: skip
+@instances.command("list", epilog="\b\nExamples:\n  oo instances ls\n  oo i ls --slug user-svc --status Healthy\n  oo i ls --zone us-east-1a --tags=prod\n  oo i ls -o json | jq '.instances[].url'")  # fmt: skip
 @click.option("--slug", help="only this slug")
 @click.option("--status", type=click.Choice(["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]))
-@click.option("--host", help="only this host")
-@click.option("--tag", "tags", multiple=True, help="only instances with this tag (repeatable)")
+@click.option("--host", help="only this host name; an IP address matches instances registered by ip")
+@click.option("--ip", help="only this IP address")
+@click.option("--deployment", help="only this deploymentId")
+@click.option("--node", help="only instances on this node (its URL)")
+@click.option("--zone", help="only this zone")
+@click.option("--scheme", type=click.Choice(["http", "https"]), help="only this scheme")
+@click.option("--tag", "--tags", "tags", multiple=True, help="only instances with this tag (repeatable, or a,b)")
 @OUTPUT
 @pass_session
 def instances_list(
-    session: Session, slug: str | None, status: str | None, host: str | None, tags: tuple[str, ...], output: str
+    session: Session,
+    slug: str | None,
+    status: str | None,
+    host: str | None,
+    ip: str | None,
+    deployment: str | None,
+    node: str | None,
+    zone: str | None,
+    scheme: str | None,
+    tags: tuple[str, ...],
+    output: str,
 ) -> None:
     """List service instances."""
-    query: list[tuple[str, str]] = [(k, v) for k, v in (("slug", slug), ("status", status), ("host", host)) if v]
-    query += [("tag", t) for t in tags]
+    if host and _is_ip(host):
+        # Instances registered with an IP have no host name: the address is their `ip`.
+        host, ip = None, ip or host
+    filters = {"slug": slug, "status": status, "host": host, "ip": ip, "deploymentId": deployment,
+               "nodeUrl": node, "zone": zone, "scheme": scheme}  # fmt: skip
+    query: list[tuple[str, str]] = [(k, v) for k, v in filters.items() if v]
+    query += [("tag", t.strip()) for value in tags for t in value.split(",") if t.strip()]
     data = session.client.request("GET", "/registry-svc/instances" + (f"?{urlencode(query)}" if query else "")).json()
-    rows = [[i["id"], i["url"], i["status"], i.get("slug") or "", i.get("nodeUrl") or "", ago(i.get("lastHeartbeat"))]
+    rows = [[i["id"], i["url"], i["status"], shorten(i.get("statusReason"), 40), i.get("slug") or "",
+             ",".join(i.get("tags") or []), i.get("nodeUrl") or "", ago(i.get("lastHeartbeat"))]
             for i in data["instances"]]  # fmt: skip
-    show(data, output, ["ID", "URL", "STATUS", "SLUG", "NODE", "LAST HEARTBEAT"], rows)
+    headers = ["ID", "URL", "STATUS", "REASON", "SLUG", "TAGS", "NODE", "LAST HEARTBEAT"]
+    show(data, output, headers, rows, "no instances" + (" match" if query else ""))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@instances.command("get", epilog="\b\nExamples:\n  oo instances get inst_12345\n  oo i get inst_12345 -o json")
+@click.argument("instance_id")
+@OUTPUT
+@pass_session
+def instances_get(session: Session, instance_id: str, output: str) -> None:
+    """Show one instance."""
+    data = session.client.request("GET", f"/registry-svc/instance/{quote(instance_id, safe='')}").json()
+    inst = data["instance"]
+    rows = [[key, json.dumps(value) if isinstance(value, (dict, list)) else ("" if value is None else value)]
+            for key, value in inst.items()]  # fmt: skip
+    show(data, output, ["FIELD", "VALUE"], rows)
+
+
+def read_documents(source: str) -> list[tuple[str, Any]]:
+    """(where, document) for each YAML/JSON document of a file, or of stdin for '-'."""
+    name = "stdin" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as e:
+        raise CliError(f"{name}: {e.strerror}") from None
+    try:
+        docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as e:
+        raise CliError(f"{name}: not valid YAML or JSON: {e}") from None
+    if not docs:
+        raise CliError(f"{name}: no document in it")
+    return [(name if len(docs) == 1 else f"{name} (document {n})", doc) for n, doc in enumerate(docs, 1)]
+
+
+@instances.command("register", epilog="\b\nExamples:\n  oo instances register -f instance.yaml\n  echo '{\"url\": \"http://127.0.0.1:8081\", \"slug\": \"web\"}' | oo i register -f -")  # fmt: skip
+@click.option("-f", "--file", "source", required=True, help="YAML or JSON file of one or many instances; - for stdin")
+@pass_session
+def instances_register(session: Session, source: str) -> None:
+    """Register (or re-register) instances from a file or stdin."""
+    for where, doc in read_documents(source):
+        items = doc if isinstance(doc, list) else [doc]
+        for body in items:
+            if isinstance(body, dict) and set(body) == {"instance"}:
+                body = body["instance"]
+            if not isinstance(body, dict):
+                raise CliError(f"{where}: an instance must be a mapping, not {type(body).__name__}")
+            try:
+                reply = session.client.request("PUT", "/registry-svc/instance", body)
+            except CliError as e:
+                raise CliError(f"{where}: {e.message}", e.code) from None
+            inst = reply.json()["instance"]
+            verb = "registered" if reply.status == 201 else "updated"
+            click.echo(f"{verb} instance {inst['id']} {inst['url']} ({inst['status']})")
+
+
+@instances.command("heartbeat", epilog="\b\nExamples:\n  oo instances heartbeat inst_12345\n  oo i heartbeat inst_12345 --status Starting")  # fmt: skip
+@click.argument("instance_id")
+@click.option("--status", type=click.Choice(["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]))
+@pass_session
+def instances_heartbeat(session: Session, instance_id: str, status: str | None) -> None:
+    """Renew an instance's heartbeat (and set its status)."""
+    _heartbeat(session, instance_id, status)
+
+
+@instances.command("drain", epilog="\b\nExamples:\n  oo instances drain inst_12345")
+@click.argument("instance_id")
+@pass_session
+def instances_drain(session: Session, instance_id: str) -> None:
+    """Mark an instance Stopping: pick and the proxy stop sending it traffic."""
+    _heartbeat(session, instance_id, "Stopping")
+
+
+def _heartbeat(session: Session, instance_id: str, status: str | None) -> None:
+    body = {"status": status} if status else None
+    path = f"/registry-svc/instance/{quote(instance_id, safe='')}/heartbeat"
+    inst = session.client.request("PUT", path, body).json()["instance"]
+    click.echo(f"instance {inst['id']}: {inst['status']}")
 
 
 @instances.command("remove", epilog="\b\nExamples:\n  oo instances remove inst_12345\n  oo i rm inst_12345")
@@ -146,12 +291,70 @@ def instances_remove(session: Session, ids: tuple[str, ...]) -> None:
     delete_each(session, "/registry-svc/instance", ids, "removed instance")
 
 
+# --- services and pick --------------------------------------------------------------------
+
+STATUS_COLUMNS = ("Healthy", "Unhealthy", "Unknown", "Starting", "Stopping")
+
+
+@cli.command("services", epilog="\b\nExamples:\n  oo services\n  oo services -o json | jq '.services[] | select(.Healthy == 0)'")  # fmt: skip
+@OUTPUT
+@pass_session
+def services(session: Session, output: str) -> None:
+    """One row per slug with its instance counts by status (like `consul catalog services`)."""
+    instances_data = session.client.request("GET", "/registry-svc/instances").json()["instances"]
+    by_slug: dict[str, Counter[str]] = {}
+    for inst in instances_data:
+        by_slug.setdefault(inst.get("slug") or "(none)", Counter())[inst["status"]] += 1
+    summary = [{"slug": slug, "instances": sum(counts.values()), **{s: counts[s] for s in STATUS_COLUMNS}}
+               for slug, counts in sorted(by_slug.items())]  # fmt: skip
+    rows = [[row["slug"], row["instances"], *(row[s] for s in STATUS_COLUMNS)] for row in summary]
+    headers = ["SLUG", "INSTANCES", *(s.upper() for s in STATUS_COLUMNS)]
+    show({"services": summary}, output, headers, rows, "no services")
+
+
+@cli.command("pick", epilog="\b\nExamples:\n  oo pick user-svc\n  oo pick user-svc --policy consistent_hash --key user-42\n  oo pick user-svc -o json | jq -r .instance.url")  # fmt: skip
+@click.argument("slug")
+@click.option("--policy", type=click.Choice(["round_robin", "random", "weighted", "least_request", "consistent_hash"]))
+@click.option("--zone", help="prefer this zone")
+@click.option("--key", help="the key for consistent_hash")
+@click.option("--tag", "--tags", "tags", multiple=True, help="only instances with this tag")
+@OUTPUT
+@pass_session
+def pick(
+    session: Session,
+    slug: str,
+    policy: str | None,
+    zone: str | None,
+    key: str | None,
+    tags: tuple[str, ...],
+    output: str,
+) -> None:
+    """Pick one routable instance of SLUG, as the proxy would."""
+    query = [("slug", slug)] + [(k, v) for k, v in (("policy", policy), ("zone", zone), ("key", key)) if v]
+    query += [("tag", t.strip()) for value in tags for t in value.split(",") if t.strip()]
+    data = session.client.request("GET", f"/registry-svc/instance/pick?{urlencode(query)}").json()
+    inst = data["instance"]
+    show(
+        data,
+        output,
+        ["ID", "URL", "STATUS", "ZONE"],
+        [[inst["id"], inst["url"], inst["status"], inst.get("zone") or ""]],
+    )
+
+
+@cli.command("version", epilog="\b\nExamples:\n  oo version\n  oo --url http://node2:11337 version")
+@pass_session
+def version(session: Session) -> None:
+    """Show the versions of oo and of the server."""
+    show_version(session)
+
+
 # --- definitions ------------------------------------------------------------------------
 
 
 @cli.group(cls=AliasedGroup, aliases={"ls": "list", "rm": "remove", "s": "save"})
 def definitions() -> None:
-    """Service definitions: list, save from YAML/JSON, remove."""
+    """Service definitions: list, get, save from YAML/JSON (or stdin), remove."""
 
 
 def _ports(d: dict[str, Any]) -> str:
@@ -171,39 +374,47 @@ def definitions_list(session: Session, output: str) -> None:
     for d in data["definitions"]:
         source = d["image"]["name"] if d.get("image") else d.get("repository", {}).get("url", "")
         rows.append([d["id"], source, _ports(d)])
-    show(data, output, ["ID", "IMAGE OR REPO", "PORTS"], rows)
+    show(data, output, ["ID", "IMAGE OR REPO", "PORTS"], rows, "no definitions")
 
 
-def read_definitions(path: Path) -> list[dict[str, Any]]:
-    """The definitions in a YAML or JSON file: one, or several YAML documents."""
-    try:
-        docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-    except OSError as e:
-        raise CliError(f"{path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise CliError(f"{path}: not valid YAML or JSON: {e}") from None
-    if not docs:
-        raise CliError(f"{path}: no definition in the file")
-    out = []
-    for doc in docs:
-        if isinstance(doc, dict) and set(doc) == {"definition"}:
-            doc = doc["definition"]
-        if not isinstance(doc, dict):
-            raise CliError(f"{path}: a definition must be a mapping, not {type(doc).__name__}")
-        out.append(doc)
-    return out
-
-
-@definitions.command("save", epilog="\b\nExamples:\n  oo definitions save nginx-service.yaml\n  oo def save api-service.yaml custom-app.yaml")  # fmt: skip
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@definitions.command("get", epilog="\b\nExamples:\n  oo definitions get nginx-svc\n  oo def get nginx-svc -o json")
+@click.argument("definition_id")
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", help="yaml or JSON")
 @pass_session
-def definitions_save(session: Session, files: tuple[Path, ...]) -> None:
-    """Save definitions from YAML or JSON files (several YAML documents per file allowed)."""
-    for path in files:
-        for definition in read_definitions(path):
-            reply = session.client.request("PUT", "/registry-svc/definition", {"definition": definition})
-            verb = "created" if reply.status == 201 else "updated"
-            click.echo(f"{verb} definition {reply.json()['definition']['id']}")
+def definitions_get(session: Session, definition_id: str, output: str) -> None:
+    """Show one definition (YAML by default, as it would be saved)."""
+    data = session.client.request("GET", f"/registry-svc/definition/{quote(definition_id, safe='')}").json()
+    if output == "json":
+        print_json(data)
+    else:
+        click.echo(yaml.safe_dump(data["definition"], sort_keys=False).rstrip())
+
+
+@definitions.command("save", epilog="\b\nExamples:\n  oo definitions save nginx-service.yaml\n  oo def save api-service.yaml custom-app.yaml\n  cat app.yaml | oo def save -\n  oo def save --dry-run app.yaml")  # fmt: skip
+@click.argument("files", nargs=-1, required=True)
+@click.option("--dry-run", is_flag=True, help="validate on the server without saving")
+@pass_session
+def definitions_save(session: Session, files: tuple[str, ...], dry_run: bool) -> None:
+    """Save definitions from YAML or JSON files, or stdin (-); several YAML documents per file."""
+    for source in files:
+        for where, doc in read_documents(source):
+            wrapped = isinstance(doc, dict) and set(doc) == {"definition"}
+            definition = doc["definition"] if wrapped else doc
+            if not isinstance(definition, dict):
+                raise CliError(f"{where}: a definition must be a mapping, not {type(definition).__name__}")
+            path = "/registry-svc/definition" + ("?dryRun=true" if dry_run else "")
+            try:
+                reply = session.client.request("PUT", path, {"definition": definition})
+            except CliError as e:
+                # The server names fields from the request's top (`definition.ports[0]...`);
+                # say them as the file has them (without `definition.` unless it wraps).
+                message = e.message.removeprefix("HTTP 400: ")
+                if message != e.message and not wrapped:
+                    message = message.removeprefix("definition.")
+                raise CliError(f"{where}: {message}", e.code) from None
+            saved = reply.json()["definition"]["id"]
+            verb = "valid" if dry_run else ("created" if reply.status == 201 else "updated")
+            click.echo(f"{verb} definition {saved}" + (f" ({where})" if dry_run else ""))
 
 
 @definitions.command(
@@ -230,17 +441,28 @@ def nodes() -> None:
 def nodes_list(session: Session, output: str) -> None:
     """List cluster nodes with their usage."""
     data = session.client.request("POST", "/registry-svc/nodes").json()
-    rows = [[n["id"], n["url"], n.get("region") or "", n.get("availabilityZone") or "", percent(n.get("usage"), "cpu"),
-             percent(n.get("usage"), "memory"), len(n.get("gpus") or []), ago(n.get("lastHeartbeat"))]
+    rows = [[n["id"], n["url"], n.get("status") or "", n.get("region") or "", n.get("availabilityZone") or "",
+             percent(n.get("usage"), "cpu"), percent(n.get("usage"), "memory"), len(n.get("gpus") or []),
+             ago(n.get("lastHeartbeat"))]
             for n in data["nodes"]]  # fmt: skip
-    show(data, output, ["ID", "URL", "REGION", "ZONE", "CPU%", "MEM%", "GPUS", "LAST HEARTBEAT"], rows)
+    headers = ["ID", "URL", "STATUS", "REGION", "ZONE", "CPU%", "MEM%", "GPUS", "LAST HEARTBEAT"]
+    show(data, output, headers, rows, "no nodes")
 
 
 @nodes.command("remove", epilog="\b\nExamples:\n  oo nodes remove http://node2.example.com:11337\n  oo n rm http://node2.example.com:11337")  # fmt: skip
 @click.argument("urls", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="remove the node of the server you are talking to as well")
 @pass_session
-def nodes_remove(session: Session, urls: tuple[str, ...]) -> None:
+def nodes_remove(session: Session, urls: tuple[str, ...], force: bool) -> None:
     """Remove nodes by URL."""
+    if not force:
+        own = session.client.request("GET", "/registry-svc/node/self").json()["node"]["url"]
+        for url in urls:
+            if normalize_server(url) == normalize_server(own):
+                raise CliError(
+                    f"{url} is the node of the server you are talking to ({session.server}): it re-registers at its "
+                    "next heartbeat (keeping its id). Add --force to remove it anyway."
+                )
     delete_each(session, "/registry-svc/node", urls, "removed node")
 
 
@@ -266,8 +488,10 @@ def tokens_create(session: Session, role: str, slug: str | None, description: st
     data = session.client.request("POST", "/registry-svc/tokens", body).json()
     if output == "json":
         print_json(data)
-    else:
-        click.echo(data["token"])
+        return
+    click.echo(data["token"])  # alone on stdout, for `TOKEN=$(oo tokens create ...)`
+    warning = f"token {data['info']['id']} ({role}): the secret above is shown only once; store it now"
+    click.echo(warning, err=not sys.stdout.isatty())
 
 
 @tokens.command("list", epilog="\b\nExamples:\n  oo tokens ls")
@@ -279,7 +503,7 @@ def tokens_list(session: Session, output: str) -> None:
     rows = [
         [t["id"], t["role"], t.get("slug") or "", t.get("description") or "", t["createdAt"]] for t in data["tokens"]
     ]
-    show(data, output, ["ID", "ROLE", "SLUG", "DESCRIPTION", "CREATED"], rows)
+    show(data, output, ["ID", "ROLE", "SLUG", "DESCRIPTION", "CREATED"], rows, "no tokens")
 
 
 @tokens.command("remove", epilog="\b\nExamples:\n  oo tokens rm tok_0123456789abcdef")
@@ -294,10 +518,11 @@ def tokens_remove(session: Session, ids: tuple[str, ...]) -> None:
 @click.argument("token")
 @pass_session
 def login(session: Session, token: str) -> None:
-    """Save TOKEN for this server in the user's config (mode 0600)."""
-    Client(session.server, token).request("GET", "/registry-svc/definitions")  # refuse a token that does not work
+    """Save TOKEN for this server in the user's config (mode 0600); later commands go to
+    this server without --url (the current context)."""
+    Client(session.server, token).request("GET", "/registry-svc/instances")  # refuse a token that does not work
     path = save_token(session.server, token)
-    click.echo(f"saved token for {session.server} in {path}")
+    click.echo(f"logged in to {session.server}; token saved in {path}")
 
 
 # --- generic calls ----------------------------------------------------------------------

@@ -47,3 +47,9 @@ def percent(usage: Any, part: str) -> str:
         return f"{float(usage[part]['percent']):.1f}"
     except (KeyError, TypeError, ValueError):
         return "-"
+
+
+def shorten(text: str | None, width: int) -> str:
+    """`text` on one line, cut to `width` characters with '...'."""
+    line = " ".join((text or "").split())
+    return line if len(line) <= width else line[: width - 3] + "..."
