@@ -28,7 +28,6 @@ ENDPOINTS = [
     ("GET", "/registry-svc/definition/perm", None, "registry-svc:definition:view"),
     ("DELETE", "/registry-svc/definition/perm", None, "registry-svc:definition:delete"),
     ("POST", "/registry-svc/nodes", None, "registry-svc:node:view"),
-    ("GET", "/registry-svc/node/self", None, "registry-svc:node:view"),
     ("DELETE", "/registry-svc/node/http%3A%2F%2Fx%3A1", None, "registry-svc:node:delete"),
     ("POST", "/registry-svc/tokens", {"role": "admin"}, "admin"),
     ("GET", "/registry-svc/tokens", None, "admin"),
