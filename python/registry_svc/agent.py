@@ -57,9 +57,11 @@ class NodeAgent:
         self._ready.wait(10)
 
     def stop(self) -> None:
+        """Stops the agent's loop and waits for it (nothing to do if it never started)."""
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=15)
+        if self._thread.is_alive():
+            self._thread.join(timeout=15)
 
     def is_mine(self, instance: dict[str, Any]) -> bool:
         node_url = instance.get("nodeUrl")
