@@ -32,6 +32,7 @@ from registry_svc.api import (
     nodes,
     pick,
     tokens,
+    ui,
 )  # fmt: skip
 from registry_svc.api.instances import RESERVED_SLUGS
 from registry_svc.api.proxy import Proxy
@@ -46,7 +47,7 @@ log = logging.getLogger("registry_svc")
 
 # `pick` comes before `instance/:id`; Robyn prefers static segments anyway.
 ROUTES: list[Route] = [
-    *pick.ROUTES, *instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES, *meta.ROUTES,
+    *pick.ROUTES, *instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES, *meta.ROUTES, *ui.ROUTES,
 ]  # fmt: skip
 # Methods the JSON fallback answers (404/405). Robyn cannot route extension methods
 # (`FOO /x`): see README, "HTTP limits of the API port".

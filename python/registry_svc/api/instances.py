@@ -24,7 +24,7 @@ from registry_svc.http import json_response, no_content, path_param, put_async, 
 
 INSTANCES = "instances"
 STATUSES = status.STATUSES
-RESERVED_SLUGS = frozenset({"registry-svc", "health", "metrics", "version"})
+RESERVED_SLUGS = frozenset({"registry-svc", "health", "metrics", "version", "ui"})
 FIELD_ORDER = (
     "id", "url", "slug", "scheme", "host", "ip", "port", "path", "deploymentId", "nodeUrl", "tags",
     "metadata", "weight", "zone", "status", "statusReason", "details", "lastHeartbeat", "registeredAt",
