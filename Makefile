@@ -9,7 +9,7 @@ EXT     := $(VENV)/.extension-built
 RUST_SRC := Cargo.toml Cargo.lock $(wildcard rust/*.rs)
 ARGS    ?=
 
-.PHONY: run test test-rust test-python build lint fmt bench bench-tools loadtest clean
+.PHONY: run test test-rust test-python build lint fmt bench bench-tools browser-tools loadtest clean
 
 $(DEPS): pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,8 +34,9 @@ test: test-rust test-python
 test-rust:
 	cargo test --no-default-features --quiet
 
-# The benchmark harness's smoke tests need wrk, nginx and etcd: installed here if missing.
-test-python: build bench-tools
+# The benchmark harness's smoke tests need wrk, nginx and etcd, the dashboard's tests a
+# headless Chromium and its driver: installed here if missing.
+test-python: build bench-tools browser-tools
 	$(PY) -m pytest -q
 
 lint: build
@@ -54,6 +55,15 @@ fmt: $(DEPS)
 # wrk, nginx and etcd (the benchmark's load generator and baselines), from Debian's packages.
 bench-tools:
 	@missing=""; for t in wrk:wrk nginx:nginx-light etcd:etcd-server; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; fi
+
+# Chromium and chromedriver from Debian, driven by Selenium in tests/test_dashboard.py.
+browser-tools:
+	@missing=""; for t in chromium:chromium chromedriver:chromium-driver; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
