@@ -30,6 +30,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::reads::{self, Tokens};
+use crate::registry::Registry;
+
 /// The header carrying the client's address to the workers.
 pub const CLIENT_ADDR_HEADER: &str = "x-registry-client-addr";
 const MAX_HEADERS: usize = 100;
@@ -79,8 +82,15 @@ pub struct Front {
 }
 
 impl Front {
-    /// Listens on `listen` (an error if it is taken), forwarding to the workers at `upstream`.
-    pub fn start(listen: SocketAddr, upstream: SocketAddr, limits: Limits, threads: usize) -> io::Result<Front> {
+    /// Listens on `listen` (an error if it is taken), forwarding to the workers at `upstream`,
+    /// and answering hot reads from `registry` when given.
+    pub fn start(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        limits: Limits,
+        threads: usize,
+        registry: Option<Arc<Registry>>,
+    ) -> io::Result<Front> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("registry-front")
@@ -104,6 +114,7 @@ impl Front {
             upstream,
             budget: Semaphore::new(limits.buffered_bodies.min(Semaphore::MAX_PERMITS)),
             limits,
+            reads: registry.map(|r| (r, Tokens::default())),
         });
         runtime.spawn(accept_loop(listener, gate, stopped));
         Ok(Front {
@@ -136,6 +147,16 @@ struct Gate {
     upstream: SocketAddr,
     limits: Limits,
     budget: Semaphore,
+    /// The registry to answer hot reads from (`reads.rs`); None: everything is forwarded.
+    reads: Option<(Arc<Registry>, Tokens)>,
+}
+
+/// What to do with the next request of a connection.
+enum Next {
+    /// Send it to the workers (head and re-framed body).
+    Forward(Vec<u8>),
+    /// Answered here: the response, and whether to close after it.
+    Answer(Vec<u8>, bool),
 }
 
 async fn accept_loop(listener: TcpListener, gate: Arc<Gate>, mut stopped: watch::Receiver<bool>) {
@@ -185,7 +206,10 @@ impl Refusal {
 
 fn reason(status: u16) -> &'static str {
     match status {
+        200 => "OK",
         400 => "Bad Request",
+        404 => "Not Found",
+        503 => "Service Unavailable",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
@@ -210,6 +234,10 @@ pub struct Head {
     pub path: String,
     pub framing: Framing,
     pub limit: u64,
+    pub authorization: Option<String>,
+    /// The client asked to close after this request (`Connection: close`, or HTTP/1.0
+    /// without keep-alive).
+    pub close: bool,
     /// Request line and headers, minus framing and client-address headers, without the
     /// final blank line.
     pub forwarded: Vec<u8>,
@@ -234,6 +262,8 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
     }
     let mut lengths: Vec<&[u8]> = Vec::new();
     let mut codings: Vec<String> = Vec::new();
+    let mut authorization = None;
+    let mut connection = String::new();
     let mut forwarded = format!("{method} {path} HTTP/1.{}\r\n", request.version.unwrap_or(1)).into_bytes();
     for header in request.headers.iter() {
         let name = header.name;
@@ -247,6 +277,11 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
                     .filter(|c| !c.is_empty()),
             );
         } else if !name.eq_ignore_ascii_case(CLIENT_ADDR_HEADER) {
+            if name.eq_ignore_ascii_case("authorization") {
+                authorization = std::str::from_utf8(header.value).ok().map(str::to_owned);
+            } else if name.eq_ignore_ascii_case("connection") {
+                connection = String::from_utf8_lossy(header.value).to_ascii_lowercase();
+            }
             forwarded.extend_from_slice(name.as_bytes());
             forwarded.extend_from_slice(b": ");
             forwarded.extend_from_slice(header.value);
@@ -292,11 +327,15 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
             return Err(too_large(n, limit));
         }
     }
+    let http10 = request.version == Some(0);
+    let close = connection.contains("close") || (http10 && !connection.contains("keep-alive"));
     Ok(Head {
         method,
         path,
         framing,
         limit,
+        authorization,
+        close,
         forwarded,
     })
 }
@@ -455,11 +494,24 @@ impl Gate {
             v4 => v4,
         };
         loop {
-            match self.next_request(&mut incoming, client_ip).await {
-                Ok(Some(request)) => match self.forward(responses, request).await {
+            let direct = matches!(responses, Responses::Direct(_));
+            match self.next_request(&mut incoming, client_ip, direct).await {
+                Ok(Some(Next::Forward(request))) => match self.forward(responses, request).await {
                     Ok(next) => responses = next,
                     Err(_) => return, // the client went away, or was already answered
                 },
+                Ok(Some(Next::Answer(response, close))) => {
+                    let Responses::Direct(client) = &mut responses else {
+                        return;
+                    };
+                    if client.write_all(&response).await.is_err() {
+                        return;
+                    }
+                    if close {
+                        let _ = client.shutdown().await;
+                        return;
+                    }
+                }
                 Ok(None) => {
                     // The client is done: let the relayed responses finish, then close.
                     if let Some(mut client) = responses.finish().await {
@@ -472,13 +524,27 @@ impl Gate {
         }
     }
 
-    /// The next request, checked and buffered: head (with its new framing) and body.
-    async fn next_request(&self, incoming: &mut Incoming, client_ip: IpAddr) -> Result<Option<Vec<u8>>, Refusal> {
+    /// The next request, checked and buffered: head (with its new framing) and body; or
+    /// answered here, when it is a hot read and nothing of this connection went to the
+    /// workers yet (their answers must come first, and they are relayed unparsed).
+    async fn next_request(
+        &self,
+        incoming: &mut Incoming,
+        client_ip: IpAddr,
+        direct: bool,
+    ) -> Result<Option<Next>, Refusal> {
         let raw = match incoming.head(&self.limits).await? {
             HeadRead::Head(raw) => raw,
             HeadRead::Gone => return Ok(None),
         };
         let head = check_head(&raw, &self.limits)?;
+        if let (true, "GET", Framing::None, Some((registry, tokens))) =
+            (direct, head.method.as_str(), head.framing, &self.reads)
+        {
+            if let Some(answer) = reads::answer(registry, tokens, &head.path, head.authorization.as_deref()) {
+                return Ok(Some(Next::Answer(response(&answer, head.close), head.close)));
+            }
+        }
         let expected = match head.framing {
             Framing::Length(n) => n,
             Framing::Chunked => head.limit,
@@ -512,7 +578,7 @@ impl Gate {
         }
         request.extend_from_slice(format!("{CLIENT_ADDR_HEADER}: {client_ip}\r\n\r\n").as_bytes());
         request.extend_from_slice(&body);
-        Ok(Some(request))
+        Ok(Some(Next::Forward(request)))
     }
 
     /// Sends one request to the workers, connecting (and starting the relay of their
@@ -553,6 +619,26 @@ impl Gate {
 /// closing at once would make the kernel reset the connection and lose the answer, so
 /// what it sends is read and dropped (never kept) for a short while first (nginx's
 /// "lingering close").
+/// A read answered by the gate, framed as the workers frame theirs.
+fn response(answer: &reads::Answer, close: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        answer.status,
+        reason(answer.status),
+        answer.body.len()
+    );
+    if let Some(index) = answer.index {
+        out.push_str(&format!("x-registry-index: {index}\r\n"));
+    }
+    if close {
+        out.push_str("connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&answer.body);
+    bytes
+}
+
 async fn refuse(refusal: Refusal, client: Option<OwnedWriteHalf>, mut incoming: Incoming) {
     let Some(mut client) = client else { return };
     if refusal.status == 0 {

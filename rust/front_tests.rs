@@ -60,7 +60,7 @@ fn front(up: &Upstream) -> Front {
         proxy_body: 4096,
         ..Limits::default()
     };
-    Front::start("127.0.0.1:0".parse().unwrap(), up.addr, limits, 1).unwrap()
+    Front::start("127.0.0.1:0".parse().unwrap(), up.addr, limits, 1, None).unwrap()
 }
 
 /// Sends `data`, then reads until the gate closes or 2 s pass without a byte.
@@ -197,7 +197,7 @@ fn an_oversized_head_is_a_431() {
 fn a_taken_port_is_an_error() {
     let up = upstream();
     let gate = front(&up);
-    assert!(Front::start(gate.local_addr(), up.addr, Limits::default(), 1).is_err());
+    assert!(Front::start(gate.local_addr(), up.addr, Limits::default(), 1, None).is_err());
 }
 
 #[test]

@@ -7,6 +7,8 @@ pub mod cache;
 mod error;
 pub mod front;
 pub mod model;
+pub mod reads;
+pub mod registry;
 pub mod select;
 pub mod store;
 

@@ -9,9 +9,12 @@ use pyo3::exceptions::{PyException, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use std::sync::Arc;
+
 use crate::cache::ResponseCache;
 use crate::front::{Front, Limits};
 use crate::model::{self, CollectionSpec};
+use crate::registry::Registry;
 use crate::select::{EjectionConfig, Outcome, PickRequest, Picked, Policy, Selector};
 use crate::store::{self, Expect, StoreError};
 
@@ -86,9 +89,7 @@ fn policy(name: &str) -> PyResult<Policy> {
 /// Safe to share between threads.
 #[pyclass(frozen, name = "Store", module = "registry_svc._core")]
 pub struct PyStore {
-    inner: store::Store,
-    selector: Selector,
-    responses: ResponseCache,
+    registry: Arc<Registry>,
 }
 
 #[pymethods]
@@ -124,9 +125,11 @@ impl PyStore {
         // One GIL acquisition per committed batch runs all of its `put_nowait` callbacks.
         inner.set_completion_runner(Box::new(|run| Python::attach(|_py| run())));
         Ok(PyStore {
-            inner,
-            selector: Selector::new(default_policy, slug_policies, ejection),
-            responses: ResponseCache::default(),
+            registry: Arc::new(Registry {
+                store: inner,
+                selector: Selector::new(default_policy, slug_policies, ejection),
+                responses: ResponseCache::default(),
+            }),
         })
     }
 
@@ -193,7 +196,7 @@ impl PyStore {
             "abandoned" => Outcome::Abandoned,
             other => return Err(PyValueError::new_err(format!("unknown outcome '{other}'"))),
         };
-        py.detach(|| self.selector.release(&self.inner, slug, id, outcome))
+        py.detach(|| self.registry.selector.release(&self.registry.store, slug, id, outcome))
             .map_err(to_py)
     }
 
@@ -206,7 +209,7 @@ impl PyStore {
         let coll = collection(collection_name)?;
         // Short LMDB reads keep the GIL: releasing it would invite a thread switch that
         // costs more than the read (readers never wait for writers).
-        let record = self.inner.get(coll, id).map_err(to_py)?;
+        let record = self.registry.store.get(coll, id).map_err(to_py)?;
         Ok(record.map(|r| (r.version, PyBytes::new(py, &r.json))))
     }
 
@@ -218,7 +221,7 @@ impl PyStore {
         filters: Vec<(String, String)>,
     ) -> PyResult<(u64, Vec<Bound<'py, PyBytes>>)> {
         let coll = collection(collection_name)?;
-        let (index, records) = py.detach(|| self.inner.list(coll, &filters)).map_err(to_py)?;
+        let (index, records) = py.detach(|| self.registry.store.list(coll, &filters)).map_err(to_py)?;
         Ok((index, records.iter().map(|r| PyBytes::new(py, &r.json)).collect()))
     }
 
@@ -234,8 +237,9 @@ impl PyStore {
         let coll = collection(collection_name)?;
         // The GIL stays held: a cache hit is a few hundred ns and LMDB readers never wait.
         let (index, body) = self
+            .registry
             .responses
-            .list_json(&self.inner, coll, &filters, key)
+            .list_json(&self.registry.store, coll, &filters, key)
             .map_err(to_py)?;
         Ok((index, PyBytes::new(py, &body)))
     }
@@ -248,19 +252,19 @@ impl PyStore {
         since: u64,
     ) -> PyResult<(u64, Vec<Bound<'py, PyBytes>>, u64)> {
         let coll = collection(collection_name)?;
-        let (index, records, live) = py.detach(|| self.inner.changes(coll, since)).map_err(to_py)?;
+        let (index, records, live) = py.detach(|| self.registry.store.changes(coll, since)).map_err(to_py)?;
         Ok((index, records.iter().map(|r| PyBytes::new(py, &r.json)).collect(), live))
     }
 
     /// Every id of a collection, sorted.
     fn ids(&self, py: Python<'_>, collection_name: &str) -> PyResult<Vec<String>> {
         let coll = collection(collection_name)?;
-        py.detach(|| self.inner.ids(coll)).map_err(to_py)
+        py.detach(|| self.registry.store.ids(coll)).map_err(to_py)
     }
 
     fn ids_by(&self, collection_name: &str, field: &str, value: &str) -> PyResult<Vec<String>> {
         let coll = collection(collection_name)?;
-        self.inner.ids_by(coll, field, value).map_err(to_py)
+        self.registry.store.ids_by(coll, field, value).map_err(to_py)
     }
 
     #[pyo3(signature = (collection_name, id, json, expect_version = None))]
@@ -273,7 +277,7 @@ impl PyStore {
         expect_version: Option<u64>,
     ) -> PyResult<u64> {
         let coll = collection(collection_name)?;
-        py.detach(|| self.inner.put(coll, id, json, expect(expect_version)))
+        py.detach(|| self.registry.store.put(coll, id, json, expect(expect_version)))
             .map_err(to_py)
     }
 
@@ -309,7 +313,7 @@ impl PyStore {
                 }
             })
         });
-        self.inner.submit(vec![op], completion).map_err(to_py)
+        self.registry.store.submit(vec![op], completion).map_err(to_py)
     }
 
     /// Writes many records in one atomic, durable write (bulk import); returns its index.
@@ -324,7 +328,7 @@ impl PyStore {
                 expect: Expect::Any,
             })
             .collect();
-        py.detach(|| self.inner.write(ops)).map_err(to_py)
+        py.detach(|| self.registry.store.write(ops)).map_err(to_py)
     }
 
     /// Deletes a record. With `expect_collection_index`, only if nothing in the collection
@@ -348,20 +352,20 @@ impl PyStore {
             id: id.to_owned(),
             expect: expect(expect_version),
         });
-        py.detach(|| self.inner.write(ops)).map_err(to_py)
+        py.detach(|| self.registry.store.write(ops)).map_err(to_py)
     }
 
     fn index(&self) -> PyResult<u64> {
-        self.inner.index().map_err(to_py)
+        self.registry.store.index().map_err(to_py)
     }
 
     fn collection_index(&self, collection_name: &str) -> PyResult<u64> {
         let coll = collection(collection_name)?;
-        self.inner.collection_index(coll).map_err(to_py)
+        self.registry.store.collection_index(coll).map_err(to_py)
     }
 
     fn close(&self, py: Python<'_>) {
-        py.detach(|| self.inner.close());
+        py.detach(|| self.registry.store.close());
     }
 }
 
@@ -369,7 +373,7 @@ impl Drop for PyStore {
     /// Flushes pending writes with the GIL released: the writer thread may need the GIL
     /// to run their completions, so waiting for it while holding the GIL would deadlock.
     fn drop(&mut self) {
-        let inner = &self.inner;
+        let inner = &self.registry.store;
         // None: the interpreter is going away and no completion can run; the writer
         // finishes what is pending on its own (`Store::drop`).
         let _ = Python::try_attach(|py| py.detach(|| inner.close()));
@@ -378,7 +382,12 @@ impl Drop for PyStore {
 
 impl PyStore {
     fn picked(&self, slug: &str, request: &PickRequest<'_>) -> PyResult<std::sync::Arc<crate::select::Candidate>> {
-        match self.selector.pick(&self.inner, request).map_err(to_py)? {
+        match self
+            .registry
+            .selector
+            .pick(&self.registry.store, request)
+            .map_err(to_py)?
+        {
             Picked::Instance(c) => Ok(c),
             Picked::UnknownSlug => Err(NotFoundError::new_err(format!(
                 "no instances are registered for slug '{slug}'"
@@ -401,7 +410,10 @@ pub struct PyFront {
 #[pymethods]
 impl PyFront {
     #[new]
-    #[pyo3(signature = (host, port, upstream_port, api_body_limit = 1 << 20, proxy_body_limit = 16 << 20, threads = 2))]
+    #[pyo3(signature = (
+        host, port, upstream_port, api_body_limit = 1 << 20, proxy_body_limit = 16 << 20, threads = 2, store = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         host: &str,
@@ -410,6 +422,7 @@ impl PyFront {
         api_body_limit: u64,
         proxy_body_limit: u64,
         threads: usize,
+        store: Option<PyRef<'_, PyStore>>,
     ) -> PyResult<Self> {
         use std::net::ToSocketAddrs;
         let listen = (host, port)
@@ -423,8 +436,9 @@ impl PyFront {
             proxy_body: proxy_body_limit,
             ..Limits::default()
         };
+        let registry = store.map(|s| Arc::clone(&s.registry));
         let front = py
-            .detach(|| Front::start(listen, upstream, limits, threads))
+            .detach(|| Front::start(listen, upstream, limits, threads, registry))
             .map_err(|e| {
                 PyOSError::new_err((e.raw_os_error().unwrap_or(0), format!("cannot listen on {listen}: {e}")))
             })?;

@@ -117,7 +117,10 @@ class Front:
         api_body_limit: int = 1048576,
         proxy_body_limit: int = 16777216,
         threads: int = 2,
-    ) -> None: ...
+        store: Store | None = None,
+    ) -> None:
+        """With `store`, instance lookups and picks with a valid token and plain filters
+        are answered by the gate itself, without the workers (rust/reads.rs)."""
     @property
     def port(self) -> int: ...
     def close(self) -> None:

@@ -1,0 +1,223 @@
+//! The hot read answered by the API port's gate without entering Python: instance lookups
+//! (`GET /registry-svc/instances`).
+//!
+//! There is one implementation: the answer comes from the same `Registry` call the Python
+//! handler makes (`ResponseCache::list_json`). `pick` is not answered here yet: outlier
+//! ejection is kept by the selector of the process that proxies (a worker), and a pick
+//! must not offer an instance the proxy has ejected; it moves here with the proxy and a
+//! shared ejection state. The gate answers only
+//! what it can answer exactly as the workers would: a valid token and a well-formed query
+//! with plain filters. Anything else (a missing or unknown token, an unknown parameter, a
+//! filter that needs canonical forms such as `nodeUrl`, `host` or `ip`, an over-long value)
+//! is declined and goes to the workers, whose answer (often a 4xx naming the field) is the
+//! one the client gets.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use sha2::{Digest, Sha256};
+
+use crate::model::{INSTANCES, TOKENS};
+use crate::registry::Registry;
+
+/// Distinct filters a query may carry; the workers refuse more.
+const MAX_FILTERS: usize = 16;
+const MAX_FILTER_VALUE: usize = 256;
+/// Plain list filters: query name -> indexed (or scanned) field of the store.
+const LIST_FILTERS: [(&str, &str); 7] = [
+    ("id", "id"),
+    ("slug", "slug"),
+    ("status", "status"),
+    ("tag", "tags"),
+    ("zone", "zone"),
+    ("deploymentId", "deploymentId"),
+    ("scheme", "scheme"),
+];
+const MAX_CACHED_HEADERS: usize = 4096;
+const SECRET_PREFIX: &str = "rsv_";
+
+/// Who a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub role: String,
+    pub slug: Option<String>,
+}
+
+impl Caller {
+    fn sees_every_slug(&self) -> bool {
+        self.role == "admin" || self.role == "proxy"
+    }
+}
+
+/// Resolved tokens by Authorization header, dropped whenever the tokens collection moves
+/// (so a revoked token is refused at once, as by the workers).
+#[derive(Default)]
+pub struct Tokens {
+    cache: RwLock<(u64, HashMap<String, Caller>)>,
+}
+
+impl Tokens {
+    /// The caller behind an Authorization header, or None when the workers should answer
+    /// (no token, a malformed header, an unknown token).
+    pub fn caller(&self, registry: &Registry, header: &str) -> Option<Caller> {
+        let epoch = registry.store.collection_index(&TOKENS).ok()?;
+        if let Ok(cache) = self.cache.read() {
+            if cache.0 == epoch {
+                if let Some(caller) = cache.1.get(header) {
+                    return Some(caller.clone());
+                }
+            }
+        }
+        let caller = lookup(registry, bearer_secret(header)?)?;
+        if let Ok(mut cache) = self.cache.write() {
+            if cache.0 != epoch || cache.1.len() >= MAX_CACHED_HEADERS {
+                *cache = (epoch, HashMap::new());
+            }
+            cache.1.insert(header.to_owned(), caller.clone());
+        }
+        Some(caller)
+    }
+}
+
+/// `Bearer <secret>`, or a bare `rsv_...` secret (1Backend's clients send it so).
+fn bearer_secret(header: &str) -> Option<&str> {
+    let text = header.trim();
+    if text.starts_with(SECRET_PREFIX) && !text.contains(' ') {
+        return Some(text);
+    }
+    let (scheme, secret) = text.split_once(' ')?;
+    let secret = secret.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then_some(secret)
+}
+
+fn lookup(registry: &Registry, secret: &str) -> Option<Caller> {
+    let digest: String = Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let id = registry
+        .store
+        .ids_by(&TOKENS, "secretHash", &digest)
+        .ok()?
+        .into_iter()
+        .next()?;
+    let record = registry.store.get(&TOKENS, &id).ok()??;
+    let value: serde_json::Value = serde_json::from_slice(&record.json).ok()?;
+    Some(Caller {
+        role: value.get("role")?.as_str()?.to_owned(),
+        slug: value.get("slug").and_then(serde_json::Value::as_str).map(str::to_owned),
+    })
+}
+
+/// An answer: status and JSON body, with the registry index for list responses.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub index: Option<u64>,
+}
+
+/// The answer to `GET path?query` with `authorization`, or None to leave it to the workers.
+pub fn answer(registry: &Registry, tokens: &Tokens, path: &str, authorization: Option<&str>) -> Option<Answer> {
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    if route != "/registry-svc/instances" {
+        return None;
+    }
+    let params = parse_query(query)?;
+    let caller = tokens.caller(registry, authorization?)?;
+    list(registry, &caller, &params)
+}
+
+/// Percent-decoded query pairs (`+` is a space), or None for anything malformed.
+pub fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = part.split_once('=').unwrap_or((part, ""));
+        pairs.push((decode(name)?, decode(value)?));
+    }
+    Some(pairs)
+}
+
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A filter value the workers would take as it is.
+fn plain(value: &str, max: usize) -> bool {
+    value.chars().count() <= max && !value.chars().any(|c| c.is_control())
+}
+
+fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Option<Answer> {
+    let mut filters: Vec<(String, String)> = Vec::new();
+    for (name, value) in params {
+        let field = LIST_FILTERS.iter().find(|(query, _)| query == name)?.1;
+        if !plain(value, MAX_FILTER_VALUE) {
+            return None;
+        }
+        filters.push((field.to_owned(), value.clone()));
+    }
+    filters.sort();
+    filters.dedup();
+    if filters.len() > MAX_FILTERS {
+        return None;
+    }
+    if !caller.sees_every_slug() {
+        filters.push(("slug".to_owned(), caller.slug.clone().unwrap_or_default()));
+    }
+    let (index, body) = registry
+        .responses
+        .list_json(&registry.store, &INSTANCES, &filters, "instances")
+        .ok()?;
+    Some(Answer {
+        status: 200,
+        body: body.as_ref().clone(),
+        index: Some(index),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_decode_like_the_workers() {
+        let pairs = parse_query("slug=a&tag=x+y&tag=%C3%A9&flag&=v&empty=").unwrap();
+        let want = [
+            ("slug", "a"),
+            ("tag", "x y"),
+            ("tag", "é"),
+            ("flag", ""),
+            ("", "v"),
+            ("empty", ""),
+        ];
+        assert_eq!(pairs, want.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        assert_eq!(parse_query("a=%zz"), None);
+        assert_eq!(parse_query("a=%4"), None);
+        assert_eq!(parse_query("a=%ff"), None); // not UTF-8: left to the workers
+    }
+
+    #[test]
+    fn bearer_and_bare_secrets() {
+        assert_eq!(bearer_secret("Bearer rsv_x"), Some("rsv_x"));
+        assert_eq!(bearer_secret("bearer   rsv_x "), Some("rsv_x"));
+        assert_eq!(bearer_secret("rsv_x"), Some("rsv_x"));
+        assert_eq!(bearer_secret("Basic abc"), None);
+        assert_eq!(bearer_secret("Bearer"), None);
+        assert_eq!(bearer_secret(""), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! The registry of one process: the store, this process's instance selector and its
+//! cached list responses, composed in plain Rust so that the Python binding and the API
+//! port's gate (`front.rs`) share one of each.
+
+use crate::cache::ResponseCache;
+use crate::select::Selector;
+use crate::store::Store;
+
+pub struct Registry {
+    pub store: Store,
+    pub selector: Selector,
+    pub responses: ResponseCache,
+}
