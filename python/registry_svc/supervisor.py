@@ -58,11 +58,18 @@ def _raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def open_front(settings: Settings) -> tuple[_core.Front, Settings]:
-    """Takes the public port (OSError if it is taken) and picks the workers' port."""
+def open_front(settings: Settings, store: _core.Store) -> tuple[_core.Front, Settings]:
+    """Takes the public port (OSError if it is taken) and picks the workers' port. The gate
+    answers instance lookups and picks from `store` itself (rust/reads.rs)."""
     internal = _free_loopback_port()
     front = _core.Front(
-        settings.host, settings.port, internal, MAX_API_BODY, settings.max_proxy_body_bytes, threads=FRONT_THREADS
+        settings.host,
+        settings.port,
+        internal,
+        MAX_API_BODY,
+        settings.max_proxy_body_bytes,
+        threads=FRONT_THREADS,
+        store=store,
     )
     return front, dataclasses.replace(settings, internal_port=internal)
 
@@ -112,19 +119,20 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
 
 def serve(settings: Settings) -> int:
     """Runs the server until SIGTERM/SIGINT or until the workers die. Returns the exit code."""
+    _raise_open_files_limit()
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The supervisor keeps its own store handle for the node agent and the gate's reads.
+    # The workers are exec'd, not forked from here, so they inherit no LMDB state.
+    store = settings.open_store()
     try:
-        front, settings = open_front(settings)
+        front, settings = open_front(settings, store)
     except OSError as e:
+        store.close()
         in_use = (
             " (the address is already in use: is another registry-svc running?)" if e.errno == errno.EADDRINUSE else ""
         )
         log.error("registry-svc: %s%s", e.strerror or e, in_use)
         return 1
-    _raise_open_files_limit()
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    # The supervisor keeps its own store handle for the node agent. The workers are
-    # exec'd, not forked from here, so they inherit no LMDB state.
-    store = settings.open_store()
     gpus = GpuSampler()
     try:
         created = bootstrap(store, settings, gpus)
