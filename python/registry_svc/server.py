@@ -222,6 +222,11 @@ def main() -> None:
     die_with_parent(int(os.environ[SUPERVISOR_PID_ENV]) if SUPERVISOR_PID_ENV in os.environ else None)
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    # Robyn's and actix's own info lines (handlers added, workers started) are noise in
+    # our log.
+    if settings.log_level != "debug":
+        for name in ("robyn", "actix_server", "actix_web", "actix_http"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     app = build_app(settings)
     # Behind the gate (rust/front.rs), which holds the public port: loopback only.
     app.start(host="127.0.0.1", port=settings.internal_port, _check_port=False)
