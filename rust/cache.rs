@@ -123,7 +123,6 @@ impl Stamp {
 
 struct Entry {
     stamp: Stamp,
-    index: u64,
     body: Arc<Vec<u8>>,
 }
 
@@ -173,7 +172,9 @@ impl ResponseCache {
     }
 
     /// `store.list_json(coll, filters, key)`, served from the cache while still valid.
-    /// Returns the registry index the body was read at, and the body.
+    /// Returns the result's own index (the partition's, e.g. one slug's instances, else the
+    /// collection's), read before the body: every write the body lacks has a higher index,
+    /// and the index is the same in every process as long as the result is unchanged.
     pub fn list_json(
         &self,
         store: &Store,
@@ -185,18 +186,18 @@ impl ResponseCache {
         let cache_key = cache_key(coll, filters, key);
         if let Some(entry) = self.entries.read().expect("cache lock").get(&cache_key) {
             if entry.stamp.is_current(store, coll, partition)? {
-                return Ok((entry.index, Arc::clone(&entry.body)));
+                return Ok((entry.stamp.token, Arc::clone(&entry.body)));
             }
         }
         let stamp = Stamp::read(store, coll, partition)?;
-        let (index, body) = store.list_json(coll, filters, key)?;
+        let (_, body) = store.list_json(coll, filters, key)?;
+        let index = stamp.token;
         let body = Arc::new(body);
         let size = cache_key.len() + body.len();
         self.entries.write().expect("cache lock").insert(
             cache_key,
             Entry {
                 stamp,
-                index,
                 body: Arc::clone(&body),
             },
             size,

@@ -359,6 +359,13 @@ impl PyStore {
         self.registry.store.index().map_err(to_py)
     }
 
+    /// The registry index of the last write that touched partition `value` of the
+    /// collection (e.g. the instances of one slug); 0 if never written.
+    fn partition_index(&self, collection_name: &str, value: &str) -> PyResult<u64> {
+        let coll = collection(collection_name)?;
+        self.registry.store.partition_index(coll, value).map_err(to_py)
+    }
+
     fn collection_index(&self, collection_name: &str) -> PyResult<u64> {
         let coll = collection(collection_name)?;
         self.registry.store.collection_index(coll).map_err(to_py)
