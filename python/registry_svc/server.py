@@ -42,6 +42,7 @@ from registry_svc.http import error_response, json_response, store_error_respons
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV, die_with_parent
 from registry_svc.netguard import NetworkPolicy
 from registry_svc.settings import Settings
+from registry_svc.watch import WatchHub
 
 log = logging.getLogger("registry_svc")
 
@@ -174,7 +175,7 @@ def build_app(settings: Settings) -> Robyn:
         if settings.processes > 1:
             die_with_parent()  # a forked worker goes when the Robyn parent goes
         store = settings.open_store()
-        state.ctx = Context(store=store, settings=settings, auth=Authenticator(store))
+        state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=WatchHub(store))
         state.proxy = Proxy(store, NetworkPolicy.of(settings.proxy_networks, "proxy"))
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
 

@@ -10,15 +10,18 @@ from robyn import Request, Response
 from registry_svc import _core
 from registry_svc.auth import Authenticator, Caller
 from registry_svc.settings import Settings
+from registry_svc.watch import WatchHub
 
 
 @dataclass(frozen=True)
 class Context:
-    """What every handler of this process shares: the store, settings, authenticator."""
+    """What every handler of this process shares: the store, settings, authenticator, and
+    the watchers of blocking queries."""
 
     store: _core.Store
     settings: Settings
     auth: Authenticator
+    watch: WatchHub
 
 
 @dataclass(slots=True)

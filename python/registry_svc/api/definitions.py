@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from robyn import Response
 
-from registry_svc import _core, auth
+from registry_svc import _core, auth, watch
 from registry_svc import validation as v
 from registry_svc.api import Call, Route
 from registry_svc.errors import ApiError
@@ -140,17 +140,21 @@ def save_definition(call: Call) -> Response:
     return json_response(200 if existed else 201, {"definition": definition}, index)
 
 
-def list_definitions(call: Call) -> Response:
+async def list_definitions(call: Call) -> Response:
+    stamp = watch.collection_stamp(call.ctx.store, DEFINITIONS)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
     index, body = call.ctx.store.list_json(DEFINITIONS, [], DEFINITIONS)
     return raw_json(200, body, index)
 
 
-def get_definition(call: Call) -> Response:
+async def get_definition(call: Call) -> Response:
     definition_id = path_param(call.request, "id")
+    stamp = watch.record_stamp(call.ctx.store, DEFINITIONS, definition_id)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
     found = call.ctx.store.get(DEFINITIONS, definition_id)
     if found is None:
         raise ApiError(404, f"definition '{definition_id}' not found")
-    return raw_json(200, b'{"definition":' + found[1] + b"}", call.ctx.store.index())
+    return raw_json(200, b'{"definition":' + found[1] + b"}", found[0])
 
 
 def delete_definition(call: Call) -> Response:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from robyn import Response
 
-from registry_svc import _core, auth, records, status, urls
+from registry_svc import _core, auth, records, status, urls, watch
 from registry_svc import validation as v
 from registry_svc.api import Call, Route
 from registry_svc.clock import utc_now
@@ -293,12 +293,26 @@ def parse_filters(params: dict[str, list[str]]) -> list[tuple[str, str]]:
     return sorted(filters)
 
 
-def list_instances(call: Call) -> Response:
-    filters = parse_filters(query_params(call.request))
+async def list_instances(call: Call) -> Response:
+    params = query_params(call.request)
+    blocking = watch.take_blocking(params)
+    filters = parse_filters(params)
     if not call.caller.sees_every_slug:
         filters.append(("slug", call.caller.slug or ""))
-    index, body = call.ctx.store.list_json(INSTANCES, filters, INSTANCES)
+    store = call.ctx.store
+    if blocking is not None:
+        await call.ctx.watch.wait_past(instances_stamp(store, filters), *blocking)
+    index, body = store.list_json(INSTANCES, filters, INSTANCES)
     return raw_json(200, body, index)
+
+
+def instances_stamp(store: _core.Store, filters: list[tuple[str, str]]) -> watch.Stamp:
+    """What a list of instances depends on: its slug's index when it is about one slug."""
+    slugs = {value for field, value in filters if field == "slug"}
+    if len(slugs) == 1:
+        (slug,) = slugs
+        return lambda: store.partition_index(INSTANCES, slug)
+    return watch.collection_stamp(store, INSTANCES)
 
 
 def visible(call: Call, instance_id: str) -> tuple[int, bytes]:
@@ -311,9 +325,12 @@ def visible(call: Call, instance_id: str) -> tuple[int, bytes]:
     return found
 
 
-def get_instance(call: Call) -> Response:
-    _version, body = visible(call, path_param(call.request, "id"))
-    return raw_json(200, b'{"instance":' + body + b"}", call.ctx.store.index())
+async def get_instance(call: Call) -> Response:
+    instance_id = path_param(call.request, "id")
+    stamp = watch.record_stamp(call.ctx.store, INSTANCES, instance_id)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
+    version, body = visible(call, instance_id)
+    return raw_json(200, b'{"instance":' + body + b"}", version)
 
 
 def heartbeat(call: Call) -> Response:

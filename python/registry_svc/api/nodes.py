@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 from robyn import Response
 
-from registry_svc import auth, nodes
+from registry_svc import auth, nodes, watch
 from registry_svc import validation as v
 from registry_svc.api import Call, Route
 from registry_svc.errors import ApiError
-from registry_svc.http import json_response, no_content, path_param, raw_json, read_json_object
+from registry_svc.http import json_response, no_content, path_param, query_params, raw_json, read_json_object
 
 NODE_FILTERS = ("ids", "region", "availabilityZone", "hasGpu")
 # A proxy in front may merge the '//' of an unencoded URL in the path; put it back.
@@ -28,7 +28,9 @@ def _matches(node: dict[str, Any], filters: dict[str, Any]) -> bool:
     return "hasGpu" not in filters or bool(node.get("gpus")) == filters["hasGpu"]
 
 
-def list_nodes(call: Call) -> Response:
+async def list_nodes(call: Call) -> Response:
+    stamp = watch.collection_stamp(call.ctx.store, nodes.NODES)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
     body = read_json_object(call.request, allow_empty=True)
     v.reject_unknown(body, NODE_FILTERS, "")
     filters: dict[str, Any] = {}
@@ -43,20 +45,23 @@ def list_nodes(call: Call) -> Response:
     if not filters:
         index, raw = store.list_json(nodes.NODES, [], "nodes")
         return raw_json(200, raw, index)
-    index, records = store.list(nodes.NODES)
+    index = store.collection_index(nodes.NODES)  # read first: never older than the list
+    _, records = store.list(nodes.NODES)
     # Stored bytes are embedded as they are; only the filter fields are parsed.
     chosen = [orjson.Fragment(r) for r in records if _matches(orjson.loads(r), filters)]
     return json_response(200, {"nodes": chosen}, index)
 
 
-def node_self(call: Call) -> Response:
+async def node_self(call: Call) -> Response:
+    stamp = watch.collection_stamp(call.ctx.store, nodes.NODES)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
     found = nodes.find_by_url(call.ctx.store, call.ctx.settings.self_url)
     if found is None:
         raise ApiError(
             404,
             f"this node ({call.ctx.settings.self_url}) is not registered; it registers again at its next heartbeat",
         )
-    return json_response(200, {"node": found[1]}, call.ctx.store.index())
+    return json_response(200, {"node": found[1]}, found[0])
 
 
 def delete_node(call: Call) -> Response:

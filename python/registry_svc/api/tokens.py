@@ -7,11 +7,11 @@ import logging
 import orjson
 from robyn import Response
 
-from registry_svc import _core, auth, records
+from registry_svc import _core, auth, records, watch
 from registry_svc import validation as v
 from registry_svc.api import Call, Route
 from registry_svc.errors import ApiError
-from registry_svc.http import json_response, no_content, path_param, read_json_object
+from registry_svc.http import json_response, no_content, path_param, query_params, read_json_object
 
 log = logging.getLogger("registry_svc")
 
@@ -36,8 +36,11 @@ def create_token(call: Call) -> Response:
     return json_response(201, {"token": secret, "info": auth.public_info(record)}, index)
 
 
-def list_tokens(call: Call) -> Response:
-    index, records = call.ctx.store.list(auth.TOKENS)
+async def list_tokens(call: Call) -> Response:
+    stamp = watch.collection_stamp(call.ctx.store, auth.TOKENS)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
+    index = call.ctx.store.collection_index(auth.TOKENS)  # read first: never older than the list
+    _, records = call.ctx.store.list(auth.TOKENS)
     tokens = [auth.public_info(orjson.loads(r)) for r in records]
     return json_response(200, {"tokens": tokens}, index)
 

@@ -1,0 +1,116 @@
+"""Blocking queries (Consul's semantics): `?index=N&wait=30s` on list and get endpoints
+answers as soon as the result's own index passes N, or after `wait` with what is there.
+
+The index a client passes back is the `X-Registry-Index` of its previous answer: the
+registry index at which that answer was read, so every write it does not contain has a
+higher index. A watcher waits until the *stamp* of its result passes N: the per-slug index
+for instances of one slug (a write to slug A does not wake a watcher of slug B), a
+record's version for a get, otherwise the collection's index.
+
+One poller per process serves every watcher: while any waits, it reads the global registry
+index every `TICK_S` (one LMDB read) and checks the watchers' stamps only when it moved.
+All processes share the store, so a write by any process, or later a replica apply, wakes
+the watchers of every process. Idle watchers cost one read per tick in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Callable
+
+from registry_svc import _core
+from registry_svc import validation as v
+
+DEFAULT_WAIT_S = 300.0
+MAX_WAIT_S = 600.0
+TICK_S = 0.05
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+Stamp = Callable[[], int]
+
+
+def take_blocking(params: dict[str, list[str]]) -> tuple[int, float] | None:
+    """Removes `index` and `wait` from query `params`: (index, seconds to wait with jitter),
+    or None for a plain query. 400s name the bad parameter."""
+    index_values = params.pop("index", None)
+    wait_values = params.pop("wait", None)
+    if index_values is None:
+        if wait_values is not None:
+            raise v.fail("wait", "only with index (the X-Registry-Index of the previous answer)")
+        return None
+    text = index_values[-1]
+    if not text.isdigit() or len(text) > 19:
+        raise v.fail("index", f"must be a non-negative integer, got '{text}'")
+    wait = DEFAULT_WAIT_S
+    if wait_values is not None:
+        match = _DURATION.match(wait_values[-1])
+        if match is None:
+            raise v.fail("wait", f"must be a duration such as 30s, 500ms or 5m, got '{wait_values[-1]}'")
+        wait = min(MAX_WAIT_S, float(match[1]) * _UNITS[match[2]])
+    # Jitter spreads the answers of watchers that timed out together (Consul adds wait/16).
+    return int(text), wait + random.uniform(0, wait / 16)
+
+
+class WatchHub:
+    """The watchers of one process and the poller that wakes them."""
+
+    def __init__(self, store: _core.Store) -> None:
+        self.store = store
+        self._waiters: list[tuple[Stamp, int, asyncio.Future[None]]] = []
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def wait_past(self, stamp: Stamp, index: int, timeout: float) -> None:
+        """Returns once `stamp()` passes `index`, or after `timeout` seconds."""
+        if stamp() > index:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (stamp, index, future)
+        self._waiters.append(waiter)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll())
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.remove(waiter)
+
+    async def _poll(self) -> None:
+        seen = -1
+        while self._waiters:
+            now = self.store.index()
+            if now != seen:
+                seen = now
+                for stamp, index, future in list(self._waiters):
+                    if not future.done() and stamp() > index:
+                        future.set_result(None)
+            await asyncio.sleep(TICK_S)
+
+
+def collection_stamp(store: _core.Store, collection: str) -> Stamp:
+    return lambda: store.collection_index(collection)
+
+
+def record_stamp(store: _core.Store, collection: str, record_id: str) -> Stamp:
+    """A record's version; the collection's index once it is gone (its delete moved it)."""
+
+    def stamp() -> int:
+        found = store.get(collection, record_id)
+        return found[0] if found is not None else store.collection_index(collection)
+
+    return stamp
+
+
+async def wait_if_asked(hub: WatchHub, params: dict[str, list[str]], stamp: Stamp) -> None:
+    """Waits as the query's `index` and `wait` ask (not at all for a plain query). Takes
+    them out of `params`, so what remains are the endpoint's own parameters."""
+    blocking = take_blocking(params)
+    if blocking is not None:
+        await hub.wait_past(stamp, *blocking)
