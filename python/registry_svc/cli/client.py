@@ -33,10 +33,11 @@ EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 class CliError(Exception):
     """A failure to report on stderr, with the exit code to leave with."""
 
-    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+    def __init__(self, message: str, code: int = EXIT_ERROR, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.status = status  # the HTTP status, for an HTTP error
 
 
 def config_path() -> Path:
@@ -118,6 +119,7 @@ def resolve_token(server: str, flag: str | None) -> str | None:
 class Reply:
     status: int
     body: bytes
+    index: int | None = None  # X-Registry-Index
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -132,8 +134,9 @@ class Client:
         self.server = self.server.rstrip("/")
         self._pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=60))
 
-    def request(self, method: str, path: str, body: Any = None) -> Reply:
-        """Sends the request; raises CliError for an HTTP error (exit 1) or no connection (exit 2)."""
+    def request(self, method: str, path: str, body: Any = None, read_timeout: float = 60.0) -> Reply:
+        """Sends the request; raises CliError for an HTTP error (exit 1) or no connection (exit 2).
+        `read_timeout`: how long the answer may take (a blocking query's wait, and more)."""
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -143,14 +146,17 @@ class Client:
             headers["Content-Type"] = "application/json"
         url = self.server + (path if path.startswith("/") else "/" + path)
         try:
-            resp = self._pool.request(method, url, body=payload, headers=headers)
+            resp = self._pool.request(
+                method, url, body=payload, headers=headers, timeout=urllib3.Timeout(connect=5, read=read_timeout)
+            )
         except urllib3.exceptions.HTTPError as e:
             raise CliError(f"cannot connect to {self.server}: {_reason(e)}", EXIT_UNREACHABLE) from None
-        reply = Reply(resp.status, resp.data)
+        index = resp.headers.get("x-registry-index")
+        reply = Reply(resp.status, resp.data, int(index) if index and index.isdigit() else None)
         if resp.status == 401:
             raise CliError(f"HTTP 401: {_error_message(reply)}\n{login_hint(self.server, self.token)}")
         if resp.status >= 400:
-            raise CliError(f"HTTP {resp.status}: {_error_message(reply)}")
+            raise CliError(f"HTTP {resp.status}: {_error_message(reply)}", status=resp.status)
         return reply
 
 

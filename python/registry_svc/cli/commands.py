@@ -7,6 +7,7 @@ import ipaddress
 import json
 import re
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 from registry_svc import about
 from registry_svc.cli.client import (
     DEFAULT_SERVER,
+    EXIT_UNREACHABLE,
     Client,
     CliError,
     current_server,
@@ -26,6 +28,9 @@ from registry_svc.cli.client import (
     save_token,
 )  # fmt: skip
 from registry_svc.cli.output import ago, percent, print_json, shorten, table
+
+# A blocking query waits at most 10 minutes, plus jitter, on the server.
+MAX_WATCH_S = 700.0
 
 _INT = re.compile(r"^-?\d+$")
 _FLOAT = re.compile(r"^-?\d+\.\d+$")
@@ -220,6 +225,94 @@ def instances_get(session: Session, instance_id: str, output: str) -> None:
     rows = [[key, json.dumps(value) if isinstance(value, (dict, list)) else ("" if value is None else value)]
             for key, value in inst.items()]  # fmt: skip
     show(data, output, ["FIELD", "VALUE"], rows)
+
+
+WATCHED_FIELDS = ("url", "status", "statusReason", "slug", "zone", "tags", "weight", "metadata", "nodeUrl")
+
+
+def instance_changes(
+    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
+) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """(event, instance, previous) for each instance added, changed or removed. A heartbeat
+    that changed only `lastHeartbeat` is not a change worth a line."""
+    events: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
+    for iid, inst in after.items():
+        old = before.get(iid)
+        if old is None:
+            events.append(("added", inst, None))
+        elif any(old.get(f) != inst.get(f) for f in WATCHED_FIELDS):
+            events.append(("changed", inst, old))
+    events += [("removed", inst, None) for iid, inst in before.items() if iid not in after]
+    return events
+
+
+def print_change(event: str, inst: dict[str, Any], old: dict[str, Any] | None, index: int, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps({"event": event, "index": index, "instance": inst}, separators=(",", ":")), nl=True)
+        return
+    status = (
+        f"{old['status']} -> {inst['status']}" if old and old.get("status") != inst.get("status") else inst["status"]
+    )
+    reason = shorten(inst.get("statusReason"), 60)
+    click.echo(
+        f"{time.strftime('%H:%M:%S')}  {event.upper():8} {inst['id']}  {inst['url']}  {status}  {reason}".rstrip()
+    )
+
+
+@instances.command("watch", epilog="\b\nExamples:\n  oo instances watch --slug user-svc\n  oo i watch -o json | jq -c 'select(.event == \"changed\")'")  # fmt: skip
+@click.option("--slug", help="only this slug")
+@click.option("--status", type=click.Choice(["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]))
+@click.option("--tag", "--tags", "tags", multiple=True, help="only instances with this tag (repeatable, or a,b)")
+@click.option("--zone", help="only this zone")
+@click.option("--wait", default="5m", show_default=True, help="how long one blocking query may wait")
+@click.option("--max-events", type=int, default=0, help="exit after this many changes (default: run until stopped)")
+@OUTPUT
+@pass_session
+def instances_watch(
+    session: Session,
+    slug: str | None,
+    status: str | None,
+    tags: tuple[str, ...],
+    zone: str | None,
+    wait: str,
+    max_events: int,
+    output: str,
+) -> None:
+    """Print each change to the matching instances as it happens (blocking queries). The
+    current ones are printed first as `present`. If the server goes away, it retries and
+    resumes from the last index it saw, so no change in between is lost."""
+    query: list[tuple[str, str]] = [(k, v) for k, v in (("slug", slug), ("status", status), ("zone", zone)) if v]
+    query += [("tag", t.strip()) for value in tags for t in value.split(",") if t.strip()]
+    known: dict[str, dict[str, Any]] | None = None
+    index: int | None = None
+    seen = 0
+    backoff = 0.5
+    while True:
+        params = query + ([("index", str(index)), ("wait", wait)] if index is not None else [])
+        path = "/registry-svc/instances" + (f"?{urlencode(params)}" if params else "")
+        try:
+            reply = session.client.request("GET", path, read_timeout=MAX_WATCH_S)
+        except CliError as e:
+            # No server, or one still starting (its workers not up yet): wait and resume.
+            if e.code != EXIT_UNREACHABLE and e.status not in (502, 503, 504):
+                raise
+            click.echo(f"oo: {e.message}; retrying, from index {index}", err=True)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            continue
+        backoff = 0.5
+        current = {i["id"]: i for i in reply.json()["instances"]}
+        index = reply.index if reply.index is not None else index
+        if known is None:
+            for inst in current.values():
+                print_change("present", inst, None, index or 0, output)
+        else:
+            for event, inst, old in instance_changes(known, current):
+                print_change(event, inst, old, index or 0, output)
+                seen += 1
+                if max_events and seen >= max_events:
+                    return
+        known = current
 
 
 def read_documents(source: str) -> list[tuple[str, Any]]:
