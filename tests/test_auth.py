@@ -156,7 +156,6 @@ def test_revocation_is_immediate_in_every_process(two_process_server: Server) ->
     # warms its process's token cache. A `nodeUrl` filter needs its canonical form, so the
     # gate leaves that lookup to the workers (plain lookups it answers itself: see
     # test_gate_reads.py for revocation there).
-    connections = [http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10) for _ in range(24)]
     headers = {"Authorization": f"Bearer {secret}"}
 
     def status(conn: http.client.HTTPConnection) -> int:
@@ -165,21 +164,29 @@ def test_revocation_is_immediate_in_every_process(two_process_server: Server) ->
         reply.read()
         return reply.status
 
-    try:
-        assert {status(c) for c in connections} == {200}
-        # Which worker serves each connection (the gate opens one worker connection per
-        # client connection): both processes must have served some.
+    def serving_workers() -> set[int]:
+        """Workers holding a connection on their own port (the gate opens one per client
+        connection it forwards)."""
         assert srv.proc is not None
-        workers = [
-            p for p in psutil.Process(srv.proc.pid).children(recursive=True)
-            if "registry_svc.server" in " ".join(p.cmdline())
-        ]  # fmt: skip
-        serving = set()
-        for worker in workers:
-            sockets = worker.net_connections("tcp")
+        holding = set()
+        for proc in psutil.Process(srv.proc.pid).children(recursive=True):
+            if "registry_svc.server" not in " ".join(proc.cmdline()):
+                continue
+            sockets = proc.net_connections("tcp")
             listening = {c.laddr.port for c in sockets if c.status == psutil.CONN_LISTEN}
             if any(c.status == psutil.CONN_ESTABLISHED and c.laddr.port in listening for c in sockets):
-                serving.add(worker.pid)
+                holding.add(proc.pid)
+        return holding
+
+    connections: list[http.client.HTTPConnection] = []
+    try:
+        # Open connections until both processes serve some (the kernel spreads them; on a
+        # loaded machine one process may win many accepts in a row).
+        while len(connections) < 80 and (len(connections) < 8 or len(serving_workers()) < 2):
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+            connections.append(conn)
+            assert status(conn) == 200
+        serving = serving_workers()
         assert len(serving) == 2, f"the connections did not reach both processes: {serving}"
         assert srv.call("DELETE", f"/registry-svc/token/{token_id}").status == 204
         assert {status(c) for c in connections} == {401}
