@@ -99,7 +99,8 @@ def test_manual_instance_registration_examples(oo: OoEnv) -> None:
     parts = ok(oo("put", "/registry-svc/instance", "--scheme=https", "--host=api.example.com", "--port=443",
                   "--path=/v1")).json["instance"]  # type: ignore[index]  # fmt: skip
     assert parts["url"] == "https://api.example.com/v1" and parts["port"] == 443
-    by_ip = ok(oo("put", "/registry-svc/instance", "--scheme=http", "--ip=192.168.1.100", "--port=8080")).json
+    by_ip = ok(oo("put", "/registry-svc/instance", "--scheme=http", "--ip=192.168.1.100", "--port=8080",
+                 "--healthCheck.type=none")).json  # fmt: skip
     assert by_ip["instance"]["url"] == "http://192.168.1.100:8080"  # type: ignore[index]
     deployed = ok(oo("get", "/registry-svc/instances?deploymentId=depl_abc123")).json["instances"]  # type: ignore[index]
     assert [i["id"] for i in deployed] == ["inst_custom_123"]

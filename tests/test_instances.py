@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Server
+from conftest import NO_CHECK, Server
 
 
 def ids(reply: Any) -> set[str]:
@@ -45,7 +45,9 @@ def test_register_by_parts_composes_the_url(server: Server) -> None:
     # The canonical form drops the scheme's default port from the url; `port` keeps it.
     assert (reply.json["instance"]["url"], reply.json["instance"]["port"]) == ("https://api.example.com/v1", 443)
 
-    by_ip = server.register({"scheme": "http", "ip": "192.168.1.100", "port": 8080, "slug": "parts"})
+    by_ip = server.register(
+        {"scheme": "http", "ip": "192.168.1.100", "port": 8080, "slug": "parts", "healthCheck": NO_CHECK}
+    )
     inst = by_ip.json["instance"]
     assert (inst["url"], inst["ip"], inst["host"]) == ("http://192.168.1.100:8080", "192.168.1.100", None)
     ipv6 = server.register({"ip": "::1", "port": 9000, "slug": "parts"})
