@@ -131,6 +131,23 @@ class Server:
         self.proc.wait(timeout=10)
         self.assert_no_traffic_left_the_machine()
 
+    def worker_processes(self) -> list[psutil.Process]:
+        """The Robyn worker processes (and their forking parent) under the supervisor."""
+        assert self.proc is not None
+        tree = psutil.Process(self.proc.pid).children(recursive=True)
+        return [p for p in tree if "registry_svc.server" in " ".join(p.cmdline())]
+
+    def workers_holding_connections(self) -> set[int]:
+        """Worker processes with an open connection on their own port (the gate opens one
+        per client connection it forwards)."""
+        holding = set()
+        for proc in self.worker_processes():
+            sockets = proc.net_connections("tcp")
+            listening = {c.laddr.port for c in sockets if c.status == psutil.CONN_LISTEN}
+            if any(c.status == psutil.CONN_ESTABLISHED and c.laddr.port in listening for c in sockets):
+                holding.add(proc.pid)
+        return holding
+
     def assert_no_traffic_left_the_machine(self) -> None:
         """Fails if any server process resolved or connected to anything but loopback."""
         if self.netspy_path.exists() and self.netspy_path.read_text():

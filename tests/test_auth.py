@@ -7,7 +7,6 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from conftest import NO_CHECK, Server
@@ -164,29 +163,15 @@ def test_revocation_is_immediate_in_every_process(two_process_server: Server) ->
         reply.read()
         return reply.status
 
-    def serving_workers() -> set[int]:
-        """Workers holding a connection on their own port (the gate opens one per client
-        connection it forwards)."""
-        assert srv.proc is not None
-        holding = set()
-        for proc in psutil.Process(srv.proc.pid).children(recursive=True):
-            if "registry_svc.server" not in " ".join(proc.cmdline()):
-                continue
-            sockets = proc.net_connections("tcp")
-            listening = {c.laddr.port for c in sockets if c.status == psutil.CONN_LISTEN}
-            if any(c.status == psutil.CONN_ESTABLISHED and c.laddr.port in listening for c in sockets):
-                holding.add(proc.pid)
-        return holding
-
     connections: list[http.client.HTTPConnection] = []
     try:
         # Open connections until both processes serve some (the kernel spreads them; on a
         # loaded machine one process may win many accepts in a row).
-        while len(connections) < 80 and (len(connections) < 8 or len(serving_workers()) < 2):
+        while len(connections) < 80 and (len(connections) < 8 or len(srv.workers_holding_connections()) < 2):
             conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
             connections.append(conn)
             assert status(conn) == 200
-        serving = serving_workers()
+        serving = srv.workers_holding_connections()
         assert len(serving) == 2, f"the connections did not reach both processes: {serving}"
         assert srv.call("DELETE", f"/registry-svc/token/{token_id}").status == 204
         assert {status(c) for c in connections} == {401}

@@ -9,11 +9,10 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_cli import OO
+from test_cli import OO, Run, ok
 from test_health import Backend, wait_until
 
 from conftest import NO_CHECK, Server
@@ -24,17 +23,6 @@ SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "registry-svc.m
 NODE_CONNECTIVITY = Path(__file__).parent / "data" / "node_connectivity.sh"
 
 
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self) -> object:
-        return json.loads(self.out)
-
-
 class User:
     """A shell user with their own home (so `oo login` state is theirs) and no OB_* set."""
 
@@ -42,16 +30,11 @@ class User:
         self.home = home
         self.env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
 
-    def oo(self, *args: str, stdin: str | None = None, **env: str) -> Ran:
+    def oo(self, *args: str, stdin: str | None = None, **env: str) -> Run:
         done = subprocess.run(
             [OO, *args], env={**self.env, **env}, input=stdin, capture_output=True, text=True, timeout=60, check=False
         )
-        return Ran(done.returncode, done.stdout, done.stderr)
-
-
-def ok(run: Ran) -> Ran:
-    assert run.code == 0, (run.code, run.out, run.err)
-    return run
+        return Run(done.returncode, done.stdout, done.stderr)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import orjson
-import psutil
 import pytest
 
 from conftest import NO_CHECK, Server
@@ -35,13 +34,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.kill9()
 
 
-def workers(server: Server) -> list[psutil.Process]:
-    assert server.proc is not None
-    return [
-        p for p in psutil.Process(server.proc.pid).children(recursive=True) if "registry_svc.server" in " ".join(p.cmdline())
-    ]  # fmt: skip
-
-
 def get(conn: http.client.HTTPConnection, path: str, token: str | None) -> tuple[int, bytes, str | None]:
     conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
     resp = conn.getresponse()
@@ -49,7 +41,7 @@ def get(conn: http.client.HTTPConnection, path: str, token: str | None) -> tuple
 
 
 def test_lookups_are_answered_with_the_workers_stopped(srv: Server) -> None:
-    stopped = workers(srv)
+    stopped = srv.worker_processes()
     for p in stopped:
         p.send_signal(signal.SIGSTOP)
     try:

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pytest
 from test_cli import OO
 
@@ -38,21 +37,6 @@ def later(seconds: float, action: object) -> threading.Thread:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
-
-
-def workers_holding_connections(server: Server) -> set[int]:
-    """Worker processes with an open connection on their own port (the gate opens one per
-    client connection it forwards)."""
-    assert server.proc is not None
-    holding = set()
-    for proc in psutil.Process(server.proc.pid).children(recursive=True):
-        if "registry_svc.server" not in " ".join(proc.cmdline()):
-            continue
-        sockets = proc.net_connections("tcp")
-        listening = {c.laddr.port for c in sockets if c.status == psutil.CONN_LISTEN}
-        if any(c.status == psutil.CONN_ESTABLISHED and c.laddr.port in listening for c in sockets):
-            holding.add(proc.pid)
-    return holding
 
 
 def timed(server: Server, path: str) -> tuple[Reply, float]:
@@ -127,11 +111,11 @@ def test_a_write_in_one_process_wakes_watchers_in_every_process(tmp_path: Path) 
             # Separate connections, which the kernel spreads over the processes; add watchers
             # until both processes hold some (on a loaded machine one may win many accepts).
             watches = []
-            while len(watches) < 60 and (len(watches) < 6 or len(workers_holding_connections(server)) < 2):
+            while len(watches) < 60 and (len(watches) < 6 or len(server.workers_holding_connections()) < 2):
                 watches.append(pool.submit(timed, server, path))
                 time.sleep(0.1)
             time.sleep(0.5)
-            assert len(workers_holding_connections(server)) == 2, "the watches did not reach both processes"
+            assert len(server.workers_holding_connections()) == 2, "the watches did not reach both processes"
             server.register({"url": "http://multi-1:80", "slug": "multi", "healthCheck": NO_CHECK})
             results = [w.result(timeout=60) for w in watches]
         for reply, took in results:
