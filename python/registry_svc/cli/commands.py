@@ -3,7 +3,6 @@ generic `get|put|post|delete PATH --key=value` calls from the product page."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import sys
@@ -16,7 +15,7 @@ from urllib.parse import quote, urlencode
 import click
 import yaml
 
-from registry_svc import about
+from registry_svc import about, urls
 from registry_svc.cli.client import (
     DEFAULT_SERVER,
     EXIT_UNREACHABLE,
@@ -28,6 +27,7 @@ from registry_svc.cli.client import (
     save_token,
 )  # fmt: skip
 from registry_svc.cli.output import ago, percent, print_json, shorten, table
+from registry_svc.status import STATUSES
 
 # A blocking query waits at most 10 minutes, plus jitter, on the server.
 MAX_WATCH_S = 700.0
@@ -82,6 +82,7 @@ class Session:
 
 
 pass_session = click.make_pass_decorator(Session)
+STATUS_CHOICE = click.Choice(list(STATUSES))
 OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", help="table or raw JSON")
 
 
@@ -167,7 +168,7 @@ def instances() -> None:
 
 @instances.command("list", epilog="\b\nExamples:\n  oo instances ls\n  oo i ls --slug user-svc --status Healthy\n  oo i ls --zone us-east-1a --tags=prod\n  oo i ls -o json | jq '.instances[].url'")  # fmt: skip
 @click.option("--slug", help="only this slug")
-@click.option("--status", type=click.Choice(["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]))
+@click.option("--status", type=STATUS_CHOICE)
 @click.option("--host", help="only this host name; an IP address matches instances registered by ip")
 @click.option("--ip", help="only this IP address")
 @click.option("--deployment", help="only this deploymentId")
@@ -191,7 +192,7 @@ def instances_list(
     output: str,
 ) -> None:
     """List service instances."""
-    if host and _is_ip(host):
+    if host and urls.is_ip(host):
         # Instances registered with an IP have no host name: the address is their `ip`.
         host, ip = None, ip or host
     filters = {"slug": slug, "status": status, "host": host, "ip": ip, "deploymentId": deployment,
@@ -204,14 +205,6 @@ def instances_list(
             for i in data["instances"]]  # fmt: skip
     headers = ["ID", "URL", "STATUS", "REASON", "SLUG", "TAGS", "NODE", "LAST HEARTBEAT"]
     show(data, output, headers, rows, "no instances" + (" match" if query else ""))
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 @instances.command("get", epilog="\b\nExamples:\n  oo instances get inst_12345\n  oo i get inst_12345 -o json")
@@ -261,7 +254,7 @@ def print_change(event: str, inst: dict[str, Any], old: dict[str, Any] | None, i
 
 @instances.command("watch", epilog="\b\nExamples:\n  oo instances watch --slug user-svc\n  oo i watch -o json | jq -c 'select(.event == \"changed\")'")  # fmt: skip
 @click.option("--slug", help="only this slug")
-@click.option("--status", type=click.Choice(["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]))
+@click.option("--status", type=STATUS_CHOICE)
 @click.option("--tag", "--tags", "tags", multiple=True, help="only instances with this tag (repeatable, or a,b)")
 @click.option("--zone", help="only this zone")
 @click.option("--wait", default="5m", show_default=True, help="how long one blocking query may wait")
@@ -354,7 +347,7 @@ def instances_register(session: Session, source: str) -> None:
 
 @instances.command("heartbeat", epilog="\b\nExamples:\n  oo instances heartbeat inst_12345\n  oo i heartbeat inst_12345 --status Starting")  # fmt: skip
 @click.argument("instance_id")
-@click.option("--status", type=click.Choice(["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]))
+@click.option("--status", type=STATUS_CHOICE)
 @pass_session
 def instances_heartbeat(session: Session, instance_id: str, status: str | None) -> None:
     """Renew an instance's heartbeat (and set its status)."""
@@ -386,6 +379,7 @@ def instances_remove(session: Session, ids: tuple[str, ...]) -> None:
 
 # --- services and pick --------------------------------------------------------------------
 
+# Healthy and Unhealthy first: what an operator looks for.
 STATUS_COLUMNS = ("Healthy", "Unhealthy", "Unknown", "Starting", "Stopping")
 
 
