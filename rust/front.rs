@@ -206,10 +206,7 @@ impl Refusal {
 
 fn reason(status: u16) -> &'static str {
     match status {
-        200 => "OK",
         400 => "Bad Request",
-        404 => "Not Found",
-        503 => "Service Unavailable",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
@@ -615,21 +612,13 @@ impl Gate {
     }
 }
 
-/// Answers a refusal and closes. The client may still be sending the body we refused:
-/// closing at once would make the kernel reset the connection and lose the answer, so
-/// what it sends is read and dropped (never kept) for a short while first (nginx's
-/// "lingering close").
 /// A read answered by the gate, framed as the workers frame theirs.
 fn response(answer: &reads::Answer, close: bool) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        answer.status,
-        reason(answer.status),
-        answer.body.len()
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-registry-index: {}\r\n",
+        answer.body.len(),
+        answer.index
     );
-    if let Some(index) = answer.index {
-        out.push_str(&format!("x-registry-index: {index}\r\n"));
-    }
     if close {
         out.push_str("connection: close\r\n");
     }
@@ -639,6 +628,10 @@ fn response(answer: &reads::Answer, close: bool) -> Vec<u8> {
     bytes
 }
 
+/// Answers a refusal and closes. The client may still be sending the body we refused:
+/// closing at once would make the kernel reset the connection and lose the answer, so
+/// what it sends is read and dropped (never kept) for a short while first (nginx's
+/// "lingering close").
 async fn refuse(refusal: Refusal, client: Option<OwnedWriteHalf>, mut incoming: Incoming) {
     let Some(mut client) = client else { return };
     if refusal.status == 0 {

@@ -13,7 +13,7 @@
 //! one the client gets.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -109,12 +109,11 @@ fn lookup(registry: &Registry, secret: &str) -> Option<Caller> {
     })
 }
 
-/// An answer: status and JSON body, with the registry index for list responses.
+/// A 200 answer: the JSON body (shared with the response cache) and its registry index.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Answer {
-    pub status: u16,
-    pub body: Vec<u8>,
-    pub index: Option<u64>,
+    pub body: Arc<Vec<u8>>,
+    pub index: u64,
 }
 
 /// The answer to `GET path?query` with `authorization`, or None to leave it to the workers.
@@ -183,11 +182,7 @@ fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
         .responses
         .list_json(&registry.store, &INSTANCES, &filters, "instances")
         .ok()?;
-    Some(Answer {
-        status: 200,
-        body: body.as_ref().clone(),
-        index: Some(index),
-    })
+    Some(Answer { body, index })
 }
 
 #[cfg(test)]
