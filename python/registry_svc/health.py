@@ -82,12 +82,9 @@ def write_status(store: _core.Store, instance_id: str, decide: Decide, alive: bo
     when `alive` and it is stale, in one compare-and-set update. Transitions are logged
     once, when written."""
 
-    before: list[str | None] = [None]
-
     def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
         if current is None:
             return None
-        before[0] = current.get("status")
         changed = status.apply(current, decide(current))
         if alive and (changed or _heartbeat_age(current) > HEARTBEAT_REFRESH_S):
             current["lastHeartbeat"] = utc_now()
@@ -96,7 +93,7 @@ def write_status(store: _core.Store, instance_id: str, decide: Decide, alive: bo
 
     applied = records.update(store, INSTANCES, instance_id, change, f"instance '{instance_id}'")
     if applied.wrote and applied.record is not None:
-        status.log_transition(applied.record, before[0])
+        status.log_transition(applied.record, (applied.previous or {}).get("status"))
     return applied
 
 

@@ -41,6 +41,7 @@ class Applied:
     record: dict[str, Any] | None
     wrote: bool
     index: int | None  # the registry index of the write (None when nothing was written)
+    previous: dict[str, Any] | None = None  # the record as it was before the write
 
 
 def gave_up(what: str) -> ApiError:
@@ -77,12 +78,12 @@ def _apply(store: _core.Store, collection: str, record_id: str, change: Change) 
     version, current = read(store, collection, record_id)
     outcome = change(None if current is None else dict(current))
     if outcome is None:
-        return Applied(current, False, None)
+        return Applied(current, False, None, current)
     if isinstance(outcome, Delete):
         if current is None:
             return Applied(None, False, None)
-        return Applied(None, True, store.delete(collection, record_id, version))
-    return Applied(outcome, True, store.put(collection, record_id, orjson.dumps(outcome), version))
+        return Applied(None, True, store.delete(collection, record_id, version), current)
+    return Applied(outcome, True, store.put(collection, record_id, orjson.dumps(outcome), version), current)
 
 
 def update(store: _core.Store, collection: str, record_id: str, change: Change, what: str = "the record") -> Applied:

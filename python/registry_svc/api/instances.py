@@ -343,19 +343,16 @@ def heartbeat(call: Call) -> Response:
     if requested is not None and requested not in STATUSES:
         raise v.fail("status", f"must be one of {', '.join(STATUSES)}")
 
-    before: list[str | None] = [None]
-
     def change(current: dict[str, Any] | None) -> dict[str, Any]:
         if current is None or not can_see(call.caller, current):
             raise ApiError(404, f"instance '{instance_id}' not found")
-        before[0] = current.get("status")
         status.apply(current, status.after_heartbeat(current, requested))
         current["lastHeartbeat"] = utc_now()
         return current
 
     applied = records.update(call.ctx.store, INSTANCES, instance_id, change, "the instance")
     assert applied.record is not None
-    status.log_transition(applied.record, before[0])
+    status.log_transition(applied.record, (applied.previous or {}).get("status"))
     return json_response(200, {"instance": applied.record}, applied.index)
 
 
