@@ -270,7 +270,7 @@ fn write_op(tables: Tables, txn: &mut RwTxn<'_>, op: &Op, checked: Checked, vers
 }
 
 /// Deletes the index entries of a stored record; returns its keys.
-fn remove_index_entries(
+pub(crate) fn remove_index_entries(
     tables: Tables,
     txn: &mut RwTxn<'_>,
     coll: &CollectionSpec,

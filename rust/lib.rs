@@ -9,6 +9,7 @@ pub mod front;
 pub mod model;
 pub mod reads;
 pub mod registry;
+pub mod replica;
 pub mod select;
 pub mod store;
 

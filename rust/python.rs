@@ -15,6 +15,7 @@ use crate::cache::ResponseCache;
 use crate::front::{Front, Limits};
 use crate::model::{self, CollectionSpec};
 use crate::registry::Registry;
+use crate::replica::ReplicaChange;
 use crate::select::{EjectionConfig, Outcome, PickRequest, Picked, Policy, Selector};
 use crate::store::{self, Expect, StoreError};
 
@@ -87,7 +88,7 @@ fn policy(name: &str) -> PyResult<Policy> {
 
 /// The registry store over one LMDB directory, with this process's instance selector.
 /// Safe to share between threads.
-#[pyclass(frozen, name = "Store", module = "registry_svc._core")]
+#[pyclass(frozen, subclass, name = "Store", module = "registry_svc._core")]
 pub struct PyStore {
     registry: Arc<Registry>,
 }
@@ -353,6 +354,56 @@ impl PyStore {
             expect: expect(expect_version),
         });
         py.detach(|| self.registry.store.write(ops)).map_err(to_py)
+    }
+
+    /// Applies changes committed in etcd, in one transaction, and sets the applied revision
+    /// (cluster replicas only): `changes` are (collection, id, json or None for a delete,
+    /// revision).
+    fn apply_replica(
+        &self,
+        py: Python<'_>,
+        changes: Vec<(String, String, Option<Vec<u8>>, u64)>,
+        applied: u64,
+    ) -> PyResult<()> {
+        let changes = changes
+            .into_iter()
+            .map(|(name, id, json, revision)| {
+                Ok(ReplicaChange {
+                    coll: collection(&name)?,
+                    id,
+                    json,
+                    revision,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        py.detach(|| self.registry.store.apply_replica(&changes, applied))
+            .map_err(to_py)
+    }
+
+    /// Checks that `json` is a record the store accepts under `id` (InvalidRecordError if
+    /// not), without writing: cluster mode checks before it writes to etcd.
+    fn check_record(&self, collection_name: &str, id: &str, json: &[u8]) -> PyResult<()> {
+        let coll = collection(collection_name)?;
+        model::record_keys(coll, id, json)
+            .map(|_| ())
+            .map_err(|e| to_py(StoreError::InvalidRecord(e)))
+    }
+
+    /// (id, version) of every record of a collection, sorted by id.
+    fn versions(&self, py: Python<'_>, collection_name: &str) -> PyResult<Vec<(String, u64)>> {
+        let coll = collection(collection_name)?;
+        py.detach(|| self.registry.store.versions(coll)).map_err(to_py)
+    }
+
+    /// A small named state value kept beside the records (None if never set).
+    fn state<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let value = self.registry.store.state(name).map_err(to_py)?;
+        Ok(value.map(|v| PyBytes::new(py, &v)))
+    }
+
+    /// Sets a named state value, durably; it wakes no watcher and moves no index.
+    fn set_state(&self, py: Python<'_>, name: &str, value: Vec<u8>) -> PyResult<()> {
+        py.detach(|| self.registry.store.set_state(name, &value)).map_err(to_py)
     }
 
     fn index(&self) -> PyResult<u64> {

@@ -4,6 +4,7 @@
 //! same directory: LMDB serializes their writers.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -15,10 +16,12 @@ use crate::apply::{writer_loop, Pending, Reply};
 pub use crate::apply::{Completion, CompletionRunner};
 pub use crate::error::StoreError;
 use crate::model::{self, CollectionSpec};
+use crate::replica::{self, ReplicaChange};
 
 pub(crate) const META_INDEX: &[u8] = b"index";
 const META_COLLECTION_PREFIX: &[u8] = b"collection-index:";
 const META_PARTITION_PREFIX: &[u8] = b"partition-index:";
+const META_STATE_PREFIX: &[u8] = b"state:";
 pub(crate) const VERSION_LEN: usize = 8;
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -86,6 +89,8 @@ pub struct Store {
     sender: Mutex<Option<mpsc::Sender<Pending>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     runner: Arc<OnceLock<CompletionRunner>>,
+    /// Set once this process applied changes from etcd: the store is a cluster replica.
+    replica: AtomicBool,
 }
 
 impl Store {
@@ -127,6 +132,7 @@ impl Store {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
             runner,
+            replica: AtomicBool::new(false),
         })
     }
 
@@ -359,6 +365,50 @@ impl Store {
         Ok(())
     }
 
+    /// Applies changes committed in etcd (cluster mode) in one transaction, and records
+    /// that the replica has reached revision `applied`. See `replica.rs`.
+    pub fn apply_replica(&self, changes: &[ReplicaChange], applied: u64) -> Result<()> {
+        self.replica.store(true, Ordering::Relaxed);
+        let mut wtxn = self.env.write_txn()?;
+        replica::apply(self.tables, &mut wtxn, changes, applied)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// (id, version) of every record of `coll`, sorted by id: what a replica compares with
+    /// etcd's keys and mod revisions.
+    pub fn versions(&self, coll: &'static CollectionSpec) -> Result<Vec<(String, u64)>> {
+        let rtxn = self.read_txn()?;
+        let prefix = coll.record_prefix();
+        let mut out = Vec::new();
+        for entry in self.tables.records.prefix_iter(&rtxn, &prefix)? {
+            let (key, raw) = entry?;
+            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            out.push((id, decode_record(raw).version));
+        }
+        Ok(out)
+    }
+
+    /// Whether this process feeds the store from etcd (cluster mode's replicator).
+    pub fn is_replica(&self) -> bool {
+        self.replica.load(Ordering::Relaxed)
+    }
+
+    /// A small state value kept beside the records (e.g. the replica's etcd contact), by
+    /// name; written outside the registry's revisions, so it wakes no watcher.
+    pub fn state(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let rtxn = self.read_txn()?;
+        Ok(self.tables.meta.get(&rtxn, &state_key(name))?.map(<[u8]>::to_vec))
+    }
+
+    /// Sets a state value (see `state`), durably.
+    pub fn set_state(&self, name: &str, value: &[u8]) -> Result<()> {
+        let mut wtxn = self.env.write_txn()?;
+        self.tables.meta.put(&mut wtxn, &state_key(name), value)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
     /// Number of index entries across all collections (used by consistency checks).
     pub fn index_entry_count(&self) -> Result<u64> {
         let rtxn = self.read_txn()?;
@@ -409,6 +459,12 @@ pub(crate) fn decode_record(raw: &[u8]) -> Record {
         version: u64::from_be_bytes(version),
         json: raw[VERSION_LEN..].to_vec(),
     }
+}
+
+fn state_key(name: &str) -> Vec<u8> {
+    let mut key = META_STATE_PREFIX.to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
 }
 
 pub(crate) fn collection_meta_key(coll: &CollectionSpec) -> Vec<u8> {

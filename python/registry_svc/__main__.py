@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from registry_svc import about, netguard
+from registry_svc import about, cluster, cluster_import, etcd, netguard
 from registry_svc import settings as settings_mod
 from registry_svc.supervisor import serve
 from registry_svc.urls import UrlError
@@ -83,16 +83,43 @@ def parser() -> argparse.ArgumentParser:
         "warning, error (default info; env OB_LOG_LEVEL)",
     )
     s.add_argument(
+        "--etcd",
+        default=os.environ.get("OB_ETCD_ENDPOINTS"),
+        metavar="http://H:P[,http://H:P...]",
+        help="cluster mode: etcd client endpoints; etcd holds the registry and this server keeps a local replica "
+        "that serves reads (default: none, the embedded single-machine store; env OB_ETCD_ENDPOINTS)",
+    )
+    s.add_argument(
+        "--etcd-prefix",
+        default=os.environ.get("OB_ETCD_PREFIX", cluster.DEFAULT_PREFIX),
+        help=f"key prefix of this registry in etcd (default {cluster.DEFAULT_PREFIX}; env OB_ETCD_PREFIX)",
+    )
+    s.add_argument(
         "--map-size-mib",
         type=int,
         default=settings_mod.DEFAULT_MAP_SIZE >> 20,
         help="LMDB map size in MiB: the most the store can hold (default 8192; disk is used only as filled)",
+    )
+    c = sub.add_parser("cluster", help="cluster tools").add_subparsers(dest="cluster_command", required=True)
+    imp = c.add_parser(
+        "import",
+        help="load a single-machine store into etcd",
+        description="Load every record of a single-machine data dir into an empty etcd prefix, so that cluster "
+        "servers started on new data dirs serve them. The admin token of DIR stays valid.",
+    )
+    imp.add_argument("--data-dir", required=True, help="the single-machine data directory to read")
+    imp.add_argument("--etcd", required=True, metavar="http://H:P[,http://H:P...]", help="etcd client endpoints")
+    imp.add_argument(
+        "--etcd-prefix", default=cluster.DEFAULT_PREFIX, help=f"key prefix (default {cluster.DEFAULT_PREFIX})"
     )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "cluster":
+        logging.basicConfig(level="INFO", format="%(message)s")
+        return cluster_import.main(args.data_dir, args.etcd, args.etcd_prefix)
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     if not 1 <= args.port <= 65535:
         print(f"registry-svc: --port must be 1-65535, got {args.port}", file=sys.stderr)
@@ -128,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"registry-svc: {flag}: {e}", file=sys.stderr)
             return 2
+    etcd_endpoints: tuple[str, ...] = ()
+    if args.etcd:
+        try:
+            etcd_endpoints = tuple(etcd.parse_endpoints(args.etcd))
+        except ValueError as e:
+            print(f"registry-svc: --etcd: {e}", file=sys.stderr)
+            return 2
+    if not args.etcd_prefix.startswith("/") or not args.etcd_prefix.endswith("/"):
+        print(f"registry-svc: --etcd-prefix must start and end with '/', got '{args.etcd_prefix}'", file=sys.stderr)
+        return 2
     try:
         settings = settings_mod.resolve(
             args.host,
@@ -144,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             proxy_networks=networks.get("--proxy-networks"),
             max_proxy_body_bytes=args.max_proxy_body_mib << 20,
             log_level=args.log_level,
+            etcd_endpoints=etcd_endpoints,
+            etcd_prefix=args.etcd_prefix,
         )
     except UrlError as e:
         print(f"registry-svc: OB_SELF_URL: {e}", file=sys.stderr)

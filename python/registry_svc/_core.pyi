@@ -2,6 +2,7 @@
 
 import builtins
 from collections.abc import Callable
+from typing import Self
 
 __build__: str
 """The extension's crate version and build profile, e.g. "registry-svc-core 0.1.0 (release)"."""
@@ -35,8 +36,8 @@ class Store:
     None = any, 0 = the record must not exist, n = the record must be at version n.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str,
         map_size: int = ...,
         default_policy: str = "round_robin",
@@ -44,7 +45,7 @@ class Store:
         eject_seconds: float = 30.0,
         eject_max_seconds: float = 300.0,
         eject_failures: int = 5,
-    ) -> None: ...
+    ) -> Self: ...
     def pick(
         self,
         slug: str,
@@ -100,6 +101,17 @@ class Store:
     ) -> int:
         """Deletes a record; with `expect_collection_index`, only if nothing in the collection
         was written since that collection index (else VersionMismatchError)."""
+    def apply_replica(self, changes: builtins.list[tuple[str, str, bytes | None, int]], applied: int) -> None:
+        """Applies changes committed in etcd (collection, id, json or None for a delete,
+        revision) in one transaction and sets the applied revision (cluster replicas)."""
+    def check_record(self, collection_name: str, id: str, json: bytes) -> None:
+        """InvalidRecordError unless the store would accept `json` under `id`."""
+    def versions(self, collection_name: str) -> builtins.list[tuple[str, int]]:
+        """(id, version) of every record of a collection, sorted by id."""
+    def state(self, name: str) -> bytes | None:
+        """A small named state value kept beside the records (None if never set)."""
+    def set_state(self, name: str, value: bytes) -> None:
+        """Sets a named state value durably; it moves no index and wakes no watcher."""
     def index(self) -> int: ...
     def collection_index(self, collection_name: str) -> int: ...
     def partition_index(self, collection_name: str, value: str) -> int:

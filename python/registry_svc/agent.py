@@ -6,17 +6,23 @@ processes only serve HTTP. It runs on its own asyncio loop in a thread.
 
 Which instances this node checks: those whose `nodeUrl` is this node's URL, plus orphans
 (no `nodeUrl`, one that names no registered node, or one whose node is not Healthy),
-which the Healthy node with the smallest id adopts. Every agent derives the same answer
-from the same store, so no lease is needed. A node whose heartbeats stop for three of its
-intervals is marked Unhealthy by whichever agent notices first, and so is every instance
-on it; the adopting node then probes those instances, so a backend that still answers
-turns Healthy again instead of being stranded. When the node comes back, it takes its
-instances back.
+each adopted by one Healthy node chosen by rendezvous hashing of the instance id over the
+Healthy nodes, so a dead node's instances are shared among the survivors. Every agent
+derives the same answer from the same store (in cluster mode, the same replicated
+records), so each instance has exactly one checker and no lease is needed for that.
+
+A node whose heartbeats stop for three of its intervals is marked Unhealthy, and so is
+every instance on it; the adopting nodes then probe those instances, so a backend that
+still answers turns Healthy again instead of being stranded. When the node comes back, it
+takes its instances back. On one machine whichever agent notices first marks it (the
+write is a compare-and-set); in a cluster only the elected sweeper does, and a node whose
+lease-bound live key is gone counts as silent after one interval (`membership.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
@@ -26,8 +32,10 @@ import orjson
 
 from registry_svc import _core, nodes, records, status, telemetry
 from registry_svc.clock import parse_time
+from registry_svc.etcd import EtcdError, EtcdUnavailable
 from registry_svc.gpu import GpuSampler
 from registry_svc.health import HealthChecker, pause, write_status
+from registry_svc.membership import Membership
 from registry_svc.netguard import NetworkPolicy
 from registry_svc.settings import Settings
 
@@ -36,16 +44,28 @@ log = logging.getLogger("registry_svc")
 MISSED_HEARTBEATS = 3
 
 
+def checker_of(instance_id: str, node_ids: list[str]) -> str | None:
+    """The node (of `node_ids`) that adopts an orphaned instance: rendezvous hashing, so
+    adding or losing a node moves only the instances it gains or held."""
+    if not node_ids:
+        return None
+    return max(node_ids, key=lambda node_id: hashlib.sha256(f"{node_id}/{instance_id}".encode()).digest())
+
+
 class NodeAgent:
     """Heartbeats this node and checks the instances it is responsible for."""
 
-    def __init__(self, store: _core.Store, settings: Settings, gpus: GpuSampler) -> None:
+    def __init__(
+        self, store: _core.Store, settings: Settings, gpus: GpuSampler, membership: Membership | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
         self.gpus = gpus
+        self.membership = membership
         self.checker = HealthChecker(store, self.is_mine, NetworkPolicy.of(settings.probe_networks, "probe"))
         self._live_node_urls: set[str] = set()
-        self._adopts_orphans = False
+        self._healthy_ids: list[str] = []
+        self._own_id: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="registry-node-agent", daemon=True)
@@ -67,7 +87,9 @@ class NodeAgent:
         node_url = instance.get("nodeUrl")
         if node_url == self.settings.self_url:
             return True
-        return self._adopts_orphans and (node_url is None or node_url not in self._live_node_urls)
+        if node_url is not None and node_url in self._live_node_urls:
+            return False
+        return self._own_id is not None and checker_of(instance["id"], self._healthy_ids) == self._own_id
 
     def _run(self) -> None:
         asyncio.run(self._main())
@@ -79,43 +101,60 @@ class NodeAgent:
         await asyncio.gather(self._heartbeat_loop(self._stop), self.checker.run(self._stop))
 
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        """Heartbeats every interval; in a cluster, sweeps twice per interval in between, so
+        that a lease gone is noticed within half an interval."""
         loop = asyncio.get_running_loop()
+        interval = self.settings.heartbeat_seconds
+        tick = interval / 2 if self.membership is not None else interval
+        next_beat = 0.0
         while not stop.is_set():
             try:
-                await loop.run_in_executor(None, self.heartbeat)
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + interval - tick / 4
+                    await loop.run_in_executor(None, self.heartbeat)
+                else:
+                    await loop.run_in_executor(None, self.refresh_nodes)
+            except (EtcdUnavailable, EtcdError, _core.StoreError) as e:
+                log.warning("node heartbeat failed: %s", e)
             except Exception:
                 log.exception("node heartbeat failed")
-            await pause(stop, self.settings.heartbeat_seconds)
+            await pause(stop, tick)
 
     def heartbeat(self) -> None:
-        """Writes this node's fresh usage and GPUs, then sweeps for silent nodes."""
+        """Writes this node's fresh usage and GPUs (and renews its lease in a cluster), then
+        sweeps for silent nodes."""
         usage = telemetry.usage_sample(self.settings.data_dir)
         gpus = self.gpus.sample(self.settings.self_url)
-        nodes.upsert_self(self.store, self.settings, usage, gpus)
+        record = nodes.upsert_self(self.store, self.settings, usage, gpus)
+        if self.membership is not None:
+            self.membership.beat(record["id"])
         self.refresh_nodes()
 
     def refresh_nodes(self) -> None:
         """Marks nodes that missed their heartbeats Unhealthy (with their instances) and
-        recomputes which URLs are known and whether this node adopts orphans."""
+        recomputes which URLs are live and which orphans this node adopts."""
         now = time.time()
         _, raws = self.store.list(nodes.NODES)
         node_records = [orjson.loads(raw) for raw in raws]
+        sweeps = self.membership is None or self.membership.sweeper
+        leased = self.membership.live_node_ids() if self.membership is not None and sweeps else None
         for node in node_records:
-            if node["url"] != self.settings.self_url and node.get("status") == "Healthy":
-                interval = float(node.get("heartbeatIntervalSeconds") or 10)
-                silent = now - parse_time(node["lastHeartbeat"]).timestamp()
-                if silent > MISSED_HEARTBEATS * interval:
-                    self.mark_node_unhealthy(node, silent)
-                    node["status"] = "Unhealthy"
+            if not sweeps or node["url"] == self.settings.self_url or node.get("status") != "Healthy":
+                continue
+            interval = float(node.get("heartbeatIntervalSeconds") or 10)
+            silent = now - parse_time(node["lastHeartbeat"]).timestamp()
+            lease_gone = leased is not None and node["id"] not in leased and silent > interval
+            if silent > MISSED_HEARTBEATS * interval or lease_gone:
+                self.mark_node_unhealthy(node, silent, "its lease expired" if lease_gone else None)
+                node["status"] = "Unhealthy"
         live = {node["url"] for node in node_records if node.get("status") == "Healthy"}
         healthy = sorted(node["id"] for node in node_records if node.get("status") == "Healthy")
-        own = nodes.find_by_url(self.store, self.settings.self_url)
-        adopts = bool(healthy) and own is not None and own[1]["id"] == healthy[0]
-        if (live, adopts) != (self._live_node_urls, self._adopts_orphans):
-            self._live_node_urls, self._adopts_orphans = live, adopts
+        own = next((node["id"] for node in node_records if node["url"] == self.settings.self_url), None)
+        if (live, healthy, own) != (self._live_node_urls, self._healthy_ids, self._own_id):
+            self._live_node_urls, self._healthy_ids, self._own_id = live, healthy, own
             self.checker.request_full_reload()  # which instances are this node's changed
 
-    def mark_node_unhealthy(self, node: dict[str, Any], silent: float) -> None:
+    def mark_node_unhealthy(self, node: dict[str, Any], silent: float, why: str | None = None) -> None:
         """Marks a silent node Unhealthy, and then its instances, unless it heartbeated
         (or another agent marked it) meanwhile."""
 
@@ -132,6 +171,8 @@ class NodeAgent:
         if not records.update(self.store, nodes.NODES, node["id"], change, f"node '{node['id']}'").wrote:
             return
         reason = f"node {node['id']} ({node['url']}) missed {MISSED_HEARTBEATS} heartbeats ({int(silent)}s silent)"
+        if why is not None:
+            reason = f"node {node['id']} ({node['url']}) is gone: {why} ({int(silent)}s silent)"
         log.warning("%s; marking its instances Unhealthy", reason)
         for instance_id in self.store.ids_by("instances", "nodeUrl", node["url"]):
             write_status(self.store, instance_id, lambda current: status.after_node_lost(current, reason), alive=False)

@@ -19,7 +19,7 @@ from typing import cast
 
 from robyn import Request, Response, Robyn
 
-from registry_svc import _core, auth
+from registry_svc import _core, auth, cluster, http
 from registry_svc.api import (
     AsyncHandler,
     Call,
@@ -37,6 +37,7 @@ from registry_svc.api import (
 from registry_svc.api.instances import RESERVED_SLUGS
 from registry_svc.api.proxy import Proxy
 from registry_svc.auth import Authenticator
+from registry_svc.cluster import EtcdStore
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, store_error_response
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV, die_with_parent
@@ -175,7 +176,10 @@ def build_app(settings: Settings) -> Robyn:
         if settings.processes > 1:
             die_with_parent()  # a forked worker goes when the Robyn parent goes
         store = settings.open_store()
-        state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=WatchHub(store))
+        hub = WatchHub(store, replica=settings.clustered)
+        state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=hub)
+        if isinstance(store, EtcdStore):
+            http.replica_staleness = lambda: cluster.staleness(store.replica())
         state.proxy = Proxy(store, NetworkPolicy.of(settings.proxy_networks, "proxy"))
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
 
@@ -187,6 +191,8 @@ def build_app(settings: Settings) -> Robyn:
     def health(request: Request) -> Response:
         if state.ctx is None:
             return error_response(503, "store not open yet")
+        if isinstance(state.ctx.store, EtcdStore):
+            return json_response(200, cluster.health(state.ctx.store))
         return json_response(200, {"status": "ok"})
 
     app.get("/health")(health)

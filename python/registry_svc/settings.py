@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from registry_svc import _core, urls
 
@@ -43,8 +44,16 @@ class Settings:
     proxy_networks: tuple[str, ...] = LOOPBACK_NETWORKS
     max_proxy_body_bytes: int = DEFAULT_MAX_PROXY_BODY
     log_level: str = "info"
+    # Cluster mode: etcd client endpoints (`host:port`) and the key prefix; none = the
+    # embedded single-machine store.
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_prefix: str = "/registry-svc/"
     # The loopback port the Robyn workers listen on behind the gate (set at start).
     internal_port: int = 0
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.etcd_endpoints)
 
     @property
     def admin_token_path(self) -> Path:
@@ -55,14 +64,25 @@ class Settings:
         return Path(self.data_dir) / "store"
 
     def open_store(self) -> _core.Store:
-        """This process's store handle, with the load-balancing settings."""
-        return _core.Store(
+        """This process's store handle, with the load-balancing settings: the local LMDB
+        store, or in cluster mode its replica with writes going to etcd."""
+        options: dict[str, Any] = {
+            "default_policy": self.default_policy,
+            "slug_policies": self.slug_policies,
+            "eject_seconds": self.eject_seconds,
+            "eject_max_seconds": max(300.0, self.eject_seconds * 10),
+        }
+        if not self.clustered:
+            return _core.Store(str(self.store_path), self.map_size, **options)
+        from registry_svc.cluster import EtcdStore, Layout
+        from registry_svc.etcd import Client
+
+        return EtcdStore(
             str(self.store_path),
             self.map_size,
-            default_policy=self.default_policy,
-            slug_policies=self.slug_policies,
-            eject_seconds=self.eject_seconds,
-            eject_max_seconds=max(300.0, self.eject_seconds * 10),
+            etcd=Client(list(self.etcd_endpoints)),
+            layout=Layout(self.etcd_prefix),
+            **options,
         )
 
     def describe(self) -> str:
@@ -75,6 +95,7 @@ class Settings:
             f"eject_seconds={self.eject_seconds:g} probe_networks={','.join(self.probe_networks)} "
             f"proxy_networks={','.join(self.proxy_networks)} max_proxy_body_mib={self.max_proxy_body_bytes >> 20} "
             f"log_level={self.log_level}"
+            + (f" etcd={','.join(self.etcd_endpoints)} etcd_prefix={self.etcd_prefix}" if self.clustered else "")
         )
 
     def to_env(self) -> dict[str, str]:
@@ -92,7 +113,7 @@ class Settings:
         if raw is None:
             raise RuntimeError(f"{_CHILD_ENV} is not set: start the server with `registry-svc serve`")
         fields = orjson.loads(raw)
-        for key in ("probe_networks", "proxy_networks"):
+        for key in ("probe_networks", "proxy_networks", "etcd_endpoints"):
             fields[key] = tuple(fields[key])
         return cls(**fields)
 
@@ -112,6 +133,8 @@ def resolve(
     proxy_networks: tuple[str, ...] | None = None,
     max_proxy_body_bytes: int = DEFAULT_MAX_PROXY_BODY,
     log_level: str = "info",
+    etcd_endpoints: tuple[str, ...] = (),
+    etcd_prefix: str = "/registry-svc/",
 ) -> Settings:
     """Builds the settings from flags and the `OB_*` variables.
 
@@ -143,4 +166,6 @@ def resolve(
         proxy_networks=probe_networks if proxy_networks is None else proxy_networks,
         max_proxy_body_bytes=max_proxy_body_bytes,
         log_level=log_level,
+        etcd_endpoints=etcd_endpoints,
+        etcd_prefix=etcd_prefix,
     )

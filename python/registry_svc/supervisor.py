@@ -27,16 +27,22 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from registry_svc import _core, nodes, telemetry
+from registry_svc import _core, cluster_import, nodes, telemetry
 from registry_svc.agent import NodeAgent
 from registry_svc.auth import ensure_admin_token
+from registry_svc.cluster import EtcdStore, replica_state
+from registry_svc.etcd import EtcdError, EtcdUnavailable
 from registry_svc.gpu import GpuSampler
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV
+from registry_svc.membership import Membership
+from registry_svc.replica import ReplicaError, Replicator
 from registry_svc.settings import MAX_API_BODY, Settings
 
 log = logging.getLogger("registry_svc")
 
 READY_TIMEOUT_S = 30.0
+# How long a cluster server waits at start for its replica's first sync with etcd.
+SYNC_TIMEOUT_S = 10.0
 STOP_GRACE_S = 2.0
 # Tokio threads of the gate: it only parses heads and copies bytes, so one per two cores
 # (on 2 cores a second thread measured slower: it competes with the workers).
@@ -77,12 +83,45 @@ def open_front(settings: Settings, store: _core.Store) -> tuple[_core.Front, Set
 def bootstrap(store: _core.Store, settings: Settings, gpus: GpuSampler) -> bool:
     """Creates the admin token (if needed) and this node's first record.
     Returns True when a new admin token was written."""
-    created = ensure_admin_token(store, settings.admin_token_path)
+    if isinstance(store, EtcdStore):
+        try:
+            created = cluster_import.ensure_admin_token(store, settings.admin_token_path)
+        except (EtcdUnavailable, EtcdError) as e:
+            log.warning("registry-svc: cannot check the cluster's admin token now (%s)", e)
+            created = False
+    else:
+        created = ensure_admin_token(store, settings.admin_token_path)
     telemetry.prime_cpu()
     time.sleep(0.2)
     usage = telemetry.usage_sample(settings.data_dir)
-    nodes.upsert_self(store, settings, usage, gpus.sample(settings.self_url))
+    try:
+        nodes.upsert_self(store, settings, usage, gpus.sample(settings.self_url))
+    except _core.StoreError as e:
+        # Cluster mode with etcd away: the agent writes the node at its next heartbeat.
+        log.warning("registry-svc: this node's record is not written yet: %s", e)
     return created
+
+
+def start_replica(settings: Settings, store: EtcdStore) -> Replicator | None:
+    """Starts the replicator and waits for its first sync with etcd. None (after logging
+    why) when the server cannot start; with etcd away but a replica on disk, the server
+    starts and serves it read-only until etcd is back."""
+    replicator = Replicator(store, store.etcd, store.layout, settings.data_dir)
+    try:
+        replicator.check_data_dir()
+        replicator.start()
+    except ReplicaError as e:
+        log.error("registry-svc: %s", e)
+        return None
+    if not replicator.wait_synced(SYNC_TIMEOUT_S):
+        if not replica_state(store):
+            log.error("registry-svc: cannot reach etcd at %s: %s", ",".join(settings.etcd_endpoints),
+                      replicator.state.get("lastError"))  # fmt: skip
+            replicator.stop()
+            return None
+        log.warning("registry-svc: etcd is unreachable; serving the replica at revision %d read-only until it is back",
+                    store.index())  # fmt: skip
+    return replicator
 
 
 def _wait_ready(settings: Settings, child: subprocess.Popen[bytes]) -> bool:
@@ -133,6 +172,13 @@ def serve(settings: Settings) -> int:
         )
         log.error("registry-svc: %s%s", e.strerror or e, in_use)
         return 1
+    replicator = None
+    if isinstance(store, EtcdStore):
+        replicator = start_replica(settings, store)
+        if replicator is None:
+            front.close()
+            store.close()
+            return 1
     gpus = GpuSampler()
     try:
         created = bootstrap(store, settings, gpus)
@@ -140,6 +186,8 @@ def serve(settings: Settings) -> int:
     finally:
         front.close()
         gpus.close()
+        if replicator is not None:
+            replicator.stop()
         store.close()
 
 
@@ -159,7 +207,10 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
     ]  # fmt: skip
     env = {**os.environ, **settings.to_env(), SUPERVISOR_PID_ENV: str(os.getpid())}
     child = subprocess.Popen(argv, env=env, start_new_session=True)
-    agent = NodeAgent(store, settings, gpus)
+    membership = (
+        Membership(store.etcd, store.layout, settings.heartbeat_seconds) if isinstance(store, EtcdStore) else None
+    )
+    agent = NodeAgent(store, settings, gpus, membership)
     try:
         if not _wait_ready(settings, child) and not stopping:
             log.error("registry-svc: the server did not become ready (exit code %s)", child.poll())
@@ -184,3 +235,6 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
     finally:
         _stop(child)
         agent.stop()
+        if membership is not None:
+            with contextlib.suppress(EtcdUnavailable, EtcdError):
+                membership.leave()

@@ -22,10 +22,13 @@ from collections.abc import Callable
 
 from registry_svc import _core
 from registry_svc import validation as v
+from registry_svc.errors import ApiError
 
 DEFAULT_WAIT_S = 300.0
 MAX_WAIT_S = 600.0
 TICK_S = 0.05
+# How long a read with `?index=N` waits at most for a cluster replica to reach N.
+CATCH_UP_S = 5.0
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -57,8 +60,12 @@ def take_blocking(params: dict[str, list[str]]) -> tuple[int, float] | None:
 class WatchHub:
     """The watchers of one process and the poller that wakes them."""
 
-    def __init__(self, store: _core.Store) -> None:
+    def __init__(self, store: _core.Store, replica: bool = False) -> None:
         self.store = store
+        # Cluster mode: the store is a replica of etcd, and an index may be ahead of it.
+        self.replica = replica
+        # A replica's writes land from etcd at any moment: look more often.
+        self.tick = TICK_S / 5 if replica else TICK_S
         self._waiters: list[tuple[Stamp, int, asyncio.Future[None]]] = []
         self._poller: asyncio.Task[None] | None = None
 
@@ -67,7 +74,25 @@ class WatchHub:
         return len(self._waiters)
 
     async def wait_past(self, stamp: Stamp, index: int, timeout: float) -> None:
-        """Returns once `stamp()` passes `index`, or after `timeout` seconds."""
+        """Returns once `stamp()` passes `index`, or after `timeout` seconds. On a replica,
+        first waits (at most `CATCH_UP_S`, or `timeout` if longer) until it has applied
+        revision `index`, so that a client can read on any server what it wrote on
+        another; a 504 names the revision it is at when it cannot."""
+        if self.replica and self.store.index() < index:
+            catch_up = max(CATCH_UP_S, timeout)
+            started = asyncio.get_running_loop().time()
+            await self._wait(self.store.index, index - 1, catch_up)
+            applied = self.store.index()
+            if applied < index:
+                raise ApiError(
+                    504,
+                    f"index: this server's replica is at revision {applied}, behind {index}, after {catch_up:g}s; "
+                    "etcd may be unreachable from it (see /health); retry or read another server",
+                )
+            timeout = max(0.0, timeout - (asyncio.get_running_loop().time() - started))
+        await self._wait(stamp, index, timeout)
+
+    async def _wait(self, stamp: Stamp, index: int, timeout: float) -> None:
         if stamp() > index:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -91,7 +116,7 @@ class WatchHub:
                 for stamp, index, future in list(self._waiters):
                     if not future.done() and stamp() > index:
                         future.set_result(None)
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(self.tick)
 
 
 def collection_stamp(store: _core.Store, collection: str) -> Stamp:

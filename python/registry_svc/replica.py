@@ -1,0 +1,319 @@
+"""The replicator: keeps this server's LMDB store a copy of etcd's records (cluster mode).
+
+The algorithm of Kubernetes' reflector and etcd's own cache: list the prefix at a revision R
+(paginated), replace the local state with it (upsert what is listed, delete what is not, so
+deletes made while this server was away arrive too), then watch from R+1 and apply each
+watch response in one LMDB transaction that also stores the applied revision. Events at or
+below the applied revision are dropped (etcd 3.4.23 can duplicate them). After a broken
+stream it resumes from applied+1; a compaction past that revision means a relist.
+
+Every request carries etcd's require-leader metadata, so a member cut off from its quorum
+refuses the ping and cancels the watch rather than serving a stale view; the replicator
+then moves to another endpoint. A ping (a linearizable read) every `ping_seconds` proves
+contact, and its time is what the workers turn into the staleness header and the refusal
+of writes. An anti-entropy check compares every key and mod revision at the applied
+revision with etcd's and repairs (and logs) any divergence, since 3.4.23 has known watch
+bugs.
+
+One replicator runs per data dir (an flock on `replicator.lock`): the supervisor of the
+server. Worker processes only read the store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from registry_svc import _core
+from registry_svc.cluster import COLLECTIONS, FRESH_UNTIL, REPLICA_STATE, STALE_AFTER_S, Layout, replica_state
+from registry_svc.etcd import Client, Compacted, EtcdError, EtcdUnavailable, KeyValue, Watch, prefix_end
+
+log = logging.getLogger("registry_svc")
+
+PING_S = 0.5
+ANTI_ENTROPY_S = 60.0
+BACKOFF_MAX_S = 2.0
+STATE_EVERY_S = 0.25
+Change = tuple[str, str, bytes | None, int]
+
+
+class ReplicaError(Exception):
+    """The data dir cannot serve as this cluster's replica."""
+
+
+class Replicator:
+    """List-then-watch from etcd into the local store, on threads of its own."""
+
+    def __init__(
+        self,
+        store: _core.Store,
+        client: Client,
+        layout: Layout,
+        data_dir: str,
+        ping_seconds: float = PING_S,
+        anti_entropy_seconds: float = ANTI_ENTROPY_S,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.layout = layout
+        self.ping_seconds = ping_seconds
+        self.anti_entropy_seconds = anti_entropy_seconds
+        self._lock_path = Path(data_dir) / "replicator.lock"
+        self._lock_file: IO[str] | None = None
+        self._apply = threading.Lock()  # one writer of the replica at a time
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._watch: Watch | None = None
+        self._threads: list[threading.Thread] = []
+        previous = replica_state(store)
+        self.state: dict[str, Any] = {
+            "mode": "cluster",
+            "prefix": layout.prefix,
+            "clusterId": previous.get("clusterId"),
+            "connected": False,
+            "contact": previous.get("contact", 0),
+            "etcdRevision": previous.get("etcdRevision", 0),
+            "endpoint": None,
+            "relists": previous.get("relists", 0),
+            "divergences": previous.get("divergences", 0),
+            "lastError": None,
+        }
+        self._relist = True
+        self._published: tuple[float, bool | None] = (0.0, None)
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def check_data_dir(self) -> None:
+        """Refuses a data dir that holds a single-machine store or another prefix's replica."""
+        previous = replica_state(self.store)
+        if not previous and self.store.index() > 0:
+            raise ReplicaError(
+                "this data dir holds a single-machine store; load it into etcd with "
+                "`registry-svc cluster import --data-dir DIR --etcd URL` and start the cluster server on a new --data-dir"
+            )
+        if previous and previous.get("prefix") != self.layout.prefix:
+            raise ReplicaError(
+                f"this data dir replicates etcd prefix '{previous.get('prefix')}', not '{self.layout.prefix}'; use a new --data-dir"
+            )
+
+    def start(self) -> None:
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = self._lock_path.open("w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ReplicaError(f"another server replicates into this data dir ({self._lock_path} is locked)") from None
+        for target, name in ((self._replicate, "replica-watch"), (self._ping_loop, "replica-ping")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Whether the first list (or a resume) reached etcd within `timeout`."""
+        return self._synced.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        watch = self._watch
+        if watch is not None:
+            watch.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+    # -- the watch --------------------------------------------------------------------
+
+    def _replicate(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                if self._relist:
+                    self._list_and_replace()
+                self._watch_from(self.store.index() + 1)
+                backoff = 0.05
+            except Compacted:
+                log.warning("replica: revision %d is compacted in etcd; relisting", self.store.index() + 1)
+                self._relist = True
+            except (EtcdUnavailable, EtcdError, OSError) as e:
+                if self._stop.is_set():
+                    return
+                self._lost(str(e))
+                time.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+            except Exception:
+                log.exception("replica: unexpected error; restarting the watch")
+                time.sleep(BACKOFF_MAX_S)
+
+    def _list_and_replace(self) -> None:
+        revision, kvs = self.client.list_prefix(self.layout.rec_prefix)
+        with self._apply:
+            changes = self._differences(kvs, revision)
+            self.store.apply_replica(changes, revision)
+        self._relist = False
+        self.state["relists"] = int(self.state["relists"]) + 1
+        log.info("replica: listed %d records at revision %d (%d changes applied)", len(kvs), revision, len(changes))
+        self._contact(revision)
+        self._synced.set()
+
+    def _differences(self, kvs: list[KeyValue], revision: int) -> list[Change]:
+        """Changes that make the local records equal `kvs`, etcd's records at `revision`."""
+        listed: dict[str, dict[str, KeyValue]] = {c: {} for c in COLLECTIONS}
+        for kv in kvs:
+            parsed = self.layout.parse_rec(kv.key)
+            if parsed is not None:
+                listed[parsed[0]][parsed[1]] = kv
+        changes: list[Change] = []
+        for collection in COLLECTIONS:
+            local = dict(self.store.versions(collection))
+            for record_id in sorted(set(local) - set(listed[collection])):
+                changes.append((collection, record_id, None, revision))
+            for record_id, kv in listed[collection].items():
+                if local.get(record_id) != kv.mod_revision:
+                    if record_id in local:
+                        # Deleted first, so a stale local copy never outranks etcd's.
+                        changes.append((collection, record_id, None, revision))
+                    changes.append((collection, record_id, kv.value, kv.mod_revision))
+        return changes
+
+    def _watch_from(self, start: int) -> None:
+        watch = self.client.watch(self.layout.rec_prefix, start)
+        self._watch = watch
+        try:
+            self.state["endpoint"] = watch.endpoint
+            self._synced.set()
+            for message in watch:
+                if self._stop.is_set():
+                    return
+                if message.canceled:
+                    if message.compact_revision:
+                        raise Compacted(11, f"watch canceled: compacted at {message.compact_revision}")
+                    raise EtcdUnavailable(f"watch canceled by {watch.endpoint}: {message.cancel_reason or 'no reason'}")
+                if message.created:
+                    continue
+                self._apply_message(message.events, message.revision)
+        finally:
+            self._watch = None
+            watch.close()
+
+    def _apply_message(self, events: list[Any], header_revision: int) -> None:
+        with self._apply:
+            applied = self.store.index()
+            changes: list[Change] = []
+            top = applied
+            for event in events:
+                if event.revision <= applied:
+                    continue  # a duplicate, or a replay after a resume
+                parsed = self.layout.parse_rec(event.key)
+                top = max(top, event.revision)
+                if parsed is not None:
+                    changes.append((parsed[0], parsed[1], event.value, event.revision))
+            if not events:
+                # A progress notification: every later event has a higher revision.
+                top = max(applied, header_revision)
+            if top > applied:
+                self.store.apply_replica(changes, top)
+        self._contact(max(header_revision, top))
+
+    # -- contact, state ---------------------------------------------------------------
+
+    def _ping_loop(self) -> None:
+        last_check = time.monotonic()
+        while not self._stop.wait(self.ping_seconds):
+            try:
+                answer = self.client.range(self.layout.bootstrap, count_only=True)
+                header = answer["header"]
+                cluster_id = header.get("cluster_id")
+                if self.state.get("clusterId") not in (None, cluster_id):
+                    log.error(
+                        "replica: etcd cluster id changed from %s to %s; this replica holds another cluster's data",
+                        self.state["clusterId"], cluster_id,
+                    )  # fmt: skip
+                self.state["clusterId"] = cluster_id
+                self._contact(int(header["revision"]))
+            except (EtcdUnavailable, EtcdError, OSError) as e:
+                self._lost(str(e))
+                watch = self._watch
+                if watch is not None:
+                    watch.close()  # a silent stream: make the watch thread reconnect
+                continue
+            if time.monotonic() - last_check >= self.anti_entropy_seconds and self._synced.is_set():
+                last_check = time.monotonic()
+                try:
+                    self.anti_entropy()
+                except Compacted:
+                    self._relist = True
+                    watch = self._watch
+                    if watch is not None:
+                        watch.close()
+                except (EtcdUnavailable, EtcdError) as e:
+                    log.warning("replica: anti-entropy check failed: %s", e)
+
+    def anti_entropy(self) -> int:
+        """Compares every record key and mod revision at the applied revision with etcd's,
+        and repairs what differs. Returns how many records differed."""
+        with self._apply:
+            applied = self.store.index()
+            end = self.layout.rec_prefix
+            listed: list[KeyValue] = []
+            answer = self.client.range(end, prefix_end(end), revision=applied, keys_only=True, limit=5000)
+            listed += [KeyValue.of(kv) for kv in answer.get("kvs") or []]
+            while answer.get("more") and listed:
+                answer = self.client.range(
+                    listed[-1].key + b"\0", prefix_end(end), revision=applied, keys_only=True, limit=5000
+                )
+                listed += [KeyValue.of(kv) for kv in answer.get("kvs") or []]
+            wrong = self._differences(listed, applied)
+            if not wrong:
+                return 0
+            # Keys-only: fetch the values of what differs, at the same revision.
+            repairs: list[Change] = []
+            for collection, record_id, value, revision in wrong:
+                if value is None:
+                    repairs.append((collection, record_id, None, revision))
+                    continue
+                found = self.client.range(self.layout.rec(collection, record_id), revision=applied).get("kvs") or []
+                if found:
+                    repairs.append((collection, record_id, KeyValue.of(found[0]).value, revision))
+            ids = sorted({f"{c}/{i}" for c, i, _, _ in wrong})
+            log.error("replica: anti-entropy found %d records differing from etcd at revision %d, repaired: %s",
+                      len(ids), applied, ", ".join(ids[:20]))  # fmt: skip
+            self.store.apply_replica(repairs, applied)
+            self.state["divergences"] = int(self.state["divergences"]) + len(ids)
+            self._published = (0.0, None)
+            self._write_state()
+            return len(ids)
+
+    def _contact(self, etcd_revision: int) -> None:
+        was = self.state["connected"]
+        self.state.update(connected=True, contact=time.time(), lastError=None)
+        self.state["etcdRevision"] = max(int(self.state["etcdRevision"]), etcd_revision)
+        if not was:
+            log.warning("replica: connected to etcd (applied revision %d)", self.store.index())
+        self._write_state()
+
+    def _lost(self, error: str) -> None:
+        if self.state["connected"]:
+            log.warning("replica: lost etcd: %s", error)
+        self.state.update(connected=False, lastError=error[:300])
+        self._write_state()
+
+    def _write_state(self) -> None:
+        """Publishes the state to the workers (and the gate), at most every STATE_EVERY_S
+        unless the connection changed."""
+        now = time.monotonic()
+        connected = bool(self.state["connected"])
+        if connected == self._published[1] and now - self._published[0] < STATE_EVERY_S:
+            return
+        self._published = (now, connected)
+        state = {**self.state, "appliedRevision": self.store.index()}
+        self.store.set_state(REPLICA_STATE, orjson.dumps(state))
+        fresh = int((float(state["contact"]) + STALE_AFTER_S) * 1000) if state["connected"] else 0
+        self.store.set_state(FRESH_UNTIL, fresh.to_bytes(8, "big"))
