@@ -175,8 +175,9 @@ def replica_records(data_dir: Path) -> tuple[int, dict[tuple[str, str], tuple[in
 
 class FaultProxy:
     """A TCP proxy from a loopback port to `target`, with modes: `pass` (forward), `blackhole`
-    (keep connections, drop every byte both ways: a silent partition) and `reset` (close
-    every connection, refuse new ones)."""
+    (a silent partition: connections stay open and new ones are accepted, but no byte moves
+    either way until healed, as when a network drops every packet and TCP keeps
+    retransmitting) and `reset` (close every connection, refuse new ones)."""
 
     def __init__(self, target: str) -> None:
         host, _, port = target.rpartition(":")
@@ -200,10 +201,18 @@ class FaultProxy:
     def set(self, mode: str) -> None:
         assert mode in ("pass", "blackhole", "reset")
         with self._lock:
-            self.mode = mode
+            previous, self.mode = self.mode, mode
             if mode == "reset":
                 for sock in list(self._pairs):
                     self._close(sock)
+            elif mode == "blackhole" and previous != "blackhole":
+                for sock in self._pairs:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._selector.unregister(sock)
+            elif mode == "pass" and previous == "blackhole":
+                for sock in self._pairs:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._selector.register(sock, selectors.EVENT_READ)
 
     def close(self) -> None:
         self._stop = True
@@ -251,7 +260,8 @@ class FaultProxy:
         for s in (client, upstream):
             s.setblocking(False)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._selector.register(s, selectors.EVENT_READ)
+            if self.mode == "pass":
+                self._selector.register(s, selectors.EVENT_READ)
         self._pairs[client] = upstream
         self._pairs[upstream] = client
 
@@ -265,8 +275,6 @@ class FaultProxy:
         if not data:
             self._close(sock)
             return
-        if self.mode == "blackhole":
-            return  # read and dropped: the peer hears nothing
         peer = self._pairs[sock]
         try:
             peer.setblocking(True)

@@ -219,6 +219,7 @@ class Client:
         keys_only: bool = False,
         count_only: bool = False,
         serializable: bool = False,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"key": b64(key)}
         if range_end is not None:
@@ -233,7 +234,7 @@ class Client:
             body["count_only"] = True
         if serializable:
             body["serializable"] = True
-        return self.call("/v3/kv/range", body)
+        return self.call("/v3/kv/range", body, timeout)
 
     def get(self, key: bytes) -> KeyValue | None:
         kvs = self.range(key).get("kvs") or []
@@ -307,11 +308,14 @@ class Client:
                 conn.connect()
                 assert conn.sock is not None
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.sock.settimeout(None)
+                conn.sock.settimeout(self.timeout)
                 conn.request(
                     "POST", "/v3/watch", orjson.dumps(body), {"Content-Type": "application/json", **REQUIRE_LEADER}
                 )
                 response = conn.getresponse()
+                # Established: the stream may rightly stay silent for long; the
+                # replicator's ping tells a dead stream from a quiet one and closes it.
+                conn.sock.settimeout(None)
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
                 errors.append(f"{endpoint}: {e or type(e).__name__}")
@@ -336,7 +340,8 @@ class Watch:
         while True:
             try:
                 line = self._response.readline()
-            except (OSError, http.client.HTTPException, ValueError) as e:
+            # AttributeError: http.client's reader when `close` ran from another thread.
+            except (OSError, http.client.HTTPException, ValueError, AttributeError) as e:
                 raise EtcdUnavailable(f"{self.endpoint}: watch stream broke: {e or type(e).__name__}") from None
             if not line:
                 raise EtcdUnavailable(f"{self.endpoint}: watch stream ended")

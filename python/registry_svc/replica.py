@@ -38,6 +38,7 @@ from registry_svc.etcd import Client, Compacted, EtcdError, EtcdUnavailable, Key
 log = logging.getLogger("registry_svc")
 
 PING_S = 0.5
+PING_TIMEOUT_S = 1.0
 ANTI_ENTROPY_S = 60.0
 BACKOFF_MAX_S = 2.0
 STATE_EVERY_S = 0.25
@@ -85,7 +86,8 @@ class Replicator:
             "divergences": previous.get("divergences", 0),
             "lastError": None,
         }
-        self._relist = True
+        # A replica on disk resumes from its applied revision; an empty one lists first.
+        self._relist = not previous
         self._published: tuple[float, bool | None] = (0.0, None)
 
     # -- life cycle -----------------------------------------------------------------
@@ -159,6 +161,7 @@ class Replicator:
             self.store.apply_replica(changes, revision)
         self._relist = False
         self.state["relists"] = int(self.state["relists"]) + 1
+        self._published = (0.0, None)  # publish the new count at once
         log.info("replica: listed %d records at revision %d (%d changes applied)", len(kvs), revision, len(changes))
         self._contact(revision)
         self._synced.set()
@@ -228,7 +231,7 @@ class Replicator:
         last_check = time.monotonic()
         while not self._stop.wait(self.ping_seconds):
             try:
-                answer = self.client.range(self.layout.bootstrap, count_only=True)
+                answer = self.client.range(self.layout.bootstrap, count_only=True, timeout=PING_TIMEOUT_S)
                 header = answer["header"]
                 cluster_id = header.get("cluster_id")
                 if self.state.get("clusterId") not in (None, cluster_id):

@@ -1,0 +1,414 @@
+"""Cluster mode through real processes: 3 etcd members and 3 registry servers on loopback,
+each server talking to etcd through fault-injecting proxies of its own (one per member).
+
+After every test, each replica's records must equal etcd's byte for byte, read by the
+suite itself: etcd through its gateway, the replicas straight from their LMDB files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from etcd_cluster import EtcdCluster, FaultProxy, replica_records
+
+from conftest import NO_CHECK, Server, free_port
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("etcd") is None, reason="etcd-server is not installed (make test installs it)"
+)
+
+HEARTBEAT_S = 1.0
+
+
+@dataclass
+class Node:
+    """A registry server and its proxies to the etcd members."""
+
+    server: Server
+    proxies: list[FaultProxy]
+
+    def cut(self, mode: str = "blackhole") -> None:
+        for proxy in self.proxies:
+            proxy.set(mode)
+
+    def heal(self) -> None:
+        for proxy in self.proxies:
+            proxy.set("pass")
+
+    def health(self) -> dict[str, Any]:
+        reply = self.server.call("GET", "/health", token=None, timeout=5)
+        assert reply.status == 200
+        return dict(reply.json)
+
+
+class Cluster:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.etcd = EtcdCluster(root / "etcd").start()
+        self.nodes: list[Node] = []
+
+    def add(self, name: str, admin_from: Server | None = None) -> Node:
+        proxies = [FaultProxy(endpoint) for endpoint in self.etcd.endpoints]
+        data_dir = self.root / name
+        if admin_from is not None:
+            # How an operator brings a second machine in: the first server's admin token.
+            data_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(admin_from.data_dir / "admin.token", data_dir / "admin.token")
+        etcd = ",".join(f"http://{p.endpoint}" for p in proxies)
+        server = Server(data_dir, args=["--etcd", etcd, "--heartbeat-seconds", str(HEARTBEAT_S)]).start()
+        node = Node(server, proxies)
+        self.nodes.append(node)
+        return node
+
+    def restart(self, node: Node) -> None:
+        """Starts a killed server again on its port and data dir: the same node."""
+        node.server.kill9()
+        node.server.start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.server.kill9()
+            for proxy in node.proxies:
+                proxy.close()
+        self.etcd.stop()
+
+    def converged(self, timeout: float = 15.0) -> None:
+        """Waits until every replica holds exactly etcd's records (same versions, same
+        bytes), then checks it once more; fails naming the first difference."""
+        deadline = time.monotonic() + timeout
+        while True:
+            _, want = self.etcd.records()
+            diffs = []
+            for node in self.nodes:
+                _, have = replica_records(node.server.data_dir)
+                if have != want:
+                    missing = sorted(set(want) - set(have))[:3]
+                    extra = sorted(set(have) - set(want))[:3]
+                    changed = sorted(k for k in set(want) & set(have) if want[k] != have[k])[:3]
+                    diffs.append(f"{node.server.url}: missing {missing}, extra {extra}, differing {changed}")
+            if not diffs:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("replicas differ from etcd:\n" + "\n".join(diffs))
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        first = c.add("a")
+        c.add("b", admin_from=first.server)
+        c.add("c", admin_from=first.server)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(autouse=True)
+def replicas_equal_etcd_afterwards(cluster: Cluster) -> Iterator[None]:
+    yield
+    for node in cluster.nodes:
+        node.heal()
+    cluster.converged()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def instance_body(port: int, slug: str, **extra: Any) -> dict[str, Any]:
+    return {"url": f"http://127.0.0.1:{port}", "slug": slug, "healthCheck": NO_CHECK, **extra}
+
+
+class Backend:
+    """A local HTTP backend answering 200 on /health."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.httpd.server_address[1])
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_registration_on_one_server_is_visible_on_the_others(cluster: Cluster) -> None:
+    a, b, c = (n.server for n in cluster.nodes)
+    reply = a.register(instance_body(free_port(), "visible-svc"))
+    assert reply.status == 201, reply.body
+    revision = reply.index
+    instance = reply.json["instance"]
+    # Read-your-writes on the server that wrote it.
+    mine = a.call("GET", "/registry-svc/instances?slug=visible-svc")
+    assert [i["id"] for i in mine.json["instances"]] == [instance["id"]]
+    # On the others: ?index=<the write's revision> waits until their replica has it.
+    for other in (b, c):
+        seen = other.call("GET", f"/registry-svc/instances?slug=visible-svc&index={revision}&wait=0s")
+        assert seen.status == 200, seen.body
+        assert seen.json["instances"] == [instance]
+        assert seen.index >= revision
+    # Every server lists the three nodes of the cluster.
+    for server in (a, b, c):
+        nodes = server.call("POST", "/registry-svc/nodes").json["nodes"]
+        assert sorted(n["url"] for n in nodes) == sorted(s.url for s in (a, b, c))
+        assert {n["status"] for n in nodes} == {"Healthy"}
+    health = cluster.nodes[1].health()
+    assert health["mode"] == "cluster"
+    assert health["etcd"]["connected"] is True
+    assert health["appliedRevision"] >= revision
+    assert health["staleSeconds"] is None
+
+
+def test_an_index_this_replica_cannot_reach_is_a_504_naming_its_revision(cluster: Cluster) -> None:
+    b = cluster.nodes[1].server
+    far = cluster.etcd.records()[0] + 1_000_000
+    started = time.monotonic()
+    reply = b.call("GET", f"/registry-svc/instances?index={far}&wait=0s")
+    assert reply.status == 504
+    assert "replica is at revision" in reply.json["error"]
+    assert time.monotonic() - started >= 4.5  # it did wait for the replica (bounded)
+
+
+def test_two_servers_racing_to_register_one_url_end_with_one_record(cluster: Cluster) -> None:
+    a, b = cluster.nodes[0].server, cluster.nodes[1].server
+    port = free_port()
+    results: list[tuple[int, str | None]] = []
+    lock = threading.Lock()
+
+    def register(server: Server, i: int) -> None:
+        reply = server.register(instance_body(port, "race-svc", metadata={"writer": str(i)}))
+        with lock:
+            results.append((reply.status, reply.json["instance"]["id"] if reply.status < 300 else None))
+
+    threads = [threading.Thread(target=register, args=((a, b)[i % 2], i)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 50
+    assert {status for status, _ in results} <= {200, 201, 409}, results
+    ids = {i for status, i in results if i is not None}
+    assert len(ids) == 1, ids
+    assert sum(status == 201 for status, _ in results) == 1
+    _, records = cluster.etcd.records()
+    holders = [k for k, (_, value) in records.items() if k[0] == "instances" and f"127.0.0.1:{port}".encode() in value]
+    assert holders == [("instances", ids.pop())]
+
+
+def test_tokens_are_cluster_wide_and_a_revocation_reaches_every_server(cluster: Cluster) -> None:
+    a, b, c = (n.server for n in cluster.nodes)
+    created = a.call("POST", "/registry-svc/tokens", {"role": "proxy", "description": "cluster"})
+    assert created.status == 201
+    secret, token_id = created.json["token"], created.json["info"]["id"]
+    for server in (b, c):
+        seen = server.call("GET", f"/registry-svc/instances?index={created.index}&wait=0s", token=secret)
+        assert seen.status == 200, seen.body
+    assert b.call("DELETE", f"/registry-svc/token/{token_id}").status == 204
+    for server in (a, c):
+        wait_for(
+            lambda s=server: s.call("GET", "/registry-svc/instances", token=secret).status == 401, 5, "the revocation"
+        )
+
+
+def test_a_killed_server_is_marked_unhealthy_and_its_instances_get_new_checkers(cluster: Cluster) -> None:
+    a, b, c = cluster.nodes
+    backend = Backend()
+    try:
+        check = {
+            "type": "http",
+            "path": "/health",
+            "intervalSeconds": 1,
+            "healthyThreshold": 1,
+            "unhealthyThreshold": 1,
+        }
+        probed = c.server.register(
+            {"url": f"http://127.0.0.1:{backend.port}", "slug": "adopted-svc", "healthCheck": check}
+        )
+        assert probed.status == 201, probed.body
+        instance_id = probed.json["instance"]["id"]
+        assert probed.json["instance"]["nodeUrl"] == c.server.url
+
+        def status() -> str:
+            return str(a.server.call("GET", f"/registry-svc/instance/{instance_id}").json["instance"]["status"])
+
+        wait_for(lambda: status() == "Healthy", 10, "C to probe its instance Healthy")
+        c.server.kill9()
+        killed = time.monotonic()
+
+        def c_node(server: Server) -> dict[str, Any]:
+            nodes = server.call("POST", "/registry-svc/nodes").json["nodes"]
+            return next(n for n in nodes if n["url"] == c.server.url)
+
+        for survivor in (a.server, b.server):
+            wait_for(lambda s=survivor: c_node(s)["status"] == "Unhealthy", 3 * HEARTBEAT_S + 3, "C marked Unhealthy")
+        detected = time.monotonic() - killed
+        # The cascade marks C's instance Unhealthy; a survivor adopts it and probes it back.
+        history = []
+
+        def adopted() -> bool:
+            record = a.server.call("GET", f"/registry-svc/instance/{instance_id}").json["instance"]
+            history.append((record["status"], record.get("statusReason")))
+            return bool(record["status"] == "Healthy" and any(s == "Unhealthy" for s, _ in history))
+
+        wait_for(adopted, 10, "a survivor to probe C's instance back to Healthy")
+        print(f"C detected dead after {detected:.2f}s; instance history {history[:3]}...")
+        reasons = [r for s, r in history if s == "Unhealthy"]
+        assert any("is gone" in (r or "") or "missed" in (r or "") for r in reasons), history
+    finally:
+        backend.close()
+        cluster.restart(c)
+    # C is back: its node turns Healthy again, and it resumed from its replica.
+    wait_for(lambda: c.health()["etcd"]["connected"], 10, "C reconnected")
+
+
+def test_every_acknowledged_write_survives_the_etcd_leader_being_killed(cluster: Cluster) -> None:
+    acknowledged: list[str] = []
+    failures: list[int] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(server: Server, n: int) -> None:
+        i = 0
+        while not stop.is_set() and i < 400:
+            reply = server.register(instance_body(20000 + n * 1000 + i, f"leader-kill-{n}"))
+            with lock:
+                if reply.status == 201:
+                    acknowledged.append(reply.json["instance"]["id"])
+                else:
+                    failures.append(reply.status)
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(node.server, n)) for n, node in enumerate(cluster.nodes)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    leader = cluster.etcd.leader()
+    assert leader is not None
+    leader.kill9()
+    time.sleep(3.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    cluster.etcd.restart(leader)
+    print(f"{len(acknowledged)} acknowledged, {len(failures)} refused ({sorted(set(failures))}) around the leader kill")
+    assert len(acknowledged) > 30
+    assert set(failures) <= {503}, failures
+    _, records = cluster.etcd.records()
+    assert {("instances", i) for i in acknowledged} <= set(records)
+    cluster.converged(timeout=20)
+
+
+def test_a_server_cut_from_etcd_serves_stale_reads_refuses_writes_and_converges(cluster: Cluster) -> None:
+    a, c = cluster.nodes[0], cluster.nodes[2]
+    kept = a.server.register(instance_body(free_port(), "cut-svc"))
+    doomed = a.server.register(instance_body(free_port(), "cut-svc"))
+    assert kept.status == doomed.status == 201
+    c.server.call("GET", f"/registry-svc/instances?index={doomed.index}&wait=0s")
+    c.cut("blackhole")
+    wait_for(lambda: c.health()["etcd"]["lastError"] and c.health()["staleSeconds"], 15, "C to notice it lost etcd")
+    before = c.server.call("GET", "/registry-svc/instances?slug=cut-svc")
+    assert before.status == 200
+    assert float(before.headers["x-registry-stale-seconds"]) > 0
+    assert len(before.json["instances"]) == 2
+    refused = c.server.register(instance_body(free_port(), "cut-svc"))
+    assert refused.status == 503
+    assert "etcd" in refused.json["error"]
+    # Meanwhile the cluster moves on: one instance deleted, one added, history compacted.
+    assert a.server.call("DELETE", f"/registry-svc/instance/{doomed.json['instance']['id']}").status == 204
+    added = a.server.register(instance_body(free_port(), "cut-svc"))
+    assert added.status == 201
+    cluster.etcd.compact()
+    relists = c.health()["relists"]
+    c.heal()
+    wait_for(lambda: c.health()["staleSeconds"] is None, 15, "C to reconnect")
+    after = c.server.call("GET", f"/registry-svc/instances?slug=cut-svc&index={added.index}&wait=0s")
+    assert after.status == 200
+    assert "x-registry-stale-seconds" not in after.headers
+    ids = {i["id"] for i in after.json["instances"]}
+    assert ids == {kept.json["instance"]["id"], added.json["instance"]["id"]}
+    assert c.health()["relists"] == relists + 1
+
+
+def test_a_reset_connection_to_etcd_is_resumed_without_a_relist(cluster: Cluster) -> None:
+    a, b = cluster.nodes[0], cluster.nodes[1]
+    relists = b.health()["relists"]
+    b.cut("reset")
+    time.sleep(1.0)
+    written = a.server.register(instance_body(free_port(), "reset-svc"))
+    assert written.status == 201
+    b.heal()
+    seen = b.server.call("GET", f"/registry-svc/instances?slug=reset-svc&index={written.index}&wait=0s")
+    assert seen.status == 200, seen.body
+    assert len(seen.json["instances"]) == 1
+    assert b.health()["relists"] == relists
+
+
+def test_a_single_machine_store_moves_into_the_cluster_with_every_record(cluster: Cluster, tmp_path: Path) -> None:
+    single = Server(tmp_path / "single").start()
+    try:
+        for i in range(3):
+            assert single.register(instance_body(free_port(), "moved-svc", metadata={"i": str(i)})).status == 201
+        assert single.call(
+            "PUT",
+            "/registry-svc/definition",
+            {"definition": {"id": "moved-def", "image": {"name": "x:1", "internalPorts": [80]}}},
+        ).status in (200, 201)
+        before = single.call("GET", "/registry-svc/instances?slug=moved-svc").json["instances"]
+    finally:
+        single.stop()
+    endpoints = ",".join(f"http://{e}" for e in cluster.etcd.endpoints)
+    done = subprocess.run(
+        [sys.executable, "-m", "registry_svc", "cluster", "import", "--data-dir", str(single.data_dir),
+         "--etcd", endpoints, "--etcd-prefix", "/imported/"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "imported 3 instances, 1 definitions" in done.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "registry_svc", "cluster", "import", "--data-dir", str(single.data_dir),
+         "--etcd", endpoints, "--etcd-prefix", "/imported/"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 1
+    assert "already holds records" in again.stderr
+    moved_dir = tmp_path / "moved"
+    moved_dir.mkdir()
+    shutil.copy(single.data_dir / "admin.token", moved_dir / "admin.token")
+    moved = Server(moved_dir, args=["--etcd", endpoints, "--etcd-prefix", "/imported/"]).start()
+    try:
+        after = moved.call("GET", "/registry-svc/instances?slug=moved-svc").json["instances"]
+        assert [(i["id"], i["url"], i["metadata"]) for i in after] == [
+            (i["id"], i["url"], i["metadata"]) for i in before
+        ]
+        assert moved.call("GET", "/registry-svc/definition/moved-def").status == 200
+        assert not (moved_dir / "admin.token.tmp").exists()
+    finally:
+        moved.kill9()
