@@ -9,7 +9,7 @@ EXT     := $(VENV)/.extension-built
 RUST_SRC := Cargo.toml Cargo.lock $(wildcard rust/*.rs)
 ARGS    ?=
 
-.PHONY: run test test-rust test-python build lint fmt bench bench-tools browser-tools loadtest clean
+.PHONY: run test test-rust test-python build lint fmt bench bench-tools browser-tools loadtest cluster clean
 
 $(DEPS): pyproject.toml
 	python3 -m venv $(VENV)
@@ -72,10 +72,15 @@ browser-tools:
 
 bench: build bench-tools
 	$(PY) -m loadtest.bench --seconds 10 --out BENCHMARKS.md
+	$(PY) -m loadtest.cluster_bench --seconds 10 --append BENCHMARKS.md
 
 # Locust scenarios (sidecars, services, operators) against a fresh server; CSV in loadtest/out/.
 loadtest: build
 	$(PY) -m loadtest.run_locust --users 50 --seconds 30
+
+# A demo cluster on this machine: 3 etcd members and 3 servers; prints URLs and the admin token.
+cluster: build bench-tools
+	PY=$(PY) bash scripts/cluster.sh
 
 clean:
 	rm -rf $(VENV) target dist python/registry_svc/_core*.so

@@ -15,7 +15,7 @@ use crate::cache::ResponseCache;
 use crate::front::{Front, Limits};
 use crate::model::{self, CollectionSpec};
 use crate::registry::Registry;
-use crate::replica::ReplicaChange;
+use crate::replica::{Mode, ReplicaChange};
 use crate::select::{EjectionConfig, Outcome, PickRequest, Picked, Policy, Selector};
 use crate::store::{self, Expect, StoreError};
 
@@ -358,13 +358,17 @@ impl PyStore {
 
     /// Applies changes committed in etcd, in one transaction, and sets the applied revision
     /// (cluster replicas only): `changes` are (collection, id, json or None for a delete,
-    /// revision).
+    /// revision). `exact`: they are etcd's state at a revision (relist, repair), applied
+    /// as given; else watch events, skipped where the record is already at or past them.
+    #[pyo3(signature = (changes, applied, exact = false))]
     fn apply_replica(
         &self,
         py: Python<'_>,
         changes: Vec<(String, String, Option<Vec<u8>>, u64)>,
         applied: u64,
+        exact: bool,
     ) -> PyResult<()> {
+        let mode = if exact { Mode::Exact } else { Mode::Events };
         let changes = changes
             .into_iter()
             .map(|(name, id, json, revision)| {
@@ -376,7 +380,7 @@ impl PyStore {
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
-        py.detach(|| self.registry.store.apply_replica(&changes, applied))
+        py.detach(|| self.registry.store.apply_replica(&changes, applied, mode))
             .map_err(to_py)
     }
 
@@ -404,6 +408,14 @@ impl PyStore {
     /// Sets a named state value, durably; it wakes no watcher and moves no index.
     fn set_state(&self, py: Python<'_>, name: &str, value: Vec<u8>) -> PyResult<()> {
         py.detach(|| self.registry.store.set_state(name, &value)).map_err(to_py)
+    }
+
+    /// Waits (without the GIL) until the registry index is at least `revision`, at most
+    /// `timeout` seconds; returns whether it got there.
+    fn wait_index(&self, py: Python<'_>, revision: u64, timeout: f64) -> PyResult<bool> {
+        let timeout = Duration::try_from_secs_f64(timeout).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        py.detach(|| self.registry.store.wait_index(revision, timeout))
+            .map_err(to_py)
     }
 
     fn index(&self) -> PyResult<u64> {

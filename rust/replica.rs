@@ -31,16 +31,31 @@ pub struct ReplicaChange {
     pub revision: u64,
 }
 
+/// How a batch of changes relates to what the replica holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Watch events: a change at or below the revision a record is already at is skipped
+    /// (a duplicated or replayed event), so applying a batch twice changes nothing.
+    Events,
+    /// etcd's own state, read at a revision (a relist, an anti-entropy repair): applied as
+    /// given, whatever the local copy says.
+    Exact,
+}
+
 /// Applies `changes` in order and sets the applied revision to `applied`, in `txn`.
-/// Changes at or below the revision already applied to a record are skipped (duplicated
-/// or replayed watch events), so applying the same batch twice changes nothing.
-pub(crate) fn apply(tables: Tables, txn: &mut RwTxn<'_>, changes: &[ReplicaChange], applied: u64) -> Result<()> {
+pub(crate) fn apply(
+    tables: Tables,
+    txn: &mut RwTxn<'_>,
+    changes: &[ReplicaChange],
+    applied: u64,
+    mode: Mode,
+) -> Result<()> {
     for change in changes {
         let key = change.coll.record_key(&change.id);
         let old = tables.records.get(txn, &key)?.map(decode_record);
         match (&old, &change.json) {
             // A replayed or duplicated event: the record is already at or past it.
-            (Some(old), _) if old.version >= change.revision => continue,
+            (Some(old), _) if mode == Mode::Events && old.version >= change.revision => continue,
             (None, None) => continue,
             _ => {}
         }

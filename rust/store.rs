@@ -6,8 +6,9 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
@@ -91,7 +92,27 @@ pub struct Store {
     runner: Arc<OnceLock<CompletionRunner>>,
     /// Set once this process applied changes from etcd: the store is a cluster replica.
     replica: AtomicBool,
+    waiter: Arc<IndexWaiter>,
 }
+
+/// Threads waiting for the registry index to reach a revision (a cluster write waits for
+/// its replica; the replicator may live in another process, so the index is polled). One
+/// poller thread per store, started while anyone waits, reads the index every
+/// `WAIT_POLL` and wakes the waiters; a waiter holds no lock of the caller (no GIL).
+#[derive(Default)]
+struct IndexWaiter {
+    state: Mutex<WaitState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WaitState {
+    waiting: usize,
+    polling: bool,
+    seen: u64,
+}
+
+const WAIT_POLL: Duration = Duration::from_micros(500);
 
 impl Store {
     /// Opens (creating if needed) the store in directory `path`. Stale reader slots left by
@@ -133,6 +154,7 @@ impl Store {
             writer: Mutex::new(Some(writer)),
             runner,
             replica: AtomicBool::new(false),
+            waiter: Arc::new(IndexWaiter::default()),
         })
     }
 
@@ -367,10 +389,10 @@ impl Store {
 
     /// Applies changes committed in etcd (cluster mode) in one transaction, and records
     /// that the replica has reached revision `applied`. See `replica.rs`.
-    pub fn apply_replica(&self, changes: &[ReplicaChange], applied: u64) -> Result<()> {
+    pub fn apply_replica(&self, changes: &[ReplicaChange], applied: u64, mode: replica::Mode) -> Result<()> {
         self.replica.store(true, Ordering::Relaxed);
         let mut wtxn = self.env.write_txn()?;
-        replica::apply(self.tables, &mut wtxn, changes, applied)?;
+        replica::apply(self.tables, &mut wtxn, changes, applied, mode)?;
         wtxn.commit()?;
         Ok(())
     }
@@ -387,6 +409,42 @@ impl Store {
             out.push((id, decode_record(raw).version));
         }
         Ok(out)
+    }
+
+    /// Waits until the registry index is at least `revision`, at most `timeout`; returns
+    /// whether it got there.
+    pub fn wait_index(&self, revision: u64, timeout: Duration) -> Result<bool> {
+        if self.index()? >= revision {
+            return Ok(true);
+        }
+        let deadline = Instant::now() + timeout;
+        let waiter = &self.waiter;
+        let mut state = waiter.state.lock().map_err(|_| StoreError::Closed)?;
+        state.waiting += 1;
+        if !state.polling {
+            state.polling = true;
+            let (env, meta, shared) = (self.env.clone(), self.tables.meta, Arc::clone(waiter));
+            std::thread::Builder::new()
+                .name("registry-index-wait".into())
+                .spawn(move || poll_index(&env, meta, &shared))
+                .map_err(|e| StoreError::Lmdb(format!("cannot start the index waiter: {e}")))?;
+        }
+        let reached = loop {
+            if state.seen >= revision {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            state = waiter
+                .changed
+                .wait_timeout(state, deadline - now)
+                .map_err(|_| StoreError::Closed)?
+                .0;
+        };
+        state.waiting -= 1;
+        Ok(reached)
     }
 
     /// Whether this process feeds the store from etcd (cluster mode's replicator).
@@ -458,6 +516,30 @@ pub(crate) fn decode_record(raw: &[u8]) -> Record {
     Record {
         version: u64::from_be_bytes(version),
         json: raw[VERSION_LEN..].to_vec(),
+    }
+}
+
+fn poll_index(env: &Env<WithoutTls>, meta: Database<Bytes, Bytes>, waiter: &IndexWaiter) {
+    loop {
+        let index = env
+            .read_txn()
+            .ok()
+            .and_then(|rtxn| read_u64(&meta, &rtxn, META_INDEX).ok());
+        let Ok(mut state) = waiter.state.lock() else {
+            return;
+        };
+        if let Some(index) = index {
+            if index != state.seen {
+                state.seen = index;
+                waiter.changed.notify_all();
+            }
+        }
+        if state.waiting == 0 {
+            state.polling = false;
+            return;
+        }
+        drop(state);
+        std::thread::sleep(WAIT_POLL);
     }
 }
 

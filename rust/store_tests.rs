@@ -417,7 +417,7 @@ fn scanned_filters_match_without_an_index() {
 
 mod replica_apply {
     use super::*;
-    use crate::replica::ReplicaChange;
+    use crate::replica::{Mode, ReplicaChange};
 
     fn change(id: &str, json: Option<&str>, revision: u64) -> ReplicaChange {
         ReplicaChange {
@@ -439,7 +439,11 @@ mod replica_apply {
         let a = instance("a", "s1", "http://127.0.0.1:1");
         let b = instance("b", "s2", "http://127.0.0.1:2");
         store
-            .apply_replica(&[change("a", Some(&a), 10), change("b", Some(&b), 12)], 15)
+            .apply_replica(
+                &[change("a", Some(&a), 10), change("b", Some(&b), 12)],
+                15,
+                Mode::Events,
+            )
             .unwrap();
         assert_eq!(store.index().unwrap(), 15);
         assert_eq!(store.get(&INSTANCES, "a").unwrap().unwrap().version, 10);
@@ -451,7 +455,11 @@ mod replica_apply {
         // A move of `a` to another slug bumps both slugs; a delete removes its entries.
         let moved = instance("a", "s2", "http://127.0.0.1:1");
         store
-            .apply_replica(&[change("a", Some(&moved), 16), change("b", None, 17)], 17)
+            .apply_replica(
+                &[change("a", Some(&moved), 16), change("b", None, 17)],
+                17,
+                Mode::Events,
+            )
             .unwrap();
         assert_eq!(store.partition_index(&INSTANCES, "s1").unwrap(), 16);
         assert_eq!(store.partition_index(&INSTANCES, "s2").unwrap(), 17);
@@ -469,7 +477,7 @@ mod replica_apply {
         let v1 = instance("a", "s1", "http://127.0.0.1:1");
         let v2 = instance("a", "s1", "http://127.0.0.1:2");
         store
-            .apply_replica(&[change("a", Some(&v1), 5), change("a", Some(&v2), 7)], 7)
+            .apply_replica(&[change("a", Some(&v1), 5), change("a", Some(&v2), 7)], 7, Mode::Events)
             .unwrap();
         // The same events again, and an old delete: the record stays at revision 7.
         store
@@ -480,6 +488,7 @@ mod replica_apply {
                     change("a", Some(&v2), 7),
                 ],
                 7,
+                Mode::Events,
             )
             .unwrap();
         let got = store.get(&INSTANCES, "a").unwrap().unwrap();
@@ -493,8 +502,12 @@ mod replica_apply {
             .unwrap()
             .is_empty());
         // The applied revision never goes back.
-        store.apply_replica(&[], 3).unwrap();
+        store.apply_replica(&[], 3, Mode::Events).unwrap();
         assert_eq!(store.index().unwrap(), 7);
+        // etcd's own state (a relist, a repair) is applied whatever the local version.
+        store.apply_replica(&[change("a", None, 7)], 7, Mode::Exact).unwrap();
+        assert!(store.get(&INSTANCES, "a").unwrap().is_none());
+        assert_eq!(store.index_entry_count().unwrap(), 0);
     }
 
     #[test]
@@ -506,4 +519,27 @@ mod replica_apply {
         assert_eq!(store.state("x").unwrap(), Some(b"1".to_vec()));
         assert_eq!(store.index().unwrap(), 0);
     }
+}
+
+#[test]
+fn waiting_for_an_index_ends_when_a_write_reaches_it_or_at_the_timeout() {
+    use std::time::Duration;
+    let (_dir, store) = open();
+    let store = Arc::new(store);
+    assert!(store.wait_index(0, Duration::ZERO).unwrap());
+    assert!(!store.wait_index(1, Duration::from_millis(20)).unwrap());
+    let writer = Arc::clone(&store);
+    let handle = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        writer
+            .put(
+                &INSTANCES,
+                "a",
+                instance("a", "s", "http://127.0.0.1:1", &[]),
+                Expect::Any,
+            )
+            .unwrap()
+    });
+    assert!(store.wait_index(1, Duration::from_secs(5)).unwrap());
+    assert_eq!(handle.join().unwrap(), 1);
 }

@@ -67,3 +67,15 @@ def test_locust_scenarios_run_without_failures(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     stats = (out / "run_stats.csv").read_text()
     assert "pick" in stats and "lookup by slug" in stats
+
+
+def test_cluster_benchmark_runs_in_a_tiny_mode() -> None:
+    """3 etcd members, 3 cluster servers and a single-machine one; every row is reported."""
+    from loadtest import cluster_bench
+
+    missing = [t for t in ("wrk", "etcd") if shutil.which(t) is None]
+    assert not missing, f"{missing} missing: run `make bench-tools` (CI does)"
+    text = "\n".join(cluster_bench.run(seconds=1, repeats=1, samples=3))
+    for row in ("registrations/s through 3 servers", "raw etcd txn puts/s", "lookups/s on a replica",
+                "lookups/s single-machine", "registration visible on another server, p99"):  # fmt: skip
+        assert row in text

@@ -101,9 +101,13 @@ class Store:
     ) -> int:
         """Deletes a record; with `expect_collection_index`, only if nothing in the collection
         was written since that collection index (else VersionMismatchError)."""
-    def apply_replica(self, changes: builtins.list[tuple[str, str, bytes | None, int]], applied: int) -> None:
+    def apply_replica(
+        self, changes: builtins.list[tuple[str, str, bytes | None, int]], applied: int, exact: bool = False
+    ) -> None:
         """Applies changes committed in etcd (collection, id, json or None for a delete,
-        revision) in one transaction and sets the applied revision (cluster replicas)."""
+        revision) in one transaction and sets the applied revision (cluster replicas).
+        `exact`: etcd's state at a revision (relist, repair), applied as given; otherwise
+        watch events, skipped where the record is already at or past them."""
     def check_record(self, collection_name: str, id: str, json: bytes) -> None:
         """InvalidRecordError unless the store would accept `json` under `id`."""
     def versions(self, collection_name: str) -> builtins.list[tuple[str, int]]:
@@ -112,6 +116,9 @@ class Store:
         """A small named state value kept beside the records (None if never set)."""
     def set_state(self, name: str, value: bytes) -> None:
         """Sets a named state value durably; it moves no index and wakes no watcher."""
+    def wait_index(self, revision: int, timeout: float) -> bool:
+        """Waits (without the GIL) until the registry index is at least `revision`, at most
+        `timeout` seconds; returns whether it got there."""
     def index(self) -> int: ...
     def collection_index(self, collection_name: str) -> int: ...
     def partition_index(self, collection_name: str, value: str) -> int:

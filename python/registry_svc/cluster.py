@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -165,50 +164,6 @@ def record_ops(
     return compares, ops, claimed
 
 
-class AppliedWaiter:
-    """Lets threads wait until the local replica reached a revision: one poller thread per
-    process reads the applied revision (a microsecond LMDB read) every millisecond while
-    anyone waits, instead of every waiter polling on its own."""
-
-    def __init__(self, applied: Callable[[], int]) -> None:
-        self._applied = applied
-        self._cond = threading.Condition()
-        self._waiting = 0
-        self._thread: threading.Thread | None = None
-
-    def wait(self, revision: int, timeout: float) -> bool:
-        if self._applied() >= revision:
-            return True
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            self._waiting += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._poll, name="replica-wait", daemon=True)
-                self._thread.start()
-            try:
-                while self._applied() < revision:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    self._cond.wait(left)
-                return True
-            finally:
-                self._waiting -= 1
-
-    def _poll(self) -> None:
-        seen = -1
-        while True:
-            with self._cond:
-                if self._waiting == 0:
-                    self._thread = None
-                    return
-                now = self._applied()
-                if now != seen:
-                    seen = now
-                    self._cond.notify_all()
-            time.sleep(0.001)
-
-
 def replica_state(store: _core.Store) -> dict[str, Any]:
     """What the replicator last wrote about itself ({} before it ran)."""
     raw = store.state(REPLICA_STATE)
@@ -279,7 +234,6 @@ class EtcdStore(_core.Store):
         self.etcd = etcd
         self.layout = layout
         self.catch_up_seconds = catch_up_seconds
-        self.waiter = AppliedWaiter(self.index)
         self._async = ThreadPoolExecutor(32, thread_name_prefix="etcd-write")
         self._state: tuple[float, dict[str, Any]] = (0.0, {})
 
@@ -296,7 +250,7 @@ class EtcdStore(_core.Store):
 
     def wait_applied(self, revision: int) -> bool:
         """Waits (at most `catch_up_seconds`) until the local replica applied `revision`."""
-        if self.waiter.wait(revision, self.catch_up_seconds):
+        if self.wait_index(revision, self.catch_up_seconds):
             return True
         log.warning(
             "the local replica did not reach revision %d within %gs (it is at %d); answering anyway",

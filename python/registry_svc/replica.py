@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import queue
 import random
 import threading
 import time
@@ -33,7 +34,7 @@ import orjson
 
 from registry_svc import _core
 from registry_svc.cluster import COLLECTIONS, FRESH_UNTIL, REPLICA_STATE, STALE_AFTER_S, Layout, replica_state
-from registry_svc.etcd import Client, Compacted, EtcdError, EtcdUnavailable, KeyValue, Watch, prefix_end
+from registry_svc.etcd import Client, Compacted, EtcdError, EtcdUnavailable, KeyValue, Watch, WatchMessage, prefix_end
 
 log = logging.getLogger("registry_svc")
 
@@ -42,6 +43,8 @@ PING_TIMEOUT_S = 1.0
 ANTI_ENTROPY_S = 60.0
 BACKOFF_MAX_S = 2.0
 STATE_EVERY_S = 0.25
+# Most watch responses applied in one LMDB transaction.
+MAX_BATCH = 256
 Change = tuple[str, str, bytes | None, int]
 
 
@@ -158,7 +161,7 @@ class Replicator:
         revision, kvs = self.client.list_prefix(self.layout.rec_prefix)
         with self._apply:
             changes = self._differences(kvs, revision)
-            self.store.apply_replica(changes, revision)
+            self.store.apply_replica(changes, revision, exact=True)
         self._relist = False
         self.state["relists"] = int(self.state["relists"]) + 1
         self._published = (0.0, None)  # publish the new count at once
@@ -180,50 +183,70 @@ class Replicator:
                 changes.append((collection, record_id, None, revision))
             for record_id, kv in listed[collection].items():
                 if local.get(record_id) != kv.mod_revision:
-                    if record_id in local:
-                        # Deleted first, so a stale local copy never outranks etcd's.
-                        changes.append((collection, record_id, None, revision))
                     changes.append((collection, record_id, kv.value, kv.mod_revision))
         return changes
 
     def _watch_from(self, start: int) -> None:
+        """Applies the watch from `start` until it breaks. A reader thread parses the stream;
+        this thread applies whatever has arrived meanwhile in one LMDB transaction (group
+        commit: under a burst of writes, one sync covers many watch responses)."""
         watch = self.client.watch(self.layout.rec_prefix, start)
         self._watch = watch
+        arrived: queue.Queue[WatchMessage | BaseException] = queue.Queue()
+        reader = threading.Thread(target=self._read, args=(watch, arrived), name="replica-read", daemon=True)
         try:
             self.state["endpoint"] = watch.endpoint
             self._synced.set()
-            for message in watch:
-                if self._stop.is_set():
-                    return
-                if message.canceled:
-                    if message.compact_revision:
-                        raise Compacted(11, f"watch canceled: compacted at {message.compact_revision}")
-                    raise EtcdUnavailable(f"watch canceled by {watch.endpoint}: {message.cancel_reason or 'no reason'}")
-                if message.created:
-                    continue
-                self._apply_message(message.events, message.revision)
+            reader.start()
+            while not self._stop.is_set():
+                batch = [arrived.get()]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(arrived.get_nowait())
+                    except queue.Empty:
+                        break
+                messages = [m for m in batch if isinstance(m, WatchMessage)]
+                if messages:
+                    self._apply_messages(messages)
+                failure = next((m for m in batch if isinstance(m, BaseException)), None)
+                if failure is not None:
+                    raise failure
         finally:
             self._watch = None
             watch.close()
 
-    def _apply_message(self, events: list[Any], header_revision: int) -> None:
+    def _read(self, watch: Watch, arrived: queue.Queue[WatchMessage | BaseException]) -> None:
+        """Hands each message of the stream to the applier, and the reason it ended."""
+        try:
+            for message in watch:
+                if message.canceled:
+                    if message.compact_revision:
+                        raise Compacted(11, f"watch canceled: compacted at {message.compact_revision}")
+                    raise EtcdUnavailable(f"watch canceled by {watch.endpoint}: {message.cancel_reason or 'no reason'}")
+                if not message.created:
+                    arrived.put(message)
+        except BaseException as e:
+            arrived.put(e)
+
+    def _apply_messages(self, messages: list[WatchMessage]) -> None:
         with self._apply:
             applied = self.store.index()
             changes: list[Change] = []
             top = applied
-            for event in events:
-                if event.revision <= applied:
-                    continue  # a duplicate, or a replay after a resume
-                parsed = self.layout.parse_rec(event.key)
-                top = max(top, event.revision)
-                if parsed is not None:
-                    changes.append((parsed[0], parsed[1], event.value, event.revision))
-            if not events:
-                # A progress notification: every later event has a higher revision.
-                top = max(applied, header_revision)
+            for message in messages:
+                if not message.events:
+                    # A progress notification: every later event has a higher revision.
+                    top = max(top, message.revision)
+                for event in message.events:
+                    if event.revision <= applied:
+                        continue  # a duplicate, or a replay after a resume
+                    top = max(top, event.revision)
+                    parsed = self.layout.parse_rec(event.key)
+                    if parsed is not None:
+                        changes.append((parsed[0], parsed[1], event.value, event.revision))
             if top > applied:
                 self.store.apply_replica(changes, top)
-        self._contact(max(header_revision, top))
+        self._contact(max(top, messages[-1].revision))
 
     # -- contact, state ---------------------------------------------------------------
 
@@ -288,7 +311,7 @@ class Replicator:
             ids = sorted({f"{c}/{i}" for c, i, _, _ in wrong})
             log.error("replica: anti-entropy found %d records differing from etcd at revision %d, repaired: %s",
                       len(ids), applied, ", ".join(ids[:20]))  # fmt: skip
-            self.store.apply_replica(repairs, applied)
+            self.store.apply_replica(repairs, applied, exact=True)
             self.state["divergences"] = int(self.state["divergences"]) + len(ids)
             self._published = (0.0, None)
             self._write_state()

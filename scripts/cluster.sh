@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# `make cluster`: a demo cluster on this machine. 3 etcd members (client ports 23791-23793)
+# and 3 registry-svc servers (ports 11341-11343), each with its own data dir under
+# $CLUSTER_DIR (default: a new temp dir). Prints the URLs and the admin token, then runs
+# until Ctrl-C, which stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+ROOT=${CLUSTER_DIR:-$(mktemp -d /tmp/registry-svc-cluster.XXXXXX)}
+mkdir -p "$ROOT"
+PIDS=()
+cleanup() { trap - INT TERM EXIT; kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup INT TERM EXIT
+
+PEERS="m1=http://127.0.0.1:23801,m2=http://127.0.0.1:23802,m3=http://127.0.0.1:23803"
+for i in 1 2 3; do
+  etcd --name "m$i" --data-dir "$ROOT/etcd$i" \
+    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+    --initial-cluster "$PEERS" --initial-cluster-state new --initial-cluster-token registry-svc-demo \
+    --auto-compaction-mode revision --auto-compaction-retention 100000 \
+    --logger zap --log-level warn >"$ROOT/etcd$i.log" 2>&1 &
+  PIDS+=($!)
+done
+ETCD="http://127.0.0.1:23791,http://127.0.0.1:23792,http://127.0.0.1:23793"
+for _ in $(seq 100); do
+  curl -sf -X POST -d '{}' http://127.0.0.1:23791/v3/maintenance/status >/dev/null 2>&1 && break
+  sleep 0.2
+done
+
+start_server() {  # start_server N
+  "$PY" -m registry_svc serve --port "1134$1" --data-dir "$ROOT/server$1" --etcd "$ETCD" \
+    >"$ROOT/server$1.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 150); do
+    curl -sf "http://127.0.0.1:1134$1/health" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "server $1 did not start; see $ROOT/server$1.log" >&2
+  exit 1
+}
+
+start_server 1
+# The first server on an empty prefix creates the admin token; the others get a copy.
+for i in 2 3; do mkdir -p "$ROOT/server$i"; cp "$ROOT/server1/admin.token" "$ROOT/server$i/"; done
+start_server 2
+start_server 3
+
+echo "etcd:        $ETCD"
+echo "servers:     http://127.0.0.1:11341 http://127.0.0.1:11342 http://127.0.0.1:11343"
+echo "admin token: $(cat "$ROOT/server1/admin.token")"
+echo "data, logs:  $ROOT"
+echo "try:         OB_TOKEN=\$(cat $ROOT/server1/admin.token) .venv/bin/oo --url http://127.0.0.1:11342 node list"
+echo "Ctrl-C stops the cluster."
+wait
