@@ -405,6 +405,12 @@ impl PyStore {
         Ok(value.map(|v| PyBytes::new(py, &v)))
     }
 
+    /// Until when (unix ms) the replica counts as fresh; the gate of this process leaves
+    /// reads to the workers (and their staleness header) after it.
+    fn set_fresh_until(&self, unix_ms: u64) {
+        self.registry.store.set_fresh_until(unix_ms);
+    }
+
     /// Sets a named state value, durably; it wakes no watcher and moves no index.
     fn set_state(&self, py: Python<'_>, name: &str, value: Vec<u8>) -> PyResult<()> {
         py.detach(|| self.registry.store.set_state(name, &value)).map_err(to_py)

@@ -130,26 +130,16 @@ pub fn answer(registry: &Registry, tokens: &Tokens, path: &str, authorization: O
     list(registry, &caller, &params)
 }
 
-/// Name of the state value (unix ms, big-endian) until which a cluster replica counts as
-/// fresh; the replicator (`replica.py`) moves it forward at every contact with etcd.
-pub const FRESH_UNTIL: &str = "replica-fresh-until";
-
 /// Whether this is a cluster replica that has not heard from etcd lately: its reads are
 /// then left to the workers, which add the staleness header.
 fn replica_is_stale(registry: &Registry) -> bool {
     if !registry.store.is_replica() {
         return false;
     }
-    let Ok(Some(raw)) = registry.store.state(FRESH_UNTIL) else {
-        return true;
-    };
-    let Ok(until) = <[u8; 8]>::try_from(raw.as_slice()) else {
-        return true;
-    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    now > u64::from_be_bytes(until)
+    now > registry.store.fresh_until()
 }
 
 /// Percent-decoded query pairs (`+` is a space), or None for anything malformed.

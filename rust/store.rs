@@ -4,7 +4,7 @@
 //! same directory: LMDB serializes their writers.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -92,6 +92,8 @@ pub struct Store {
     runner: Arc<OnceLock<CompletionRunner>>,
     /// Set once this process applied changes from etcd: the store is a cluster replica.
     replica: AtomicBool,
+    /// Until when (unix ms) this process's replicator counts the replica as fresh.
+    fresh_until: AtomicU64,
     waiter: Arc<IndexWaiter>,
 }
 
@@ -154,6 +156,7 @@ impl Store {
             writer: Mutex::new(Some(writer)),
             runner,
             replica: AtomicBool::new(false),
+            fresh_until: AtomicU64::new(0),
             waiter: Arc::new(IndexWaiter::default()),
         })
     }
@@ -450,6 +453,16 @@ impl Store {
     /// Whether this process feeds the store from etcd (cluster mode's replicator).
     pub fn is_replica(&self) -> bool {
         self.replica.load(Ordering::Relaxed)
+    }
+
+    /// Until when (unix ms) the replica counts as fresh: set by the replicator at each
+    /// contact with etcd, read by the gate of the same process.
+    pub fn fresh_until(&self) -> u64 {
+        self.fresh_until.load(Ordering::Relaxed)
+    }
+
+    pub fn set_fresh_until(&self, unix_ms: u64) {
+        self.fresh_until.store(unix_ms, Ordering::Relaxed);
     }
 
     /// A small state value kept beside the records (e.g. the replica's etcd contact), by

@@ -47,9 +47,6 @@ GUARDED = ("tokens",)
 MAX_ATTEMPTS = 8
 # The replica's state, written by the replicator (replica.py) beside the records.
 REPLICA_STATE = "replica"
-# Until when (unix ms, 8 bytes big-endian) the replica counts as fresh; the gate declines
-# reads past it, so that the workers answer them with the staleness header.
-FRESH_UNTIL = "replica-fresh-until"
 # A replica that has not heard from etcd for this long is stale: reads say so, writes are
 # refused without being sent.
 STALE_AFTER_S = 3.0

@@ -33,7 +33,7 @@ from typing import IO, Any
 import orjson
 
 from registry_svc import _core
-from registry_svc.cluster import COLLECTIONS, FRESH_UNTIL, REPLICA_STATE, STALE_AFTER_S, Layout, replica_state
+from registry_svc.cluster import COLLECTIONS, REPLICA_STATE, STALE_AFTER_S, Layout, replica_state
 from registry_svc.etcd import Client, Compacted, EtcdError, EtcdUnavailable, KeyValue, Watch, WatchMessage, prefix_end
 
 log = logging.getLogger("registry_svc")
@@ -92,6 +92,9 @@ class Replicator:
         # A replica on disk resumes from its applied revision; an empty one lists first.
         self._relist = not previous
         self._published: tuple[float, bool | None] = (0.0, None)
+        # A resumed watch (no relist) may have missed what a buggy stream dropped: the ping
+        # loop runs the anti-entropy check soon after.
+        self._check_soon = False
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -140,9 +143,10 @@ class Replicator:
         backoff = 0.05
         while not self._stop.is_set():
             try:
+                resumed = not self._relist
                 if self._relist:
                     self._list_and_replace()
-                self._watch_from(self.store.index() + 1)
+                self._watch_from(self.store.index() + 1, resumed)
                 backoff = 0.05
             except Compacted:
                 log.warning("replica: revision %d is compacted in etcd; relisting", self.store.index() + 1)
@@ -186,7 +190,7 @@ class Replicator:
                     changes.append((collection, record_id, kv.value, kv.mod_revision))
         return changes
 
-    def _watch_from(self, start: int) -> None:
+    def _watch_from(self, start: int, resumed: bool) -> None:
         """Applies the watch from `start` until it breaks. A reader thread parses the stream;
         this thread applies whatever has arrived meanwhile in one LMDB transaction (group
         commit: under a burst of writes, one sync covers many watch responses)."""
@@ -196,6 +200,7 @@ class Replicator:
         reader = threading.Thread(target=self._read, args=(watch, arrived), name="replica-read", daemon=True)
         try:
             self.state["endpoint"] = watch.endpoint
+            self._check_soon = resumed
             self._synced.set()
             reader.start()
             while not self._stop.is_set():
@@ -270,8 +275,10 @@ class Replicator:
                 if watch is not None:
                     watch.close()  # a silent stream: make the watch thread reconnect
                 continue
-            if time.monotonic() - last_check >= self.anti_entropy_seconds and self._synced.is_set():
+            due = time.monotonic() - last_check >= self.anti_entropy_seconds or self._check_soon
+            if due and self._synced.is_set():
                 last_check = time.monotonic()
+                self._check_soon = False
                 try:
                     self.anti_entropy()
                 except Compacted:
@@ -342,4 +349,5 @@ class Replicator:
         state = {**self.state, "appliedRevision": self.store.index()}
         self.store.set_state(REPLICA_STATE, orjson.dumps(state))
         fresh = int((float(state["contact"]) + STALE_AFTER_S) * 1000) if state["connected"] else 0
-        self.store.set_state(FRESH_UNTIL, fresh.to_bytes(8, "big"))
+        # The gate (in this process) leaves reads to the workers once this passes.
+        self.store.set_fresh_until(fresh)
