@@ -5,6 +5,7 @@
 mod apply;
 pub mod cache;
 mod error;
+pub mod etcd_http;
 pub mod front;
 pub mod model;
 pub mod reads;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyOSError, PyValueError};
+use pyo3::exceptions::{PyException, PyOSError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -538,9 +538,35 @@ impl PyFront {
     }
 }
 
+/// POSTs a JSON `body` to `http://endpoint/path` (etcd's gateway) with the GIL released;
+/// returns (status, body). OSError (TimeoutError on a timeout) when it cannot.
+#[pyfunction]
+#[pyo3(signature = (endpoint, path, body, headers, timeout, connect_timeout))]
+fn http_post<'py>(
+    py: Python<'py>,
+    endpoint: &str,
+    path: &str,
+    body: &[u8],
+    headers: Vec<(String, String)>,
+    timeout: f64,
+    connect_timeout: f64,
+) -> PyResult<(u16, Bound<'py, PyBytes>)> {
+    let seconds = |s: f64| Duration::try_from_secs_f64(s).map_err(|e| PyValueError::new_err(e.to_string()));
+    let (timeout, connect_timeout) = (seconds(timeout)?, seconds(connect_timeout)?);
+    let answer = py.detach(|| crate::etcd_http::post(endpoint, path, body, &headers, timeout, connect_timeout));
+    match answer {
+        Ok((status, body)) => Ok((status, PyBytes::new(py, &body))),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
+            Err(PyTimeoutError::new_err(format!("{endpoint}: timed out")))
+        }
+        Err(e) => Err(PyOSError::new_err(format!("{endpoint}: {e}"))),
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    m.add_function(wrap_pyfunction!(http_post, m)?)?;
     m.add_class::<PyStore>()?;
     m.add_class::<PyFront>()?;
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };

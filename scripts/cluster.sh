@@ -27,6 +27,12 @@ for _ in $(seq 100); do
   curl -sf -X POST -d '{}' http://127.0.0.1:23791/v3/maintenance/status >/dev/null 2>&1 && break
   sleep 0.2
 done
+for i in 1 2 3; do
+  if ! kill -0 "${PIDS[$((i - 1))]}" 2>/dev/null; then
+    echo "etcd member m$i exited (ports 2379$i/2380$i taken?): $(tail -c 400 "$ROOT/etcd$i.log")" >&2
+    exit 1
+  fi
+done
 
 start_server() {  # start_server N
   "$PY" -m registry_svc serve --port "1134$1" --data-dir "$ROOT/server$1" --etcd "$ETCD" \

@@ -7,6 +7,17 @@ from typing import Self
 __build__: str
 """The extension's crate version and build profile, e.g. "registry-svc-core 0.1.0 (release)"."""
 
+def http_post(
+    endpoint: str,
+    path: str,
+    body: bytes,
+    headers: builtins.list[tuple[str, str]],
+    timeout: float,
+    connect_timeout: float,
+) -> tuple[int, bytes]:
+    """POSTs a JSON body to http://endpoint/path (etcd's gateway) with the GIL released;
+    (status, body). OSError, TimeoutError on a timeout."""
+
 class StoreError(Exception):
     """Base class of every store error."""
 

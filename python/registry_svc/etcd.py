@@ -14,13 +14,14 @@ import base64
 import contextlib
 import http.client
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+
+from registry_svc import _core
 
 # gRPC codes etcd answers with.
 CODE_OUT_OF_RANGE = 11  # "required revision has been compacted"
@@ -29,6 +30,7 @@ CODE_UNAVAILABLE = 14  # "no leader", "leader changed", member stopping
 # A member that cannot reach a leader refuses requests carrying this metadata instead of
 # answering from its own (possibly stale) state, and cancels such watches.
 REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
+_HEADERS = list(REQUIRE_LEADER.items())
 
 
 class EtcdUnavailable(Exception):
@@ -130,7 +132,7 @@ def parse_endpoints(text: str) -> list[str]:
 class Client:
     """etcd through its JSON gateway, with failover across `endpoints` (`host:port`).
 
-    Thread-safe: each thread keeps its own keep-alive connection to the endpoint in use.
+    Thread-safe: each thread keeps its own keep-alive connection to each endpoint.
     """
 
     def __init__(self, endpoints: list[str], timeout: float = 3.0, connect_timeout: float = 1.0) -> None:
@@ -138,25 +140,8 @@ class Client:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._preferred = 0
-        self._local = threading.local()
 
     # -- transport ------------------------------------------------------------------
-
-    def _connection(self, endpoint: str) -> http.client.HTTPConnection:
-        conns: dict[str, http.client.HTTPConnection] = getattr(self._local, "conns", None) or {}
-        self._local.conns = conns
-        conn = conns.get(endpoint)
-        if conn is None:
-            host, _, port = endpoint.rpartition(":")
-            conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=self.connect_timeout)
-            conns[endpoint] = conn
-        return conn
-
-    def _drop(self, endpoint: str) -> None:
-        conns: dict[str, http.client.HTTPConnection] = getattr(self._local, "conns", None) or {}
-        conn = conns.pop(endpoint, None)
-        if conn is not None:
-            conn.close()
 
     def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """POSTs `body` to `path` on the first endpoint that answers; returns the JSON answer.
@@ -169,8 +154,7 @@ class Client:
             endpoint = self.endpoints[index]
             try:
                 status, raw = self._post(endpoint, path, payload, timeout or self.timeout)
-            except (OSError, http.client.HTTPException) as e:
-                self._drop(endpoint)
+            except OSError as e:
                 errors.append(f"{endpoint}: {e or type(e).__name__}")
                 continue
             answer: dict[str, Any] = orjson.loads(raw) if raw else {}
@@ -188,24 +172,9 @@ class Client:
         raise EtcdUnavailable("; ".join(errors) or "no etcd endpoint")
 
     def _post(self, endpoint: str, path: str, payload: bytes, timeout: float) -> tuple[int, bytes]:
-        conn = self._connection(endpoint)
-        if conn.sock is None:
-            conn.timeout = self.connect_timeout
-            conn.connect()
-        assert conn.sock is not None
-        conn.sock.settimeout(timeout)
-        headers = {"Content-Type": "application/json", **REQUIRE_LEADER}
-        try:
-            conn.request("POST", path, payload, headers)
-        except (BrokenPipeError, ConnectionResetError, http.client.HTTPException):
-            # A kept-alive connection the member closed meanwhile: one fresh try.
-            conn.close()
-            conn.connect()
-            assert conn.sock is not None
-            conn.sock.settimeout(timeout)
-            conn.request("POST", path, payload, headers)
-        response = conn.getresponse()
-        return response.status, response.read()
+        # In Rust with the GIL released: the write path's threads then hold the GIL only for
+        # their own JSON, not for HTTP parsing (see rust/etcd_http.rs).
+        return _core.http_post(endpoint, path, payload, _HEADERS, timeout, self.connect_timeout)
 
     # -- KV -------------------------------------------------------------------------
 

@@ -1,0 +1,247 @@
+//! A blocking HTTP/1.1 POST for etcd's JSON gateway, called by the cluster write path
+//! (`etcd.py`) with the GIL released.
+//!
+//! Python's http.client costs about 175 us of GIL-holding CPU per call (header parsing
+//! through the email package); under 32 concurrent writers that contention, not etcd, set
+//! the pace. The gateway's unary answers are `Content-Length` framed, and a streaming RPC
+//! given one request (a lease keep-alive) answers one chunked message, so this client is
+//! small: one keep-alive connection per (thread, endpoint), reconnected once when a kept
+//! connection turns out to be closed.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+const MAX_HEAD: usize = 16 << 10;
+const MAX_BODY: usize = 64 << 20;
+
+thread_local! {
+    static CONNECTIONS: RefCell<HashMap<String, BufReader<TcpStream>>> = RefCell::new(HashMap::new());
+}
+
+/// POSTs `body` (JSON) to `http://endpoint/path` with `headers`; returns (status, body).
+pub fn post(
+    endpoint: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(String, String)],
+    timeout: Duration,
+    connect_timeout: Duration,
+) -> io::Result<(u16, Vec<u8>)> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {endpoint}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut payload = request.into_bytes();
+    payload.extend_from_slice(body);
+    CONNECTIONS.with(|cell| {
+        let mut connections = cell.borrow_mut();
+        if let Some(mut kept) = connections.remove(endpoint) {
+            // A kept connection the member closed meanwhile fails before any answer: once more
+            // on a fresh one (the request was not taken, so this cannot apply it twice).
+            match exchange(&mut kept, &payload, timeout) {
+                Ok(answer) => {
+                    connections.insert(endpoint.to_owned(), kept);
+                    return Ok(answer);
+                }
+                Err(e) if !closed_meanwhile(&e) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let mut fresh = connect(endpoint, connect_timeout)?;
+        let answer = exchange(&mut fresh, &payload, timeout)?;
+        connections.insert(endpoint.to_owned(), fresh);
+        Ok(answer)
+    })
+}
+
+fn closed_meanwhile(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
+fn connect(endpoint: &str, timeout: Duration) -> io::Result<BufReader<TcpStream>> {
+    let address = endpoint
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no address for {endpoint}")))?;
+    let stream = TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_nodelay(true)?;
+    Ok(BufReader::new(stream))
+}
+
+fn exchange(conn: &mut BufReader<TcpStream>, payload: &[u8], timeout: Duration) -> io::Result<(u16, Vec<u8>)> {
+    conn.get_ref().set_read_timeout(Some(timeout))?;
+    conn.get_ref().set_write_timeout(Some(timeout))?;
+    conn.get_mut().write_all(payload)?;
+    let mut head = Vec::with_capacity(512);
+    loop {
+        let before = head.len();
+        conn.read_until(b'\n', &mut head)?;
+        if head.len() == before {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before an answer",
+            ));
+        }
+        if head.ends_with(b"\r\n\r\n") {
+            break;
+        }
+        if head.len() > MAX_HEAD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "answer head too long"));
+        }
+    }
+    let mut parsed_headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut parsed_headers);
+    response
+        .parse(&head)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad answer head: {e}")))?;
+    let status = response.code.unwrap_or(0);
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        // Streaming RPCs (lease keep-alive) answer one message, chunked.
+        return Ok((status, read_chunked(conn)?));
+    }
+    let length = header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "answer without Content-Length"))?;
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body)?;
+    Ok((status, body))
+}
+
+fn read_chunked(conn: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line)?;
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            // Trailers, if any, end with an empty line.
+            loop {
+                line.clear();
+                conn.read_line(&mut line)?;
+                if line.trim().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        if body.len() + size > MAX_BODY {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "answer too long"));
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        conn.read_exact(&mut body[start..])?;
+        let mut crlf = [0u8; 2];
+        conn.read_exact(&mut crlf)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A peer that answers each request on a connection with the next canned answer, and
+    /// closes the connection after `per_connection` answers.
+    fn peer(answers: Vec<&'static [u8]>, per_connection: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut answers = answers.into_iter();
+            for stream in listener.incoming() {
+                let mut reader = BufReader::new(stream.unwrap());
+                for _ in 0..per_connection {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if reader.read_until(b'\n', &mut head).unwrap() == 0 {
+                            return;
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_lowercase();
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let Some(answer) = answers.next() else { return };
+                    reader.get_mut().write_all(answer).unwrap();
+                }
+            }
+        });
+        endpoint
+    }
+
+    fn call(endpoint: &str) -> io::Result<(u16, Vec<u8>)> {
+        let second = Duration::from_secs(1);
+        post(
+            endpoint,
+            "/v3/kv/range",
+            b"{}",
+            &[("X-Test".into(), "1".into())],
+            second,
+            second,
+        )
+    }
+
+    #[test]
+    fn length_and_chunked_answers_share_one_connection() {
+        let endpoint = peer(
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n2\r\n\"}\r\n0\r\n\r\n",
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nnope",
+            ],
+            3,
+        );
+        assert_eq!(call(&endpoint).unwrap(), (200, b"{}".to_vec()));
+        assert_eq!(call(&endpoint).unwrap(), (200, b"{\"a\"}".to_vec()));
+        assert_eq!(call(&endpoint).unwrap(), (503, b"nope".to_vec()));
+    }
+
+    #[test]
+    fn a_kept_connection_closed_by_the_peer_is_replaced_once() {
+        let endpoint = peer(
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2",
+            ],
+            1,
+        );
+        assert_eq!(call(&endpoint).unwrap().1, b"1");
+        assert_eq!(call(&endpoint).unwrap().1, b"2");
+    }
+
+    #[test]
+    fn a_silent_peer_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let quick = Duration::from_millis(100);
+        let err = post(&endpoint, "/", b"{}", &[], quick, quick).unwrap_err();
+        assert!(
+            matches!(err.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock),
+            "{err}"
+        );
+        drop(listener);
+    }
+}
