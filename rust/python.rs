@@ -7,7 +7,7 @@ use std::time::Duration;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 
 use std::sync::Arc;
 
@@ -186,6 +186,28 @@ impl PyStore {
             ..PickRequest::default()
         };
         Ok(PyBytes::new(py, &self.picked(slug, &request)?.body))
+    }
+
+    /// (id, url) of a pick, for an in-process resolver: the lightest answer (no body).
+    #[pyo3(signature = (slug, zone = None, key = None, tags = None))]
+    fn pick_target<'py>(
+        &self,
+        py: Python<'py>,
+        slug: &str,
+        zone: Option<&str>,
+        key: Option<&str>,
+        tags: Option<Vec<String>>,
+    ) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyString>)> {
+        let tags = tags.unwrap_or_default();
+        let request = PickRequest {
+            slug,
+            zone,
+            key,
+            tags: &tags,
+            ..PickRequest::default()
+        };
+        let chosen = self.picked(slug, &request)?;
+        Ok((PyString::new(py, &chosen.id), PyString::new(py, &chosen.url)))
     }
 
     /// Ends a tracked pick: `outcome` is "success", "failure" (connect error or 5xx) or

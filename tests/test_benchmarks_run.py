@@ -79,3 +79,11 @@ def test_cluster_benchmark_runs_in_a_tiny_mode() -> None:
     for row in ("registrations/s through 3 servers", "raw etcd txn puts/s", "lookups/s on a replica",
                 "lookups/s single-machine", "registration visible on another server, p99"):  # fmt: skip
         assert row in text
+
+
+def test_watch_benchmark_runs_in_a_tiny_mode() -> None:
+    from loadtest import watch_bench
+
+    text = "\n".join(watch_bench.run(idle=20, samples=3, seconds=0.5, picks=1000))
+    for row in ("change-to-watcher latency p99", "server CPU, 20 idle watchers", "`Resolver.pick()` in process"):
+        assert row in text

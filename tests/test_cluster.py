@@ -13,16 +13,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from conftest import NO_CHECK, Server, free_port
+from conftest import NO_CHECK, Backend, Server, free_port, wait_for
 from etcd_cluster import EtcdCluster, FaultProxy, replica_records
 from registry_svc import _core
 from registry_svc.cluster import Layout
@@ -129,41 +128,8 @@ def replicas_equal_etcd_afterwards(cluster: Cluster) -> Iterator[None]:
     cluster.converged()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def instance_body(port: int, slug: str, **extra: Any) -> dict[str, Any]:
     return {"url": f"http://127.0.0.1:{port}", "slug": slug, "healthCheck": NO_CHECK, **extra}
-
-
-class Backend:
-    """A local HTTP backend answering 200 on /health."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.httpd.server_address[1])
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def test_a_registration_on_one_server_is_visible_on_the_others(cluster: Cluster) -> None:

@@ -78,6 +78,11 @@ class Store:
         tags: builtins.list[str] = ...,
     ) -> bytes:
         """The `{"instance": ...}` body of a pick (same errors as `pick`)."""
+    def pick_target(
+        self, slug: str, zone: str | None = None, key: str | None = None, tags: builtins.list[str] | None = None
+    ) -> tuple[str, str]:
+        """(id, url) of a pick with the default policy (same errors as `pick`): the lightest
+        answer, for an in-process resolver."""
     def release(self, slug: str, id: str, outcome: str) -> None:
         """Ends a tracked pick: "success", "failure" (connect error or 5xx) or "abandoned"."""
     def get(self, collection_name: str, id: str) -> tuple[int, bytes] | None: ...

@@ -142,6 +142,10 @@ class Authenticator:
         """The caller when a token is sent, else ANONYMOUS (for public routes)."""
         return self.authenticate(request) if request.headers.get("authorization") else ANONYMOUS
 
+    def caller_for_secret(self, secret: str) -> Caller:
+        """The caller behind a bare secret that came without a header (xDS node metadata)."""
+        return self._lookup(hash_secret(secret.strip()))
+
     def _lookup(self, digest: str) -> Caller:
         for token_id in self._store.ids_by(TOKENS, "secretHash", digest):
             found = self._store.get(TOKENS, token_id)

@@ -27,6 +27,7 @@ from registry_svc.api import (
     Handler,
     Route,
     definitions,
+    discovery,
     instances,
     meta,
     nodes,
@@ -50,6 +51,7 @@ log = logging.getLogger("registry_svc")
 # `pick` comes before `instance/:id`; Robyn prefers static segments anyway.
 ROUTES: list[Route] = [
     *pick.ROUTES, *instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES, *meta.ROUTES, *ui.ROUTES,
+    *discovery.ROUTES,
 ]  # fmt: skip
 # Methods the JSON fallback answers (404/405). Robyn cannot route extension methods
 # (`FOO /x`): see README, "HTTP limits of the API port".
@@ -146,6 +148,10 @@ def not_routed(
 
     async def fallback(request: Request) -> Response:
         path = request.url.path
+        if discovery.is_xds(path) and state.ctx is not None:
+            if request.method.upper() != "POST":
+                return error_response(405, f"{request.method} is not allowed on {path}; use POST")
+            return await discovery.xds(state.ctx, request)
         if state.proxy is not None:
             try:
                 proxied = await state.proxy.handle(request)

@@ -26,7 +26,7 @@ from registry_svc.errors import ApiError
 
 DEFAULT_WAIT_S = 300.0
 MAX_WAIT_S = 600.0
-TICK_S = 0.05
+TICK_S = 0.005
 # How long a read with `?index=N` waits at most for a cluster replica to reach N.
 CATCH_UP_S = 5.0
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -64,8 +64,6 @@ class WatchHub:
         self.store = store
         # Cluster mode: the store is a replica of etcd, and an index may be ahead of it.
         self.replica = replica
-        # A replica's writes land from etcd at any moment: look more often.
-        self.tick = TICK_S / 5 if replica else TICK_S
         self._waiters: list[tuple[Stamp, int, asyncio.Future[None]]] = []
         self._poller: asyncio.Task[None] | None = None
 
@@ -116,7 +114,7 @@ class WatchHub:
                 for stamp, index, future in list(self._waiters):
                     if not future.done() and stamp() > index:
                         future.set_result(None)
-            await asyncio.sleep(self.tick)
+            await asyncio.sleep(TICK_S)
 
 
 def collection_stamp(store: _core.Store, collection: str) -> Stamp:
