@@ -159,6 +159,29 @@ def test_a_registration_on_one_server_is_visible_on_the_others(cluster: Cluster)
     assert health["staleSeconds"] is None
 
 
+def test_a_write_on_one_server_wakes_a_blocking_query_on_another(cluster: Cluster) -> None:
+    a, b = cluster.nodes[0].server, cluster.nodes[1].server
+    before = b.call("GET", "/registry-svc/instances?slug=woken-svc")
+    answers: list[tuple[float, Any]] = []
+
+    def watch() -> None:
+        reply = b.call("GET", f"/registry-svc/instances?slug=woken-svc&index={before.index}&wait=20s")
+        answers.append((time.monotonic(), reply))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.3)
+    assert not answers  # parked: nothing changed yet
+    sent = time.monotonic()
+    written = a.register(instance_body(free_port(), "woken-svc"))
+    assert written.status == 201
+    watcher.join(20)
+    woke, reply = answers[0]
+    assert reply.status == 200
+    assert [i["id"] for i in reply.json["instances"]] == [written.json["instance"]["id"]]
+    assert woke - sent < 10  # woken by the replica's apply, long before its 20 s wait
+
+
 def test_an_index_this_replica_cannot_reach_is_a_504_naming_its_revision(cluster: Cluster) -> None:
     b = cluster.nodes[1].server
     far = cluster.etcd.records()[0] + 1_000_000
