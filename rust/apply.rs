@@ -7,6 +7,7 @@
 //! durable registry index (and the partition index of each slug it touches), and its
 //! caller is answered only after the commit is on disk.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 
@@ -56,11 +57,21 @@ fn bump_partition(
     Ok(())
 }
 
+/// What the writer thread of one process committed (for `/metrics`).
+#[derive(Default, Debug)]
+pub struct WriterStats {
+    /// Writes applied (each may hold several operations).
+    pub writes: AtomicU64,
+    /// Transactions committed (group commits: one sync for a batch of writes).
+    pub batches: AtomicU64,
+}
+
 pub(crate) fn writer_loop(
     env: &Env<WithoutTls>,
     tables: Tables,
     receiver: &mpsc::Receiver<Pending>,
     runner: &OnceLock<CompletionRunner>,
+    stats: &WriterStats,
 ) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
@@ -71,6 +82,11 @@ pub(crate) fn writer_loop(
             }
         }
         let results = commit_batch(env, tables, &batch);
+        let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
+        if applied > 0 {
+            stats.writes.fetch_add(applied, Ordering::Relaxed);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
         let mut calls = Vec::new();
         for (pending, result) in batch.into_iter().zip(results) {
             match pending.reply {

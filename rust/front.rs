@@ -21,6 +21,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +80,18 @@ pub struct Front {
     runtime: Option<tokio::runtime::Runtime>,
     local: SocketAddr,
     stop: watch::Sender<bool>,
+    stats: Arc<GateStats>,
+}
+
+/// What the gate did with the requests it read, since it started (for `/metrics`).
+#[derive(Default, Debug)]
+pub struct GateStats {
+    /// Hot reads answered by the gate itself.
+    pub answered: AtomicU64,
+    /// Requests sent on to the workers.
+    pub forwarded: AtomicU64,
+    /// Requests refused by the gate (4xx/5xx of its own: too large, malformed, slow).
+    pub refused: AtomicU64,
 }
 
 impl Front {
@@ -110,7 +123,9 @@ impl Front {
         };
         let local = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
+        let stats = Arc::new(GateStats::default());
         let gate = Arc::new(Gate {
+            stats: Arc::clone(&stats),
             upstream,
             budget: Semaphore::new(limits.buffered_bodies.min(Semaphore::MAX_PERMITS)),
             limits,
@@ -121,7 +136,18 @@ impl Front {
             runtime: Some(runtime),
             local,
             stop,
+            stats,
         })
+    }
+
+    /// (answered, forwarded, refused) requests since the gate started.
+    pub fn stats(&self) -> (u64, u64, u64) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            load(&self.stats.answered),
+            load(&self.stats.forwarded),
+            load(&self.stats.refused),
+        )
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -144,6 +170,7 @@ impl Drop for Front {
 }
 
 struct Gate {
+    stats: Arc<GateStats>,
     upstream: SocketAddr,
     limits: Limits,
     budget: Semaphore,
@@ -493,11 +520,15 @@ impl Gate {
         loop {
             let direct = matches!(responses, Responses::Direct(_));
             match self.next_request(&mut incoming, client_ip, direct).await {
-                Ok(Some(Next::Forward(request))) => match self.forward(responses, request).await {
-                    Ok(next) => responses = next,
-                    Err(_) => return, // the client went away, or was already answered
-                },
+                Ok(Some(Next::Forward(request))) => {
+                    self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    match self.forward(responses, request).await {
+                        Ok(next) => responses = next,
+                        Err(_) => return, // the client went away, or was already answered
+                    }
+                }
                 Ok(Some(Next::Answer(response, close))) => {
+                    self.stats.answered.fetch_add(1, Ordering::Relaxed);
                     let Responses::Direct(client) = &mut responses else {
                         return;
                     };
@@ -516,7 +547,12 @@ impl Gate {
                     }
                     return;
                 }
-                Err(refusal) => return refuse(refusal, responses.finish().await, incoming).await,
+                Err(refusal) => {
+                    if refusal.status != 0 {
+                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return refuse(refusal, responses.finish().await, incoming).await;
+                }
             }
         }
     }

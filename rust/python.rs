@@ -446,6 +446,16 @@ impl PyStore {
             .map_err(to_py)
     }
 
+    /// (writes, group-commit batches) committed by this process's writer thread.
+    fn writer_stats(&self) -> (u64, u64) {
+        self.registry.store.writer_stats()
+    }
+
+    /// (entries, bytes) of this process's response cache.
+    fn cache_usage(&self) -> (usize, usize) {
+        self.registry.responses.usage()
+    }
+
     fn index(&self) -> PyResult<u64> {
         self.registry.store.index().map_err(to_py)
     }
@@ -545,6 +555,15 @@ impl PyFront {
             inner: std::sync::Mutex::new(Some(front)),
             port,
         })
+    }
+
+    /// (answered, forwarded, refused) requests since the gate started.
+    fn stats(&self) -> (u64, u64, u64) {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|f| f.as_ref().map(Front::stats))
+            .unwrap_or_default()
     }
 
     /// The port it listens on.

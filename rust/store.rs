@@ -14,7 +14,7 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
 
 use crate::apply::{writer_loop, Pending, Reply};
-pub use crate::apply::{Completion, CompletionRunner};
+pub use crate::apply::{Completion, CompletionRunner, WriterStats};
 pub use crate::error::StoreError;
 use crate::model::{self, CollectionSpec};
 use crate::replica::{self, ReplicaChange};
@@ -95,6 +95,7 @@ pub struct Store {
     /// Until when (unix ms) this process's replicator counts the replica as fresh.
     fresh_until: AtomicU64,
     waiter: Arc<IndexWaiter>,
+    stats: Arc<WriterStats>,
 }
 
 /// Threads waiting for the registry index to reach a revision (a cluster write waits for
@@ -145,9 +146,11 @@ impl Store {
         let writer_env = env.clone();
         let runner = Arc::new(OnceLock::new());
         let writer_runner = Arc::clone(&runner);
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = Arc::clone(&stats);
         let writer = std::thread::Builder::new()
             .name("registry-store-writer".into())
-            .spawn(move || writer_loop(&writer_env, tables, &receiver, &writer_runner))
+            .spawn(move || writer_loop(&writer_env, tables, &receiver, &writer_runner, &writer_stats))
             .map_err(|e| StoreError::Lmdb(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             env,
@@ -158,6 +161,7 @@ impl Store {
             replica: AtomicBool::new(false),
             fresh_until: AtomicU64::new(0),
             waiter: Arc::new(IndexWaiter::default()),
+            stats,
         })
     }
 
@@ -448,6 +452,14 @@ impl Store {
         };
         state.waiting -= 1;
         Ok(reached)
+    }
+
+    /// (writes, group-commit batches) this process's writer committed.
+    pub fn writer_stats(&self) -> (u64, u64) {
+        (
+            self.stats.writes.load(Ordering::Relaxed),
+            self.stats.batches.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether this process feeds the store from etcd (cluster mode's replicator).

@@ -70,6 +70,38 @@ class Backend:
         self.httpd.server_close()
 
 
+@contextlib.contextmanager
+def prometheus(workdir: Path, scrape_configs: str) -> Iterator[int]:
+    """A real Prometheus (Debian's) on a loopback port with the given `scrape_configs:`
+    YAML (scraping every second); yields its web port."""
+    web = free_port()
+    config = workdir / "prometheus.yml"
+    config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n" + scrape_configs)
+    with (workdir / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+             f"--web.listen-address=127.0.0.1:{web}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            yield web
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def prometheus_query(web: int, path: str) -> Any:
+    """The JSON answer of Prometheus's API at `path`, or None while it does not answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", web, timeout=2)
+    try:
+        conn.request("GET", path)
+        return orjson.loads(conn.getresponse().read())
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import Backend, Server, free_port, wait_for
+from conftest import Backend, Server, free_port, prometheus, prometheus_query, wait_for
 
 
 def envoy_binary() -> str | None:
@@ -175,11 +175,7 @@ def test_prometheus_discovers_and_scrapes_a_registered_backend(
 ) -> None:
     register_all(server, "prom-svc", backends[:1], path="/metrics")
     token = server.token("proxy")
-    web = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
+    scrape = (
         "- job_name: registry\n"
         "  http_sd_configs:\n"
         f"  - url: http://127.0.0.1:{server.port}/registry-svc/discovery/prometheus?slug=prom-svc\n"
@@ -188,27 +184,18 @@ def test_prometheus_discovers_and_scrapes_a_registered_backend(
         "  relabel_configs:\n"
         "  - {source_labels: [__meta_registry_slug], target_label: slug}\n"
     )
-    log = (tmp_path / "prometheus.log").open("wb")
-    prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{web}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
+    with prometheus(tmp_path, scrape) as web:
 
         def scraped() -> list[dict[str, Any]]:
-            body = fetch(f"http://127.0.0.1:{web}/api/v1/targets")
-            targets = orjson.loads(body)["data"]["activeTargets"] if body else []
+            answer = prometheus_query(web, "/api/v1/targets")
+            targets = answer["data"]["activeTargets"] if answer else []
             return [t for t in targets if t["health"] == "up" and t["labels"].get("slug") == "prom-svc"]
 
         up = wait_for(scraped, 30, "Prometheus to discover and scrape the backend")
         assert up[0]["scrapeUrl"] == f"http://127.0.0.1:{backends[0].port}/metrics"
         value = wait_for(
             lambda: (
-                orjson.loads(
-                    fetch(f"http://127.0.0.1:{web}/api/v1/query?query=up_test_total%7Bslug%3D%22prom-svc%22%7D")
-                    or b"{}"
-                )
+                (prometheus_query(web, "/api/v1/query?query=up_test_total%7Bslug%3D%22prom-svc%22%7D") or {})
                 .get("data", {})
                 .get("result")
             ),
@@ -216,10 +203,6 @@ def test_prometheus_discovers_and_scrapes_a_registered_backend(
             "the scraped sample",
         )
         assert value[0]["metric"]["backend"] == "b0"
-    finally:
-        prometheus.terminate()
-        prometheus.wait(timeout=10)
-        log.close()
 
 
 def test_prometheus_targets_list_routable_instances_with_labels(server: Server) -> None:

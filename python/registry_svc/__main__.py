@@ -83,6 +83,20 @@ def parser() -> argparse.ArgumentParser:
         "warning, error (default info; env OB_LOG_LEVEL)",
     )
     s.add_argument(
+        "--log-format",
+        default=os.environ.get("OB_LOG_FORMAT", "text"),
+        choices=("text", "json"),
+        help="text, or json: every log line a JSON object, plus an access log line per request (method, path, "
+        "status, duration, token id); the gate then leaves lookups to the workers so each is logged "
+        "(default text; env OB_LOG_FORMAT)",
+    )
+    s.add_argument(
+        "--metrics",
+        default=os.environ.get("OB_METRICS", "open"),
+        choices=("open", "token"),
+        help="GET /metrics: open, or token (needs node:view) (default open; env OB_METRICS)",
+    )
+    s.add_argument(
         "--etcd",
         default=os.environ.get("OB_ETCD_ENDPOINTS"),
         metavar="http://H:P[,http://H:P...]",
@@ -121,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level="INFO", format="%(message)s")
         return cluster_import.main(args.data_dir, args.etcd, args.etcd_prefix)
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    if args.log_format == "json":
+        from registry_svc.access import use_json_logs
+
+        use_json_logs()
     if not 1 <= args.port <= 65535:
         print(f"registry-svc: --port must be 1-65535, got {args.port}", file=sys.stderr)
         return 2
@@ -183,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             log_level=args.log_level,
             etcd_endpoints=etcd_endpoints,
             etcd_prefix=args.etcd_prefix,
+            log_format=args.log_format,
+            metrics=args.metrics,
         )
     except UrlError as e:
         print(f"registry-svc: OB_SELF_URL: {e}", file=sys.stderr)

@@ -138,6 +138,10 @@ class Store:
     def wait_index(self, revision: int, timeout: float) -> bool:
         """Waits (without the GIL) until the registry index is at least `revision`, at most
         `timeout` seconds; returns whether it got there."""
+    def writer_stats(self) -> tuple[int, int]:
+        """(writes, group-commit batches) committed by this process's writer thread."""
+    def cache_usage(self) -> tuple[int, int]:
+        """(entries, bytes) of this process's response cache."""
     def index(self) -> int: ...
     def collection_index(self, collection_name: str) -> int: ...
     def partition_index(self, collection_name: str, value: str) -> int:
@@ -161,6 +165,8 @@ class Front:
     ) -> None:
         """With `store`, instance lookups and picks with a valid token and plain filters
         are answered by the gate itself, without the workers (rust/reads.rs)."""
+    def stats(self) -> tuple[int, int, int]:
+        """(answered, forwarded, refused) requests since the gate started."""
     @property
     def port(self) -> int: ...
     def close(self) -> None:

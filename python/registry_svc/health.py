@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from registry_svc import _core, records, status
+from registry_svc import _core, metrics, records, status
 from registry_svc.clock import parse_time, utc_now
 from registry_svc.netguard import NetworkPolicy
 from registry_svc.probes import ProbeResult, probe
@@ -231,6 +231,7 @@ class HealthChecker:
         async with semaphore:
             result = await probe(self.policy, instance)
         self.probes_run += 1
+        metrics.probe(str(instance["healthCheck"]["type"]), result.ok)
         state.count(result)
         passes, failures = state.passes, state.failures
 

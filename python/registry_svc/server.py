@@ -13,13 +13,14 @@ import inspect
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 from robyn import Request, Response, Robyn
 
-from registry_svc import _core, auth, cluster, http
+from registry_svc import _core, access, auth, cluster, http, metrics
 from registry_svc.api import (
     AsyncHandler,
     Call,
@@ -90,14 +91,20 @@ def authorized(route: Route, state: ProcessState, request: Request) -> Call:
 
 
 def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
-    """The Robyn handler for `route`: authenticate, check the permission, run, map errors."""
+    """The Robyn handler for `route`: authenticate, check the permission, run, map errors;
+    counted in the metrics and the access log."""
     handler = cast(Handler, route.handler)
 
     def endpoint(request: Request) -> Response:
+        started, caller = time.perf_counter(), None
         try:
-            return handler(authorized(route, state, request))
+            call = authorized(route, state, request)
+            caller = call.caller
+            response = handler(call)
         except Exception as e:
-            return error_for(route, e)
+            response = error_for(route, e)
+        access.observe(route.path, request, response, started, caller)
+        return response
 
     endpoint.__name__ = route.handler.__name__
     return endpoint
@@ -108,16 +115,24 @@ def awaited(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[
     handler = cast(AsyncHandler, route.handler)
 
     async def endpoint(request: Request) -> Response:
+        started, caller = time.perf_counter(), None
         try:
-            return await handler(authorized(route, state, request))
+            call = authorized(route, state, request)
+            caller = call.caller
+            response = await handler(call)
         except Exception as e:
-            return error_for(route, e)
+            response = error_for(route, e)
+        access.observe(route.path, request, response, started, caller)
+        return response
 
     endpoint.__name__ = route.handler.__name__
     return endpoint
 
 
 WRITE_THREADS = 32
+# Route labels of what no built-in route matched (bounded: never a raw path).
+PROXY_ROUTE = "/<slug>/*"
+UNROUTED = "unrouted"
 
 
 def offloaded(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[Response]]:
@@ -147,27 +162,34 @@ def not_routed(
     JSON 405 for a known path with the wrong method, or a JSON 404."""
 
     async def fallback(request: Request) -> Response:
+        started = time.perf_counter()
+        response, route = await answer(request)
+        access.observe(route, request, response, started, None)
+        return response
+
+    async def answer(request: Request) -> tuple[Response, str]:
+        """The response, and the route to count it under."""
         path = request.url.path
         if discovery.is_xds(path) and state.ctx is not None:
             if request.method.upper() != "POST":
-                return error_response(405, f"{request.method} is not allowed on {path}; use POST")
-            return await discovery.xds(state.ctx, request)
+                return error_response(405, f"{request.method} is not allowed on {path}; use POST"), path
+            return await discovery.xds(state.ctx, request), path
         if state.proxy is not None:
             try:
                 proxied = await state.proxy.handle(request)
             except Exception:
                 log.exception("proxy error on %s %s", request.method, path)
-                return error_response(502, "proxy error; the server log has the details")
+                return error_response(502, "proxy error; the server log has the details"), PROXY_ROUTE
             if proxied is not None:
-                return proxied
+                return proxied, PROXY_ROUTE
         allowed = sorted({method.upper() for pattern, method in patterns if pattern.match(path)})
         if allowed:
-            return error_response(405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}")
+            return error_response(405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}"), path
         if path.split("/")[1] in RESERVED_SLUGS:
-            return error_response(404, f"no such endpoint: {request.method} {path}")
+            return error_response(404, f"no such endpoint: {request.method} {path}"), UNROUTED
         return error_response(
             404, f"no route for {request.method} {path}, and no registered service '{path.split('/')[1]}'"
-        )
+        ), UNROUTED
 
     return fallback
 
@@ -188,6 +210,7 @@ def build_app(settings: Settings) -> Robyn:
             http.replica_staleness = lambda: cluster.staleness(store.replica())
         state.proxy = Proxy(store, NetworkPolicy.of(settings.proxy_networks, "proxy"))
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
+        metrics.setup(store)
 
     @app.shutdown_handler
     def close_store() -> None:
@@ -195,16 +218,23 @@ def build_app(settings: Settings) -> Robyn:
             state.ctx.store.close()
 
     def health(request: Request) -> Response:
+        started = time.perf_counter()
         if state.ctx is None:
-            return error_response(503, "store not open yet")
-        if isinstance(state.ctx.store, EtcdStore):
-            return json_response(200, cluster.health(state.ctx.store))
-        return json_response(200, {"status": "ok"})
+            response = error_response(503, "store not open yet")
+        elif isinstance(state.ctx.store, EtcdStore):
+            response = json_response(200, cluster.health(state.ctx.store))
+        else:
+            response = json_response(200, {"status": "ok"})
+        access.observe("/health", request, response, started, None)
+        return response
 
     app.get("/health")(health)
     app.head("/health")(health)
 
-    for route in ROUTES:
+    metrics_route = Route(
+        "get", "/metrics", meta.metrics, auth.PUBLIC if settings.metrics == "open" else auth.NODE_VIEW
+    )
+    for route in [*ROUTES, metrics_route]:
         # Reads are fast and never block: they run inline on Robyn's workers. Writes await
         # their commit (async handlers) or wait for it on the write pool.
         endpoint: Callable[[Request], Response] | Callable[[Request], Awaitable[Response]]
@@ -235,6 +265,8 @@ def main() -> None:
     die_with_parent(int(os.environ[SUPERVISOR_PID_ENV]) if SUPERVISOR_PID_ENV in os.environ else None)
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    if settings.log_format == "json":
+        access.use_json_logs()
     # Robyn's and actix's own info lines (handlers added, workers started) are noise in
     # our log.
     if settings.log_level != "debug":

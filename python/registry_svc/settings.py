@@ -44,6 +44,10 @@ class Settings:
     proxy_networks: tuple[str, ...] = LOOPBACK_NETWORKS
     max_proxy_body_bytes: int = DEFAULT_MAX_PROXY_BODY
     log_level: str = "info"
+    # "text", or "json": JSON log lines and an access log line per request.
+    log_format: str = "text"
+    # "open": /metrics needs no token; "token": it needs node:view.
+    metrics: str = "open"
     # Cluster mode: etcd client endpoints (`host:port`) and the key prefix; none = the
     # embedded single-machine store.
     etcd_endpoints: tuple[str, ...] = ()
@@ -94,7 +98,7 @@ class Settings:
             f"slug_policies={self.slug_policies or '-'} heartbeat_seconds={self.heartbeat_seconds:g} "
             f"eject_seconds={self.eject_seconds:g} probe_networks={','.join(self.probe_networks)} "
             f"proxy_networks={','.join(self.proxy_networks)} max_proxy_body_mib={self.max_proxy_body_bytes >> 20} "
-            f"log_level={self.log_level}"
+            f"log_level={self.log_level} log_format={self.log_format} metrics={self.metrics}"
             + (f" etcd={','.join(self.etcd_endpoints)} etcd_prefix={self.etcd_prefix}" if self.clustered else "")
         )
 
@@ -135,6 +139,8 @@ def resolve(
     log_level: str = "info",
     etcd_endpoints: tuple[str, ...] = (),
     etcd_prefix: str = "/registry-svc/",
+    log_format: str = "text",
+    metrics: str = "open",
 ) -> Settings:
     """Builds the settings from flags and the `OB_*` variables.
 
@@ -168,4 +174,6 @@ def resolve(
         log_level=log_level,
         etcd_endpoints=etcd_endpoints,
         etcd_prefix=etcd_prefix,
+        log_format=log_format,
+        metrics=metrics,
     )

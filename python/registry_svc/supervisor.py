@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from registry_svc import _core, cluster_import, nodes, telemetry
+from registry_svc import _core, cluster_import, metrics, nodes, telemetry
 from registry_svc.agent import NodeAgent
 from registry_svc.auth import ensure_admin_token
 from registry_svc.cluster import EtcdStore, replica_state
@@ -75,7 +75,8 @@ def open_front(settings: Settings, store: _core.Store) -> tuple[_core.Front, Set
         MAX_API_BODY,
         settings.max_proxy_body_bytes,
         threads=FRONT_THREADS,
-        store=store,
+        # With the access log on, every request goes to the workers, which log it.
+        store=None if settings.log_format == "json" else store,
     )
     return front, dataclasses.replace(settings, internal_port=internal)
 
@@ -160,6 +161,7 @@ def serve(settings: Settings) -> int:
     """Runs the server until SIGTERM/SIGINT or until the workers die. Returns the exit code."""
     _raise_open_files_limit()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    metrics.prepare(settings.data_dir, settings.port)  # before any process imports prometheus_client
     # The supervisor keeps its own store handle for the node agent and the gate's reads.
     # The workers are exec'd, not forked from here, so they inherit no LMDB state.
     store = settings.open_store()
@@ -180,6 +182,7 @@ def serve(settings: Settings) -> int:
             store.close()
             return 1
     gpus = GpuSampler()
+    metrics.setup(store, front)
     try:
         created = bootstrap(store, settings, gpus)
         return _supervise(settings, store, gpus, created)

@@ -6,6 +6,7 @@ import orjson
 from robyn import Response
 
 from registry_svc import auth
+from registry_svc import metrics as metrics_mod
 from registry_svc.about import version_info
 from registry_svc.api import Call, Route
 from registry_svc.errors import ApiError
@@ -28,6 +29,13 @@ def echo(call: Call) -> Response:
         return json_response(200, orjson.loads(raw))
     except orjson.JSONDecodeError as e:
         raise ApiError(400, f"invalid JSON: {e}") from None
+
+
+def metrics(call: Call) -> Response:
+    """`GET /metrics`: the Prometheus text exposition of the whole server."""
+    settings = call.ctx.settings
+    body = metrics_mod.exposition(call.ctx.store, settings.map_size, settings.data_dir)
+    return Response(status_code=200, headers={"content-type": metrics_mod.CONTENT_TYPE}, description=body)
 
 
 ROUTES = [

@@ -29,7 +29,7 @@ import urllib3
 from robyn import Headers, Request, Response
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError
 
-from registry_svc import _core, urls
+from registry_svc import _core, metrics, urls
 from registry_svc.api.instances import RESERVED_SLUGS
 from registry_svc.http import error_response
 from registry_svc.netguard import NetworkPolicy, Refused
@@ -121,7 +121,7 @@ class Proxy:
                 endpoint = urls.parse_url(url)
                 address = self.policy.resolve_blocking(endpoint.host, endpoint.effective_port)[0]
             except (urls.UrlError, Refused) as e:
-                self.store.release(slug, instance_id, "failure")
+                self._release(slug, instance_id, "not_contacted")
                 tried.append(instance_id)
                 last_error = f"upstream {url} of '{slug}' not contacted: {e}"
                 continue
@@ -143,16 +143,21 @@ class Proxy:
             except (NewConnectionError, ConnectTimeoutError, ProtocolError) as e:
                 # Nothing reached the upstream (or a pooled connection was dead): safe to
                 # retry an idempotent request elsewhere.
-                self.store.release(slug, instance_id, "failure")
+                self._release(slug, instance_id, "connect_error")
                 tried.append(instance_id)
                 last_error = f"upstream {url} of '{slug}' failed to connect: {e}"
                 continue
             except HTTPError as e:
-                self.store.release(slug, instance_id, "failure")
+                self._release(slug, instance_id, "error")
                 return error_response(502, f"upstream {url} of '{slug}' failed: {e}")
-            self.store.release(slug, instance_id, "failure" if upstream.status >= 500 else "success")
+            self._release(slug, instance_id, "5xx" if upstream.status >= 500 else "success")
             return self._response(upstream)
         return error_response(502, last_error)
+
+    def _release(self, slug: str, instance_id: str, outcome: str) -> None:
+        """Ends a tracked pick (anything but success feeds outlier ejection) and counts it."""
+        self.store.release(slug, instance_id, "success" if outcome == "success" else "failure")
+        metrics.upstream(outcome)
 
     @staticmethod
     def _response(upstream: urllib3.BaseHTTPResponse) -> Response:

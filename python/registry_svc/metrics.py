@@ -1,0 +1,209 @@
+"""Prometheus metrics (`GET /metrics`), correct for the whole server across its processes.
+
+The server is several processes: the supervisor (gate, node agent, health checker, cluster
+replicator) and one or more Robyn workers. Each counts what it does itself with the
+official client in its multiprocess mode: every process writes its samples to its own
+memory-mapped file under `<data-dir>/run/metrics-<port>/` (emptied at start; per port, as
+servers may share a data dir), and the worker that
+answers a scrape sums them all. Counts kept in Rust (the gate's answered and refused
+requests, the writer's commits) are folded into the same counters by a thread in each
+process every `SYNC_S`, so they lag the truth by at most that. What every process sees
+alike (the registry index, instances by status, store size, node telemetry, replica lag)
+is read from the shared store at scrape time.
+
+Until `setup` runs (a store opened by a test or a benchmark), every call here does
+nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from registry_svc import _core
+from registry_svc.status import STATUSES
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+SYNC_S = 0.5
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def prepare(data_dir: str, port: int) -> str:
+    """Empties and returns this server's metrics directory, and points this process and
+    its children at it (before anything imports prometheus_client)."""
+    path = Path(data_dir) / "run" / f"metrics-{port}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ[ENV] = str(path)
+    return str(path)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests = Counter(
+            "registry_http_requests", "HTTP requests answered by the workers", ["route", "method", "status"]
+        )
+        self.latency = Histogram(
+            "registry_http_request_duration_seconds", "Time to answer a request in the workers",
+            ["route", "method"], buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.gate = Counter("registry_gate_requests", "Requests the gate answered, forwarded or refused", ["outcome"])
+        self.writes = Counter("registry_store_writes", "Writes committed to the local LMDB store")
+        self.batches = Counter("registry_store_commit_batches", "LMDB transactions committed (group commits)")
+        self.probes = Counter("registry_health_probes", "Health probes run, by result", ["type", "result"])
+        self.upstream = Counter("registry_proxy_upstream_requests", "Proxied requests, by outcome", ["outcome"])
+        self.cache_bytes = Gauge(
+            "registry_response_cache_bytes", "Bytes held by the response caches", multiprocess_mode="livesum"
+        )
+
+
+_metrics: _Metrics | None = None
+_lock = threading.Lock()
+
+
+def setup(store: _core.Store, front: _core.Front | None = None) -> None:
+    """Creates this process's metrics and starts folding the Rust-side counts into them.
+    Needs `ENV` set (by `prepare`, inherited by the workers)."""
+    global _metrics
+    if ENV not in os.environ:
+        return
+    with _lock:
+        if _metrics is None:
+            _metrics = _Metrics()
+    threading.Thread(target=_sync, args=(store, front), name="metrics-sync", daemon=True).start()
+
+
+def _sync(store: _core.Store, front: _core.Front | None) -> None:
+    """Folds the counts kept in Rust into this process's counters, every SYNC_S."""
+    m = _metrics
+    assert m is not None
+    counters = {
+        "writes": m.writes, "batches": m.batches,
+        "answered": m.gate.labels("answered"), "forwarded": m.gate.labels("forwarded"),
+        "refused": m.gate.labels("refused"),
+    }  # fmt: skip
+    seen = dict.fromkeys(counters, 0)
+    while True:
+        try:
+            now = dict(zip(("writes", "batches"), store.writer_stats(), strict=True))
+            if front is not None:
+                now.update(zip(("answered", "forwarded", "refused"), front.stats(), strict=True))
+            m.cache_bytes.set(store.cache_usage()[1])
+        except _core.StoreError:
+            return  # the store closed: the process is stopping
+        for name, value in now.items():
+            if value > seen[name]:
+                counters[name].inc(value - seen[name])
+                seen[name] = value
+        time.sleep(SYNC_S)
+
+
+def request(route: str, method: str, status: int, seconds: float) -> None:
+    if _metrics is not None:
+        _metrics.requests.labels(route, method, str(status)).inc()
+        _metrics.latency.labels(route, method).observe(seconds)
+
+
+def probe(check_type: str, ok: bool) -> None:
+    if _metrics is not None:
+        _metrics.probes.labels(check_type, "pass" if ok else "fail").inc()
+
+
+def upstream(outcome: str) -> None:
+    if _metrics is not None:
+        _metrics.upstream.labels(outcome).inc()
+
+
+class _Live:
+    """What every process sees alike, read from the shared store at scrape time."""
+
+    def __init__(self, store: _core.Store, map_size: int, data_dir: str) -> None:
+        self.store = store
+        self.map_size = map_size
+        self.data_file = Path(data_dir) / "store" / "data.mdb"
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        store = self.store
+        yield GaugeMetricFamily("registry_index", "The registry index (in cluster mode the applied etcd revision)",
+                                value=store.index())  # fmt: skip
+        by_status = GaugeMetricFamily("registry_instances", "Instances by status", labels=["status"])
+        for status in STATUSES:
+            by_status.add_metric([status], len(store.ids_by("instances", "status", status)))
+        yield by_status
+        with_size = GaugeMetricFamily("registry_store_bytes", "Size of the LMDB data file")
+        with_size.add_metric([], self.data_file.stat().st_size if self.data_file.exists() else 0)
+        yield with_size
+        yield GaugeMetricFamily("registry_store_map_bytes", "The LMDB map size (the most the store holds)",
+                                value=self.map_size)  # fmt: skip
+        yield from _node_metrics(store)
+        if isinstance(store, _replica_store_type()):
+            from registry_svc import cluster
+
+            state = store.replica()
+            applied = store.index()
+            yield GaugeMetricFamily("registry_replica_lag_revisions", "etcd's revision minus the replica's",
+                                    value=max(0, int(state.get("etcdRevision") or 0) - applied))  # fmt: skip
+            stale = cluster.staleness(state)
+            yield GaugeMetricFamily("registry_replica_stale_seconds", "Seconds since the replica heard from etcd "
+                                    "(0 while fresh)", value=stale or 0.0)  # fmt: skip
+
+
+def _replica_store_type() -> type[Any]:
+    from registry_svc.cluster import EtcdStore
+
+    return EtcdStore
+
+
+def _node_metrics(store: _core.Store) -> Iterator[Metric]:
+    from prometheus_client.core import GaugeMetricFamily
+
+    cpu = GaugeMetricFamily("registry_node_cpu_percent", "Node CPU use", labels=["node"])
+    memory = GaugeMetricFamily("registry_node_memory_bytes", "Node memory", labels=["node", "kind"])
+    disk = GaugeMetricFamily("registry_node_disk_bytes", "Node disk", labels=["node", "kind"])
+    gpu_memory = GaugeMetricFamily("registry_node_gpu_memory_mib", "GPU memory", labels=["node", "gpu", "kind"])
+    gpu_util = GaugeMetricFamily("registry_node_gpu_utilization_percent", "GPU utilisation", labels=["node", "gpu"])
+    _, raws = store.list("nodes")
+    for raw in raws:
+        node = orjson.loads(raw)
+        usage = node.get("usage") or {}
+        node_id = str(node.get("id"))
+        if (percent := (usage.get("cpu") or {}).get("percent")) is not None:
+            cpu.add_metric([node_id], percent)
+        for family, key in ((memory, "memory"), (disk, "disk")):
+            for kind in ("used", "total"):
+                if (value := (usage.get(key) or {}).get(kind)) is not None:
+                    family.add_metric([node_id, kind], value)
+        for gpu in node.get("gpus") or []:
+            gpu_id = str(gpu.get("intraNodeId"))
+            for kind, field in (("used", "memoryUsage"), ("total", "memoryTotal")):
+                if isinstance(gpu.get(field), int | float):
+                    gpu_memory.add_metric([node_id, gpu_id, kind], gpu[field])
+            if isinstance(gpu.get("gpuUtilization"), int | float):
+                gpu_util.add_metric([node_id, gpu_id], gpu["gpuUtilization"])
+    yield from (cpu, memory, disk, gpu_memory, gpu_util)
+
+
+def exposition(store: _core.Store, map_size: int, data_dir: str) -> bytes:
+    """The text exposition of every process's metrics plus the live ones."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(_Live(store, map_size, data_dir))
+    return bytes(generate_latest(registry))
