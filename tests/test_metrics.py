@@ -69,6 +69,7 @@ def test_counters_move_by_exactly_the_requests_made_across_two_processes(two_pro
             made += 1
     for conn in conns:
         conn.close()
+    time.sleep(1.2)  # each process folds its counts in every 0.5 s
     after = scrape(server)
     assert (
         sample(after, "registry_http_requests_total", **route) - sample(before, "registry_http_requests_total", **route)
@@ -148,3 +149,23 @@ def test_the_json_access_log_has_a_line_per_request_with_the_token_id(tmp_path: 
         assert all(line.startswith("{") for line in log.splitlines() if line.strip())
     finally:
         server.kill9()
+
+
+def test_latencies_folded_in_per_bucket_equal_one_observe_each() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from registry_svc import metrics
+
+    registry = CollectorRegistry()
+    one = Histogram("one_by_one", "", buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    many = Histogram("folded", "", buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    values = [0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.2, 5.0, 11.0, 0.1, 0.0005]
+    for value in values:
+        one.observe(value)
+    metrics._observe_many(many, values)
+
+    def samples(h: Histogram) -> list[tuple[str, str | None, float]]:
+        return [(s.name.rsplit("_", 1)[-1], s.labels.get("le"), s.value) for m in h.collect() for s in m.samples
+                if not s.name.endswith("_created")]  # fmt: skip
+
+    assert samples(one) == samples(many)
