@@ -20,6 +20,8 @@ routable instance, labelled with slug, instance id, node, zone, tags and status.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any
 
 import orjson
@@ -125,20 +127,33 @@ async def endpoints(ctx: Context, caller: auth.Caller, body: dict[str, Any]) -> 
     return json_response(200, {"version_info": str(current), "type_url": EDS_TYPE, "resources": resources})
 
 
+def visible_slugs(ctx: Context, caller: auth.Caller) -> list[str]:
+    _, raws = ctx.store.list(INSTANCES)
+    slugs = sorted({s for s in (orjson.loads(r).get("slug") for r in raws) if isinstance(s, str)})
+    return slugs if caller.sees_every_slug else [s for s in slugs if s == caller.slug]
+
+
+def clusters_version(slugs: list[str], registry: str) -> str:
+    """CDS changes only when the set of slugs does (not at every instance write)."""
+    return hashlib.sha256(orjson.dumps([registry, slugs])).hexdigest()[:16]
+
+
 async def clusters(ctx: Context, caller: auth.Caller, body: dict[str, Any]) -> Response:
     metadata = (body.get("node") or {}).get("metadata") or {}
     registry = str(metadata.get("registry_cluster") or "registry")
     stamp = watch.collection_stamp(ctx.store, INSTANCES)
     known = str(body.get("version_info") or "")
-    if known.isdigit() and int(known) >= stamp():
-        await ctx.watch.wait_past(stamp, int(known), XDS_HOLD_S)
-        if stamp() <= int(known):
+    deadline = time.monotonic() + XDS_HOLD_S
+    while True:
+        seen = stamp()
+        slugs = visible_slugs(ctx, caller)
+        version = clusters_version(slugs, registry)
+        left = deadline - time.monotonic()
+        if version != known:
+            break
+        if left <= 0:
             return Response(status_code=304, headers={}, description=b"")
-    current = stamp()
-    _, raws = ctx.store.list(INSTANCES)
-    slugs = sorted({s for s in (orjson.loads(r).get("slug") for r in raws) if isinstance(s, str)})
-    if not caller.sees_every_slug:
-        slugs = [s for s in slugs if s == caller.slug]
+        await ctx.watch.wait_past(stamp, seen, left)
     resources = [
         {
             "@type": CDS_TYPE,
@@ -161,7 +176,7 @@ async def clusters(ctx: Context, caller: auth.Caller, body: dict[str, Any]) -> R
         }
         for slug in slugs
     ]
-    return json_response(200, {"version_info": str(current), "type_url": CDS_TYPE, "resources": resources})
+    return json_response(200, {"version_info": version, "type_url": CDS_TYPE, "resources": resources})
 
 
 # -- Prometheus -----------------------------------------------------------------------
