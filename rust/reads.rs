@@ -222,6 +222,30 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_is_stale_once_its_freshness_passes() {
+        use crate::cache::ResponseCache;
+        use crate::select::{EjectionConfig, Policy, Selector};
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let ejection = EjectionConfig {
+            consecutive_failures: 5,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(2),
+        };
+        let registry = Registry {
+            store: crate::store::Store::open(dir.path(), 1 << 24).unwrap(),
+            selector: Selector::new(Policy::RoundRobin, std::collections::HashMap::new(), ejection),
+            responses: ResponseCache::default(),
+        };
+        assert!(!replica_is_stale(&registry)); // a single-machine store never is
+        registry.store.set_fresh_until(0);
+        assert!(replica_is_stale(&registry));
+        registry.store.set_fresh_until(u64::MAX);
+        assert!(!replica_is_stale(&registry));
+    }
+
+    #[test]
     fn bearer_and_bare_secrets() {
         assert_eq!(bearer_secret("Bearer rsv_x"), Some("rsv_x"));
         assert_eq!(bearer_secret("bearer   rsv_x "), Some("rsv_x"));

@@ -473,7 +473,9 @@ impl Store {
         self.fresh_until.load(Ordering::Relaxed)
     }
 
+    /// Marks the store a cluster replica, fresh until `unix_ms`.
     pub fn set_fresh_until(&self, unix_ms: u64) {
+        self.replica.store(true, Ordering::Relaxed);
         self.fresh_until.store(unix_ms, Ordering::Relaxed);
     }
 

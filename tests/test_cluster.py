@@ -368,6 +368,24 @@ def test_a_reset_connection_to_etcd_is_resumed_without_a_relist(cluster: Cluster
     assert b.health()["relists"] == relists
 
 
+def test_a_server_restarted_while_etcd_is_away_serves_its_replica_read_only(cluster: Cluster) -> None:
+    b = cluster.nodes[1]
+    written = cluster.nodes[0].server.register(instance_body(free_port(), "away-svc"))
+    assert written.status == 201
+    b.server.call("GET", f"/registry-svc/instances?slug=away-svc&index={written.index}&wait=0s")
+    b.server.kill9()
+    b.cut("reset")
+    b.server.start(timeout=60)  # gives etcd 10 s, then serves the replica on disk
+    try:
+        read = b.server.call("GET", "/registry-svc/instances?slug=away-svc")  # a lookup the gate could answer
+        assert read.status == 200 and len(read.json["instances"]) == 1
+        assert "x-registry-stale-seconds" in read.headers
+        assert b.server.register(instance_body(free_port(), "away-svc")).status == 503
+    finally:
+        b.heal()
+    wait_for(lambda: b.health()["staleSeconds"] is None, 20, "B to reach etcd again")
+
+
 def test_a_replica_behind_a_member_without_quorum_notices_and_recovers(cluster: Cluster, tmp_path: Path) -> None:
     """A server whose only etcd member is cut off from its quorum must not go silently
     stale: every request carries require-leader, so the member refuses instead of answering

@@ -77,6 +77,9 @@ class Replicator:
         self._watch: Watch | None = None
         self._threads: list[threading.Thread] = []
         previous = replica_state(store)
+        # Stale until the first contact: the gate leaves reads to the workers (and their
+        # staleness header) even when etcd is away from the start.
+        store.set_fresh_until(0)
         self.state: dict[str, Any] = {
             "mode": "cluster",
             "prefix": layout.prefix,
