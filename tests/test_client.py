@@ -111,3 +111,16 @@ def test_a_resolver_follows_adds_and_removals_and_serves_through_a_restart(tmp_p
             assert resolver.last_error is None
     finally:
         server.kill9()
+
+
+def test_the_client_imports_without_the_server_stack() -> None:
+    """Robyn, psutil, pynvml, click and yaml are the server's: the client needs none of them."""
+    script = (
+        "import sys\n"
+        "for name in ('robyn', 'psutil', 'pynvml', 'click', 'yaml', 'urllib3'):\n"
+        "    sys.modules[name] = None  # an import of any of them now fails\n"
+        "from registry_svc.client import Registration, Resolver\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
