@@ -96,7 +96,7 @@ def prometheus_query(web: int, path: str) -> Any:
     try:
         conn.request("GET", path)
         return orjson.loads(conn.getresponse().read())
-    except OSError:
+    except (OSError, orjson.JSONDecodeError):  # not up yet, or still starting ("Service Unavailable")
         return None
     finally:
         conn.close()
