@@ -69,12 +69,16 @@ def test_counters_move_by_exactly_the_requests_made_across_two_processes(two_pro
             made += 1
     for conn in conns:
         conn.close()
-    time.sleep(1.2)  # each process folds its counts in every 0.5 s
+
+    def moved_by() -> float:
+        now = sample(scrape(server), "registry_http_requests_total", **route)
+        return now - sample(before, "registry_http_requests_total", **route)
+
+    # Each process folds its counts in every 0.5 s: wait for them, then they must be exact.
+    wait_for(lambda: moved_by() >= made, 5, "the other process's counts")
+    time.sleep(0.6)
+    assert moved_by() == made
     after = scrape(server)
-    assert (
-        sample(after, "registry_http_requests_total", **route) - sample(before, "registry_http_requests_total", **route)
-        == made
-    )
     latency = "registry_http_request_duration_seconds_count"
     moved = sample(after, latency, route=route["route"], method="GET") - sample(
         before, latency, route=route["route"], method="GET"
@@ -85,8 +89,13 @@ def test_counters_move_by_exactly_the_requests_made_across_two_processes(two_pro
     gate_before = sample(scrape(server), "registry_gate_requests_total", outcome="answered")
     for _ in range(7):
         assert server.call("GET", "/registry-svc/instances?slug=counted").status == 200
-    time.sleep(1.2)
-    assert sample(scrape(server), "registry_gate_requests_total", outcome="answered") - gate_before == 7
+
+    def answered() -> float:
+        return sample(scrape(server), "registry_gate_requests_total", outcome="answered") - gate_before
+
+    wait_for(lambda: answered() >= 7, 5, "the gate's counts")
+    time.sleep(0.6)
+    assert answered() == 7
 
     text = scrape(server)
     assert sample(text, "registry_instances", status="Unknown") >= 1
