@@ -167,22 +167,36 @@ def bearer_secret(header: str) -> str:
     return secret.strip()
 
 
-def ensure_admin_token(store: _core.Store, path: os.PathLike[str] | str) -> bool:
-    """Makes sure `path` holds a valid admin token, minting one if the file is missing or
-    its token is not in the store. Returns True when a new token was written."""
+def holds_valid_token(store: _core.Store, path: os.PathLike[str] | str) -> bool:
+    """Whether the file at `path` holds the secret of a token the store knows."""
     from pathlib import Path
 
     token_file = Path(path)
-    if token_file.exists():
-        secret = token_file.read_text().strip()
-        if secret and store.ids_by(TOKENS, "secretHash", hash_secret(secret)):
-            return False
-    secret, record = new_token_record("admin", None, "bootstrap admin token (admin.token)")
-    store.put(TOKENS, record["id"], orjson.dumps(record), 0)
+    if not token_file.exists():
+        return False
+    secret = token_file.read_text().strip()
+    return bool(secret) and bool(store.ids_by(TOKENS, "secretHash", hash_secret(secret)))
+
+
+def write_secret_file(path: os.PathLike[str] | str, secret: str) -> None:
+    """Writes `secret` to `path` (mode 0600), atomically."""
+    from pathlib import Path
+
+    token_file = Path(path)
     token_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = token_file.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     os.replace(tmp, token_file)
+
+
+def ensure_admin_token(store: _core.Store, path: os.PathLike[str] | str) -> bool:
+    """Makes sure `path` holds a valid admin token, minting one if the file is missing or
+    its token is not in the store. Returns True when a new token was written."""
+    if holds_valid_token(store, path):
+        return False
+    secret, record = new_token_record("admin", None, "bootstrap admin token (admin.token)")
+    store.put(TOKENS, record["id"], orjson.dumps(record), 0)
+    write_secret_file(path, secret)
     return True

@@ -146,7 +146,8 @@ def record_ops(
     ops = [op_put(layout.rec(collection, record_id), json)]
     claimed = []
     old_values = unique_values(collection, old or {})
-    for field, value in unique_values(collection, new).items():
+    new_values = unique_values(collection, new)
+    for field, value in new_values.items():
         if old_values.get(field) == value:
             continue
         guard = layout.uniq(collection, field, value)
@@ -154,7 +155,7 @@ def record_ops(
         ops.append(op_put(guard, record_id))
         claimed.append((field, value, guard))
     for field, value in old_values.items():
-        if unique_values(collection, new).get(field) != value:
+        if new_values.get(field) != value:
             ops.append(op_delete(layout.uniq(collection, field, value)))
     if collection in GUARDED:
         ops.append(op_put(layout.coll(collection), b""))

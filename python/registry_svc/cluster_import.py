@@ -4,26 +4,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import orjson
 
 from registry_svc import _core
-from registry_svc.auth import TOKENS, hash_secret, new_token_record
+from registry_svc.auth import TOKENS, hash_secret, holds_valid_token, new_token_record, write_secret_file
 from registry_svc.cluster import COLLECTIONS, EtcdStore, Layout, cmp_absent, op_get, op_put, range_kv, record_ops
 from registry_svc.etcd import Client, EtcdError, EtcdUnavailable, parse_endpoints, prefix_end, unb64
 
 log = logging.getLogger("registry_svc")
-
-
-def _write_secret(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    os.replace(tmp, path)
 
 
 def ensure_admin_token(store: EtcdStore, path: Path) -> bool:
@@ -31,10 +21,8 @@ def ensure_admin_token(store: EtcdStore, path: Path) -> bool:
     first server to start on an empty prefix, in one create-if-absent txn on the bootstrap
     key; every later server keeps the token file it has, if that token is valid. Returns
     True when this server created it."""
-    if path.exists():
-        secret = path.read_text().strip()
-        if secret and store.ids_by(TOKENS, "secretHash", hash_secret(secret)):
-            return False
+    if holds_valid_token(store, path):
+        return False
     secret, record = new_token_record("admin", None, "bootstrap admin token (admin.token of the first server)")
     json = orjson.dumps(record)
     _, ops, _ = record_ops(store.layout, TOKENS, record["id"], json, record, None)
@@ -52,7 +40,7 @@ def ensure_admin_token(store: EtcdStore, path: Path) -> bool:
         )
         return False
     store.wait_applied(int(answer["header"]["revision"]))
-    _write_secret(path, secret)
+    write_secret_file(path, secret)
     return True
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from registry_svc import _core
+from registry_svc import _core, cluster
 from registry_svc.status import STATUSES
 
 if TYPE_CHECKING:
@@ -200,9 +200,7 @@ class _Live:
         yield GaugeMetricFamily("registry_store_map_bytes", "The LMDB map size (the most the store holds)",
                                 value=self.map_size)  # fmt: skip
         yield from _node_metrics(store)
-        if isinstance(store, _replica_store_type()):
-            from registry_svc import cluster
-
+        if isinstance(store, cluster.EtcdStore):
             state = store.replica()
             applied = store.index()
             yield GaugeMetricFamily("registry_replica_lag_revisions", "etcd's revision minus the replica's",
@@ -210,12 +208,6 @@ class _Live:
             stale = cluster.staleness(state)
             yield GaugeMetricFamily("registry_replica_stale_seconds", "Seconds since the replica heard from etcd "
                                     "(0 while fresh)", value=stale or 0.0)  # fmt: skip
-
-
-def _replica_store_type() -> type[Any]:
-    from registry_svc.cluster import EtcdStore
-
-    return EtcdStore
 
 
 def _node_metrics(store: _core.Store) -> Iterator[Metric]:
