@@ -10,3 +10,8 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def field_error(field: str, problem: str) -> ApiError:
+    """The 400 error naming `field` and what is wrong with it: `{"error": "port: ..."}`."""
+    return ApiError(400, f"{field}: {problem}")

@@ -27,6 +27,7 @@ import orjson
 
 from registry_svc import _core, metrics, records, status
 from registry_svc.clock import parse_time, utc_now
+from registry_svc.models import HEALTH_CHECK_DEFAULTS
 from registry_svc.netguard import NetworkPolicy
 from registry_svc.probes import ProbeResult, probe
 from registry_svc.settings import LOOPBACK_NETWORKS
@@ -35,15 +36,6 @@ from registry_svc.status import Transition
 log = logging.getLogger("registry_svc")
 
 INSTANCES = "instances"
-HEALTH_CHECK_DEFAULTS: dict[str, Any] = {
-    "type": "tcp",
-    "path": "/health",
-    "intervalSeconds": 10,
-    "timeoutSeconds": 2,
-    "healthyThreshold": 2,
-    "unhealthyThreshold": 3,
-    "deregisterAfterSeconds": 0,
-}
 HEARTBEAT_REFRESH_S = 60.0
 MAX_CONCURRENT_PROBES = 256
 TICK_S = 0.2

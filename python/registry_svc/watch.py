@@ -21,8 +21,7 @@ import re
 from collections.abc import Callable
 
 from registry_svc import _core
-from registry_svc import validation as v
-from registry_svc.errors import ApiError
+from registry_svc.errors import ApiError, field_error
 
 DEFAULT_WAIT_S = 300.0
 MAX_WAIT_S = 600.0
@@ -42,16 +41,16 @@ def take_blocking(params: dict[str, list[str]]) -> tuple[int, float] | None:
     wait_values = params.pop("wait", None)
     if index_values is None:
         if wait_values is not None:
-            raise v.fail("wait", "only with index (the X-Registry-Index of the previous answer)")
+            raise field_error("wait", "only with index (the X-Registry-Index of the previous answer)")
         return None
     text = index_values[-1]
     if not text.isdigit() or len(text) > 19:
-        raise v.fail("index", f"must be a non-negative integer, got '{text}'")
+        raise field_error("index", f"must be a non-negative integer, got '{text}'")
     wait = DEFAULT_WAIT_S
     if wait_values is not None:
         match = _DURATION.match(wait_values[-1])
         if match is None:
-            raise v.fail("wait", f"must be a duration such as 30s, 500ms or 5m, got '{wait_values[-1]}'")
+            raise field_error("wait", f"must be a duration such as 30s, 500ms or 5m, got '{wait_values[-1]}'")
         wait = min(MAX_WAIT_S, float(match[1]) * _UNITS[match[2]])
     # Jitter spreads the answers of watchers that timed out together (Consul adds wait/16).
     return int(text), wait + random.uniform(0, wait / 16)

@@ -27,8 +27,7 @@ from typing import Any
 import orjson
 from robyn import Request, Response
 
-from registry_svc import auth, watch
-from registry_svc import validation as v
+from registry_svc import auth, models, watch
 from registry_svc.api import Call, Context, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, query_params, raw_json, read_json_object
@@ -109,10 +108,8 @@ async def xds(ctx: Context, request: Request) -> Response:
 
 
 async def endpoints(ctx: Context, caller: auth.Caller, body: dict[str, Any]) -> Response:
-    names = body.get("resource_names") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise v.fail("resource_names", "must be a list of cluster names (slugs)")
-    slugs = [v.slug(n) for n in names if caller.sees_every_slug or n == caller.slug]
+    names = models.parse(models.DiscoveryRequest, body).resource_names or []
+    slugs = [n for n in names if caller.sees_every_slug or n == caller.slug]
 
     def version() -> int:
         return max((ctx.store.partition_index(INSTANCES, s) for s in slugs), default=0)
@@ -183,13 +180,10 @@ async def clusters(ctx: Context, caller: auth.Caller, body: dict[str, Any]) -> R
 
 
 def prometheus_targets(call: Call) -> Response:
-    params = query_params(call.request)
-    for name in params:
-        if name != "slug":
-            raise v.fail(name, "unknown parameter; use slug")
+    query = models.parse_query(models.SlugQuery, query_params(call.request))
     filters: list[tuple[str, str]] = []
-    if "slug" in params:
-        filters.append(("slug", v.slug(params["slug"][-1])))
+    if query.slug is not None:
+        filters.append(("slug", query.slug))
     if not call.caller.sees_every_slug:
         filters.append(("slug", call.caller.slug or ""))
     index, raws = call.ctx.store.list(INSTANCES, filters)

@@ -14,102 +14,57 @@ from typing import Any
 import orjson
 from robyn import Response
 
-from registry_svc import _core, auth, records, status, urls, watch
-from registry_svc import validation as v
+from registry_svc import _core, auth, models, records, status, urls, watch
 from registry_svc.api import Call, Route
 from registry_svc.clock import utc_now
-from registry_svc.errors import ApiError
-from registry_svc.health import HEALTH_CHECK_DEFAULTS
+from registry_svc.errors import ApiError, field_error
 from registry_svc.http import json_response, no_content, path_param, put_async, query_params, raw_json, read_json_object
 
 INSTANCES = "instances"
-STATUSES = status.STATUSES
 RESERVED_SLUGS = frozenset({"registry-svc", "health", "metrics", "version", "ui"})
 FIELD_ORDER = (
     "id", "url", "slug", "scheme", "host", "ip", "port", "path", "deploymentId", "nodeUrl", "tags",
     "metadata", "weight", "zone", "status", "statusReason", "details", "lastHeartbeat", "registeredAt",
     "healthCheck",
 )  # fmt: skip
-# Read-only fields are accepted and ignored, so a fetched instance can be sent back as is.
-ACCEPTED = frozenset(FIELD_ORDER)
-HEALTH_CHECK_TYPES = ("tcp", "http", "ttl", "none")
 # Query parameter -> indexed field of the store.
 FILTERS = {
     "id": "id", "slug": "slug", "host": "host", "ip": "ip", "deploymentId": "deploymentId",
     "nodeUrl": "nodeUrl", "status": "status", "tag": "tags", "zone": "zone", "scheme": "scheme",
 }  # fmt: skip
+FILTER_NAMES = frozenset(FILTERS)
 MAX_FILTERS = 16
-MAX_FILTER_VALUE = 256
 
 
-def parse_health_check(value: Any) -> dict[str, Any]:
-    """A health check object with defaults filled in."""
-    body = v.obj(value, "healthCheck")
-    v.reject_unknown(body, HEALTH_CHECK_DEFAULTS, "healthCheck")
-    check = dict(HEALTH_CHECK_DEFAULTS)
-    if "type" in body:
-        if body["type"] not in HEALTH_CHECK_TYPES:
-            raise v.fail("healthCheck.type", f"must be one of {', '.join(HEALTH_CHECK_TYPES)}")
-        check["type"] = body["type"]
-    if "path" in body:
-        path = v.string(body["path"], "healthCheck.path", max_len=1024)
-        if not path.startswith("/"):
-            raise v.fail("healthCheck.path", "must start with '/'")
-        check["path"] = path
-    limits = {
-        "intervalSeconds": (1, 3600),
-        "timeoutSeconds": (1, 300),
-        "healthyThreshold": (1, 100),
-        "unhealthyThreshold": (1, 100),
-        "deregisterAfterSeconds": (0, 30 * 86400),
-    }
-    for key, (low, high) in limits.items():
-        if key in body:
-            check[key] = v.integer(body[key], f"healthCheck.{key}", low, high)
-    if check["timeoutSeconds"] > check["intervalSeconds"]:
-        if "timeoutSeconds" in body:
-            raise v.fail("healthCheck.timeoutSeconds", "must not exceed intervalSeconds")
-        check["timeoutSeconds"] = check["intervalSeconds"]  # the default follows a short interval
-    return check
-
-
-def parse_address(body: dict[str, Any]) -> dict[str, Any]:
+def parse_address(body: models.InstanceRegistration) -> dict[str, Any]:
     """The address fields, from `url` or composed from scheme/host/ip/port/path, with `url`
     in canonical form (see `urls.py`) and `port` always the effective port.
 
     Parts given beside a `url` must agree with it.
     """
-    given: dict[str, Any] = {}
-    if body.get("scheme") is not None:
-        if body["scheme"] not in ("http", "https"):
-            raise v.fail("scheme", "must be 'http' or 'https'")
-        given["scheme"] = body["scheme"]
-    if body.get("host") is not None:
-        given["host"] = v.hostname(body["host"], "host")
-    if body.get("ip") is not None:
-        given["ip"] = v.ip_address(body["ip"], "ip")
-    if body.get("port") is not None:
-        given["port"] = v.port(body["port"], "port")
-    if body.get("path") is not None:
-        path = v.string(body["path"], "path", max_len=1024)
-        try:
-            given["path"] = urls.canonical_path(path) or None
-        except urls.UrlError as e:
-            raise v.fail("path", str(e)) from None
-
+    given: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("scheme", body.scheme), ("host", body.host), ("ip", body.ip), ("port", body.port),
+            ("path", None if body.path is None else body.path or None),
+        )
+        if value is not None
+    }  # fmt: skip
     # A typed 1Backend client must send `url` and sends "" when it registers by parts.
-    if body.get("url") is not None and not (body["url"] == "" and ("host" in given or "ip" in given)):
-        endpoint = v.endpoint(body["url"], "url")
+    if body.url is not None and not (body.url == "" and ("host" in given or "ip" in given)):
+        if not body.url:
+            raise field_error("url", "must not be empty")
+        endpoint = urls.parse_url(body.url)  # canonical already: cannot fail
         derived = address_fields(endpoint, given.get("ip"))
         for key in ("scheme", "host", "port", "path"):
             if key in given and given[key] != derived[key]:
-                raise v.fail(key, f"'{given[key]}' does not match url '{endpoint.url}'")
+                raise field_error(key, f"'{given[key]}' does not match url '{endpoint.url}'")
         if "ip" in given and endpoint.is_ip and given["ip"] != derived["ip"]:
-            raise v.fail("ip", f"'{given['ip']}' does not match url '{endpoint.url}'")
+            raise field_error("ip", f"'{given['ip']}' does not match url '{endpoint.url}'")
         return derived
 
     if "host" not in given and "ip" not in given:
-        raise v.fail("url", "required (or give host or ip, with scheme, port and path)")
+        raise field_error("url", "required (or give host or ip, with scheme, port and path)")
     scheme = given.get("scheme", "http")
     port = given.get("port", urls.DEFAULT_PORTS[scheme])
     host = given.get("host") or given["ip"]
@@ -131,33 +86,31 @@ def address_fields(endpoint: urls.Endpoint, ip: str | None) -> dict[str, Any]:
     }
 
 
-def parse_registration(body: dict[str, Any]) -> dict[str, Any]:
-    """The writable fields the body sets (address fields always), validated."""
-    v.reject_unknown(body, ACCEPTED, "")
+def parse_registration(raw: dict[str, Any]) -> dict[str, Any]:
+    """The writable fields the body sets (address fields always), validated. A null is
+    the field's default, except for fields that are null when unset."""
+    body = models.parse(models.InstanceRegistration, raw)
     fields = parse_address(body)
-    if "id" in body and body["id"] is not None:
-        fields["id"] = v.record_id(body["id"])
-    if "slug" in body and body["slug"] is not None:
-        fields["slug"] = v.slug(body["slug"])
-        if fields["slug"] in RESERVED_SLUGS:
-            raise v.fail("slug", f"'{fields['slug']}' is reserved for built-in routes")
-    for key in ("deploymentId", "zone"):
-        if key in body:
-            fields[key] = v.optional_string(body[key], key, max_len=128)
-    if "nodeUrl" in body:
-        fields["nodeUrl"] = None if body["nodeUrl"] is None else v.http_url(body["nodeUrl"], "nodeUrl")
-    if "tags" in body:
-        fields["tags"] = [] if body["tags"] is None else v.string_list(body["tags"], "tags")
-    if "metadata" in body:
-        fields["metadata"] = {} if body["metadata"] is None else v.string_map(body["metadata"], "metadata")
-    if "weight" in body:
-        fields["weight"] = 100 if body["weight"] is None else v.integer(body["weight"], "weight", 1, 1000)
-    if body.get("status") is not None:
-        if body["status"] not in STATUSES:
-            raise v.fail("status", f"must be one of {', '.join(STATUSES)}")
-        fields["status"] = body["status"]
-    if "healthCheck" in body:
-        fields["healthCheck"] = parse_health_check({} if body["healthCheck"] is None else body["healthCheck"])
+    sent = body.model_fields_set
+    if body.id is not None:
+        fields["id"] = body.id
+    if body.slug is not None:
+        if body.slug in RESERVED_SLUGS:
+            raise field_error("slug", f"'{body.slug}' is reserved for built-in routes")
+        fields["slug"] = body.slug
+    for key in ("deploymentId", "zone", "nodeUrl"):
+        if key in sent:
+            fields[key] = getattr(body, key)
+    if "tags" in sent:
+        fields["tags"] = body.tags or []
+    if "metadata" in sent:
+        fields["metadata"] = body.metadata or {}
+    if "weight" in sent:
+        fields["weight"] = 100 if body.weight is None else body.weight
+    if body.status is not None:
+        fields["status"] = body.status
+    if "healthCheck" in sent:
+        fields["healthCheck"] = (body.healthCheck or models.HealthCheck()).model_dump()
     return fields
 
 
@@ -182,7 +135,7 @@ def merge(
     now = utc_now()
     record: dict[str, Any] = existing.copy() if existing else {
         "tags": [], "metadata": {}, "weight": 100, "status": "Unknown", "nodeUrl": node_url,
-        "healthCheck": dict(HEALTH_CHECK_DEFAULTS), "registeredAt": now,
+        "healthCheck": dict(models.HEALTH_CHECK_DEFAULTS), "registeredAt": now,
     }  # fmt: skip
     record.update(fields)
     record["id"] = instance_id
@@ -275,21 +228,13 @@ def parse_filters(params: dict[str, list[str]]) -> list[tuple[str, str]]:
     """The store filters of a list query: known names only, values checked and put in the
     stored form (so `nodeUrl=HTTP://N:80` finds `http://n`), repeats removed, sorted. Every
     distinct query is a response-cache entry, so absurd ones are refused."""
+    query = models.parse_query(models.InstanceFilters, params, repeatable=FILTER_NAMES)
     filters: set[tuple[str, str]] = set()
-    for name, values in params.items():
-        field = FILTERS.get(name)
-        if field is None:
-            raise v.fail(name, f"unknown filter; use one of {', '.join(FILTERS)}")
+    for name, values in query.model_dump(exclude_none=True).items():
         for value in values:
-            if name == "nodeUrl":
-                value = v.http_url(value, name)
-            else:
-                value = v.string(value, name, max_len=MAX_FILTER_VALUE, allow_empty=True)
-                if name in ("host", "ip") and value:
-                    value = value.lower() if name == "host" else v.ip_address(value, name)
-            filters.add((field, value))
+            filters.add((FILTERS[name], value.lower() if name == "host" else value))
     if len(filters) > MAX_FILTERS:
-        raise v.fail(next(iter(params)), f"at most {MAX_FILTERS} distinct filters per query")
+        raise field_error(next(iter(params)), f"at most {MAX_FILTERS} distinct filters per query")
     return sorted(filters)
 
 
@@ -337,11 +282,7 @@ def heartbeat(call: Call) -> Response:
     """Renews an instance's heartbeat; `{"status": ...}` in the body also sets its status.
     A `ttl` instance that heartbeats without a status becomes Healthy (`status.py`)."""
     instance_id = path_param(call.request, "id")
-    body = read_json_object(call.request, allow_empty=True)
-    v.reject_unknown(body, ("status",), "")
-    requested = body.get("status")
-    if requested is not None and requested not in STATUSES:
-        raise v.fail("status", f"must be one of {', '.join(STATUSES)}")
+    requested = models.parse(models.Heartbeat, read_json_object(call.request, allow_empty=True)).status
 
     def change(current: dict[str, Any] | None) -> dict[str, Any]:
         if current is None or not can_see(call.caller, current):

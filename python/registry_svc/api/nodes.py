@@ -8,13 +8,11 @@ from typing import Any
 import orjson
 from robyn import Response
 
-from registry_svc import auth, nodes, watch
-from registry_svc import validation as v
+from registry_svc import auth, models, nodes, watch
 from registry_svc.api import Call, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import json_response, no_content, path_param, query_params, raw_json, read_json_object
 
-NODE_FILTERS = ("ids", "region", "availabilityZone", "hasGpu")
 # A proxy in front may merge the '//' of an unencoded URL in the path; put it back.
 _MERGED_SCHEME = re.compile(r"^(https?):/(?!/)")
 
@@ -31,16 +29,10 @@ def _matches(node: dict[str, Any], filters: dict[str, Any]) -> bool:
 async def list_nodes(call: Call) -> Response:
     stamp = watch.collection_stamp(call.ctx.store, nodes.NODES)
     await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
-    body = read_json_object(call.request, allow_empty=True)
-    v.reject_unknown(body, NODE_FILTERS, "")
-    filters: dict[str, Any] = {}
-    if body.get("ids") is not None:
-        filters["ids"] = set(v.string_list(body["ids"], "ids", max_items=10000, max_len=256))
-    for key in ("region", "availabilityZone"):
-        if body.get(key) is not None:
-            filters[key] = v.string(body[key], key, max_len=128)
-    if body.get("hasGpu") is not None:
-        filters["hasGpu"] = v.boolean(body["hasGpu"], "hasGpu")
+    body = models.parse(models.NodeFilter, read_json_object(call.request, allow_empty=True))
+    filters: dict[str, Any] = body.model_dump(exclude_none=True)
+    if "ids" in filters:
+        filters["ids"] = set(filters["ids"])
     store = call.ctx.store
     if not filters:
         index, raw = store.list_json(nodes.NODES, [], "nodes")

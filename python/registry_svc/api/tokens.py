@@ -7,8 +7,7 @@ import logging
 import orjson
 from robyn import Response
 
-from registry_svc import _core, auth, records, watch
-from registry_svc import validation as v
+from registry_svc import _core, auth, models, records, watch
 from registry_svc.api import Call, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import json_response, no_content, path_param, query_params, read_json_object
@@ -17,20 +16,9 @@ log = logging.getLogger("registry_svc")
 
 
 def create_token(call: Call) -> Response:
-    body = read_json_object(call.request)
-    v.reject_unknown(body, ("role", "slug", "description"), "")
-    role = body.get("role")
-    if role not in auth.ROLES:
-        raise v.fail("role", f"must be one of {', '.join(auth.ROLES)}")
-    slug = None
-    if role == "service":
-        if body.get("slug") is None:
-            raise v.fail("slug", "required for a service token")
-        slug = v.slug(body["slug"])
-    elif body.get("slug") is not None:
-        raise v.fail("slug", f"only service tokens carry a slug, not {role} tokens")
-    description = v.string(body.get("description", ""), "description", max_len=256, allow_empty=True)
-    secret, record = auth.new_token_record(role, slug, description)
+    body = models.parse(models.CreateToken, read_json_object(call.request))
+    role, slug = body.role, body.slug
+    secret, record = auth.new_token_record(role, slug, body.description)
     index = call.ctx.store.put(auth.TOKENS, record["id"], orjson.dumps(record), 0)
     log.info("token %s created (role %s%s)", record["id"], role, f", slug {slug}" if slug else "")
     return json_response(201, {"token": secret, "info": auth.public_info(record)}, index)

@@ -1,0 +1,525 @@
+"""The request models of the API: every body and query the server accepts, declared once.
+
+pydantic v2 checks them (types are strict: `"80"` is not a port, `true` is not a number),
+and the same declarations give the OpenAPI document its schemas (`openapi.py`). A refusal
+is one 400 `{"error": "field: problem"}` naming the first bad field as the client wrote it
+(`tags[1]`, `healthCheck.intervalSeconds`, `definition.image.internalPorts[0]`); unknown
+fields are refused.
+
+What a model cannot say in JSON Schema (a URL in canonical form, a host that is not an IP,
+the timeout of a check within its interval) is an after-validator beside the field, so the
+rules still live in one place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from registry_svc import urls
+from registry_svc.errors import ApiError, field_error
+
+# -- Strings ---------------------------------------------------------------------------
+
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+SLUG_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+DEFINITION_ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+CHECK_PATH = r"^/[^\x00-\x1f\x7f]*$"
+# What a pattern means, in words: the error a client sees when a value does not match.
+PATTERN_PROBLEMS = {
+    NO_CONTROL: "must not contain control characters",
+    ID_PATTERN: "may contain only letters, digits, '_', '.', ':' and '-', and must start with a letter or digit",
+    SLUG_PATTERN: "must be lowercase letters, digits, '-' or '_', starting and ending with a letter or digit",
+    DEFINITION_ID_PATTERN: "must be lowercase letters, digits and '-', starting and ending with a letter or digit",
+    CHECK_PATH: "must start with '/' and contain no control characters",
+}
+
+Text = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=256, pattern=NO_CONTROL)]
+ShortText = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=128, pattern=NO_CONTROL)]
+LongText = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=2048, pattern=NO_CONTROL)]
+PathText = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=1024, pattern=NO_CONTROL)]
+# May be empty: descriptions, metadata and envar values, filter values.
+FreeText = Annotated[str, Strict(), StringConstraints(max_length=256, pattern=NO_CONTROL)]
+Value = Annotated[str, Strict(), StringConstraints(max_length=1024, pattern=NO_CONTROL)]
+RecordId = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
+Slug = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=63, pattern=SLUG_PATTERN)]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+Policy = Literal["round_robin", "random", "weighted", "least_request", "consistent_hash"]
+Status = Literal["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]
+Role = Literal["admin", "service", "proxy"]
+
+
+def _canonical_url(text: str) -> str:
+    """An absolute http(s) URL in the canonical form of `urls.parse_url` ("" left as is: a
+    1Backend client registering by parts sends it)."""
+    if not text:
+        return text
+    try:
+        return urls.parse_url(text).url
+    except urls.UrlError as e:
+        raise ValueError(str(e)) from None
+
+
+def _required_url(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return _canonical_url(text)
+
+
+def _hostname(text: str) -> str:
+    if urls.is_ip(text):
+        raise ValueError(f"'{text}' is an IP address; give it as ip")
+    try:
+        return urls.canonical_host(text)
+    except urls.UrlError as e:
+        raise ValueError(str(e)) from None
+
+
+def _ip_address(text: str) -> str:
+    if not text:
+        return text  # a filter may ask for an empty value; a body field is at least 1 character
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise ValueError("an IPv6 zone (%...) is not allowed")
+    return str(address)
+
+
+def _url_path(text: str) -> str:
+    try:
+        return urls.canonical_path(text)
+    except urls.UrlError as e:
+        raise ValueError(str(e)) from None
+
+
+def _distinct(items: list[str]) -> list[str]:
+    """Repeats removed, first occurrence kept."""
+    return list(dict.fromkeys(items))
+
+
+Url = Annotated[
+    str, Strict(), StringConstraints(max_length=urls.MAX_URL_LEN, pattern=NO_CONTROL), AfterValidator(_canonical_url)
+]
+NodeUrl = Annotated[
+    str, Strict(), StringConstraints(max_length=urls.MAX_URL_LEN, pattern=NO_CONTROL), AfterValidator(_required_url)
+]
+Hostname = Annotated[
+    str, Strict(), StringConstraints(min_length=1, max_length=253, pattern=NO_CONTROL), AfterValidator(_hostname)
+]
+IpAddress = Annotated[
+    str, Strict(), StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROL), AfterValidator(_ip_address)
+]
+UrlPath = Annotated[str, Strict(), StringConstraints(max_length=1024, pattern=NO_CONTROL), AfterValidator(_url_path)]
+Tags = Annotated[list[ShortText], Field(max_length=64), AfterValidator(_distinct)]
+Metadata = Annotated[dict[ShortText, Value], Field(max_length=64)]
+
+
+def field_problem(field: str, problem: str) -> PydanticCustomError:
+    """A refusal that a model validator makes about one of its fields (`field` is
+    relative to the model, so a nested model's path is kept)."""
+    return PydanticCustomError("field", "{field}: {problem}", {"field": field, "problem": problem})
+
+
+class Model(BaseModel):
+    """A request body: unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- Instances -------------------------------------------------------------------------
+
+
+class HealthCheck(Model):
+    """How the registry checks an instance. Omitted fields take the defaults shown."""
+
+    type: Literal["tcp", "http", "ttl", "none"] = Field(
+        default="tcp", description="tcp connect, http GET (2xx/3xx), ttl (the instance heartbeats), or none"
+    )
+    path: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=1024, pattern=CHECK_PATH)] = Field(
+        default="/health", description="request path of an http check"
+    )
+    intervalSeconds: Annotated[int, Strict(), Field(ge=1, le=3600)] = 10
+    timeoutSeconds: Annotated[int, Strict(), Field(ge=1, le=300)] = Field(
+        default=2, description="at most intervalSeconds; when omitted, min(2, intervalSeconds)"
+    )
+    healthyThreshold: Annotated[int, Strict(), Field(ge=1, le=100)] = 2
+    unhealthyThreshold: Annotated[int, Strict(), Field(ge=1, le=100)] = 3
+    deregisterAfterSeconds: Annotated[int, Strict(), Field(ge=0, le=30 * 86400)] = Field(
+        default=0, description="remove the instance after this long Unhealthy; 0 never"
+    )
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> HealthCheck:
+        if self.timeoutSeconds > self.intervalSeconds:
+            if "timeoutSeconds" in self.model_fields_set:
+                raise field_problem("timeoutSeconds", "must not exceed intervalSeconds")
+            self.timeoutSeconds = self.intervalSeconds  # the default follows a short interval
+        return self
+
+
+HEALTH_CHECK_DEFAULTS: dict[str, Any] = HealthCheck().model_dump()
+
+
+class InstanceRegistration(Model):
+    """`PUT /registry-svc/instance`: register or re-register (upsert by url, or by id).
+
+    The address is `url`, or parts: `host` or `ip`, with `scheme` (http), `port` (the
+    scheme's default) and `path`; parts given beside `url` must agree with it. Read-only
+    fields of a fetched instance are accepted and ignored, so it can be sent back as is."""
+
+    id: RecordId | None = Field(default=None, description="kept if given; otherwise the url's instance, or a new id")
+    url: Url | None = Field(default=None, description="absolute http(s) URL, no query, fragment or userinfo")
+    slug: Slug | None = Field(default=None, description="the service; a service token's own slug by default")
+    scheme: Literal["http", "https"] | None = None
+    host: Hostname | None = Field(default=None, description="a DNS name; an address goes in ip")
+    ip: IpAddress | None = None
+    port: Port | None = None
+    path: UrlPath | None = None
+    deploymentId: ShortText | None = None
+    nodeUrl: NodeUrl | None = Field(default=None, description="the node the instance runs on; this server's by default")
+    tags: Tags | None = None
+    metadata: Metadata | None = None
+    weight: Annotated[int, Strict(), Field(ge=1, le=1000)] | None = Field(default=None, description="default 100")
+    zone: ShortText | None = None
+    status: Status | None = Field(default=None, description="set a status at registration (default Unknown)")
+    healthCheck: HealthCheck | None = None
+    statusReason: Any = Field(default=None, json_schema_extra={"readOnly": True})
+    details: Any = Field(default=None, json_schema_extra={"readOnly": True})
+    lastHeartbeat: Any = Field(default=None, json_schema_extra={"readOnly": True})
+    registeredAt: Any = Field(default=None, json_schema_extra={"readOnly": True})
+
+
+class Heartbeat(Model):
+    """`PUT /registry-svc/instance/{id}/heartbeat`: renew; optionally set the status."""
+
+    status: Status | None = None
+
+
+# -- Definitions -----------------------------------------------------------------------
+
+Ports = Annotated[list[Port], Field(max_length=64)]
+
+
+def _envar_text(value: Any) -> Any:
+    """YAML turns `value: 32` into a number; an env var is text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+class Image(Model):
+    name: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=512, pattern=NO_CONTROL)]
+    internalPorts: Ports | None = None
+
+
+class Repository(Model):
+    url: LongText
+    version: PathText | None = None
+    buildContext: PathText | None = None
+    containerFile: PathText | None = None
+    internalPorts: Ports | None = None
+
+
+class PortMapping(Model):
+    internal: Port
+    host: Port
+
+
+class Envar(Model):
+    key: Text
+    value: Annotated[
+        str, Strict(), StringConstraints(max_length=8192, pattern=NO_CONTROL), BeforeValidator(_envar_text)
+    ] = ""
+
+
+class ApiSpec(Model):
+    url: LongText
+    protocolType: Text | None = None
+    version: Text | None = None
+    metadata: Metadata | None = None
+
+
+class Client(Model):
+    language: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROL)]
+    url: LongText
+
+
+class Definition(Model):
+    """A service definition: a template for running a service (image or repository)."""
+
+    id: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=63, pattern=DEFINITION_ID_PATTERN)]
+    image: Image | None = None
+    repository: Repository | None = None
+    ports: Annotated[list[PortMapping], Field(max_length=256)] | None = None
+    envars: Annotated[list[Envar], Field(max_length=256)] | None = None
+    apiSpecs: Annotated[list[ApiSpec], Field(max_length=256)] | None = None
+    clients: Annotated[list[Client], Field(max_length=256)] | None = None
+
+    @model_validator(mode="after")
+    def _image_or_repository(self) -> Definition:
+        if (self.image is None) == (self.repository is None):
+            raise field_problem("image", "exactly one of 'image' or 'repository' is required")
+        return self
+
+
+class SaveDefinition(Model):
+    """`PUT /registry-svc/definition`."""
+
+    definition: Definition
+
+
+# -- Tokens and nodes ------------------------------------------------------------------
+
+
+class CreateToken(Model):
+    """`POST /registry-svc/tokens`. A service token carries the slug it may act for."""
+
+    role: Role
+    slug: Slug | None = Field(default=None, description="required for a service token, refused for the others")
+    description: FreeText = ""
+
+    @model_validator(mode="after")
+    def _slug_for_services(self) -> CreateToken:
+        if self.role == "service" and self.slug is None:
+            raise field_problem("slug", "required for a service token")
+        if self.role != "service" and self.slug is not None:
+            raise field_problem("slug", f"only service tokens carry a slug, not {self.role} tokens")
+        return self
+
+
+class NodeFilter(Model):
+    """`POST /registry-svc/nodes`: every given filter must match (an empty body lists all)."""
+
+    ids: (
+        Annotated[
+            list[Annotated[str, Strict(), StringConstraints(min_length=1, max_length=256, pattern=NO_CONTROL)]],
+            Field(max_length=10000),
+        ]
+        | None
+    ) = None
+    region: ShortText | None = None
+    availabilityZone: ShortText | None = None
+    hasGpu: Annotated[bool, Strict()] | None = None
+
+
+class DiscoveryRequest(BaseModel):
+    """Envoy's DiscoveryRequest (REST-JSON xDS); its other fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version_info: Annotated[str, Strict()] | None = None
+    resource_names: list[Slug] | None = Field(default=None, description="EDS: the slugs (cluster names) wanted")
+    node: dict[str, Any] | None = Field(
+        default=None,
+        description="metadata.registry_token may carry the token; metadata.registry_cluster names the EDS source",
+    )
+
+
+# -- Queries ---------------------------------------------------------------------------
+# Query values are strings; a model of a query describes it for the OpenAPI document and
+# checks it like a body (repeatable parameters are lists).
+
+
+class Query(Model):
+    """A query string's parameters."""
+
+
+def _at_most_16_distinct(tags: list[str]) -> list[str]:
+    """Repeats are one tag; each distinct set of tags is a cache entry, so few are allowed."""
+    distinct = sorted(set(tags))
+    if len(distinct) > 16:
+        raise ValueError("at most 16 distinct tags per query")
+    return distinct
+
+
+PickTags = Annotated[
+    list[ShortText],
+    AfterValidator(_at_most_16_distinct),
+    Field(json_schema_extra={"maxItems": 16, "uniqueItems": True}),
+]
+
+
+class PickQuery(Query):
+    """`GET /registry-svc/instance/pick`."""
+
+    slug: Slug
+    policy: Policy | None = Field(default=None, description="default: the slug's policy, else the server's")
+    zone: ShortText | None = Field(default=None, description="prefer instances in this zone")
+    key: Text | None = Field(default=None, description="the hash key of consistent_hash (required with it)")
+    tag: PickTags | None = Field(default=None, description="every tag must be present (repeatable)")
+
+    @model_validator(mode="after")
+    def _key_for_consistent_hash(self) -> PickQuery:
+        if self.policy == "consistent_hash" and not self.key:
+            raise field_problem("key", "required with policy=consistent_hash")
+        return self
+
+
+FilterValues = Annotated[list[FreeText], Field(min_length=1)]
+
+
+class InstanceFilters(Query):
+    """`GET /registry-svc/instances`: each filter is repeatable; all must match."""
+
+    id: FilterValues | None = None
+    slug: FilterValues | None = None
+    host: FilterValues | None = None
+    ip: Annotated[list[Annotated[FreeText, AfterValidator(_ip_address)]], Field(min_length=1)] | None = None
+    deploymentId: FilterValues | None = None
+    nodeUrl: Annotated[list[NodeUrl], Field(min_length=1)] | None = None
+    status: FilterValues | None = None
+    tag: FilterValues | None = None
+    zone: FilterValues | None = None
+    scheme: FilterValues | None = None
+
+
+class SlugQuery(Query):
+    """`GET /registry-svc/discovery/prometheus`."""
+
+    slug: Slug | None = None
+
+
+class DryRunQuery(Query):
+    """`PUT /registry-svc/definition`."""
+
+    dryRun: Literal["true", "false"] = Field(default="false", description="true: validate only, write nothing")
+
+
+class BlockingQuery(Query):
+    """A blocking query: answer once the result's index passes `index`, or after `wait`."""
+
+    index: Annotated[str, Field(pattern=r"^[0-9]{1,19}$")] | None = Field(
+        default=None, description="the X-Registry-Index of the previous answer"
+    )
+    wait: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$")] | None = Field(
+        default=None, description="how long to hold the request (default 5m, at most 10m); only with index"
+    )
+
+
+# -- Parsing ---------------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: dict[str, Any], *, query: bool = False) -> M:
+    """`data` checked against `model`; a 400 naming the first bad field otherwise (the
+    parameter alone for a `query`, where the position of a repeated value means nothing)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ApiError(400, describe(e.errors(include_url=False)[0], query=query)) from None
+
+
+def parse_query(model: type[M], params: dict[str, list[str]], repeatable: frozenset[str] = frozenset()) -> M:
+    """A query (name -> values) checked against `model`. A parameter that is not
+    `repeatable` may be given once."""
+    fields = model.model_fields
+    data: dict[str, Any] = {}
+    for name, values in params.items():
+        if name not in fields:
+            raise field_error(name, f"unknown parameter; use {', '.join(fields)}")
+        if name in repeatable:
+            data[name] = values
+        elif len(values) > 1:
+            raise field_error(name, "give it once")
+        else:
+            data[name] = values[0]
+    return parse(model, data, query=True)
+
+
+def describe(error: Any, *, query: bool = False) -> str:
+    """`field: problem` for one pydantic error."""
+    loc = [part for part in error["loc"] if not (query and isinstance(part, int))]
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    if kind == "field":
+        loc.append(ctx["field"])
+        problem = ctx["problem"]
+    else:
+        problem = _problem(kind, ctx, error.get("input"), error["msg"])
+    path = _path(loc)
+    return f"{path}: {problem}" if path else problem
+
+
+def _path(loc: list[Any]) -> str:
+    """`definition.ports[0].host`; a bad key of a map is `metadata key`."""
+    out = ""
+    key_of_map = bool(loc) and loc[-1] == "[key]"
+    if key_of_map:
+        loc = loc[:-2]
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out + " key" if key_of_map else out
+
+
+_TYPE_PROBLEMS = {
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "bool_type": "must be true or false",
+    "list_type": "must be an array",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+}
+
+
+def _problem(kind: str, ctx: dict[str, Any], value: Any, fallback: str) -> str:
+    if kind in _TYPE_PROBLEMS:
+        return f"{_TYPE_PROBLEMS[kind]}, not {type_name(value)}"
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx['min_length']} characters"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters"
+    if kind == "too_long":
+        noun = "entries" if ctx.get("field_type") == "Dictionary" else "items"
+        return f"must have at most {ctx['max_length']} {noun}"
+    if kind == "too_short":
+        return f"must have at least {ctx['min_length']} item(s)"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']}, got {value}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}, got {value}"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}"
+    if kind == "string_pattern_mismatch":
+        return PATTERN_PROBLEMS.get(ctx["pattern"], f"must match {ctx['pattern']}")
+    if kind == "value_error":
+        return str(ctx["error"])
+    return fallback
+
+
+def type_name(value: Any) -> str:
+    """JSON's name for the type of `value`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
