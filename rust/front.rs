@@ -10,7 +10,10 @@
 //!   transfer coding other than `chunked` is a 400 and the connection is closed (RFC 9112
 //!   section 6.1: a request smuggling vector otherwise);
 //! - a method the API does not know is a JSON 405; a malformed head is a 400; a head over
-//!   `max_head` bytes is a 431; a head that does not arrive in time is a 408.
+//!   `max_head` bytes is a 431; a head that does not arrive in time is a 408;
+//! - a `multipart/form-data` body is a 415 on the registry's own routes (they take JSON)
+//!   and a 400 without a boundary anywhere: Robyn parses such bodies before any handler
+//!   and answers a malformed one with a bare 500.
 //!
 //! Everything else goes to the workers on a loopback connection of its own (one per
 //! client connection), with the body re-framed by `Content-Length` (a chunked body is
@@ -237,6 +240,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         _ => "Error",
@@ -288,6 +292,7 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
     let mut codings: Vec<String> = Vec::new();
     let mut authorization = None;
     let mut connection = String::new();
+    let mut multipart_form = None;
     let mut forwarded = format!("{method} {path} HTTP/1.{}\r\n", request.version.unwrap_or(1)).into_bytes();
     for header in request.headers.iter() {
         let name = header.name;
@@ -305,6 +310,11 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
                 authorization = std::str::from_utf8(header.value).ok().map(str::to_owned);
             } else if name.eq_ignore_ascii_case("connection") {
                 connection = String::from_utf8_lossy(header.value).to_ascii_lowercase();
+            } else if name.eq_ignore_ascii_case("content-type") {
+                let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
+                if value.trim_start().starts_with("multipart/form-data") {
+                    multipart_form = Some(value.contains("boundary="));
+                }
             }
             forwarded.extend_from_slice(name.as_bytes());
             forwarded.extend_from_slice(b": ");
@@ -344,6 +354,21 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
             }
         }
     };
+    match multipart_form {
+        Some(_) if registry_route(&path) => {
+            return Err(Refusal::new(
+                415,
+                "Content-Type: the registry's routes take application/json, not multipart/form-data",
+            ))
+        }
+        Some(false) => {
+            return Err(Refusal::new(
+                400,
+                "Content-Type: multipart/form-data without a boundary",
+            ))
+        }
+        _ => {}
+    }
     let api = path == "/health" || path.starts_with("/health?") || path.starts_with("/registry-svc/");
     let limit = if api { limits.api_body } else { limits.proxy_body };
     if let Framing::Length(n) = framing {
@@ -362,6 +387,16 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         close,
         forwarded,
     })
+}
+
+/// Whether `path` is one of the registry's own routes rather than a slug to proxy.
+fn registry_route(path: &str) -> bool {
+    let first = path
+        .trim_start_matches('/')
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    matches!(first, "registry-svc" | "health" | "metrics" | "version" | "ui") || path.starts_with("/v3/discovery:")
 }
 
 fn too_large(size: u64, limit: u64) -> Refusal {

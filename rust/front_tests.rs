@@ -225,3 +225,36 @@ fn heads_are_checked_without_a_connection() {
         );
     }
 }
+
+#[test]
+fn multipart_forms_are_refused_on_the_registrys_routes_and_need_a_boundary_elsewhere() {
+    let limits = Limits::default();
+    let status = |raw: &[u8]| check_head(raw, &limits).map(|_| 200).unwrap_or_else(|r| r.status);
+    for path in [
+        "/registry-svc/instance",
+        "/health",
+        "/metrics",
+        "/version",
+        "/ui/app.js",
+        "/v3/discovery:endpoints",
+    ] {
+        let raw = format!("PUT {path} HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=x\r\n\r\n");
+        assert_eq!(status(raw.as_bytes()), 415, "{path}");
+    }
+    assert_eq!(
+        status(b"POST /svc/upload HTTP/1.1\r\nContent-Type: Multipart/Form-Data\r\n\r\n"),
+        400
+    );
+    assert_eq!(
+        status(b"POST /svc/upload HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\n\r\n"),
+        200
+    );
+    assert_eq!(
+        status(b"PUT /registry-svc/instance HTTP/1.1\r\nContent-Type: multipart/mixed\r\n\r\n"),
+        200
+    );
+    assert_eq!(
+        status(b"POST /healthz/x HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\n\r\n"),
+        200
+    );
+}

@@ -316,6 +316,24 @@ class NodeFilter(Model):
     hasGpu: Annotated[bool, Strict()] | None = None
 
 
+class EnvoyMetadata(BaseModel):
+    """The metadata of an Envoy node: Envoy's REST subscriptions send no headers, so the
+    token may come here."""
+
+    model_config = ConfigDict(extra="allow")
+
+    registry_token: Annotated[str, Strict()] | None = Field(default=None, description="an `rsv_...` token")
+    registry_cluster: ShortText | None = Field(
+        default=None, description="CDS: the name of the Envoy cluster that reaches this registry (default registry)"
+    )
+
+
+class EnvoyNode(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    metadata: EnvoyMetadata | None = None
+
+
 class DiscoveryRequest(BaseModel):
     """Envoy's DiscoveryRequest (REST-JSON xDS); its other fields are accepted and ignored."""
 
@@ -323,10 +341,11 @@ class DiscoveryRequest(BaseModel):
 
     version_info: Annotated[str, Strict()] | None = None
     resource_names: list[Slug] | None = Field(default=None, description="EDS: the slugs (cluster names) wanted")
-    node: dict[str, Any] | None = Field(
-        default=None,
-        description="metadata.registry_token may carry the token; metadata.registry_cluster names the EDS source",
-    )
+    node: EnvoyNode | None = None
+
+    @property
+    def metadata(self) -> EnvoyMetadata:
+        return (self.node.metadata if self.node else None) or EnvoyMetadata()
 
 
 # -- Queries ---------------------------------------------------------------------------
@@ -405,7 +424,7 @@ class BlockingQuery(Query):
     index: Annotated[str, Field(pattern=r"^[0-9]{1,19}$")] | None = Field(
         default=None, description="the X-Registry-Index of the previous answer"
     )
-    wait: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$")] | None = Field(
+    wait: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$")] | None = Field(
         default=None, description="how long to hold the request (default 5m, at most 10m); only with index"
     )
 

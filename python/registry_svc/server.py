@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
+import orjson
 from robyn import Request, Response, Robyn
 
-from registry_svc import _core, access, auth, cluster, http, metrics
+from registry_svc import _core, access, auth, cluster, http, metrics, openapi
 from registry_svc.api import (
     AsyncHandler,
     Call,
@@ -232,9 +233,12 @@ def build_app(settings: Settings) -> Robyn:
     app.head("/health")(health)
 
     metrics_route = Route(
-        "get", "/metrics", meta.metrics, auth.PUBLIC if settings.metrics == "open" else auth.NODE_VIEW
+        "get", "/metrics", meta.metrics, auth.PUBLIC if settings.metrics == "open" else auth.NODE_VIEW, meta.METRICS_DOC
     )
-    for route in [*ROUTES, metrics_route]:
+    routes = [*ROUTES, metrics_route]
+    document = orjson.dumps(openapi.document(openapi.operations(routes)))
+    routes.append(Route("get", openapi.PATH, meta.openapi_handler(document), auth.PUBLIC, openapi.SELF.doc))
+    for route in routes:
         # Reads are fast and never block: they run inline on Robyn's workers. Writes await
         # their commit (async handlers) or wait for it on the write pool.
         endpoint: Callable[[Request], Response] | Callable[[Request], Awaitable[Response]]

@@ -28,7 +28,9 @@ MAX_WAIT_S = 600.0
 TICK_S = 0.005
 # How long a read with `?index=N` waits at most for a cluster replica to reach N.
 CATCH_UP_S = 5.0
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
+# ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+_INDEX = re.compile(r"[0-9]{1,19}")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 Stamp = Callable[[], int]
@@ -44,11 +46,11 @@ def take_blocking(params: dict[str, list[str]]) -> tuple[int, float] | None:
             raise field_error("wait", "only with index (the X-Registry-Index of the previous answer)")
         return None
     text = index_values[-1]
-    if not text.isdigit() or len(text) > 19:
+    if not _INDEX.fullmatch(text):
         raise field_error("index", f"must be a non-negative integer, got '{text}'")
     wait = DEFAULT_WAIT_S
     if wait_values is not None:
-        match = _DURATION.match(wait_values[-1])
+        match = _DURATION.fullmatch(wait_values[-1])
         if match is None:
             raise field_error("wait", f"must be a duration such as 30s, 500ms or 5m, got '{wait_values[-1]}'")
         wait = min(MAX_WAIT_S, float(match[1]) * _UNITS[match[2]])

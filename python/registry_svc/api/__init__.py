@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from pydantic import BaseModel
 from robyn import Request, Response
 
 from registry_svc import _core
@@ -38,8 +39,29 @@ AsyncHandler = Callable[[Call], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
+class Doc:
+    """What the OpenAPI document says of a route (`openapi.py` adds the refusals every
+    route of its kind can give: 400 for bad input, 401/403, 409/507 for writes, 503)."""
+
+    summary: str
+    # Success statuses and their bodies (None: no body).
+    replies: Mapping[int, type[BaseModel] | None]
+    body: type[BaseModel] | None = None
+    # An empty body is taken as `{}`.
+    body_optional: bool = False
+    query: type[BaseModel] | None = None
+    # Refusals particular to the route, such as 404 for an unknown id.
+    errors: tuple[int, ...] = ()
+    # Takes `?index=N&wait=D` (a blocking query).
+    blocking: bool = False
+    # The media types of a success that is not JSON.
+    content_types: tuple[str, ...] = ("application/json",)
+
+
+@dataclass(frozen=True)
 class Route:
-    """A route: method, Robyn path pattern, handler, and the permission it requires."""
+    """A route: method, Robyn path pattern, handler, the permission it requires, and its
+    documentation."""
 
     method: str
     path: str
@@ -47,3 +69,4 @@ class Route:
     # on the write pool (writes).
     handler: Handler | AsyncHandler
     permission: str
+    doc: Doc

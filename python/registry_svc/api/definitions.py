@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 from robyn import Response
 
-from registry_svc import _core, auth, models, watch
-from registry_svc.api import Call, Route
+from registry_svc import _core, auth, models, replies, watch
+from registry_svc.api import Call, Doc, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import json_response, no_content, path_param, query_params, raw_json, read_json_object
 
@@ -61,8 +61,18 @@ def parse_definition(body: dict[str, Any]) -> dict[str, Any]:
 
 
 ROUTES = [
-    Route("put", "/registry-svc/definition", save_definition, auth.DEFINITION_EDIT),
-    Route("get", "/registry-svc/definitions", list_definitions, auth.DEFINITION_VIEW),
-    Route("get", "/registry-svc/definition/:id", get_definition, auth.DEFINITION_VIEW),
-    Route("delete", "/registry-svc/definition/:id", delete_definition, auth.DEFINITION_DELETE),
-]
+    Route("put", "/registry-svc/definition", save_definition, auth.DEFINITION_EDIT, Doc(
+        "Save a service definition (201 new, 200 replaced); with dryRun=true only validate it (200, `dryRun: true`)",
+        {200: replies.DefinitionReply, 201: replies.DefinitionReply}, body=models.SaveDefinition,
+        query=models.DryRunQuery,
+    )),
+    Route("get", "/registry-svc/definitions", list_definitions, auth.DEFINITION_VIEW, Doc(
+        "List service definitions", {200: replies.DefinitionList}, blocking=True,
+    )),
+    Route("get", "/registry-svc/definition/:id", get_definition, auth.DEFINITION_VIEW, Doc(
+        "One service definition", {200: replies.DefinitionReply}, errors=(404,), blocking=True,
+    )),
+    Route("delete", "/registry-svc/definition/:id", delete_definition, auth.DEFINITION_DELETE, Doc(
+        "Delete a service definition", {204: None}, errors=(404,),
+    )),
+]  # fmt: skip

@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 from robyn import Request, Response
 
-from registry_svc import auth, models, watch
-from registry_svc.api import Call, Context, Route
+from registry_svc import auth, models, replies, watch
+from registry_svc.api import Call, Context, Doc, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, query_params, raw_json, read_json_object
 
@@ -84,12 +84,12 @@ def load_assignment(slug: str, instances: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
-def xds_caller(ctx: Context, request: Request, body: dict[str, Any]) -> auth.Caller:
+def xds_caller(ctx: Context, request: Request, body: models.DiscoveryRequest) -> auth.Caller:
     """The caller: the Authorization header, else `node.metadata.registry_token`."""
     if request.headers.get("authorization"):
         return ctx.auth.authenticate(request)
-    token = ((body.get("node") or {}).get("metadata") or {}).get("registry_token")
-    if not isinstance(token, str) or not token:
+    token = body.metadata.registry_token
+    if not token:
         raise ApiError(401, "missing token: send Authorization, or node.metadata.registry_token in the request")
     return ctx.auth.caller_for_secret(token)
 
@@ -97,7 +97,7 @@ def xds_caller(ctx: Context, request: Request, body: dict[str, Any]) -> auth.Cal
 async def xds(ctx: Context, request: Request) -> Response:
     """`POST /v3/discovery:endpoints` and `/v3/discovery:clusters`."""
     try:
-        body = read_json_object(request, allow_empty=True)
+        body = models.parse(models.DiscoveryRequest, read_json_object(request, allow_empty=True))
         caller = xds_caller(ctx, request, body)
         caller.require(auth.INSTANCE_VIEW)
         if request.url.path.endswith(":clusters"):
@@ -107,15 +107,15 @@ async def xds(ctx: Context, request: Request) -> Response:
         return error_response(e.status, e.message)
 
 
-async def endpoints(ctx: Context, caller: auth.Caller, body: dict[str, Any]) -> Response:
-    names = models.parse(models.DiscoveryRequest, body).resource_names or []
+async def endpoints(ctx: Context, caller: auth.Caller, body: models.DiscoveryRequest) -> Response:
+    names = body.resource_names or []
     slugs = [n for n in names if caller.sees_every_slug or n == caller.slug]
 
     def version() -> int:
         return max((ctx.store.partition_index(INSTANCES, s) for s in slugs), default=0)
 
-    known = str(body.get("version_info") or "")
-    if known.isdigit() and int(known) >= version():
+    known = body.version_info or ""
+    if known.isascii() and known.isdigit() and int(known) >= version():
         await ctx.watch.wait_past(version, int(known), XDS_HOLD_S)
         if version() <= int(known):
             return Response(status_code=304, headers={}, description=b"")
@@ -135,11 +135,10 @@ def clusters_version(slugs: list[str], registry: str) -> str:
     return hashlib.sha256(orjson.dumps([registry, slugs])).hexdigest()[:16]
 
 
-async def clusters(ctx: Context, caller: auth.Caller, body: dict[str, Any]) -> Response:
-    metadata = (body.get("node") or {}).get("metadata") or {}
-    registry = str(metadata.get("registry_cluster") or "registry")
+async def clusters(ctx: Context, caller: auth.Caller, body: models.DiscoveryRequest) -> Response:
+    registry = body.metadata.registry_cluster or "registry"
     stamp = watch.collection_stamp(ctx.store, INSTANCES)
-    known = str(body.get("version_info") or "")
+    known = body.version_info or ""
     deadline = time.monotonic() + XDS_HOLD_S
     while True:
         seen = stamp()
@@ -211,7 +210,12 @@ def prometheus_targets(call: Call) -> Response:
     return raw_json(200, orjson.dumps(groups), index)
 
 
-ROUTES = [Route("get", "/registry-svc/discovery/prometheus", prometheus_targets, auth.INSTANCE_VIEW)]
+ROUTES = [
+    Route("get", "/registry-svc/discovery/prometheus", prometheus_targets, auth.INSTANCE_VIEW, Doc(
+        "Prometheus http_sd targets: one group per routable instance", {200: replies.TargetGroups},
+        query=models.SlugQuery,
+    )),
+]  # fmt: skip
 
 
 def is_xds(path: str) -> bool:

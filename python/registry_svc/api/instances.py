@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 from robyn import Response
 
-from registry_svc import _core, auth, models, records, status, urls, watch
-from registry_svc.api import Call, Route
+from registry_svc import _core, auth, models, records, replies, status, urls, watch
+from registry_svc.api import Call, Doc, Route
 from registry_svc.clock import utc_now
 from registry_svc.errors import ApiError, field_error
 from registry_svc.http import json_response, no_content, path_param, put_async, query_params, raw_json, read_json_object
@@ -307,9 +307,22 @@ def delete_instance(call: Call) -> Response:
 
 
 ROUTES = [
-    Route("put", "/registry-svc/instance", register, auth.INSTANCE_EDIT),
-    Route("get", "/registry-svc/instances", list_instances, auth.INSTANCE_VIEW),
-    Route("get", "/registry-svc/instance/:id", get_instance, auth.INSTANCE_VIEW),
-    Route("put", "/registry-svc/instance/:id/heartbeat", heartbeat, auth.INSTANCE_EDIT),
-    Route("delete", "/registry-svc/instance/:id", delete_instance, auth.INSTANCE_DELETE),
-]
+    Route("put", "/registry-svc/instance", register, auth.INSTANCE_EDIT, Doc(
+        "Register an instance, or re-register it (an upsert by url, or by id)",
+        {200: replies.InstanceReply, 201: replies.InstanceReply}, body=models.InstanceRegistration,
+    )),
+    Route("get", "/registry-svc/instances", list_instances, auth.INSTANCE_VIEW, Doc(
+        "List instances; every filter given must match", {200: replies.InstanceList},
+        query=models.InstanceFilters, blocking=True,
+    )),
+    Route("get", "/registry-svc/instance/:id", get_instance, auth.INSTANCE_VIEW, Doc(
+        "One instance", {200: replies.InstanceReply}, errors=(404,), blocking=True,
+    )),
+    Route("put", "/registry-svc/instance/:id/heartbeat", heartbeat, auth.INSTANCE_EDIT, Doc(
+        "Renew an instance's heartbeat; optionally set its status", {200: replies.InstanceReply},
+        body=models.Heartbeat, body_optional=True, errors=(404,),
+    )),
+    Route("delete", "/registry-svc/instance/:id", delete_instance, auth.INSTANCE_DELETE, Doc(
+        "Deregister an instance", {204: None}, errors=(404,),
+    )),
+]  # fmt: skip

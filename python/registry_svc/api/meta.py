@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 from robyn import Response
 
-from registry_svc import auth
+from registry_svc import auth, replies
 from registry_svc import metrics as metrics_mod
 from registry_svc.about import version_info
-from registry_svc.api import Call, Route
+from registry_svc.api import Call, Doc, Route
 from registry_svc.errors import ApiError
-from registry_svc.http import json_response, query_params
+from registry_svc.http import json_response, query_params, raw_json
 
 
 def version(call: Call) -> Response:
@@ -31,6 +33,15 @@ def echo(call: Call) -> Response:
         raise ApiError(400, f"invalid JSON: {e}") from None
 
 
+def openapi_handler(document: bytes) -> Callable[[Call], Response]:
+    """`GET /registry-svc/openapi.json`: the document, made once when the app is built."""
+
+    def openapi_json(call: Call) -> Response:
+        return raw_json(200, document)
+
+    return openapi_json
+
+
 def metrics(call: Call) -> Response:
     """`GET /metrics`: the Prometheus text exposition of the whole server."""
     settings = call.ctx.settings
@@ -38,9 +49,17 @@ def metrics(call: Call) -> Response:
     return Response(status_code=200, headers={"content-type": metrics_mod.CONTENT_TYPE}, description=body)
 
 
+ECHO_BODY = Doc("1Backend's echo: the JSON body sent", {200: replies.Echo}, body=replies.Echo, body_optional=True)
+METRICS_DOC = Doc(
+    "Prometheus metrics of the whole server (all its processes)",
+    {200: None},
+    content_types=("text/plain",),
+)
 ROUTES = [
-    Route("get", "/version", version, auth.PUBLIC),
-    Route("get", "/registry-svc/echo", echo, auth.PUBLIC),
-    Route("post", "/registry-svc/echo", echo, auth.PUBLIC),
-    Route("put", "/registry-svc/echo", echo, auth.PUBLIC),
-]
+    Route("get", "/version", version, auth.PUBLIC, Doc("Versions of the server and its parts", {200: replies.Version})),
+    Route("get", "/registry-svc/echo", echo, auth.PUBLIC, Doc(
+        "1Backend's echo: the query as a map", {200: replies.Echo}
+    )),
+    Route("post", "/registry-svc/echo", echo, auth.PUBLIC, ECHO_BODY),
+    Route("put", "/registry-svc/echo", echo, auth.PUBLIC, ECHO_BODY),
+]  # fmt: skip

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from robyn import Response
 
-from registry_svc import auth, models, nodes, watch
-from registry_svc.api import Call, Route
+from registry_svc import auth, models, nodes, replies, watch
+from registry_svc.api import Call, Doc, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import json_response, no_content, path_param, query_params, raw_json, read_json_object
 
@@ -66,9 +66,17 @@ def delete_node(call: Call) -> Response:
 
 
 ROUTES = [
-    Route("post", "/registry-svc/nodes", list_nodes, auth.NODE_VIEW),
+    Route("post", "/registry-svc/nodes", list_nodes, auth.NODE_VIEW, Doc(
+        "List nodes with their telemetry; every filter given must match", {200: replies.NodeList},
+        body=models.NodeFilter, body_optional=True, blocking=True,
+    )),
     # Public: this node's own record only (its URL, zone, usage and GPUs), what any
     # client that can reach the port learns anyway; other nodes need node:view.
-    Route("get", "/registry-svc/node/self", node_self, auth.PUBLIC),
-    Route("delete", "/registry-svc/node/*url", delete_node, auth.NODE_DELETE),
-]
+    Route("get", "/registry-svc/node/self", node_self, auth.PUBLIC, Doc(
+        "This server's own node", {200: replies.NodeReply}, errors=(404,), blocking=True,
+    )),
+    Route("delete", "/registry-svc/node/*url", delete_node, auth.NODE_DELETE, Doc(
+        "Remove a node by its URL (it comes back at its next heartbeat if it still runs)", {204: None},
+        errors=(404,),
+    )),
+]  # fmt: skip

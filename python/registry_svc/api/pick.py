@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from robyn import Response
 
-from registry_svc import auth, models
-from registry_svc.api import Call, Route
+from registry_svc import auth, models, replies
+from registry_svc.api import Call, Doc, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import query_params, raw_json
 
@@ -21,4 +21,9 @@ def pick(call: Call) -> Response:
     return raw_json(200, body)
 
 
-ROUTES = [Route("get", "/registry-svc/instance/pick", pick, auth.INSTANCE_VIEW)]
+ROUTES = [
+    Route("get", "/registry-svc/instance/pick", pick, auth.INSTANCE_VIEW, Doc(
+        "Choose one routable instance of a slug by a load-balancing policy", {200: replies.InstanceReply},
+        query=models.PickQuery, errors=(404,),
+    )),
+]  # fmt: skip

@@ -7,8 +7,8 @@ import logging
 import orjson
 from robyn import Response
 
-from registry_svc import _core, auth, models, records, watch
-from registry_svc.api import Call, Route
+from registry_svc import _core, auth, models, records, replies, watch
+from registry_svc.api import Call, Doc, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import json_response, no_content, path_param, query_params, read_json_object
 
@@ -61,7 +61,13 @@ def revoke_token(call: Call) -> Response:
 
 
 ROUTES = [
-    Route("post", "/registry-svc/tokens", create_token, auth.ADMIN),
-    Route("get", "/registry-svc/tokens", list_tokens, auth.ADMIN),
-    Route("delete", "/registry-svc/token/:id", revoke_token, auth.ADMIN),
-]
+    Route("post", "/registry-svc/tokens", create_token, auth.ADMIN, Doc(
+        "Create a token; its secret is in this answer only", {201: replies.CreatedToken}, body=models.CreateToken,
+    )),
+    Route("get", "/registry-svc/tokens", list_tokens, auth.ADMIN, Doc(
+        "List tokens (without secrets)", {200: replies.TokenList}, blocking=True,
+    )),
+    Route("delete", "/registry-svc/token/:id", revoke_token, auth.ADMIN, Doc(
+        "Revoke a token; refused (409) for the last admin token", {204: None}, errors=(404,),
+    )),
+]  # fmt: skip

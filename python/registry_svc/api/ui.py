@@ -10,8 +10,8 @@ from pathlib import Path
 
 from robyn import Response
 
-from registry_svc import auth
-from registry_svc.api import Call, Route
+from registry_svc import auth, replies
+from registry_svc.api import Call, Doc, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import json_response, path_param
 
@@ -61,7 +61,12 @@ def routing(call: Call) -> Response:
 
 
 ROUTES = [
-    Route("get", "/ui", index, auth.PUBLIC),
-    Route("get", "/ui/:name", ui_file, auth.PUBLIC),
-    Route("get", "/registry-svc/routing", routing, auth.INSTANCE_VIEW),
-]
+    Route("get", "/ui", index, auth.PUBLIC, Doc("The dashboard", {200: None}, content_types=("text/html",))),
+    Route("get", "/ui/:name", ui_file, auth.PUBLIC, Doc(
+        "A file of the dashboard", {200: None}, errors=(404,),
+        content_types=("text/html", "text/javascript", "text/css", "image/svg+xml"),
+    )),
+    Route("get", "/registry-svc/routing", routing, auth.INSTANCE_VIEW, Doc(
+        "The load-balancing policies: the default and the per-slug ones", {200: replies.Routing}
+    )),
+]  # fmt: skip

@@ -436,6 +436,15 @@ def version(session: Session) -> None:
     show_version(session)
 
 
+@cli.command(
+    "openapi", epilog="\b\nExamples:\n  oo openapi > registry-svc.openapi.json\n  oo openapi | jq '.paths | keys'"
+)
+@pass_session
+def openapi(session: Session) -> None:
+    """Print the server's OpenAPI 3.1 document (GET /registry-svc/openapi.json)."""
+    print_json(Client(session.server, None).request("GET", "/registry-svc/openapi.json").json())
+
+
 # --- definitions ------------------------------------------------------------------------
 
 

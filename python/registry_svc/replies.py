@@ -1,0 +1,184 @@
+"""The response models of the API: what the server answers, for the OpenAPI document.
+
+The server does not build its answers from these (stored records are sent as the bytes the
+store holds); they describe those bytes. Records may gain fields, so objects here allow
+properties they do not name, and fields an older record may lack are optional.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from registry_svc.models import Definition, HealthCheck, Policy, Role, Status
+
+
+class Reply(BaseModel):
+    """An answer's body."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Error(Reply):
+    """Every refusal: a message naming the bad field or what is wrong (`port: must be ...`)."""
+
+    error: str
+
+
+class Instance(Reply):
+    """An instance as stored: its address, owner, routing data and health."""
+
+    id: str
+    url: str
+    slug: str | None = None
+    scheme: str | None = None
+    host: str | None = None
+    ip: str | None = None
+    port: int
+    path: str | None = None
+    deploymentId: str | None = None
+    nodeUrl: str | None = None
+    tags: list[str] = []
+    metadata: dict[str, str] = {}
+    weight: int = 100
+    zone: str | None = None
+    status: Status
+    statusReason: str | None = Field(default=None, description="why the status is what it is")
+    details: str | None = Field(default=None, description="1Backend's name for statusReason")
+    lastHeartbeat: str | None = Field(default=None, description="RFC 3339, UTC")
+    registeredAt: str | None = None
+    healthCheck: HealthCheck | None = None
+
+
+class InstanceReply(Reply):
+    instance: Instance
+
+
+class InstanceList(Reply):
+    instances: list[Instance]
+
+
+class DefinitionReply(Reply):
+    definition: Definition
+
+
+class DryRun(Reply):
+    definition: Definition
+    dryRun: bool
+
+
+class DefinitionList(Reply):
+    definitions: list[Definition]
+
+
+class Usage(Reply):
+    used: float
+    total: float
+    percent: float
+
+
+class NodeUsage(Reply):
+    cpu: Usage = Field(description="used and total in cores")
+    memory: Usage = Field(description="bytes")
+    disk: Usage = Field(description="bytes, of the data directory's file system")
+
+
+class Gpu(Reply):
+    """One GPU as NVML reports it; a field the driver does not give is null."""
+
+    id: str
+    intraNodeId: int
+    name: str | None = None
+    uuid: str | None = None
+    busId: str | None = None
+    temperature: float | None = None
+    performanceState: str | None = None
+    powerUsage: float | None = Field(default=None, description="watts")
+    powerCap: float | None = None
+    memoryUsage: int | None = Field(default=None, description="MiB used (NVML v2: without the driver's reserve)")
+    memoryTotal: int | None = Field(default=None, description="MiB")
+    memoryReserved: int | None = Field(default=None, description="MiB the driver reserves; null on NVML v1")
+    gpuUtilization: float | None = Field(default=None, description="percent")
+    computeMode: str | None = None
+    cudaVersion: str | None = None
+
+
+class Node(Reply):
+    """A machine running a registry server, with its last telemetry."""
+
+    id: str
+    url: str
+    region: str | None = None
+    availabilityZone: str | None = None
+    lastHeartbeat: str | None = None
+    status: str = Field(description="Healthy while it heartbeats, Unhealthy after 3 silent intervals")
+    heartbeatIntervalSeconds: float | None = None
+    usage: NodeUsage | None = None
+    gpus: list[Gpu] = []
+
+
+class NodeReply(Reply):
+    node: Node
+
+
+class NodeList(Reply):
+    nodes: list[Node]
+
+
+class TokenInfo(Reply):
+    """A token without its secret (the store keeps only the secret's hash)."""
+
+    id: str
+    role: Role
+    slug: str | None = None
+    description: str = ""
+    createdAt: str | None = None
+
+
+class CreatedToken(Reply):
+    token: str = Field(description="the secret, shown once: `rsv_...`")
+    info: TokenInfo
+
+
+class TokenList(Reply):
+    tokens: list[TokenInfo]
+
+
+class Version(Reply):
+    version: str
+    commit: str | None = None
+    python: str
+    core: str
+
+
+class Health(Reply):
+    """`{"status": "ok"}`; a cluster server adds its mode, replica revision and etcd state."""
+
+    status: str
+
+
+class Routing(Reply):
+    defaultPolicy: Policy
+    slugPolicies: dict[str, Policy]
+
+
+class TargetGroup(Reply):
+    targets: list[str]
+    labels: dict[str, str]
+
+
+class TargetGroups(RootModel[list[TargetGroup]]):
+    """Prometheus `http_sd_configs`: one group per routable instance."""
+
+
+class DiscoveryResponse(Reply):
+    """Envoy's DiscoveryResponse (REST-JSON xDS)."""
+
+    version_info: str
+    type_url: str
+    resources: list[dict[str, Any]]
+
+
+class Echo(RootModel[Any]):
+    """What was sent: the query as a map, or the JSON body."""
