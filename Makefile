@@ -9,7 +9,7 @@ EXT     := $(VENV)/.extension-built
 RUST_SRC := Cargo.toml Cargo.lock $(wildcard rust/*.rs)
 ARGS    ?=
 
-.PHONY: run test test-rust test-python build lint fmt bench bench-tools browser-tools loadtest cluster clean
+.PHONY: run test test-rust test-python build lint fmt fuzz bench bench-tools browser-tools loadtest cluster clean
 
 $(DEPS): pyproject.toml
 	python3 -m venv $(VENV)
@@ -71,6 +71,12 @@ browser-tools:
 	  echo "installing$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; fi
+
+# The API fuzzer (schemathesis over every operation of the OpenAPI document) with many more
+# examples than `make test` runs.
+FUZZ_EXAMPLES ?= 300
+fuzz: build
+	REGISTRY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_contract.py
 
 bench: build bench-tools
 	$(PY) -m loadtest.bench --seconds 10 --out BENCHMARKS.md

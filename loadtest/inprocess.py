@@ -1,4 +1,5 @@
-"""In-process timings of the Rust store called from Python: slug lookup, pick, get, durable put.
+"""In-process timings of the Rust store called from Python (slug lookup, pick, get, durable
+put), and of checking a registration body against its model.
 
     python -m loadtest.inprocess [--instances 100000] [--slugs 10000] [--calls 20000]
 
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 import orjson
 
-from registry_svc import _core
+from registry_svc import _core, models
 
 
 def instance(i: int, slugs: int) -> tuple[str, bytes]:
@@ -73,6 +74,14 @@ def run(instances: int, slugs: int, calls: int, put_calls: int) -> dict[str, tup
         results["pick (round robin)"] = timed(calls, lambda i: store.pick_json(slug_of[i]))
         results["pick, one hot slug"] = timed(calls, lambda i: store.pick_json("svc-1"))
         results["get by id"] = timed(calls, lambda i: store.get("instances", f"inst_{(i * 7919) % instances:08x}"))
+        bodies = [
+            orjson.dumps({"url": f"http://reg-{i}:80", "slug": f"reg-{i % 100}", "tags": ["a", "b"],
+                          "metadata": {"k": "v"}, "healthCheck": {"type": "none"}})
+            for i in range(calls)
+        ]  # fmt: skip
+        results["validate a registration body (model)"] = timed(
+            calls, lambda i: models.parse(models.InstanceRegistration, orjson.loads(bodies[i]))
+        )
         results["durable put (new instance)"] = timed(
             put_calls, lambda i: store.put("instances", *instance(instances + i, slugs))
         )

@@ -211,8 +211,8 @@ impl PyStore {
     }
 
     /// Ends a tracked pick: `outcome` is "success", "failure" (connect error or 5xx) or
-    /// "abandoned"; failures feed outlier ejection.
-    fn release(&self, py: Python<'_>, slug: &str, id: &str, outcome: &str) -> PyResult<()> {
+    /// "abandoned"; failures feed outlier ejection. True when this outcome ejected it.
+    fn release(&self, py: Python<'_>, slug: &str, id: &str, outcome: &str) -> PyResult<bool> {
         let outcome = match outcome {
             "success" => Outcome::Success,
             "failure" => Outcome::Failure,

@@ -402,7 +402,8 @@ impl Selector {
 
     /// Records how a tracked request went: ends its in-flight count and feeds outlier
     /// detection. `slug` bounds ejection to half of that slug's routable instances.
-    pub fn release(&self, store: &Store, slug: &str, id: &str, outcome: Outcome) -> Result<()> {
+    /// Returns true when this outcome ejected the instance.
+    pub fn release(&self, store: &Store, slug: &str, id: &str, outcome: Outcome) -> Result<bool> {
         {
             let mut in_flight = self.in_flight.lock().expect("in-flight lock");
             if let Some(count) = in_flight.get_mut(id) {
@@ -413,11 +414,10 @@ impl Selector {
             }
         }
         if outcome == Outcome::Abandoned {
-            return Ok(());
+            return Ok(false);
         }
         let candidates = self.candidates(store, slug)?;
-        self.record_outcome(&candidates.all, id, outcome, Instant::now());
-        Ok(())
+        Ok(self.record_outcome(&candidates.all, id, outcome, Instant::now()))
     }
 
     /// Outlier bookkeeping for one result. Returns true when it ejected the instance.

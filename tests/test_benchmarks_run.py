@@ -16,6 +16,7 @@ def test_inprocess_benchmark_runs_and_reports_every_call() -> None:
         "pick (round robin)",
         "pick, one hot slug",
         "get by id",
+        "validate a registration body (model)",
         "durable put (new instance)",
     }
     for median, p99 in results.values():

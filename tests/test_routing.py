@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -219,6 +220,13 @@ def test_least_request_avoids_the_busy_backend(router: Server, echoes: list[Echo
         assert all(f.result().status == 200 for f in held)
 
 
+def ejections(server: Server) -> float:
+    """`registry_proxy_ejections_total` of the server's metrics."""
+    text = server.call("GET", "/metrics", token=None).body.decode()
+    found = re.search(r"^registry_proxy_ejections_total (\S+)$", text, re.MULTILINE)
+    return float(found[1]) if found else 0.0
+
+
 def test_failover_retries_ejects_and_readmits(router: Server) -> None:
     backends = [Echo(f"f{i}").start() for i in range(3)]
     try:
@@ -226,8 +234,10 @@ def test_failover_retries_ejects_and_readmits(router: Server) -> None:
             register(router, "fo-svc", b)
         victim = backends[0]
         victim.stop()
+        ejected_before = ejections(router)
         statuses = Counter(proxied(router, "GET", "/fo-svc/item").status for _ in range(40))
         assert statuses == Counter({200: 40}), statuses  # every failure was retried elsewhere
+        assert ejections(router) == ejected_before + 1  # counted in GET /metrics
         # Ejected now (5 connect failures in a row): even back up, it gets nothing for a while.
         back = Echo("f0", victim.port).start()
         try:

@@ -83,8 +83,9 @@ class Store:
     ) -> tuple[str, str]:
         """(id, url) of a pick with the default policy (same errors as `pick`): the lightest
         answer, for an in-process resolver."""
-    def release(self, slug: str, id: str, outcome: str) -> None:
-        """Ends a tracked pick: "success", "failure" (connect error or 5xx) or "abandoned"."""
+    def release(self, slug: str, id: str, outcome: str) -> bool:
+        """Ends a tracked pick: "success", "failure" (connect error or 5xx) or "abandoned".
+        True when this outcome ejected the instance (outlier detection)."""
     def get(self, collection_name: str, id: str) -> tuple[int, bytes] | None: ...
     def list(
         self, collection_name: str, filters: builtins.list[tuple[str, str]] = ...

@@ -71,6 +71,9 @@ class _Metrics:
         self.batches = Counter("registry_store_commit_batches", "LMDB transactions committed (group commits)")
         self.probes = Counter("registry_health_probes", "Health probes run, by result", ["type", "result"])
         self.upstream = Counter("registry_proxy_upstream_requests", "Proxied requests, by outcome", ["outcome"])
+        self.ejections = Counter(
+            "registry_proxy_ejections", "Instances the proxy ejected after consecutive failures (outlier detection)"
+        )
         self.cache_bytes = Gauge(
             "registry_response_cache_bytes", "Bytes held by the response caches", multiprocess_mode="livesum"
         )
@@ -168,6 +171,12 @@ def request(route: str, method: str, status: int, seconds: float) -> None:
 def probe(check_type: str, ok: bool) -> None:
     if _metrics is not None:
         _metrics.probes.labels(check_type, "pass" if ok else "fail").inc()
+
+
+def ejection() -> None:
+    """Counts an instance ejected by the proxy (rare: counted at once)."""
+    if _metrics is not None:
+        _metrics.ejections.inc()
 
 
 def upstream(outcome: str) -> None:

@@ -63,21 +63,26 @@ Status = Literal["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]
 Role = Literal["admin", "service", "proxy"]
 
 
+def _absolute_url(text: str) -> str:
+    """An absolute http(s) URL that `urls.parse_url` takes, kept as sent ("" too: a
+    1Backend client registering by parts sends it); the registration composes the
+    canonical address from it (the parse is cached)."""
+    if text:
+        try:
+            urls.parse_url(text)
+        except urls.UrlError as e:
+            raise ValueError(str(e)) from None
+    return text
+
+
 def _canonical_url(text: str) -> str:
-    """An absolute http(s) URL in the canonical form of `urls.parse_url` ("" left as is: a
-    1Backend client registering by parts sends it)."""
+    """A non-empty absolute http(s) URL, in the canonical form of `urls.parse_url`."""
     if not text:
-        return text
+        raise ValueError("must not be empty")
     try:
         return urls.parse_url(text).url
     except urls.UrlError as e:
         raise ValueError(str(e)) from None
-
-
-def _required_url(text: str) -> str:
-    if not text:
-        raise ValueError("must not be empty")
-    return _canonical_url(text)
 
 
 def _hostname(text: str) -> str:
@@ -114,10 +119,10 @@ def _distinct(items: list[str]) -> list[str]:
 
 
 Url = Annotated[
-    str, Strict(), StringConstraints(max_length=urls.MAX_URL_LEN, pattern=NO_CONTROL), AfterValidator(_canonical_url)
+    str, Strict(), StringConstraints(max_length=urls.MAX_URL_LEN, pattern=NO_CONTROL), AfterValidator(_absolute_url)
 ]
 NodeUrl = Annotated[
-    str, Strict(), StringConstraints(max_length=urls.MAX_URL_LEN, pattern=NO_CONTROL), AfterValidator(_required_url)
+    str, Strict(), StringConstraints(max_length=urls.MAX_URL_LEN, pattern=NO_CONTROL), AfterValidator(_canonical_url)
 ]
 Hostname = Annotated[
     str, Strict(), StringConstraints(min_length=1, max_length=253, pattern=NO_CONTROL), AfterValidator(_hostname)

@@ -151,7 +151,7 @@ def _responses(op: Operation, takes_input: bool) -> dict[str, Any]:
             reply["content"] = {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}
         elif status == 200:
             reply["content"] = {media: {"schema": {"type": "string"}} for media in doc.content_types}
-        if status < 300 and op.path.startswith("/registry-svc/"):
+        if status < 300 and _carries_index(op):
             reply["headers"] = INDEX_HEADER
         responses[str(status)] = reply
     if not doc.replies:
@@ -175,6 +175,12 @@ def _responses(op: Operation, takes_input: bool) -> dict[str, Any]:
     for status in sorted(errors):
         responses[str(status)] = {"description": STATUS_TEXT[status], "content": error}
     return responses
+
+
+def _carries_index(op: Operation) -> bool:
+    if op.doc.index is not None:
+        return op.doc.index
+    return op.doc.blocking or (op.method in WRITES and op.permission != auth.PUBLIC)
 
 
 def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:

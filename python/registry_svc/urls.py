@@ -16,6 +16,7 @@ that is proxied to.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class Endpoint:
     port: int | None  # None: the scheme's default port
     path: str  # '' or '/...'
 
-    @property
+    @functools.cached_property
     def is_ip(self) -> bool:
         return is_ip(self.host)
 
@@ -103,8 +104,11 @@ def canonical_host(text: str) -> str:
     return lowered
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_url(text: str) -> Endpoint:
-    """The canonical endpoint of an absolute http(s) URL; UrlError saying what is wrong."""
+    """The canonical endpoint of an absolute http(s) URL; UrlError saying what is wrong.
+    Cached: a registration parses its URL in the model and again to compose the address,
+    and probes and the proxy parse the same stored URLs again and again."""
     if len(text) > MAX_URL_LEN:
         raise UrlError(f"must be at most {MAX_URL_LEN} characters")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):

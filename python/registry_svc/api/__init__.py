@@ -54,6 +54,8 @@ class Doc:
     errors: tuple[int, ...] = ()
     # Takes `?index=N&wait=D` (a blocking query).
     blocking: bool = False
+    # Its successes carry `X-Registry-Index` (default: blocking reads and token-holding writes).
+    index: bool | None = None
     # The media types of a success that is not JSON.
     content_types: tuple[str, ...] = ("application/json",)
 

@@ -213,7 +213,7 @@ def prometheus_targets(call: Call) -> Response:
 ROUTES = [
     Route("get", "/registry-svc/discovery/prometheus", prometheus_targets, auth.INSTANCE_VIEW, Doc(
         "Prometheus http_sd targets: one group per routable instance", {200: replies.TargetGroups},
-        query=models.SlugQuery,
+        query=models.SlugQuery, index=True,
     )),
 ]  # fmt: skip
 

@@ -54,7 +54,7 @@ def parse_address(body: models.InstanceRegistration) -> dict[str, Any]:
     if body.url is not None and not (body.url == "" and ("host" in given or "ip" in given)):
         if not body.url:
             raise field_error("url", "must not be empty")
-        endpoint = urls.parse_url(body.url)  # canonical already: cannot fail
+        endpoint = urls.parse_url(body.url)  # checked by the model (and cached): cannot fail
         derived = address_fields(endpoint, given.get("ip"))
         for key in ("scheme", "host", "port", "path"):
             if key in given and given[key] != derived[key]:

@@ -156,7 +156,8 @@ class Proxy:
 
     def _release(self, slug: str, instance_id: str, outcome: str) -> None:
         """Ends a tracked pick (anything but success feeds outlier ejection) and counts it."""
-        self.store.release(slug, instance_id, "success" if outcome == "success" else "failure")
+        if self.store.release(slug, instance_id, "success" if outcome == "success" else "failure"):
+            metrics.ejection()
         metrics.upstream(outcome)
 
     @staticmethod
