@@ -89,7 +89,9 @@ def document(ops: Sequence[Operation]) -> dict[str, Any]:
             "title": "registry-svc",
             "version": str(version_info()["version"]),
             "description": "Service registry and discovery: definitions, instances with health, nodes with "
-            'telemetry. Every error is `{"error": "..."}`. A token goes in `Authorization: Bearer rsv_...`.',
+            'telemetry. Every error is `{"error": "..."}`. A token goes in `Authorization: Bearer rsv_...`. '
+            "On any path the gate in front of the port may also refuse a request by its head: 400 (ambiguous "
+            "framing), 405 (a method the API does not have), 408 (too slow), 431 (head over 32 KiB).",
         },
         "paths": paths,
         "components": {
