@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="CIDR[,CIDR...]",
         help="networks health probes may connect to; an instance outside them turns Unhealthy unprobed, and "
         "with loopback networks only no host name but localhost is resolved "
-        "(default 127.0.0.0/8,::1/128; env OB_PROBE_NETWORKS; 0.0.0.0/0,::/0 allows any)",
+        "(default 127.0.0.0/8,::1/128; env OB_PROBE_NETWORKS; 0.0.0.0/0,::/0 allows any but link-local and metadata addresses, which a network must name)",
     )
     s.add_argument(
         "--proxy-networks",

@@ -9,7 +9,12 @@ any URL, so without a fence a health check is a port scanner whose results come 
 - when every allowed network is loopback, no other host name is resolved at all;
 - otherwise a name is resolved, and only its addresses inside the networks are used. The
   connection then goes to the address that was checked, never to the name again, so a
-  second resolution cannot answer differently (DNS rebinding).
+  second resolution cannot answer differently (DNS rebinding);
+- link-local addresses (169.254.0.0/16, fe80::/10, where clouds serve instance metadata and
+  credentials) and the other metadata addresses are reached only when a network that names
+  them is given (`--proxy-networks 0.0.0.0/0,169.254.169.254/32`), never through a wider one
+  such as 0.0.0.0/0. Without this a service token could register 169.254.169.254 and anyone
+  could read the machine's cloud credentials through the public proxy.
 Refusals are `Refused` errors whose message is the instance's `statusReason`.
 """
 
@@ -25,6 +30,10 @@ from registry_svc import urls
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _LOOPBACKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+# Link-local ranges, and cloud metadata addresses outside them (AWS's IPv6 one, Alibaba's).
+SENSITIVE = tuple(
+    ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32")
+)
 LOCALHOST = ("127.0.0.1", "::1")
 
 
@@ -46,6 +55,20 @@ def parse_networks(items: Iterable[str]) -> tuple[IPNetwork, ...]:
     if not networks:
         raise ValueError("give at least one network (e.g. 127.0.0.0/8,::1/128)")
     return tuple(networks)
+
+
+def is_sensitive(address: str) -> bool:
+    """Whether `address` is link-local or a cloud metadata address (IPv4-mapped too)."""
+    ip = _unmapped(ipaddress.ip_address(address))
+    return any(ip.version == s.version and ip in s for s in SENSITIVE)
+
+
+def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def _names_sensitive(network: IPNetwork) -> bool:
+    return any(network.version == s.version and network.subnet_of(s) for s in SENSITIVE)  # type: ignore[arg-type]
 
 
 def _is_loopback(network: IPNetwork) -> bool:
@@ -71,17 +94,28 @@ class NetworkPolicy:
         return ", ".join(str(n) for n in self.networks)
 
     def allows(self, address: str) -> bool:
-        ip = ipaddress.ip_address(address)
-        return any(ip.version == n.version and ip in n for n in self.networks)
+        ip = _unmapped(ipaddress.ip_address(address))
+        within = [n for n in self.networks if ip.version == n.version and ip in n]
+        if is_sensitive(str(ip)):
+            return any(_names_sensitive(n) for n in within)
+        return bool(within)
 
     def _outside(self, what: str) -> Refused:
         return Refused(f"{what} is outside the {self.purpose} networks ({self.describe()}); not connected")
+
+    def _refused_address(self, address: str) -> Refused:
+        if is_sensitive(address):
+            return Refused(
+                f"address {address} is link-local or a cloud metadata address; not connected unless a "
+                f"{self.purpose} network names it"
+            )
+        return self._outside(f"address {address}")
 
     def _literal(self, host: str) -> list[str] | None:
         """The addresses of `host` known without a resolver, or None if it needs one."""
         if urls.is_ip(host):
             if not self.allows(host):
-                raise self._outside(f"address {host}")
+                raise self._refused_address(host)
             return [host]
         if host == "localhost":
             allowed = [a for a in LOCALHOST if self.allows(a)]

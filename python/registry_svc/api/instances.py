@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psutil
 from robyn import Response
 
-from registry_svc import _core, auth, models, records, replies, status, urls, watch
+from registry_svc import _core, auth, models, netguard, records, replies, status, urls, watch
 from registry_svc.api import Call, Doc, Route
 from registry_svc.clock import utc_now
 from registry_svc.errors import ApiError, field_error
 from registry_svc.http import json_response, no_content, path_param, put_async, query_params, raw_json, read_json_object
+from registry_svc.settings import Settings
 
 INSTANCES = "instances"
 RESERVED_SLUGS = frozenset({"registry-svc", "health", "metrics", "version", "ui"})
@@ -205,7 +207,9 @@ async def register(call: Call) -> Response:
     """Register or re-register. Runs on the event loop and awaits the durable write instead
     of holding a thread, so many registrations share one group commit. A concurrent write
     to the same URL or id makes it plan again on what is stored now."""
-    fields = parse_registration(read_json_object(call.request))
+    raw = read_json_object(call.request)
+    fields = parse_registration(raw)
+    refuse_unsafe_address(fields, "url" if raw.get("url") else ("ip" if raw.get("ip") else "host"), call.ctx.settings)
 
     async def attempt() -> Response:
         plan = plan_registration(call, fields)
@@ -216,6 +220,44 @@ async def register(call: Call) -> Response:
         return plan.response(index)
 
     return await records.retrying_async(attempt, "the instance")
+
+
+def refuse_unsafe_address(fields: dict[str, Any], field: str, settings: Settings) -> None:
+    """Refuses (400 naming `field`) an instance the proxy must never forward to: this
+    registry itself (a proxied request would come back to it), and a link-local or cloud
+    metadata address unless the proxy networks name it (see `netguard.py`)."""
+    address = fields["ip"] or fields["host"]
+    if fields["port"] == settings.port and address in own_addresses(settings):
+        raise field_error(field, f"'{fields['url']}' is this registry's own address; requests to it would loop")
+    ip = fields["ip"]
+    if (
+        ip is not None
+        and netguard.is_sensitive(ip)
+        and not netguard.NetworkPolicy.of(settings.proxy_networks, "proxy").allows(ip)
+    ):
+        raise field_error(
+            field,
+            f"{ip} is a link-local or cloud metadata address; registering it needs a --proxy-networks entry that "
+            "names it (e.g. 169.254.169.254/32)",
+        )
+
+
+_own_addresses: dict[tuple[str, str], frozenset[str]] = {}
+
+
+def own_addresses(settings: Settings) -> frozenset[str]:
+    """The hosts and addresses this registry answers on (with its port): loopback, its
+    listen address, its advertised URL's host, and every interface address when it listens
+    on all of them."""
+    key = (settings.host, settings.self_url)
+    if key not in _own_addresses:
+        found = {"127.0.0.1", "::1", "localhost", settings.host}
+        if settings.self_url:
+            found.add(urls.parse_url(settings.self_url).host)
+        if settings.host in ("0.0.0.0", "::", ""):
+            found |= {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+        _own_addresses[key] = frozenset(found)
+    return _own_addresses[key]
 
 
 def new_instance_id() -> str:

@@ -2,8 +2,18 @@
 
 The instance is chosen by the same Rust selection as `pick` (the slug's policy), and the
 request goes to `instance.url + original path + query`: the slug stays in the path, as in
-1Backend. Method, headers and body pass through; hop-by-hop headers are dropped and
-X-Forwarded-For/-Proto/-Host added. Upstream connections are pooled (urllib3).
+1Backend. Method, headers and body pass through; hop-by-hop headers are dropped. The
+X-Forwarded-* headers describe this hop: the client's address is appended to
+X-Forwarded-For, and X-Forwarded-Proto/-Host come from the connection and its Host header,
+never from what the client claims. Response bodies pass as they came (a gzip body stays
+gzip). Upstream connections are pooled (urllib3).
+
+Refused before any upstream is contacted:
+- a registry token (`rsv_...`) in Authorization is never forwarded: the header is dropped;
+- a path with a dot segment (`..`, `.`, also percent-encoded or behind a backslash) is a
+  400: the upstream would resolve it outside `<instance path>/<slug>/`;
+- a request that already went through a registry proxy (`X-Registry-Forwarded`) is a 508:
+  an instance registered at a registry's own address would otherwise loop until timeout.
 
 Upstreams are fenced by `--proxy-networks` (`netguard.py`): the instance's host is
 resolved under that policy and the connection goes to the checked address, with the
@@ -24,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote
 
 import urllib3
 from robyn import Headers, Request, Response
@@ -31,12 +42,15 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionErro
 
 from registry_svc import _core, metrics, urls
 from registry_svc.api.instances import RESERVED_SLUGS
+from registry_svc.auth import SECRET_PREFIX
 from registry_svc.http import error_response
 from registry_svc.netguard import NetworkPolicy, Refused
 
 log = logging.getLogger("registry_svc")
 
 CLIENT_ADDR_HEADER = "x-registry-client-addr"  # rust/front.rs
+# Set on every forwarded request; a request that carries it is never forwarded again.
+FORWARDED_HEADER = "x-registry-forwarded"
 
 CONNECT_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 60.0
@@ -52,6 +66,22 @@ HOP_BY_HOP = frozenset(
         CLIENT_ADDR_HEADER,
     }
 )  # fmt: skip
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether `path` has a `.` or `..` segment once percent-decoded, counting `\\` as a
+    separator (some servers do), so `/svc/%2e%2e/x` and `/svc/..%5cx` count."""
+    decoded = unquote(unquote(path)).replace("\\", "/")
+    return any(segment in _DOT_SEGMENTS for segment in decoded.split("/"))
+
+
+def is_registry_token(authorization: str) -> bool:
+    """Whether an Authorization value carries a registry token (bare or as a bearer)."""
+    value = authorization.strip()
+    if value[:7].lower() == "bearer ":
+        value = value[7:].strip()
+    return value.startswith(SECRET_PREFIX)
 
 
 def _hop_by_hop(headers: list[tuple[str, str]]) -> frozenset[str]:
@@ -92,18 +122,27 @@ class Proxy:
 
     def forward(self, slug: str, request: Request) -> Response | None:
         method = request.method.upper()
+        if request.headers.get(FORWARDED_HEADER) is not None:
+            return error_response(508, f"loop detected: this request to '{slug}' was already forwarded by a registry")
+        if has_dot_segment(request.url.path):
+            return error_response(400, "path: '.' and '..' segments are not forwarded (they would leave the slug)")
         incoming = request.headers.multi_items()
         drop = _hop_by_hop(incoming)
         headers = urllib3.HTTPHeaderDict()
         for name, value in incoming:
-            if name.lower() not in drop and not name.lower().startswith("x-forwarded-"):
-                headers.add(name, value)
+            lower = name.lower()
+            if lower in drop or lower.startswith("x-forwarded-"):
+                continue
+            if lower == "authorization" and is_registry_token(value):
+                continue  # a registry token is for the registry, never for an upstream
+            headers.add(name, value)
         forwarded_for = request.headers.get("x-forwarded-for")
         # The workers sit behind the gate: the client's address comes from its header.
         client = request.headers.get(CLIENT_ADDR_HEADER) or request.ip_addr or "unknown"
         headers["X-Forwarded-For"] = f"{forwarded_for}, {client}" if forwarded_for else client
-        headers["X-Forwarded-Proto"] = request.headers.get("x-forwarded-proto") or "http"
-        headers["X-Forwarded-Host"] = request.headers.get("x-forwarded-host") or request.headers.get("host") or ""
+        headers["X-Forwarded-Proto"] = "http"  # the gate speaks plain HTTP
+        headers["X-Forwarded-Host"] = request.headers.get("host") or ""
+        headers[FORWARDED_HEADER] = "1"
         body = request.body.encode() if isinstance(request.body, str) else bytes(request.body or b"")
         query = "&".join(f"{k}={v}" if v != "" else k for k, v in request.query_params.multi_items())
         suffix = request.url.path + (f"?{query}" if query else "")
@@ -139,6 +178,7 @@ class Proxy:
                     redirect=False,
                     assert_same_host=False,
                     retries=False,
+                    decode_content=False,  # a gzip body is passed on as gzip, as labelled
                 )
             except (NewConnectionError, ConnectTimeoutError, ProtocolError) as e:
                 # Nothing reached the upstream (or a pooled connection was dead): safe to

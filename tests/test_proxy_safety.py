@@ -1,0 +1,189 @@
+"""The built-in proxy is safe by default: what trying to break it found, each through real
+HTTP against real servers and loopback backends (the data-plane issue, point 4)."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Server, free_port
+from registry_svc.netguard import NetworkPolicy, is_sensitive
+
+NO_CHECK = {"type": "none"}
+PAYLOAD = b'{"hello": "world"}' * 200
+
+
+class Backend:
+    """A loopback backend that answers with JSON describing the request, or with a gzip
+    body at `/gz`; it counts what reached it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.paths: list[str] = []
+        backend = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                backend.paths.append(self.path)
+                if self.path.endswith("/gz"):
+                    body, extra = gzip.compress(PAYLOAD), {"Content-Encoding": "gzip"}
+                else:
+                    seen = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+                    body, extra = json.dumps(seen).encode(), {}
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[Backend]:
+    started = Backend()
+    yield started
+    started.close()
+
+
+@pytest.fixture(scope="module")
+def routed(server: Server, backend: Backend) -> str:
+    """The slug routed to the backend."""
+    reply = server.register({"url": backend.url, "slug": "safe-svc", "status": "Healthy", "healthCheck": NO_CHECK})
+    assert reply.status in (200, 201), reply.body
+    return "safe-svc"
+
+
+def raw_get(server: Server, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A GET with the path sent exactly as given (no client-side normalisation)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_a_registry_token_is_never_forwarded(server: Server, routed: str) -> None:
+    for value in (f"Bearer {server.admin_token}", server.admin_token, f"bearer  {server.admin_token}"):
+        status, _, body = raw_get(server, f"/{routed}/who", {"Authorization": value})
+        assert status == 200 and "authorization" not in json.loads(body)["headers"], value
+    status, _, body = raw_get(server, f"/{routed}/who", {"Authorization": "Bearer the-upstreams-own"})
+    assert json.loads(body)["headers"]["authorization"] == "Bearer the-upstreams-own"
+
+
+def test_forwarded_headers_describe_the_connection_not_the_client_s_claims(server: Server, routed: str) -> None:
+    claims = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "bank.example", "X-Forwarded-For": "203.0.113.9",
+              "Host": "public.example:8443"}  # fmt: skip
+    status, _, body = raw_get(server, f"/{routed}/fwd", claims)
+    headers = json.loads(body)["headers"]
+    assert status == 200
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == "public.example:8443"
+    assert headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+
+
+def test_a_gzip_body_arrives_as_the_upstream_sent_it(server: Server, routed: str) -> None:
+    status, headers, body = raw_get(server, f"/{routed}/gz", {"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert gzip.decompress(body) == PAYLOAD
+
+
+@pytest.mark.parametrize(
+    "tail", ["../escape", "%2e%2e/escape", "%2E%2E%2Fescape", "..%5cescape", "./here", "a/%252e%252e/escape", "x/.."]
+)
+def test_dot_segments_are_refused_before_the_upstream(server: Server, backend: Backend, routed: str, tail: str) -> None:
+    before = len(backend.paths)
+    status, _, body = raw_get(server, f"/{routed}/{tail}")
+    assert status == 400 and json.loads(body)["error"].startswith("path: "), (tail, status, body)
+    assert len(backend.paths) == before
+
+
+def test_the_registry_s_own_address_cannot_be_registered(server: Server) -> None:
+    for body in (
+        {"url": server.url},
+        {"url": f"http://localhost:{server.port}/x"},
+        {"ip": "127.0.0.1", "port": server.port},
+    ):
+        reply = server.register({**body, "slug": "loop-svc", "healthCheck": NO_CHECK})
+        assert reply.status == 400 and "own address" in reply.json["error"], (body, reply.body)
+    assert reply.json["error"].startswith("ip: ")
+
+
+def test_a_forwarding_loop_between_two_registries_ends_at_once(server: Server, tmp_path: Path) -> None:
+    """A's instance of `ring` is B, and B's is A: without loop detection each request would
+    bounce until a timeout, holding a thread of each at every hop."""
+    other = Server(tmp_path / "b").start()
+    try:
+        for here, there in ((server, other), (other, server)):
+            reply = here.register({"url": there.url, "slug": "ring", "status": "Healthy", "healthCheck": NO_CHECK})
+            assert reply.status in (200, 201), reply.body
+        status, _, body = raw_get(server, "/ring/x")
+        assert status == 508 and "loop" in json.loads(body)["error"], body
+    finally:
+        other.kill9()
+
+
+def test_a_request_already_forwarded_is_not_forwarded_again(server: Server, backend: Backend, routed: str) -> None:
+    before = len(backend.paths)
+    status, _, _ = raw_get(server, f"/{routed}/again", {"X-Registry-Forwarded": "1"})
+    assert status == 508 and len(backend.paths) == before
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254", "http://169.254.169.254/latest/meta-data/", "http://[fe80::1]:80",
+                                 "http://[::ffff:169.254.169.254]", "http://100.100.100.200"])  # fmt: skip
+def test_link_local_and_metadata_addresses_are_refused(server: Server, url: str) -> None:
+    service = server.token("service", "meta-svc")
+    reply = server.register({"url": url, "healthCheck": NO_CHECK}, token=service)
+    assert reply.status == 400 and reply.json["error"].startswith("url: "), reply.body
+    assert "metadata" in reply.json["error"]
+
+
+def test_a_wide_proxy_network_does_not_open_the_metadata_address(tmp_path: Path) -> None:
+    """0.0.0.0/0 lets the proxy reach other machines, not the cloud's metadata service; a
+    network that names it does. (Nothing is proxied here: registration is the check.)"""
+    wide = Server(tmp_path / "wide", args=["--proxy-networks", "0.0.0.0/0,::/0"]).start()
+    named = Server(tmp_path / "named", args=["--proxy-networks", "127.0.0.0/8,169.254.169.254/32"]).start()
+    try:
+        meta = {"url": "http://169.254.169.254", "healthCheck": NO_CHECK}
+        assert wide.register(meta).status == 400
+        assert named.register(meta).status == 201
+    finally:
+        wide.kill9()
+        named.kill9()
+
+
+def test_the_fence_keeps_link_local_out_of_wide_networks() -> None:
+    wide = NetworkPolicy.of(["0.0.0.0/0", "::/0"], "proxy")
+    assert wide.allows("192.0.2.1") and not wide.allows("169.254.169.254") and not wide.allows("fe80::1")
+    assert not wide.allows("::ffff:169.254.169.254") and not wide.allows("fd00:ec2::254")
+    assert NetworkPolicy.of(["0.0.0.0/0", "169.254.169.254/32"], "proxy").allows("169.254.169.254")
+    assert is_sensitive("169.254.0.1") and not is_sensitive("127.0.0.1")
