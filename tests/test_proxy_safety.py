@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Server, free_port
+from conftest import Server, free_port, wait_for
 from registry_svc.netguard import NetworkPolicy, is_sensitive
 
 NO_CHECK = {"type": "none"}
@@ -28,6 +28,8 @@ class Backend:
     def __init__(self) -> None:
         self.port = free_port()
         self.paths: list[str] = []
+        self.release = threading.Event()
+        self.held = 0
         backend = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -35,6 +37,9 @@ class Backend:
 
             def do_GET(self) -> None:
                 backend.paths.append(self.path)
+                if self.path.endswith("/hold"):
+                    backend.held += 1
+                    backend.release.wait(20)
                 if self.path.endswith("/gz"):
                     body, extra = gzip.compress(PAYLOAD), {"Content-Encoding": "gzip"}
                 else:
@@ -59,6 +64,7 @@ class Backend:
         return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -90,6 +96,31 @@ def raw_get(server: Server, path: str, headers: dict[str, str] | None = None) ->
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def test_a_hanging_upstream_does_not_starve_other_slugs(server: Server, routed: str) -> None:
+    """40 requests held by one slug's upstream; another slug is still answered while they
+    hang (before, they took every forwarding thread of the process)."""
+    slow = Backend()
+    try:
+        reply = server.register({"url": slow.url, "slug": "slow-svc", "status": "Healthy", "healthCheck": NO_CHECK})
+        assert reply.status in (200, 201), reply.body
+        statuses: list[int] = []
+        held = [
+            threading.Thread(target=lambda: statuses.append(raw_get(server, "/slow-svc/hold")[0]), daemon=True)
+            for _ in range(40)
+        ]
+        for thread in held:
+            thread.start()
+        wait_for(lambda: slow.held >= 8, 15, "the slow upstream to hold requests")
+        status, _, _ = raw_get(server, f"/{routed}/meanwhile")
+        assert status == 200 and not slow.release.is_set() and len(statuses) == 0
+        slow.release.set()
+        for thread in held:
+            thread.join(60)
+        assert statuses == [200] * 40
+    finally:
+        slow.close()
 
 
 def test_a_registry_token_is_never_forwarded(server: Server, routed: str) -> None:

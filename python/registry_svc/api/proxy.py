@@ -8,6 +8,9 @@ X-Forwarded-For, and X-Forwarded-Proto/-Host come from the connection and its Ho
 never from what the client claims. Response bodies pass as they came (a gzip body stays
 gzip). Upstream connections are pooled (urllib3).
 
+One slug holds at most `PER_SLUG` of a process's forwarding threads; its other requests wait
+on the event loop, so an upstream that hangs slows its own slug only.
+
 Refused before any upstream is contacted:
 - a registry token (`rsv_...`) in Authorization is never forwarded: the header is dropped;
 - a path with a dot segment (`..`, `.`, also percent-encoded or behind a backslash) is a
@@ -32,7 +35,9 @@ own requests (the Authorization header is passed through).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
@@ -54,7 +59,11 @@ FORWARDED_HEADER = "x-registry-forwarded"
 
 CONNECT_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 60.0
-MAX_CONCURRENT = 32
+# Forwarding threads per process, and how many of them one slug may hold: requests over a
+# slug's share wait on the event loop, holding no thread, so a slug whose upstream hangs
+# cannot starve the others (it takes SLOTS / PER_SLUG hanging slugs to fill the pool).
+MAX_CONCURRENT = 64
+PER_SLUG = 8
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 HOP_BY_HOP = frozenset(
     {
@@ -98,6 +107,29 @@ def slug_of(path: str) -> str | None:
     return first if first and first not in RESERVED_SLUGS else None
 
 
+class Bulkhead:
+    """At most `limit` holders per key at once; the others wait on the event loop (one per
+    worker process, like the watchers'). A key's semaphore lives while anyone uses it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._keys: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[None]:
+        semaphore, users = self._keys.get(key) or (asyncio.Semaphore(self.limit), 0)
+        self._keys[key] = (semaphore, users + 1)
+        try:
+            async with semaphore:
+                yield
+        finally:
+            semaphore, users = self._keys[key]
+            if users == 1:
+                del self._keys[key]
+            else:
+                self._keys[key] = (semaphore, users - 1)
+
+
 class Proxy:
     """Forwards requests for one worker process; create it after the fork."""
 
@@ -111,14 +143,15 @@ class Proxy:
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
         )
         self.executor = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="proxy")
+        self.bulkhead = Bulkhead(PER_SLUG)
 
     async def handle(self, request: Request) -> Response | None:
         """The upstream's response, or None when the path names no slug."""
         slug = slug_of(request.url.path)
         if slug is None:
             return None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.forward, slug, request)
+        async with self.bulkhead.slot(slug):
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self.forward, slug, request)
 
     def forward(self, slug: str, request: Request) -> Response | None:
         method = request.method.upper()
