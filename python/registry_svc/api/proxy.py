@@ -54,6 +54,7 @@ from registry_svc.netguard import NetworkPolicy, Refused
 log = logging.getLogger("registry_svc")
 
 CLIENT_ADDR_HEADER = "x-registry-client-addr"  # rust/front.rs
+TARGET_HEADER = "x-registry-target"  # rust/front.rs
 # Set on every forwarded request; a request that carries it is never forwarded again.
 FORWARDED_HEADER = "x-registry-forwarded"
 
@@ -72,7 +73,7 @@ HOP_BY_HOP = frozenset(
         # Recomputed for the new message:
         "content-length", "host",
         # Set by the gate in front of the workers for them only.
-        CLIENT_ADDR_HEADER,
+        CLIENT_ADDR_HEADER, TARGET_HEADER,
     }
 )  # fmt: skip
 _DOT_SEGMENTS = frozenset({".", ".."})
@@ -83,6 +84,12 @@ def has_dot_segment(path: str) -> bool:
     separator (some servers do), so `/svc/%2e%2e/x` and `/svc/..%5cx` count."""
     decoded = unquote(unquote(path)).replace("\\", "/")
     return any(segment in _DOT_SEGMENTS for segment in decoded.split("/"))
+
+
+def _rebuilt_target(request: Request) -> str:
+    """The target from Robyn's view, for a request that did not come through the gate."""
+    query = "&".join(f"{k}={v}" if v != "" else k for k, v in request.query_params.multi_items())
+    return request.url.path + (f"?{query}" if query else "")
 
 
 def is_registry_token(authorization: str) -> bool:
@@ -157,7 +164,10 @@ class Proxy:
         method = request.method.upper()
         if request.headers.get(FORWARDED_HEADER) is not None:
             return error_response(508, f"loop detected: this request to '{slug}' was already forwarded by a registry")
-        if has_dot_segment(request.url.path):
+        # The target as the client sent it (the gate's header): path and query go on byte
+        # for byte. Robyn's own view of the query is grouped by name.
+        target = request.headers.get(TARGET_HEADER) or _rebuilt_target(request)
+        if has_dot_segment(target.partition("?")[0]):
             return error_response(400, "path: '.' and '..' segments are not forwarded (they would leave the slug)")
         incoming = request.headers.multi_items()
         drop = _hop_by_hop(incoming)
@@ -177,8 +187,7 @@ class Proxy:
         headers["X-Forwarded-Host"] = request.headers.get("host") or ""
         headers[FORWARDED_HEADER] = "1"
         body = request.body.encode() if isinstance(request.body, str) else bytes(request.body or b"")
-        query = "&".join(f"{k}={v}" if v != "" else k for k, v in request.query_params.multi_items())
-        suffix = request.url.path + (f"?{query}" if query else "")
+        suffix = target
 
         tried: list[str] = []
         last_error = ""
