@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from conftest import Server, free_port, wait_for
@@ -19,6 +20,8 @@ from registry_svc.netguard import NetworkPolicy, is_sensitive
 
 NO_CHECK = {"type": "none"}
 PAYLOAD = b'{"hello": "world"}' * 200
+MIB_OF_BYTES = bytes(range(256)) * 4096
+BIG = 256 * len(MIB_OF_BYTES)
 
 
 class Backend:
@@ -29,6 +32,7 @@ class Backend:
         self.port = free_port()
         self.paths: list[str] = []
         self.release = threading.Event()
+        self.drip = threading.Event()
         self.held = 0
         backend = self
 
@@ -40,6 +44,12 @@ class Backend:
                 if self.path.endswith("/hold"):
                     backend.held += 1
                     backend.release.wait(20)
+                if self.path.endswith("/big"):
+                    self._big()
+                    return
+                if self.path.endswith("/drip"):
+                    self._drip()
+                    return
                 if self.path.endswith("/gz"):
                     body, extra = gzip.compress(PAYLOAD), {"Content-Encoding": "gzip"}
                 else:
@@ -52,6 +62,26 @@ class Backend:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _big(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(BIG))
+                self.end_headers()
+                for _ in range(BIG // len(MIB_OF_BYTES)):
+                    self.wfile.write(MIB_OF_BYTES)
+
+            def _drip(self) -> None:
+                """A chunked body: one chunk, then the rest once the test allows it."""
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for data in (b"first\n", None, b"second\n"):
+                    if data is None:
+                        backend.drip.wait(20)
+                        continue
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -121,6 +151,48 @@ def test_a_hanging_upstream_does_not_starve_other_slugs(server: Server, routed: 
         assert statuses == [200] * 40
     finally:
         slow.close()
+
+
+def worker_rss(server: Server) -> int:
+    assert server.proc is not None
+    return sum(p.memory_info().rss for p in psutil.Process(server.proc.pid).children(recursive=True))
+
+
+def test_a_large_body_is_streamed_not_held_in_memory(server: Server, routed: str) -> None:
+    """256 MiB through the proxy: the server grows by far less than the body (it held it
+    whole, twice, before)."""
+    before = worker_rss(server)
+    peak = before
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("GET", f"/{routed}/big")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        received = 0
+        while chunk := resp.read(1 << 20):
+            start = received % 256  # the body repeats bytes 0..255: each chunk starts where it should
+            assert chunk[:256] == (bytes(range(start, 256)) + bytes(range(start)))[: len(chunk)]
+            received += len(chunk)
+            if received % (16 << 20) < len(chunk):
+                peak = max(peak, worker_rss(server))
+    finally:
+        conn.close()
+    assert received == BIG
+    assert peak - before < 64 << 20, f"the workers grew {(peak - before) >> 20} MiB for a {BIG >> 20} MiB body"
+
+
+def test_a_body_is_forwarded_as_it_arrives(server: Server, backend: Backend, routed: str) -> None:
+    """The first chunk reaches the client while the upstream still holds the rest."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", f"/{routed}/drip")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.readline() == b"first\n" and not backend.drip.is_set()
+        backend.drip.set()
+        assert resp.read() == b"second\n"
+    finally:
+        conn.close()
 
 
 def test_a_registry_token_is_never_forwarded(server: Server, routed: str) -> None:

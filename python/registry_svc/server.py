@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import orjson
-from robyn import Request, Response, Robyn
+from robyn import Request, Response, Robyn, StreamingResponse
 
 from registry_svc import _core, access, auth, cluster, http, metrics, openapi
 from registry_svc.api import (
@@ -158,17 +158,17 @@ def _pattern(path: str) -> "re.Pattern[str]":
 
 def not_routed(
     patterns: list[tuple["re.Pattern[str]", str]], state: ProcessState
-) -> Callable[[Request], Awaitable[Response]]:
+) -> Callable[[Request], Awaitable[Response | StreamingResponse]]:
     """Everything no built-in route matched: a slug's path goes to the proxy; otherwise a
     JSON 405 for a known path with the wrong method, or a JSON 404."""
 
-    async def fallback(request: Request) -> Response:
+    async def fallback(request: Request) -> Response | StreamingResponse:
         started = time.perf_counter()
         response, route = await answer(request)
         access.observe(route, request, response, started, None)
         return response
 
-    async def answer(request: Request) -> tuple[Response, str]:
+    async def answer(request: Request) -> tuple[Response | StreamingResponse, str]:
         """The response, and the route to count it under."""
         path = request.url.path
         if discovery.is_xds(path) and state.ctx is not None:

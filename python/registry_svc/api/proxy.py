@@ -6,7 +6,8 @@ request goes to `instance.url + original path + query`: the slug stays in the pa
 X-Forwarded-* headers describe this hop: the client's address is appended to
 X-Forwarded-For, and X-Forwarded-Proto/-Host come from the connection and its Host header,
 never from what the client claims. Response bodies pass as they came (a gzip body stays
-gzip). Upstream connections are pooled (urllib3).
+gzip). A body over 1 MiB, or of unknown length, is streamed to the client as it arrives
+(chunked); a smaller one is read whole. Upstream connections are pooled (urllib3).
 
 One slug holds at most `PER_SLUG` of a process's forwarding threads; its other requests wait
 on the event loop, so an upstream that hangs slows its own slug only.
@@ -37,12 +38,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 import urllib3
-from robyn import Headers, Request, Response
+from robyn import Headers, Request, Response, StreamingResponse
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError
 
 from registry_svc import _core, metrics, urls
@@ -65,6 +66,9 @@ READ_TIMEOUT_S = 60.0
 # cannot starve the others (it takes SLOTS / PER_SLUG hanging slugs to fill the pool).
 MAX_CONCURRENT = 64
 PER_SLUG = 8
+# Upstream bodies up to this size are read whole; larger or unsized ones are streamed.
+BUFFERED_BODY = 1 << 20
+STREAM_CHUNK = 64 << 10
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 HOP_BY_HOP = frozenset(
     {
@@ -114,6 +118,20 @@ def slug_of(path: str) -> str | None:
     return first if first and first not in RESERVED_SLUGS else None
 
 
+def _chunks(upstream: urllib3.BaseHTTPResponse) -> Generator[str | bytes, None, None]:
+    """The upstream's body in chunks as they arrive; its connection goes back to the pool
+    only when the body was read to the end."""
+    done = False
+    try:
+        yield from upstream.stream(STREAM_CHUNK, decode_content=False)
+        done = True
+    finally:
+        if done:
+            upstream.release_conn()
+        else:
+            upstream.close()
+
+
 class Bulkhead:
     """At most `limit` holders per key at once; the others wait on the event loop (one per
     worker process, like the watchers'). A key's semaphore lives while anyone uses it."""
@@ -152,7 +170,7 @@ class Proxy:
         self.executor = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="proxy")
         self.bulkhead = Bulkhead(PER_SLUG)
 
-    async def handle(self, request: Request) -> Response | None:
+    async def handle(self, request: Request) -> Response | StreamingResponse | None:
         """The upstream's response, or None when the path names no slug."""
         slug = slug_of(request.url.path)
         if slug is None:
@@ -160,7 +178,7 @@ class Proxy:
         async with self.bulkhead.slot(slug):
             return await asyncio.get_running_loop().run_in_executor(self.executor, self.forward, slug, request)
 
-    def forward(self, slug: str, request: Request) -> Response | None:
+    def forward(self, slug: str, request: Request) -> Response | StreamingResponse | None:
         method = request.method.upper()
         if request.headers.get(FORWARDED_HEADER) is not None:
             return error_response(508, f"loop detected: this request to '{slug}' was already forwarded by a registry")
@@ -221,6 +239,7 @@ class Proxy:
                     assert_same_host=False,
                     retries=False,
                     decode_content=False,  # a gzip body is passed on as gzip, as labelled
+                    preload_content=False,  # large bodies are streamed (see `_response`)
                 )
             except (NewConnectionError, ConnectTimeoutError, ProtocolError) as e:
                 # Nothing reached the upstream (or a pooled connection was dead): safe to
@@ -233,7 +252,7 @@ class Proxy:
                 self._release(slug, instance_id, "error")
                 return error_response(502, f"upstream {url} of '{slug}' failed: {e}")
             self._release(slug, instance_id, "5xx" if upstream.status >= 500 else "success")
-            return self._response(upstream)
+            return self._response(upstream, method)
         return error_response(502, last_error)
 
     def _release(self, slug: str, instance_id: str, outcome: str) -> None:
@@ -243,11 +262,22 @@ class Proxy:
         metrics.upstream(outcome)
 
     @staticmethod
-    def _response(upstream: urllib3.BaseHTTPResponse) -> Response:
+    def _response(upstream: urllib3.BaseHTTPResponse, method: str) -> Response | StreamingResponse:
+        """The upstream's answer: read whole when it is small (up to `BUFFERED_BODY`),
+        streamed in chunks otherwise, so a large body is never held in memory."""
         pairs = list(upstream.headers.iteritems())
         drop = _hop_by_hop(pairs)
         headers = Headers({})
         for name, value in pairs:
             if name.lower() not in drop:
                 headers.append(name, value)
-        return Response(status_code=upstream.status, headers=headers, description=upstream.data)
+        length = upstream.headers.get("content-length")
+        if (
+            method == "HEAD"
+            or upstream.status in (204, 304)
+            or (length is not None and length.isdigit() and int(length) <= BUFFERED_BODY)
+        ):
+            body = upstream.data
+            upstream.release_conn()
+            return Response(status_code=upstream.status, headers=headers, description=body)
+        return StreamingResponse(content=_chunks(upstream), status_code=upstream.status, headers=headers, media_type="")
