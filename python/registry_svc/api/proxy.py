@@ -63,7 +63,7 @@ CONNECT_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 60.0
 # Forwarding threads per process, and how many of them one slug may hold: requests over a
 # slug's share wait on the event loop, holding no thread, so a slug whose upstream hangs
-# cannot starve the others (it takes SLOTS / PER_SLUG hanging slugs to fill the pool).
+# cannot starve the others (it takes MAX_CONCURRENT / PER_SLUG hanging slugs to fill the pool).
 MAX_CONCURRENT = 64
 PER_SLUG = 8
 # Upstream bodies up to this size are read whole; larger or unsized ones are streamed.
