@@ -91,6 +91,23 @@ def authorized(route: Route, state: ProcessState, request: Request) -> Call:
     return Call(request, caller, ctx)
 
 
+async def authorized_after_catch_up(route: Route, state: ProcessState, request: Request) -> Call:
+    """`authorized`, except that in cluster mode a token this replica does not know yet is
+    looked up again once the replica reached the request's `?index=N`: a token created on
+    another server is then usable at once, like any other write read with its index. The
+    wait is on the event loop (a waiter, not a thread) and bounded by `watch.CATCH_UP_S`."""
+    try:
+        return authorized(route, state, request)
+    except ApiError as e:
+        index = request.query_params.get("index", None)
+        ctx = state.ctx
+        if e.status != 401 or ctx is None or not index or not index.isascii() or not index.isdigit():
+            raise
+        if not await ctx.watch.catch_up(int(index)):
+            raise
+    return authorized(route, state, request)
+
+
 def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
     """The Robyn handler for `route`: authenticate, check the permission, run, map errors;
     counted in the metrics and the access log."""
@@ -118,7 +135,7 @@ def awaited(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[
     async def endpoint(request: Request) -> Response:
         started, caller = time.perf_counter(), None
         try:
-            call = authorized(route, state, request)
+            call = await authorized_after_catch_up(route, state, request)
             caller = call.caller
             response = await handler(call)
         except Exception as e:

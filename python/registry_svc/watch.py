@@ -91,6 +91,15 @@ class WatchHub:
             timeout = max(0.0, timeout - (asyncio.get_running_loop().time() - started))
         await self._wait(stamp, index, timeout)
 
+    async def catch_up(self, index: int) -> bool:
+        """Whether this store has applied revision `index`, after waiting at most
+        `CATCH_UP_S` for it when it is a replica that has not (always false elsewhere)."""
+        if not self.replica or len(str(index)) > 19:
+            return False
+        if self.store.index() < index:
+            await self._wait(self.store.index, index - 1, CATCH_UP_S)
+        return self.store.index() >= index
+
     async def _wait(self, stamp: Stamp, index: int, timeout: float) -> None:
         if stamp() > index:
             return
