@@ -233,26 +233,6 @@ def test_tokens_are_cluster_wide_and_a_revocation_reaches_every_server(cluster: 
         )
 
 
-def test_a_token_created_on_one_server_works_on_another_read_with_its_index(cluster: Cluster) -> None:
-    """Creating a token is a write like any other: with its answer's index, another server
-    waits for its replica before it authenticates (it used to refuse the token at once)."""
-    a, c = cluster.nodes[0], cluster.nodes[2]
-    c.cut("blackhole")  # C's replica cannot have the token before the heal below
-    try:
-        created = a.server.call("POST", "/registry-svc/tokens", {"role": "proxy", "description": "fresh"})
-        assert created.status == 201
-        healer = threading.Timer(0.5, c.heal)
-        healer.start()
-        query = f"/registry-svc/instances?index={created.index}&wait=0s"
-        seen = c.server.call("GET", query, token=created.json["token"], timeout=15)
-        assert seen.status == 200, seen.body
-        healer.join()
-    finally:
-        c.heal()
-    # Without an index, an unknown token is still refused at once.
-    assert c.server.call("GET", "/registry-svc/instances", token="rsv_not-a-token").status == 401
-
-
 def test_a_killed_server_is_marked_unhealthy_and_its_instances_get_new_checkers(cluster: Cluster) -> None:
     a, b, c = cluster.nodes
     backend = Backend()
@@ -293,7 +273,10 @@ def test_a_killed_server_is_marked_unhealthy_and_its_instances_get_new_checkers(
             history.append((record["status"], record.get("statusReason")))
             return bool(record["status"] == "Healthy" and any(s == "Unhealthy" for s, _ in history))
 
-        wait_for(adopted, 10, "a survivor to probe C's instance back to Healthy")
+        try:
+            wait_for(adopted, 10, "a survivor to probe C's instance back to Healthy")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; statuses seen: {sorted(set(history))}") from None
         print(f"C detected dead after {detected:.2f}s; instance history {history[:3]}...")
         reasons = [r for s, r in history if s == "Unhealthy"]
         assert any("is gone" in (r or "") or "missed" in (r or "") for r in reasons), history
@@ -521,3 +504,23 @@ def test_anti_entropy_repairs_a_replica_that_diverged_from_etcd(cluster: Cluster
     finally:
         replicator.stop()
         store.close()
+
+
+def test_a_token_created_on_one_server_works_on_another_read_with_its_index(cluster: Cluster) -> None:
+    """Creating a token is a write like any other: with its answer's index, another server
+    waits for its replica before it authenticates (it used to refuse the token at once)."""
+    a, c = cluster.nodes[0], cluster.nodes[2]
+    c.cut("blackhole")  # C's replica cannot have the token before the heal below
+    try:
+        created = a.server.call("POST", "/registry-svc/tokens", {"role": "proxy", "description": "fresh"})
+        assert created.status == 201
+        healer = threading.Timer(0.5, c.heal)
+        healer.start()
+        query = f"/registry-svc/instances?index={created.index}&wait=0s"
+        seen = c.server.call("GET", query, token=created.json["token"], timeout=15)
+        assert seen.status == 200, seen.body
+        healer.join()
+    finally:
+        c.heal()
+    # Without an index, an unknown token is still refused at once.
+    assert c.server.call("GET", "/registry-svc/instances", token="rsv_not-a-token").status == 401

@@ -135,7 +135,10 @@ def test_a_registered_instance_appears_turns_unhealthy_and_tokens_can_be_revoked
         driver.save_screenshot(str(shots / "service.png"))
         backend.stop()  # its backend goes away: Unhealthy, on the open page
         wait_for(driver, lambda d: "Unhealthy" in text_of(d, row), "the instance Unhealthy")
-        assert "connect refused" in text_of(driver, row)
+        # The reason is the failing probe's: refused, or reset when the stop cut a probe's
+        # connection mid-way (seen once in CI).
+        reason = text_of(driver, row)
+        assert "connect refused" in reason or "Connection reset by peer" in reason, reason
     finally:
         backend.stop()
 
