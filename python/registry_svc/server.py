@@ -21,7 +21,7 @@ from typing import cast
 import orjson
 from robyn import Request, Response, Robyn, StreamingResponse
 
-from registry_svc import _core, access, auth, cluster, http, metrics, openapi
+from registry_svc import _core, access, auth, cluster, http, metrics, openapi, watch
 from registry_svc.api import (
     AsyncHandler,
     Call,
@@ -46,7 +46,6 @@ from registry_svc.http import error_response, json_response, store_error_respons
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV, die_with_parent
 from registry_svc.netguard import NetworkPolicy
 from registry_svc.settings import Settings
-from registry_svc.watch import WatchHub
 
 log = logging.getLogger("registry_svc")
 
@@ -99,11 +98,9 @@ async def authorized_after_catch_up(route: Route, state: ProcessState, request: 
     try:
         return authorized(route, state, request)
     except ApiError as e:
-        index = request.query_params.get("index", None)
+        index = watch.parse_index(request.query_params.get("index", None))
         ctx = state.ctx
-        if e.status != 401 or ctx is None or not index or not index.isascii() or not index.isdigit():
-            raise
-        if not await ctx.watch.catch_up(int(index)):
+        if e.status != 401 or ctx is None or index is None or not await ctx.watch.catch_up(index):
             raise
     return authorized(route, state, request)
 
@@ -222,7 +219,7 @@ def build_app(settings: Settings) -> Robyn:
         if settings.processes > 1:
             die_with_parent()  # a forked worker goes when the Robyn parent goes
         store = settings.open_store()
-        hub = WatchHub(store, replica=settings.clustered)
+        hub = watch.WatchHub(store, replica=settings.clustered)
         state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=hub)
         if isinstance(store, EtcdStore):
             http.replica_staleness = lambda: cluster.staleness(store.replica())

@@ -29,11 +29,16 @@ TICK_S = 0.005
 # How long a read with `?index=N` waits at most for a cluster replica to reach N.
 CATCH_UP_S = 5.0
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
-# ASCII digits only: str.isdigit() also takes "²", which int() refuses.
 _INDEX = re.compile(r"[0-9]{1,19}")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 Stamp = Callable[[], int]
+
+
+def parse_index(text: str | None) -> int | None:
+    """An index as a client sends it (`?index=`, an xDS `version_info`): up to 19 ASCII
+    digits, else None. `str.isdigit()` is not enough: it takes '²', which `int()` refuses."""
+    return int(text) if text is not None and _INDEX.fullmatch(text) else None
 
 
 def take_blocking(params: dict[str, list[str]]) -> tuple[int, float] | None:
@@ -46,7 +51,8 @@ def take_blocking(params: dict[str, list[str]]) -> tuple[int, float] | None:
             raise field_error("wait", "only with index (the X-Registry-Index of the previous answer)")
         return None
     text = index_values[-1]
-    if not _INDEX.fullmatch(text):
+    index = parse_index(text)
+    if index is None:
         raise field_error("index", f"must be a non-negative integer, got '{text}'")
     wait = DEFAULT_WAIT_S
     if wait_values is not None:
@@ -55,7 +61,7 @@ def take_blocking(params: dict[str, list[str]]) -> tuple[int, float] | None:
             raise field_error("wait", f"must be a duration such as 30s, 500ms or 5m, got '{wait_values[-1]}'")
         wait = min(MAX_WAIT_S, float(match[1]) * _UNITS[match[2]])
     # Jitter spreads the answers of watchers that timed out together (Consul adds wait/16).
-    return int(text), wait + random.uniform(0, wait / 16)
+    return index, wait + random.uniform(0, wait / 16)
 
 
 class WatchHub:
@@ -94,7 +100,7 @@ class WatchHub:
     async def catch_up(self, index: int) -> bool:
         """Whether this store has applied revision `index`, after waiting at most
         `CATCH_UP_S` for it when it is a replica that has not (always false elsewhere)."""
-        if not self.replica or len(str(index)) > 19:
+        if not self.replica:
             return False
         if self.store.index() < index:
             await self._wait(self.store.index, index - 1, CATCH_UP_S)

@@ -114,10 +114,10 @@ async def endpoints(ctx: Context, caller: auth.Caller, body: models.DiscoveryReq
     def version() -> int:
         return max((ctx.store.partition_index(INSTANCES, s) for s in slugs), default=0)
 
-    known = body.version_info or ""
-    if known.isascii() and known.isdigit() and int(known) >= version():
-        await ctx.watch.wait_past(version, int(known), XDS_HOLD_S)
-        if version() <= int(known):
+    known = watch.parse_index(body.version_info)
+    if known is not None and known >= version():
+        await ctx.watch.wait_past(version, known, XDS_HOLD_S)
+        if version() <= known:
             return Response(status_code=304, headers={}, description=b"")
     current = version()
     resources = [load_assignment(slug, slug_instances(ctx, slug)) for slug in slugs]
