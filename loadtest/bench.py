@@ -12,7 +12,11 @@ Cases (wrk, 2 threads x 64 connections, loopback only, each bounded by --seconds
 - register: durable `PUT /registry-svc/instance` from 64 concurrent connections.
 - proxy: `GET /<slug>/payload` through the built-in proxy to an nginx backend. Baseline:
   nginx as reverse proxy to the same backend.
+- each of lookup, pick and proxy on the API port and on the data port (`--data-port`,
+  served in Rust by every process); the API port's lookup is also set against its own
+  floor, `GET /health` (a Python handler doing nothing).
 - in-process: the Rust store called from Python (median ns).
+- RSS of each server process (supervisor and workers) after the HTTP cases.
 
 Needs `wrk` and `nginx` (and `etcd` for that baseline) on PATH: `make bench` installs them
 from Debian's packages. A missing baseline is reported as such, never silently skipped.
@@ -97,6 +101,8 @@ class Bench:
     notes: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     inprocess: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # (process, RSS MiB) of the large registry's server after the HTTP cases.
+    rss: list[tuple[str, float]] = field(default_factory=list)
 
     # --- tools -----------------------------------------------------------------------
 
@@ -152,15 +158,28 @@ class Bench:
 
     # --- servers ---------------------------------------------------------------------
 
-    def registry(self, data_dir: Path, processes: int) -> tuple[str, str]:
-        port = free_port()
+    def registry(self, data_dir: Path, processes: int) -> tuple[str, str, str]:
+        """A server on `data_dir`: its API port's URL, its data port's URL, the admin token."""
+        port, data_port = free_port(), free_port()
         self.spawn(
-            [sys.executable, "-m", "registry_svc", "serve", "--port", str(port), "--data-dir", str(data_dir),
-             "--processes", str(processes), "--workers", "2", "--probe-networks", "127.0.0.0/8,::1/128"]
+            [sys.executable, "-m", "registry_svc", "serve", "--port", str(port), "--data-port", str(data_port),
+             "--data-dir", str(data_dir), "--processes", str(processes), "--workers", "2",
+             "--probe-networks", "127.0.0.0/8,::1/128"]
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/health")
-        return base, (data_dir / "admin.token").read_text().strip()
+        wait_http(f"http://127.0.0.1:{data_port}/health")
+        return base, f"http://127.0.0.1:{data_port}", (data_dir / "admin.token").read_text().strip()
+
+    def measure_rss(self, proc: subprocess.Popen[bytes]) -> None:
+        """Resident memory of a server's processes (supervisor, Robyn parent, workers)."""
+        import psutil
+
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                role = "supervisor (API gate)" if p.pid == root.pid else "worker (Robyn + data plane)"
+                self.rss.append((f"{role}, pid {p.pid}", p.memory_info().rss / (1 << 20)))
 
     def nginx(self, files: dict[str, bytes], proxy_to: str | None = None) -> tuple[str, str | None]:
         """nginx serving `files` (and, with `proxy_to`, a second server reverse-proxying to it)."""
@@ -334,7 +353,8 @@ def run(seconds: float, quick: bool, repeats: int = 1) -> Bench:
         )
         seed_registry(work / "large", *large)
         seed_registry(work / "small", *small)
-        base, token = bench.registry(work / "large", processes)
+        base, data, token = bench.registry(work / "large", processes)
+        server = bench.procs[-1]
         lookup_bytes = get(f"{base}/registry-svc/instances?slug=svc-1", token)
         pick_bytes = get(f"{base}/registry-svc/instance/pick?slug=svc-1", token)
         payload = b'{"ok":true,"items":[' + b",".join(b'"item"' for _ in range(40)) + b"]}"
@@ -346,6 +366,8 @@ def run(seconds: float, quick: bool, repeats: int = 1) -> Bench:
         print(f"{lookup_case} ({len(lookup_bytes)} B responses):", flush=True)
         bench.wrk(lookup_case, "registry-svc", base, token=token,
                   script=random_slug_script("/registry-svc/instances?slug=svc-%d", large[1]))  # fmt: skip
+        bench.wrk(lookup_case, "registry-svc data port", data, token=token,
+                  script=random_slug_script("/registry-svc/instances?slug=svc-%d", large[1]))  # fmt: skip
         bench.wrk(lookup_case, "nginx static, same bytes", f"{static}/lookup.json")
         records = [orjson.dumps(i) for i in orjson.loads(lookup_bytes)["instances"]]
         etcd_target = etcd(bench, records)
@@ -355,7 +377,7 @@ def run(seconds: float, quick: bool, repeats: int = 1) -> Bench:
                 lookup_case, "etcd 3.4 range, serializable", f"{etcd_base}/v3/kv/range", script=post_script(query)
             )
 
-        small_base, small_token = bench.registry(work / "small", processes)
+        small_base, _, small_token = bench.registry(work / "small", processes)
         bench.warm(small_base, small_token, small[1])
         small_case = f"lookup 10 of {small[0]:,}"
         print(f"{small_case}:", flush=True)
@@ -367,6 +389,8 @@ def run(seconds: float, quick: bool, repeats: int = 1) -> Bench:
 
         print(f"pick ({len(pick_bytes)} B responses):", flush=True)
         bench.wrk("pick", "registry-svc", base, token=token,
+                  script=random_slug_script("/registry-svc/instance/pick?slug=svc-%d", large[1]))  # fmt: skip
+        bench.wrk("pick", "registry-svc data port", data, token=token,
                   script=random_slug_script("/registry-svc/instance/pick?slug=svc-%d", large[1]))  # fmt: skip
         bench.wrk("pick", "nginx static, same bytes", f"{static}/pick.json")
 
@@ -381,8 +405,10 @@ def run(seconds: float, quick: bool, repeats: int = 1) -> Bench:
         )  # fmt: skip
         urllib.request.urlopen(put).close()
         bench.wrk("proxy GET 1 KiB", "registry-svc proxy", f"{base}/bench-svc/payload")
+        bench.wrk("proxy GET 1 KiB", "registry-svc data port proxy", f"{data}/bench-svc/payload")
         if nginx_proxy:
             bench.wrk("proxy GET 1 KiB", "nginx reverse proxy", f"{nginx_proxy}/bench-svc/payload")
+        bench.measure_rss(server)
     finally:
         bench.stop_all()
     return bench
@@ -401,12 +427,29 @@ def ratio_of(bench: Bench, case: str, ours: str, baseline: str) -> tuple[float, 
     return a.rps / b.rps, min(a.runs) / max(b.runs), max(a.runs) / min(b.runs)
 
 
+def floor_ratio(bench: Bench, case: str) -> str:
+    """The API port's lookup over its own `GET /health`, with the range of the repetitions."""
+    a, b = find(bench, case, "registry-svc"), find(bench, "GET /health (stack floor)", "registry-svc")
+    if a is None or b is None:
+        return "n/a"
+    spread = f" ({min(a.runs) / max(b.runs):.2f}-{max(a.runs) / min(b.runs):.2f})" if bench.repeats > 1 else ""
+    return f"{a.rps / b.rps:.2f}x{spread}"
+
+
 def ratio(bench: Bench, case: str, ours: str, baseline: str) -> str:
     found = ratio_of(bench, case, ours, baseline)
     if found is None:
         return "n/a"
     median, low, high = found
     return f"{median:.2f}x" + (f" ({low:.2f}-{high:.2f})" if bench.repeats > 1 else "")
+
+
+def p99_ratio(bench: Bench, case: str, ours: str, baseline: str) -> float | None:
+    """Our p99 over the baseline's, each from its median repetition."""
+    a, b = find(bench, case, ours), find(bench, case, baseline)
+    if a is None or b is None or not b.p99_ms > 0:
+        return None
+    return a.p99_ms / b.p99_ms
 
 
 def verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
@@ -440,7 +483,32 @@ def analysis(bench: Bench, large: str, small: str) -> list[str]:
     cached = next((v[0] for k, v in bench.inprocess.items() if k.startswith("lookup slug, cached")), None)
     hot_pick = bench.inprocess.get("pick, one hot slug", (None, None))[0]
 
+    data_lookup = median(ratio_of(bench, large, "registry-svc data port", "nginx static, same bytes"))
+    data_pick = median(ratio_of(bench, "pick", "registry-svc data port", "nginx static, same bytes"))
+    data_proxy = median(ratio_of(bench, "proxy GET 1 KiB", "registry-svc data port proxy", "nginx reverse proxy"))
+    data_p99 = p99_ratio(bench, large, "registry-svc data port", "nginx static, same bytes")
+    pick_p99 = p99_ratio(bench, "pick", "registry-svc data port", "nginx static, same bytes")
+    proxy_p99 = p99_ratio(bench, "proxy GET 1 KiB", "registry-svc data port proxy", "nginx reverse proxy")
+    main_vs_floor = big.rps / health.rps if big and health else None
+
     lines = ["## What this run says", ""]
+    lines.append("Data port (`--data-port`, Rust, every process):")
+    lines.append(f"- **Lookup vs nginx (target 0.8x): {verdict(data_lookup, 0.8)}**, at {times(data_lookup)}.")
+    lines.append(f"- **Pick vs nginx (target 0.8x): {verdict(data_pick, 0.8)}**, at {times(data_pick)}.")
+    lines.append(
+        f"- **Proxy vs nginx reverse proxy (target 0.6x): {verdict(data_proxy, 0.6)}**, at {times(data_proxy)}."
+    )
+    worst_p99 = max((v for v in (data_p99, pick_p99, proxy_p99) if v is not None), default=None)
+    lines.append(
+        f"- **p99 vs nginx's p99 (target at most 2x): {verdict(worst_p99, 2.0, False)}**: lookup {times(data_p99)}, "
+        f"pick {times(pick_p99)}, proxy {times(proxy_p99)}."
+    )
+    lines.append("")
+    lines.append("API port:")
+    lines.append(
+        f"- **Lookup vs the port's own floor, `GET /health` (target 0.8x): {verdict(main_vs_floor, 0.8)}**, "
+        f"at {times(main_vs_floor)}."
+    )
     lines.append(f"- **Lookup over HTTP vs nginx (target 0.5x): {verdict(lookup, 0.5)}**, at {times(lookup)}.")
     if cached is not None:
         if lookup is not None and floor is not None and lookup > floor:
@@ -509,9 +577,17 @@ def report(bench: Bench, seconds: float, elapsed: float) -> str:
         f"- lookup vs etcd range: {ratio(bench, large, 'registry-svc', 'etcd 3.4 range, serializable')} (target 3x)",
         f"- pick vs nginx static: {ratio(bench, 'pick', 'registry-svc', 'nginx static, same bytes')}",
         f"- proxy vs nginx reverse proxy: {ratio(bench, 'proxy GET 1 KiB', 'registry-svc proxy', 'nginx reverse proxy')}",
+        f"- data port lookup vs nginx static: {ratio(bench, large, 'registry-svc data port', 'nginx static, same bytes')} (target 0.8x)",
+        f"- data port pick vs nginx static: {ratio(bench, 'pick', 'registry-svc data port', 'nginx static, same bytes')} (target 0.8x)",
+        f"- data port proxy vs nginx reverse proxy: {ratio(bench, 'proxy GET 1 KiB', 'registry-svc data port proxy', 'nginx reverse proxy')} (target 0.6x)",
+        f"- API port lookup vs its `GET /health` floor: {floor_ratio(bench, large)} (target 0.8x)",
     ]
     if large in p99 and small in p99 and p99[small] > 0:
         lines.append(f"- lookup p99, large / small registry: {p99[large] / p99[small]:.2f} (target at most 1.5)")
+    if bench.rss:
+        lines += ["", "## Memory", "", "RSS of the large registry's server processes after the HTTP cases:", "",
+                  "| process | RSS MiB |", "|---|---:|"]  # fmt: skip
+        lines += [f"| {name} | {mib:.0f} |" for name, mib in bench.rss]
     lines += [
         "",
         "## In-process (Rust store called from Python)",

@@ -30,7 +30,7 @@ def main() -> int:
     bench = Bench(a.seconds, work)
     try:
         seed_registry(work / "data", a.slugs * 10, a.slugs, 10)
-        base, token = bench.registry(work / "data", os.cpu_count() or 1)
+        base, _, token = bench.registry(work / "data", os.cpu_count() or 1)
         a.out.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",

@@ -29,12 +29,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::forward::{Forwarded, Forwarder, Outgoing, Payload, RETRY_BODY};
 use crate::reads::{self, Tokens};
 use crate::registry::Registry;
 
@@ -83,12 +85,46 @@ impl Default for Limits {
     }
 }
 
+/// Which port a gate holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The API port: the whole API; hot reads are answered here, the rest by the workers.
+    Api,
+    /// The data port (`--data-port`): instance lookups, picks and the proxy, nothing else.
+    /// Every server process holds one on the same port (SO_REUSEPORT); the kernel spreads
+    /// connections over them.
+    Data,
+}
+
+/// What the data port answers to a registry route it does not serve (None: served). Paths
+/// that are not registry routes are the proxy's.
+pub fn data_port_refusal(method: &str, path: &str) -> Option<Refusal> {
+    if !registry_route(path) {
+        return None;
+    }
+    let route = path.split('?').next().unwrap_or_default();
+    if route != "/health" && reads::read_of(route).is_none() {
+        return Some(Refusal::new(
+            404,
+            format!("{method} {route} is not served on the data port (instance lookups, picks and the proxy are); use the API port"),
+        ));
+    }
+    if method != "GET" && method != "HEAD" {
+        return Some(Refusal::new(
+            405,
+            format!("{method} is not allowed on {route} on the data port, which serves reads; use the API port"),
+        ));
+    }
+    None
+}
+
 /// A running gate; stops when dropped or on `stop`.
 pub struct Front {
     runtime: Option<tokio::runtime::Runtime>,
     local: SocketAddr,
     stop: watch::Sender<bool>,
     stats: Arc<GateStats>,
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 /// What the gate did with the requests it read, since it started (for `/metrics`).
@@ -100,6 +136,8 @@ pub struct GateStats {
     pub forwarded: AtomicU64,
     /// Requests refused by the gate (4xx/5xx of its own: too large, malformed, slow).
     pub refused: AtomicU64,
+    /// Requests to `/<slug>/...` forwarded by the gate's own proxy (`forward.rs`).
+    pub proxied: AtomicU64,
 }
 
 impl Front {
@@ -111,6 +149,8 @@ impl Front {
         limits: Limits,
         threads: usize,
         registry: Option<Arc<Registry>>,
+        role: Role,
+        proxy: Option<Forwarder>,
     ) -> io::Result<Front> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
@@ -126,18 +166,25 @@ impl Front {
             };
             // Lets a restart bind past TIME_WAIT leftovers; a live listener still fails.
             socket.set_reuseaddr(true)?;
+            if role == Role::Data {
+                socket.set_reuseport(true)?;
+            }
             socket.bind(listen)?;
             socket.listen(LISTEN_BACKLOG)?
         };
         let local = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let stats = Arc::new(GateStats::default());
+        // The proxy needs the registry to pick from.
+        let forwarder = proxy.filter(|_| registry.is_some()).map(Arc::new);
         let gate = Arc::new(Gate {
+            forwarder: forwarder.clone(),
             stats: Arc::clone(&stats),
             upstream,
             budget: Semaphore::new(limits.buffered_bodies.min(Semaphore::MAX_PERMITS)),
             limits,
             reads: registry.map(|r| (r, Tokens::default())),
+            role,
         });
         runtime.spawn(accept_loop(listener, gate, stopped));
         Ok(Front {
@@ -145,17 +192,24 @@ impl Front {
             local,
             stop,
             stats,
+            forwarder,
         })
     }
 
-    /// (answered, forwarded, refused) requests since the gate started.
-    pub fn stats(&self) -> (u64, u64, u64) {
+    /// (answered, forwarded, refused, proxied) requests since the gate started.
+    pub fn stats(&self) -> (u64, u64, u64, u64) {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         (
             load(&self.stats.answered),
             load(&self.stats.forwarded),
             load(&self.stats.refused),
+            load(&self.stats.proxied),
         )
+    }
+
+    /// The proxy's upstream outcomes and ejections (none without a proxy).
+    pub fn proxy_stats(&self) -> Vec<(&'static str, u64)> {
+        self.forwarder.as_ref().map(|f| f.stats.snapshot()).unwrap_or_default()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -184,6 +238,9 @@ struct Gate {
     budget: Semaphore,
     /// The registry to answer hot reads from (`reads.rs`); None: everything is forwarded.
     reads: Option<(Arc<Registry>, Tokens)>,
+    role: Role,
+    /// The proxy; None: proxied paths go to the workers.
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 /// What to do with the next request of a connection.
@@ -192,6 +249,8 @@ enum Next {
     Forward(Vec<u8>),
     /// Answered here: the response, and whether to close after it.
     Answer(Vec<u8>, bool),
+    /// A request to `/<slug>/...` for the gate's proxy (its body not read yet).
+    Proxy(Head),
 }
 
 async fn accept_loop(listener: TcpListener, gate: Arc<Gate>, mut stopped: watch::Receiver<bool>) {
@@ -242,12 +301,16 @@ impl Refusal {
 fn reason(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
         415 => "Unsupported Media Type",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        508 => "Loop Detected",
         _ => "Error",
     }
 }
@@ -274,6 +337,9 @@ pub struct Head {
     /// Request line and headers, minus framing and client-address headers, without the
     /// final blank line.
     pub forwarded: Vec<u8>,
+    /// The headers of `forwarded`, for the proxy.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub http10: bool,
 }
 
 /// Parses and checks a complete request head (`raw` ends with the blank line).
@@ -299,6 +365,7 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
     let mut connection = String::new();
     let mut multipart_form = None;
     let mut forwarded = format!("{method} {path} HTTP/1.{}\r\n", request.version.unwrap_or(1)).into_bytes();
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::with_capacity(request.headers.len());
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -325,6 +392,7 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
             forwarded.extend_from_slice(b": ");
             forwarded.extend_from_slice(header.value);
             forwarded.extend_from_slice(b"\r\n");
+            kept.push((name.to_owned(), header.value.to_vec()));
         }
     }
     let framing = match (lengths.as_slice(), codings.as_slice()) {
@@ -391,6 +459,8 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         authorization,
         close,
         forwarded,
+        headers: kept,
+        http10,
     })
 }
 
@@ -567,6 +637,21 @@ impl Gate {
                         Err(_) => return, // the client went away, or was already answered
                     }
                 }
+                Ok(Some(Next::Proxy(head))) => {
+                    self.stats.proxied.fetch_add(1, Ordering::Relaxed);
+                    // The workers' answers to earlier requests go out first.
+                    let Some(mut client) = responses.finish().await else {
+                        return;
+                    };
+                    match self.proxy(&head, &mut incoming, &mut client, client_ip).await {
+                        Ok(true) if !head.close => responses = Responses::Direct(client),
+                        Ok(_) => {
+                            let _ = client.shutdown().await;
+                            return;
+                        }
+                        Err(refusal) => return refuse(refusal, Some(client), incoming).await,
+                    }
+                }
                 Ok(Some(Next::Answer(response, close))) => {
                     self.stats.answered.fetch_add(1, Ordering::Relaxed);
                     let Responses::Direct(client) = &mut responses else {
@@ -611,11 +696,23 @@ impl Gate {
             HeadRead::Gone => return Ok(None),
         };
         let head = check_head(&raw, &self.limits)?;
+        if self.role == Role::Data {
+            if let Some(refusal) = data_port_refusal(&head.method, &head.path) {
+                return Err(refusal);
+            }
+        }
         if let (true, "GET", Framing::None, Some((registry, tokens))) =
             (direct, head.method.as_str(), head.framing, &self.reads)
         {
             if let Some(answer) = reads::answer(registry, tokens, &head.path, head.authorization.as_deref()) {
                 return Ok(Some(Next::Answer(response(&answer, head.close), head.close)));
+            }
+        }
+        if let (Some(forwarder), Some((registry, _))) = (&self.forwarder, &self.reads) {
+            if let Some(slug) = proxied_slug(&head.path) {
+                if forwarder.serves(registry, slug) {
+                    return Ok(Some(Next::Proxy(head)));
+                }
             }
         }
         let expected = match head.framing {
@@ -691,13 +788,190 @@ impl Gate {
     }
 }
 
+/// How a streamed request body ended.
+enum Pumped {
+    /// Read to its end.
+    Whole,
+    /// The proxy stopped taking it (it answered without it): the rest is still on the
+    /// connection, which must close.
+    Abandoned,
+}
+
+impl Gate {
+    /// Forwards a proxied request with the gate's proxy and relays the answer. Ok(true):
+    /// the connection may take another request.
+    async fn proxy(
+        &self,
+        head: &Head,
+        incoming: &mut Incoming,
+        client: &mut OwnedWriteHalf,
+        client_ip: IpAddr,
+    ) -> Result<bool, Refusal> {
+        let (Some(forwarder), Some((registry, _))) = (&self.forwarder, &self.reads) else {
+            return Err(Refusal::new(502, "no proxy"));
+        };
+        let request = Outgoing {
+            method: &head.method,
+            target: &head.path,
+            slug: proxied_slug(&head.path).unwrap_or_default(),
+            headers: &head.headers,
+            client_ip,
+            http10: head.http10,
+        };
+        let timeout = self.limits.request_timeout;
+        let (forwarded, pumped) = match head.framing {
+            Framing::None => (
+                forwarder
+                    .forward(registry, &request, Payload::Kept(Bytes::new()), client)
+                    .await,
+                Pumped::Whole,
+            ),
+            Framing::Length(n) if n <= RETRY_BODY => {
+                let mut body = Vec::with_capacity(n as usize);
+                match tokio::time::timeout(timeout, incoming.exact(n as usize, &mut body)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(gone()),
+                    Err(_) => return Err(Refusal::new(408, "the request body did not arrive in time")),
+                }
+                let payload = Payload::Kept(Bytes::from(body));
+                (
+                    forwarder.forward(registry, &request, payload, client).await,
+                    Pumped::Whole,
+                )
+            }
+            framing => {
+                let (tx, rx) = mpsc::channel(8);
+                let pump = pump_body(incoming, framing, head.limit, tx, timeout);
+                let (pumped, forwarded) = tokio::join!(
+                    pump,
+                    forwarder.forward(registry, &request, Payload::Streamed(rx), client)
+                );
+                match (pumped, forwarded) {
+                    (Err(refusal), Forwarded::Error(..)) => return Err(refusal),
+                    (Err(_), _) => return Ok(false),
+                    (Ok(pumped), forwarded) => (forwarded, pumped),
+                }
+            }
+        };
+        match (forwarded, pumped) {
+            (Forwarded::Relayed(keep), Pumped::Whole) => Ok(keep),
+            (Forwarded::Relayed(_), Pumped::Abandoned) | (Forwarded::Broken, _) => Ok(false),
+            (Forwarded::Error(status, message), Pumped::Abandoned) => Err(Refusal::new(status, message)),
+            (Forwarded::Error(status, message), Pumped::Whole) => {
+                let body = serde_json::json!({ "error": message }).to_string();
+                let response = format!(
+                    "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    reason(status),
+                    body.len()
+                );
+                Ok(client.write_all(response.as_bytes()).await.is_ok())
+            }
+        }
+    }
+}
+
+/// Feeds a request body to the proxy as it arrives, piece by piece (a chunked one
+/// decoded, refused past `limit`).
+async fn pump_body(
+    incoming: &mut Incoming,
+    framing: Framing,
+    limit: u64,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    timeout: Duration,
+) -> Result<Pumped, Refusal> {
+    let failed = |tx: &mpsc::Sender<io::Result<Bytes>>| {
+        let _ = tx.try_send(Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the client's body ended early",
+        )));
+    };
+    let fill = async |incoming: &mut Incoming| -> Result<(), Refusal> {
+        match tokio::time::timeout(timeout, incoming.fill()).await {
+            Ok(Ok(n)) if n > 0 => Ok(()),
+            Ok(_) => Err(gone()),
+            Err(_) => Err(Refusal::new(408, "the request body did not arrive in time")),
+        }
+    };
+    // Sends up to `n` bytes of what was read; Ok(false) when the proxy stopped taking them.
+    let mut remaining_in_chunk: u64;
+    match framing {
+        Framing::None => return Ok(Pumped::Whole),
+        Framing::Length(n) => remaining_in_chunk = n,
+        Framing::Chunked => remaining_in_chunk = 0,
+    }
+    let mut total = 0u64;
+    loop {
+        if framing == Framing::Chunked && remaining_in_chunk == 0 {
+            if total > 0 {
+                // The CRLF after the previous chunk's data.
+                let line = incoming.line().await.inspect_err(|_| failed(&tx))?;
+                if !line.is_empty() {
+                    failed(&tx);
+                    return Err(Refusal::new(400, "malformed chunked body"));
+                }
+            }
+            let line = incoming.line().await.inspect_err(|_| failed(&tx))?;
+            let size_text = line.split(|b| *b == b';').next().unwrap_or_default();
+            let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
+            let Ok(size) = u64::from_str_radix(size_text, 16) else {
+                failed(&tx);
+                return Err(Refusal::new(400, "malformed chunked body"));
+            };
+            if size == 0 {
+                while !incoming.line().await.inspect_err(|_| failed(&tx))?.is_empty() {}
+                return Ok(Pumped::Whole);
+            }
+            if total + size > limit {
+                failed(&tx);
+                return Err(too_large(total + size, limit));
+            }
+            remaining_in_chunk = size;
+            total = total.max(1); // a chunk was seen: the next needs its CRLF first
+        }
+        if remaining_in_chunk == 0 {
+            return Ok(Pumped::Whole); // Content-Length done
+        }
+        if incoming.buf.is_empty() {
+            if let Err(refusal) = fill(incoming).await {
+                failed(&tx);
+                return Err(refusal);
+            }
+        }
+        let take = incoming
+            .buf
+            .len()
+            .min(usize::try_from(remaining_in_chunk).unwrap_or(usize::MAX));
+        let piece = Bytes::copy_from_slice(&incoming.buf[..take]);
+        incoming.buf.drain(..take);
+        remaining_in_chunk -= take as u64;
+        if framing == Framing::Chunked {
+            total += take as u64;
+        }
+        if tx.send(Ok(piece)).await.is_err() {
+            return Ok(Pumped::Abandoned);
+        }
+    }
+}
+
+/// The slug of a path the gate's proxy may forward (a valid slug as its first segment, not
+/// a registry route); None leaves the request to the workers.
+fn proxied_slug(path: &str) -> Option<&str> {
+    if registry_route(path) {
+        return None;
+    }
+    let first = path.strip_prefix('/')?.split(['/', '?']).next()?;
+    reads::is_slug(first).then_some(first)
+}
+
 /// A read answered by the gate, framed as the workers frame theirs.
 fn response(answer: &reads::Answer, close: bool) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-registry-index: {}\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
         answer.body.len(),
-        answer.index
     );
+    if let Some(index) = answer.index {
+        out.push_str(&format!("x-registry-index: {index}\r\n"));
+    }
     if close {
         out.push_str("connection: close\r\n");
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::front::{check_head, Framing, Front, Limits};
+use crate::front::{check_head, data_port_refusal, Framing, Front, Limits, Role};
 
 struct Upstream {
     addr: SocketAddr,
@@ -60,7 +60,16 @@ fn front(up: &Upstream) -> Front {
         proxy_body: 4096,
         ..Limits::default()
     };
-    Front::start("127.0.0.1:0".parse().unwrap(), up.addr, limits, 1, None).unwrap()
+    Front::start(
+        "127.0.0.1:0".parse().unwrap(),
+        up.addr,
+        limits,
+        1,
+        None,
+        Role::Api,
+        None,
+    )
+    .unwrap()
 }
 
 /// Sends `data`, then reads until the gate closes or 2 s pass without a byte.
@@ -216,7 +225,7 @@ fn an_oversized_head_is_a_431() {
 fn a_taken_port_is_an_error() {
     let up = upstream();
     let gate = front(&up);
-    assert!(Front::start(gate.local_addr(), up.addr, Limits::default(), 1, None).is_err());
+    assert!(Front::start(gate.local_addr(), up.addr, Limits::default(), 1, None, Role::Api, None).is_err());
 }
 
 #[test]
@@ -276,4 +285,67 @@ fn multipart_forms_are_refused_on_the_registrys_routes_and_need_a_boundary_elsew
         status(b"POST /healthz/x HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\n\r\n"),
         200
     );
+}
+
+#[test]
+fn data_ports_share_their_port_and_refuse_what_they_do_not_serve() {
+    let up = upstream();
+    let first = Front::start(
+        "127.0.0.1:0".parse().unwrap(),
+        up.addr,
+        Limits::default(),
+        1,
+        None,
+        Role::Data,
+        None,
+    )
+    .unwrap();
+    // A second data gate (another process of the same server) joins the port.
+    let second = Front::start(
+        first.local_addr(),
+        up.addr,
+        Limits::default(),
+        1,
+        None,
+        Role::Data,
+        None,
+    )
+    .unwrap();
+    // The API port's gate does not share.
+    assert!(Front::start(first.local_addr(), up.addr, Limits::default(), 1, None, Role::Api, None).is_err());
+    let (out, closed) = exchange(
+        &second,
+        b"POST /registry-svc/tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 404 ") && closed, "{out}");
+    assert!(out.contains("not served on the data port"), "{out}");
+    // Reads the gate declines go on to the workers, as on the API port.
+    let (out, _) = exchange(
+        &first,
+        b"GET /registry-svc/instances?slug=a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+}
+
+#[test]
+fn the_data_port_serves_reads_health_and_the_proxy_only() {
+    assert_eq!(data_port_refusal("GET", "/registry-svc/instances?slug=a"), None);
+    assert_eq!(data_port_refusal("HEAD", "/registry-svc/instance/i-1"), None);
+    assert_eq!(data_port_refusal("GET", "/registry-svc/instance/pick?slug=a"), None);
+    assert_eq!(data_port_refusal("GET", "/health"), None);
+    assert_eq!(data_port_refusal("POST", "/orders/new"), None); // the proxy
+    assert_eq!(
+        data_port_refusal("DELETE", "/registry-svc/instance/i-1")
+            .unwrap()
+            .status,
+        405
+    );
+    for path in [
+        "/registry-svc/definitions",
+        "/registry-svc/instance/i-1/heartbeat",
+        "/metrics",
+        "/v3/discovery:clusters",
+    ] {
+        assert_eq!(data_port_refusal("GET", path).unwrap().status, 404, "{path}");
+    }
 }

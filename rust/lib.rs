@@ -6,12 +6,15 @@ mod apply;
 pub mod cache;
 mod error;
 pub mod etcd_http;
+pub mod forward;
 pub mod front;
 pub mod model;
+pub mod netguard;
 pub mod reads;
 pub mod registry;
 pub mod replica;
 pub mod select;
+pub mod shared;
 pub mod store;
 
 #[cfg(feature = "python")]

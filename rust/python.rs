@@ -12,11 +12,14 @@ use pyo3::types::{PyBytes, PyString};
 use std::sync::Arc;
 
 use crate::cache::ResponseCache;
-use crate::front::{Front, Limits};
+use crate::forward::Forwarder;
+use crate::front::{Front, Limits, Role};
 use crate::model::{self, CollectionSpec};
+use crate::netguard::NetPolicy;
 use crate::registry::Registry;
 use crate::replica::{Mode, ReplicaChange};
 use crate::select::{EjectionConfig, Outcome, PickRequest, Picked, Policy, Selector};
+use crate::shared::SharedState;
 use crate::store::{self, Expect, StoreError};
 
 create_exception!(_core, StoreErrorPy, PyException, "Base class of every store error.");
@@ -98,7 +101,7 @@ impl PyStore {
     #[new]
     #[pyo3(signature = (
         path, map_size = 8 << 30, default_policy = "round_robin", slug_policies = HashMap::new(),
-        eject_seconds = 30.0, eject_max_seconds = 300.0, eject_failures = 5
+        eject_seconds = 30.0, eject_max_seconds = 300.0, eject_failures = 5, balancer_state = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -110,6 +113,7 @@ impl PyStore {
         eject_seconds: f64,
         eject_max_seconds: f64,
         eject_failures: u32,
+        balancer_state: Option<PathBuf>,
     ) -> PyResult<Self> {
         let default_policy = policy(default_policy)?;
         let slug_policies = slug_policies
@@ -122,13 +126,19 @@ impl PyStore {
             base: seconds(eject_seconds)?,
             max: seconds(eject_max_seconds)?,
         };
+        let mut selector = Selector::new(default_policy, slug_policies, ejection);
+        if let Some(state) = balancer_state {
+            let shared = SharedState::open(&state)
+                .map_err(|e| PyOSError::new_err(format!("cannot map {}: {e}", state.display())))?;
+            selector = selector.with_shared_state(shared);
+        }
         let inner = py.detach(|| store::Store::open(&path, map_size)).map_err(to_py)?;
         // One GIL acquisition per committed batch runs all of its `put_nowait` callbacks.
         inner.set_completion_runner(Box::new(|run| Python::attach(|_py| run())));
         Ok(PyStore {
             registry: Arc::new(Registry {
                 store: inner,
-                selector: Selector::new(default_policy, slug_policies, ejection),
+                selector,
                 responses: ResponseCache::default(),
             }),
         })
@@ -519,7 +529,8 @@ pub struct PyFront {
 impl PyFront {
     #[new]
     #[pyo3(signature = (
-        host, port, upstream_port, api_body_limit = 1 << 20, proxy_body_limit = 16 << 20, threads = 2, store = None
+        host, port, upstream_port, api_body_limit = 1 << 20, proxy_body_limit = 16 << 20, threads = 2, store = None,
+        data_plane = false, proxy_networks = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -531,6 +542,8 @@ impl PyFront {
         proxy_body_limit: u64,
         threads: usize,
         store: Option<PyRef<'_, PyStore>>,
+        data_plane: bool,
+        proxy_networks: Option<Vec<String>>,
     ) -> PyResult<Self> {
         use std::net::ToSocketAddrs;
         let listen = (host, port)
@@ -545,8 +558,14 @@ impl PyFront {
             ..Limits::default()
         };
         let registry = store.map(|s| Arc::clone(&s.registry));
+        let role = if data_plane { Role::Data } else { Role::Api };
+        // With the networks it may reach, the gate proxies `/<slug>/...` itself.
+        let proxy = proxy_networks
+            .map(|cidrs| NetPolicy::new(&cidrs, "proxy").map(Forwarder::new))
+            .transpose()
+            .map_err(PyValueError::new_err)?;
         let front = py
-            .detach(|| Front::start(listen, upstream, limits, threads, registry))
+            .detach(|| Front::start(listen, upstream, limits, threads, registry, role, proxy))
             .map_err(|e| {
                 PyOSError::new_err((e.raw_os_error().unwrap_or(0), format!("cannot listen on {listen}: {e}")))
             })?;
@@ -557,12 +576,21 @@ impl PyFront {
         })
     }
 
-    /// (answered, forwarded, refused) requests since the gate started.
-    fn stats(&self) -> (u64, u64, u64) {
+    /// (answered, forwarded, refused, proxied) requests since the gate started.
+    fn stats(&self) -> (u64, u64, u64, u64) {
         self.inner
             .lock()
             .ok()
             .and_then(|f| f.as_ref().map(Front::stats))
+            .unwrap_or_default()
+    }
+
+    /// The proxy's upstream outcomes (and `ejections`) since the gate started.
+    fn proxy_stats(&self) -> Vec<(&'static str, u64)> {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|f| f.as_ref().map(Front::proxy_stats))
             .unwrap_or_default()
     }
 

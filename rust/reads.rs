@@ -1,11 +1,12 @@
-//! The hot read answered by the API port's gate without entering Python: instance lookups
-//! (`GET /registry-svc/instances`).
+//! The hot reads answered by the gates (the API port's and the data port's, `front.rs`)
+//! without entering Python: instance lookups (`GET /registry-svc/instances`), one instance
+//! (`GET /registry-svc/instance/{id}`) and picks (`GET /registry-svc/instance/pick`).
 //!
-//! There is one implementation: the answer comes from the same `Registry` call the Python
-//! handler makes (`ResponseCache::list_json`). `pick` is not answered here yet: outlier
-//! ejection is kept by the selector of the process that proxies (a worker), and a pick
-//! must not offer an instance the proxy has ejected; it moves here with the proxy and a
-//! shared ejection state. The gate answers only
+//! There is one implementation: each answer comes from the same `Registry` call the Python
+//! handler makes (`ResponseCache::list_json`, `Store::get`, `Selector::pick`); the
+//! selector's in-flight and ejection state is shared by the server's processes
+//! (`shared.rs`), so a pick here skips an instance the proxy of any process ejected. The
+//! gate answers only
 //! what it can answer exactly as the workers would: a valid token and a well-formed query
 //! with plain filters. Anything else (a missing or unknown token, an unknown parameter, a
 //! filter that needs canonical forms such as `nodeUrl`, `host` or `ip`, an over-long value)
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{INSTANCES, TOKENS};
 use crate::registry::Registry;
+use crate::select::{PickRequest, Picked, Policy};
 
 /// Distinct filters a query may carry; the workers refuse more.
 const MAX_FILTERS: usize = 16;
@@ -109,25 +111,50 @@ fn lookup(registry: &Registry, secret: &str) -> Option<Caller> {
     })
 }
 
-/// A 200 answer: the JSON body (shared with the response cache) and its registry index.
+/// A 200 answer: the JSON body (shared with the response cache) and its registry index
+/// (none for a pick, as from the workers).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Answer {
     pub body: Arc<Vec<u8>>,
-    pub index: u64,
+    pub index: Option<u64>,
+}
+
+/// The reads answered here.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read<'a> {
+    List,
+    Pick,
+    Instance(&'a str),
+}
+
+/// Which read `route` (a path without its query) is, if any.
+pub fn read_of(route: &str) -> Option<Read<'_>> {
+    match route {
+        "/registry-svc/instances" => Some(Read::List),
+        "/registry-svc/instance/pick" => Some(Read::Pick),
+        _ => {
+            let id = route.strip_prefix("/registry-svc/instance/")?;
+            (!id.is_empty() && !id.contains('/')).then_some(Read::Instance(id))
+        }
+    }
 }
 
 /// The answer to `GET path?query` with `authorization`, or None to leave it to the workers.
 pub fn answer(registry: &Registry, tokens: &Tokens, path: &str, authorization: Option<&str>) -> Option<Answer> {
     let (route, query) = path.split_once('?').unwrap_or((path, ""));
-    if route != "/registry-svc/instances" {
-        return None;
-    }
+    let read = read_of(route)?;
     if replica_is_stale(registry) {
         return None;
     }
     let params = parse_query(query)?;
     let caller = tokens.caller(registry, authorization?)?;
-    list(registry, &caller, &params)
+    match read {
+        Read::List => list(registry, &caller, &params),
+        Read::Pick => pick(registry, &caller, &params),
+        // `?index=`/`wait` block: the workers hold those.
+        Read::Instance(id) if params.is_empty() => instance(registry, &caller, id),
+        Read::Instance(_) => None,
+    }
 }
 
 /// Whether this is a cluster replica that has not heard from etcd lately: its reads are
@@ -197,7 +224,100 @@ fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
         .responses
         .list_json(&registry.store, &INSTANCES, &filters, "instances")
         .ok()?;
-    Some(Answer { body, index })
+    Some(Answer {
+        body,
+        index: Some(index),
+    })
+}
+
+/// A record id as the API takes it (`models.RecordId`); anything else (percent-encoded
+/// ones included) is the workers' to answer.
+fn record_id(id: &str) -> bool {
+    id.len() <= 128
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// `GET /registry-svc/instance/{id}`: `{"instance": ...}` with the record's version as the
+/// index; a record of a slug the caller may not see is the workers' 404.
+fn instance(registry: &Registry, caller: &Caller, id: &str) -> Option<Answer> {
+    if !record_id(id) {
+        return None;
+    }
+    let record = registry.store.get(&INSTANCES, id).ok()??;
+    if !caller.sees_every_slug() {
+        let value: serde_json::Value = serde_json::from_slice(&record.json).ok()?;
+        if value.get("slug").and_then(serde_json::Value::as_str) != caller.slug.as_deref() {
+            return None;
+        }
+    }
+    let mut body = Vec::with_capacity(record.json.len() + 13);
+    body.extend_from_slice(b"{\"instance\":");
+    body.extend_from_slice(&record.json);
+    body.push(b'}');
+    Some(Answer {
+        body: Arc::new(body),
+        index: Some(record.version),
+    })
+}
+
+/// A slug as the API takes it (`models.Slug`).
+pub fn is_slug(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=63).contains(&bytes.len())
+        && bytes.first().is_some_and(edge)
+        && bytes.last().is_some_and(edge)
+        && bytes.iter().all(|b| edge(b) || *b == b'-' || *b == b'_')
+}
+
+/// Distinct tags a pick may ask for (`models.PickTags`).
+const MAX_PICK_TAGS: usize = 16;
+
+/// `GET /registry-svc/instance/pick`: the chosen instance's `{"instance": ...}` body. Only a
+/// well-formed query with a result is answered here; every refusal (a bad parameter, a
+/// slug the caller may not see, an unknown slug, nothing routable) is the workers'.
+fn pick(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Option<Answer> {
+    let (mut slug_name, mut policy, mut zone, mut key) = (None, None, None, None);
+    let mut tags: Vec<String> = Vec::new();
+    for (name, value) in params {
+        let once = |slot: &Option<&String>| slot.is_none().then_some(value);
+        match name.as_str() {
+            "slug" if is_slug(value) => slug_name = Some(once(&slug_name)?),
+            "policy" => policy = Some(once(&policy)?),
+            "zone" if !value.is_empty() && plain(value, 128) => zone = Some(once(&zone)?),
+            "key" if !value.is_empty() && plain(value, 256) => key = Some(once(&key)?),
+            "tag" if !value.is_empty() && plain(value, 128) => tags.push(value.clone()),
+            _ => return None,
+        }
+    }
+    let slug_name = slug_name?;
+    let policy = policy.map(|p| Policy::parse(p)).map_or(Some(None), |p| p.map(Some))?;
+    if policy == Some(Policy::ConsistentHash) && key.is_none() {
+        return None;
+    }
+    tags.sort();
+    tags.dedup();
+    if tags.len() > MAX_PICK_TAGS || (!caller.sees_every_slug() && caller.slug.as_ref() != Some(slug_name)) {
+        return None;
+    }
+    let request = PickRequest {
+        slug: slug_name,
+        policy,
+        zone: zone.map(String::as_str),
+        key: key.map(String::as_str),
+        tags: &tags,
+        ..PickRequest::default()
+    };
+    match registry.selector.pick(&registry.store, &request).ok()? {
+        Picked::Instance(chosen) => Some(Answer {
+            body: Arc::new(chosen.body.clone()),
+            index: None,
+        }),
+        Picked::UnknownSlug | Picked::NoneRoutable => None,
+    }
 }
 
 #[cfg(test)]

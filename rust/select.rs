@@ -9,7 +9,7 @@
 //! passive outlier ejection (never more than half of the slug), then the policy.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use crate::cache::{BoundedMap, Stamp};
 /// valid slugs and entries are bounded by what the store holds, so one slug may use it all.
 const CANDIDATE_CACHE_BYTES: usize = 128 << 20;
 use crate::model::INSTANCES;
+use crate::shared::{ms_at, SharedState};
 use crate::store::{Result, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,14 +154,6 @@ impl Default for EjectionConfig {
     }
 }
 
-#[derive(Debug, Default)]
-struct Outlier {
-    consecutive_failures: u32,
-    successes_since_return: u32,
-    ejections: u32,
-    ejected_until: Option<Instant>,
-}
-
 /// Per-slug policy state; it outlives candidate rebuilds so that, e.g., round robin stays
 /// even while the registry changes.
 #[derive(Debug, Default)]
@@ -200,10 +193,9 @@ pub struct Selector {
     ejection: EjectionConfig,
     cache: RwLock<BoundedMap<String, CachedSlug>>,
     policy_state: RwLock<HashMap<String, Arc<PolicyState>>>,
-    in_flight: Mutex<HashMap<String, u32>>,
-    outliers: Mutex<HashMap<String, Outlier>>,
-    /// Whether `outliers` has entries: lets the hot path skip its lock.
-    any_outliers: AtomicBool,
+    /// In-flight counts and outlier ejection, shared by the server's processes when
+    /// mapped from a file (`shared.rs`).
+    shared: SharedState,
     rng: AtomicU64,
 }
 
@@ -223,11 +215,16 @@ impl Selector {
             ejection,
             cache: RwLock::new(BoundedMap::new(CANDIDATE_CACHE_BYTES, CANDIDATE_CACHE_BYTES)),
             policy_state: RwLock::new(HashMap::new()),
-            in_flight: Mutex::new(HashMap::new()),
-            outliers: Mutex::new(HashMap::new()),
-            any_outliers: AtomicBool::new(false),
+            shared: SharedState::private(),
             rng: AtomicU64::new(seed),
         }
+    }
+
+    /// The same selector with its in-flight and ejection state in `shared` (a table every
+    /// process of the server maps).
+    pub fn with_shared_state(mut self, shared: SharedState) -> Selector {
+        self.shared = shared;
+        self
     }
 
     /// The candidates of `slug`, from the cache while no write touched the slug.
@@ -308,33 +305,20 @@ impl Selector {
             .unwrap_or(self.default_policy);
         let chosen = Arc::clone(self.choose(req.slug, state, &usable, policy, req.key));
         if req.track {
-            *self
-                .in_flight
-                .lock()
-                .expect("in-flight lock")
-                .entry(chosen.id.clone())
-                .or_default() += 1;
+            self.shared.begin(&chosen.id);
         }
         Picked::Instance(chosen)
     }
 
     fn without_ejected<'c>(&self, routable: Vec<&'c Arc<Candidate>>, now: Instant) -> Vec<&'c Arc<Candidate>> {
-        if !self.any_outliers.load(Ordering::Acquire) {
-            return routable;
-        }
-        let outliers = self.outliers.lock().expect("outlier lock");
-        if outliers.is_empty() {
+        let now = ms_at(now);
+        if !self.shared.any_ejected(now) {
             return routable;
         }
         let kept: Vec<&Arc<Candidate>> = routable
             .iter()
             .copied()
-            .filter(|c| {
-                outliers
-                    .get(&c.id)
-                    .and_then(|o| o.ejected_until)
-                    .is_none_or(|until| until <= now)
-            })
+            .filter(|c| !self.shared.is_ejected(&c.id, now))
             .collect();
         // Panic threshold: ejection may never remove more than half of the instances.
         if kept.is_empty() || kept.len() * 2 < routable.len() {
@@ -385,8 +369,7 @@ impl Selector {
                 if b >= a {
                     b += 1;
                 }
-                let in_flight = self.in_flight.lock().expect("in-flight lock");
-                let load = |c: &Candidate| in_flight.get(&c.id).copied().unwrap_or(0);
+                let load = |c: &Candidate| self.shared.in_flight(&c.id);
                 if load(usable[b]) < load(usable[a]) {
                     usable[b]
                 } else {
@@ -404,15 +387,7 @@ impl Selector {
     /// detection. `slug` bounds ejection to half of that slug's routable instances.
     /// Returns true when this outcome ejected the instance.
     pub fn release(&self, store: &Store, slug: &str, id: &str, outcome: Outcome) -> Result<bool> {
-        {
-            let mut in_flight = self.in_flight.lock().expect("in-flight lock");
-            if let Some(count) = in_flight.get_mut(id) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    in_flight.remove(id);
-                }
-            }
-        }
+        self.shared.end(id);
         if outcome == Outcome::Abandoned {
             return Ok(false);
         }
@@ -422,85 +397,43 @@ impl Selector {
 
     /// Outlier bookkeeping for one result. Returns true when it ejected the instance.
     pub fn record_outcome(&self, candidates: &[Arc<Candidate>], id: &str, outcome: Outcome, now: Instant) -> bool {
-        let mut outliers = self.outliers.lock().expect("outlier lock");
-        let ejected = self.update_outlier(&mut outliers, candidates, id, outcome, now);
-        self.any_outliers.store(!outliers.is_empty(), Ordering::Release);
-        ejected
-    }
-
-    fn update_outlier(
-        &self,
-        outliers: &mut HashMap<String, Outlier>,
-        candidates: &[Arc<Candidate>],
-        id: &str,
-        outcome: Outcome,
-        now: Instant,
-    ) -> bool {
-        let entry = outliers.entry(id.to_owned()).or_default();
+        let threshold = self.ejection.consecutive_failures;
         if outcome == Outcome::Success {
-            entry.consecutive_failures = 0;
-            entry.successes_since_return += 1;
-            if entry.successes_since_return >= self.ejection.consecutive_failures {
-                entry.ejections = 0; // it has been fine for a while: forget past ejections
-            }
-            if entry.ejections == 0 && entry.ejected_until.is_none_or(|until| until <= now) {
-                outliers.remove(id);
-            }
+            // After as many successes in a row as it takes failures to eject, past
+            // ejections are forgotten (the next one is short again).
+            self.shared.succeeded(id, threshold);
             return false;
         }
-        entry.consecutive_failures += 1;
-        entry.successes_since_return = 0;
-        if entry.consecutive_failures < self.ejection.consecutive_failures
-            || entry.ejected_until.is_some_and(|until| until > now)
-        {
+        let now = ms_at(now);
+        let Some(ejections) = self.shared.failed(id, threshold, now) else {
             return false;
-        }
+        };
         let routable = routable(candidates, &[], None);
         let ejected_now = routable
             .iter()
-            .filter(|c| {
-                c.id != id
-                    && outliers
-                        .get(&c.id)
-                        .and_then(|o| o.ejected_until)
-                        .is_some_and(|u| u > now)
-            })
+            .filter(|c| c.id != id && self.shared.is_ejected(&c.id, now))
             .count();
         if (ejected_now + 1) * 2 > routable.len() {
             return false; // panic threshold: keep it in rotation
         }
-        let entry = outliers.get_mut(id).expect("just inserted");
-        let factor = 1u32.checked_shl(entry.ejections.min(16)).unwrap_or(u32::MAX);
+        let factor = 1u32.checked_shl(ejections.min(16)).unwrap_or(u32::MAX);
         let duration = self.ejection.base.saturating_mul(factor).min(self.ejection.max);
-        entry.ejected_until = Some(now + duration);
-        entry.ejections += 1;
-        entry.consecutive_failures = 0;
+        let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.shared.eject(id, now.saturating_add(millis));
         true
     }
 
-    /// In-flight tracked requests per instance id (for tests and metrics).
+    /// Tracked requests in flight to an instance, over every process sharing the state.
     pub fn in_flight(&self, id: &str) -> u32 {
-        self.in_flight
-            .lock()
-            .expect("in-flight lock")
-            .get(id)
-            .copied()
-            .unwrap_or(0)
+        self.shared.in_flight(id)
     }
 
     /// Whether `id` is ejected at `now`.
     pub fn is_ejected(&self, id: &str, now: Instant) -> bool {
-        self.outliers
-            .lock()
-            .expect("outlier lock")
-            .get(id)
-            .and_then(|o| o.ejected_until)
-            .is_some_and(|u| u > now)
+        self.shared.is_ejected(id, ms_at(now))
     }
 }
 
-/// Healthy candidates having every tag (Unknown ones when none is Healthy), restricted to
-/// `zone` while any of them is in it.
 fn routable<'c>(candidates: &'c [Arc<Candidate>], tags: &[String], zone: Option<&str>) -> Vec<&'c Arc<Candidate>> {
     let tagged = |c: &&Arc<Candidate>| tags.iter().all(|t| c.tags.contains(t));
     let mut chosen: Vec<&Arc<Candidate>> = candidates

@@ -135,6 +135,8 @@ class Server:
 
     data_dir: Path
     port: int = field(default_factory=free_port)
+    # Explicit, so that no test server takes another's port + 1 by default.
+    data_port: int = field(default_factory=free_port)
     processes: int = 1
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
@@ -143,6 +145,10 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def data_url(self) -> str:
+        return f"http://127.0.0.1:{self.data_port}"
 
     @property
     def admin_token(self) -> str:
@@ -160,7 +166,7 @@ class Server:
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "registry_svc", "serve", "--port", str(self.port),
-            "--data-dir", str(self.data_dir), "--processes", str(self.processes), *LOOPBACK_ONLY, *self.args,
+            "--data-port", str(self.data_port), "--data-dir", str(self.data_dir), "--processes", str(self.processes), *LOOPBACK_ONLY, *self.args,
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> Server:
@@ -237,8 +243,11 @@ class Server:
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
         timeout: float = 30.0,
+        data_port: bool = False,
     ) -> Reply:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        """One request on the API port (or on the data port)."""
+        port = self.data_port if data_port else self.port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         try:
             hdrs = dict(headers or {})
             if token is ADMIN:

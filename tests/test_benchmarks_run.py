@@ -49,11 +49,14 @@ def test_http_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
     result = bench.run(seconds=1, quick=True)
     targets = {(r.case, r.target) for r in result.results}
     assert ("pick", "registry-svc") in targets and ("register (durable PUT)", "registry-svc") in targets
+    assert ("pick", "registry-svc data port") in targets
+    assert ("proxy GET 1 KiB", "registry-svc data port proxy") in targets
     assert any(t == "etcd 3.4 range, serializable" for _, t in targets)
     for r in result.results:
         assert r.rps > 0 and r.errors == 0, r
     report = bench.report(result, 1, 1.0)
     assert "lookup vs nginx static" in report and "## Commands" in report
+    assert "Data port" in report and "## Memory" in report and result.rss
 
 
 def test_locust_scenarios_run_without_failures(tmp_path: Path) -> None:

@@ -86,12 +86,12 @@ def test_counters_move_by_exactly_the_requests_made_across_two_processes(two_pro
     assert moved == made
 
     # Lookups the gate answers itself are counted too (folded in within a second).
-    gate_before = sample(scrape(server), "registry_gate_requests_total", outcome="answered")
+    gate_before = sample(scrape(server), "registry_gate_requests_total", port="api", outcome="answered")
     for _ in range(7):
         assert server.call("GET", "/registry-svc/instances?slug=counted").status == 200
 
     def answered() -> float:
-        return sample(scrape(server), "registry_gate_requests_total", outcome="answered") - gate_before
+        return sample(scrape(server), "registry_gate_requests_total", port="api", outcome="answered") - gate_before
 
     wait_for(lambda: answered() >= 7, 5, "the gate's counts")
     time.sleep(0.6)

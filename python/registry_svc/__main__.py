@@ -26,6 +26,13 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=settings_mod.DEFAULT_PORT, help="listen port (default 11337)")
+    s.add_argument(
+        "--data-port",
+        type=int,
+        default=None,
+        help="the data plane's port: instance lookups, picks and the proxy, served in Rust by every process "
+        "(default: --port + 1 when free; 0 = off)",
+    )
     s.add_argument("--data-dir", default=None, help="data directory (default ~/.registry-svc)")
     s.add_argument("--processes", type=int, default=1, help="server processes sharing the store (default 1)")
     s.add_argument("--workers", type=int, default=2, help="worker threads per process (default 2)")
@@ -142,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.port <= 65535:
         print(f"registry-svc: --port must be 1-65535, got {args.port}", file=sys.stderr)
         return 2
+    if args.data_port is not None and (not 0 <= args.data_port <= 65535 or args.data_port == args.port):
+        print(
+            f"registry-svc: --data-port must be 0 (off) or 1-65535 and not --port, got {args.data_port}",
+            file=sys.stderr,
+        )
+        return 2
     if args.processes < 1 or args.workers < 1 or args.map_size_mib < 1 or args.max_proxy_body_mib < 1:
         print(
             "registry-svc: --processes, --workers, --map-size-mib and --max-proxy-body-mib must be at least 1",
@@ -203,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             etcd_prefix=args.etcd_prefix,
             log_format=args.log_format,
             metrics=args.metrics,
+            data_port=args.data_port,
         )
     except UrlError as e:
         print(f"registry-svc: OB_SELF_URL: {e}", file=sys.stderr)

@@ -56,7 +56,10 @@ class Store:
         eject_seconds: float = 30.0,
         eject_max_seconds: float = 300.0,
         eject_failures: int = 5,
-    ) -> Self: ...
+        balancer_state: str | None = None,
+    ) -> Self:
+        """`balancer_state`: a file holding the in-flight counts and outlier ejections,
+        mapped by every process that opens it (rust/shared.rs); None keeps them private."""
     def pick(
         self,
         slug: str,
@@ -150,9 +153,10 @@ class Store:
     def close(self) -> None: ...
 
 class Front:
-    """The gate in front of the API port (rust/front.rs): listens on `host:port` and
-    forwards checked requests to the workers on 127.0.0.1:`upstream_port`. Bodies over
-    the limits get 413 before they are read. OSError when the port is taken."""
+    """A gate (rust/front.rs): listens on `host:port` and forwards checked requests to the
+    workers on 127.0.0.1:`upstream_port`. Bodies over the limits get 413 before they are
+    read. OSError when the port is taken. The API port has one; with `data_plane`, it holds
+    the data port (reads and the proxy only, SO_REUSEPORT: every process joins)."""
 
     def __init__(
         self,
@@ -163,11 +167,17 @@ class Front:
         proxy_body_limit: int = 16777216,
         threads: int = 2,
         store: Store | None = None,
+        data_plane: bool = False,
+        proxy_networks: list[str] | None = None,
     ) -> None:
-        """With `store`, instance lookups and picks with a valid token and plain filters
-        are answered by the gate itself, without the workers (rust/reads.rs)."""
-    def stats(self) -> tuple[int, int, int]:
-        """(answered, forwarded, refused) requests since the gate started."""
+        """With `store`, instance lookups, one instance and picks with a valid token and a
+        well-formed query are answered by the gate itself, without the workers
+        (rust/reads.rs); with `proxy_networks` as well, it proxies `/<slug>/...` to the
+        instances in those networks (rust/forward.rs)."""
+    def stats(self) -> tuple[int, int, int, int]:
+        """(answered, forwarded, refused, proxied) requests since the gate started."""
+    def proxy_stats(self) -> list[tuple[str, int]]:
+        """The proxy's upstream outcomes and `ejections` since the gate started."""
     @property
     def port(self) -> int: ...
     def close(self) -> None:

@@ -66,7 +66,10 @@ class _Metrics:
             "registry_http_request_duration_seconds", "Time to answer a request in the workers",
             ["route", "method"], buckets=LATENCY_BUCKETS,
         )  # fmt: skip
-        self.gate = Counter("registry_gate_requests", "Requests the gate answered, forwarded or refused", ["outcome"])
+        self.gate = Counter(
+            "registry_gate_requests", "Requests the gates (API and data port) answered, forwarded or refused",
+            ["port", "outcome"],
+        )  # fmt: skip
         self.writes = Counter("registry_store_writes", "Writes committed to the local LMDB store")
         self.batches = Counter("registry_store_commit_batches", "LMDB transactions committed (group commits)")
         self.probes = Counter("registry_health_probes", "Health probes run, by result", ["type", "result"])
@@ -83,7 +86,7 @@ _metrics: _Metrics | None = None
 _lock = threading.Lock()
 
 
-def setup(store: _core.Store, front: _core.Front | None = None) -> None:
+def setup(store: _core.Store, front: _core.Front | None = None, port: str = "api") -> None:
     """Creates this process's metrics and starts folding the Rust-side counts into them.
     Needs `ENV` set (by `prepare`, inherited by the workers)."""
     global _metrics
@@ -92,25 +95,29 @@ def setup(store: _core.Store, front: _core.Front | None = None) -> None:
     with _lock:
         if _metrics is None:
             _metrics = _Metrics()
-    threading.Thread(target=_sync, args=(store, front), name="metrics-sync", daemon=True).start()
+    threading.Thread(target=_sync, args=(store, front, port), name="metrics-sync", daemon=True).start()
 
 
-def _sync(store: _core.Store, front: _core.Front | None) -> None:
+def _sync(store: _core.Store, front: _core.Front | None, port: str) -> None:
     """Folds the counts kept in Rust, and the requests counted since the last time, into
     this process's metrics, every SYNC_S."""
     m = _metrics
     assert m is not None
     counters = {
         "writes": m.writes, "batches": m.batches,
-        "answered": m.gate.labels("answered"), "forwarded": m.gate.labels("forwarded"),
-        "refused": m.gate.labels("refused"),
+        "answered": m.gate.labels(port, "answered"), "forwarded": m.gate.labels(port, "forwarded"),
+        "refused": m.gate.labels(port, "refused"), "proxied": m.gate.labels(port, "proxied"),
     }  # fmt: skip
+    # The gate's own proxy (rust/forward.rs): upstream outcomes and ejections.
+    counters.update({f"upstream:{o}": m.upstream.labels(o) for o in PROXY_OUTCOMES})
+    counters["upstream:ejections"] = m.ejections
     seen = dict.fromkeys(counters, 0)
     while True:
         try:
             now = dict(zip(("writes", "batches"), store.writer_stats(), strict=True))
             if front is not None:
-                now.update(zip(("answered", "forwarded", "refused"), front.stats(), strict=True))
+                now.update(zip(("answered", "forwarded", "refused", "proxied"), front.stats(), strict=True))
+                now.update((f"upstream:{name}", count) for name, count in front.proxy_stats())
             m.cache_bytes.set(store.cache_usage()[1])
         except _core.StoreError:
             return  # the store closed: the process is stopping
@@ -171,6 +178,10 @@ def request(route: str, method: str, status: int, seconds: float) -> None:
 def probe(check_type: str, ok: bool) -> None:
     if _metrics is not None:
         _metrics.probes.labels(check_type, "pass" if ok else "fail").inc()
+
+
+# Outcomes of a proxied request, as the gates' proxy (rust/forward.rs) counts them.
+PROXY_OUTCOMES = ("success", "5xx", "connect_error", "error", "not_contacted", "timeout")
 
 
 def ejection() -> None:

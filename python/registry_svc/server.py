@@ -45,7 +45,7 @@ from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, store_error_response
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV, die_with_parent
 from registry_svc.netguard import NetworkPolicy
-from registry_svc.settings import Settings
+from registry_svc.settings import MAX_API_BODY, Settings
 
 log = logging.getLogger("registry_svc")
 
@@ -66,6 +66,8 @@ class ProcessState:
     proxy: Proxy | None = None
     # Writes wait on disk syncs; running them on a pool lets many share one group commit.
     writes: ThreadPoolExecutor | None = None
+    # This process's share of the data port.
+    data_plane: _core.Front | None = None
 
 
 def error_for(route: Route, err: Exception) -> Response:
@@ -145,6 +147,8 @@ def awaited(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[
 
 
 WRITE_THREADS = 32
+# Tokio threads of a process's data plane: the cores, shared out over the processes.
+DATA_THREADS_TOTAL = os.cpu_count() or 2
 # Route labels of what no built-in route matched (bounded: never a raw path).
 PROXY_ROUTE = "/<slug>/*"
 UNROUTED = "unrouted"
@@ -225,10 +229,20 @@ def build_app(settings: Settings) -> Robyn:
             http.replica_staleness = lambda: cluster.staleness(store.replica())
         state.proxy = Proxy(store, NetworkPolicy.of(settings.proxy_networks, "proxy"))
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
-        metrics.setup(store)
+        if settings.data_port:
+            # The data plane of this process (rust/front.rs, Role::Data): its own Tokio
+            # threads, no GIL; every process joins the port (SO_REUSEPORT).
+            state.data_plane = _core.Front(
+                settings.host, settings.data_port, settings.internal_port, MAX_API_BODY, settings.max_proxy_body_bytes,
+                threads=max(1, DATA_THREADS_TOTAL // settings.processes), store=store, data_plane=True,
+                proxy_networks=list(settings.proxy_networks),
+            )  # fmt: skip
+        metrics.setup(store, state.data_plane, port="data")
 
     @app.shutdown_handler
     def close_store() -> None:
+        if state.data_plane is not None:
+            state.data_plane.close()
         if state.ctx is not None:
             state.ctx.store.close()
 

@@ -54,6 +54,9 @@ class Settings:
     etcd_prefix: str = "/registry-svc/"
     # The loopback port the Robyn workers listen on behind the gate (set at start).
     internal_port: int = 0
+    # The data plane's port (lookups, picks, the proxy; every process holds it with
+    # SO_REUSEPORT): None = the API port + 1 when that is free, 0 = none.
+    data_port: int | None = None
 
     @property
     def clustered(self) -> bool:
@@ -67,6 +70,12 @@ class Settings:
     def store_path(self) -> Path:
         return Path(self.data_dir) / "store"
 
+    @property
+    def balancer_state_path(self) -> Path:
+        """In-flight counts and outlier ejections, shared by the server's processes
+        (rust/shared.rs); the supervisor starts it empty."""
+        return Path(self.data_dir) / "balancer.state"
+
     def open_store(self) -> _core.Store:
         """This process's store handle, with the load-balancing settings: the local LMDB
         store, or in cluster mode its replica with writes going to etcd."""
@@ -75,6 +84,7 @@ class Settings:
             "slug_policies": self.slug_policies,
             "eject_seconds": self.eject_seconds,
             "eject_max_seconds": max(300.0, self.eject_seconds * 10),
+            "balancer_state": str(self.balancer_state_path),
         }
         if not self.clustered:
             return _core.Store(str(self.store_path), self.map_size, **options)
@@ -98,7 +108,8 @@ class Settings:
             f"slug_policies={self.slug_policies or '-'} heartbeat_seconds={self.heartbeat_seconds:g} "
             f"eject_seconds={self.eject_seconds:g} probe_networks={','.join(self.probe_networks)} "
             f"proxy_networks={','.join(self.proxy_networks)} max_proxy_body_mib={self.max_proxy_body_bytes >> 20} "
-            f"log_level={self.log_level} log_format={self.log_format} metrics={self.metrics}"
+            f"log_level={self.log_level} log_format={self.log_format} metrics={self.metrics} "
+            f"data_port={self.data_port if self.data_port is not None else 'default'}"
             + (f" etcd={','.join(self.etcd_endpoints)} etcd_prefix={self.etcd_prefix}" if self.clustered else "")
         )
 
@@ -141,6 +152,7 @@ def resolve(
     etcd_prefix: str = "/registry-svc/",
     log_format: str = "text",
     metrics: str = "open",
+    data_port: int | None = None,
 ) -> Settings:
     """Builds the settings from flags and the `OB_*` variables.
 
@@ -176,4 +188,5 @@ def resolve(
         etcd_prefix=etcd_prefix,
         log_format=log_format,
         metrics=metrics,
+        data_port=data_port,
     )

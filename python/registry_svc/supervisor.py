@@ -77,8 +77,30 @@ def open_front(settings: Settings, store: _core.Store) -> tuple[_core.Front, Set
         threads=FRONT_THREADS,
         # With the access log on, every request goes to the workers, which log it.
         store=None if settings.log_format == "json" else store,
+        proxy_networks=list(settings.proxy_networks),
     )
     return front, dataclasses.replace(settings, internal_port=internal)
+
+
+def claim_data_port(settings: Settings) -> Settings:
+    """Resolves the data port: the one asked for, or by default the API port + 1. The
+    workers bind it with SO_REUSEPORT, which would let a second server on the same port
+    share it silently: it is first bound here without, so a taken port is found. A taken
+    default port is skipped with a warning; a taken explicit one is an OSError."""
+    explicit = settings.data_port is not None
+    port = settings.data_port if settings.data_port is not None else settings.port + 1
+    if port == 0 or port > 65535:
+        return dataclasses.replace(settings, data_port=0)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((settings.host, port))
+    except OSError as e:
+        if explicit:
+            raise OSError(e.errno, f"the data port {port}: {e.strerror or e}") from e
+        log.warning("registry-svc: the default data port %d is taken (%s); running without a data port", port, e)
+        return dataclasses.replace(settings, data_port=0)
+    return dataclasses.replace(settings, data_port=port)
 
 
 def bootstrap(store: _core.Store, settings: Settings, gpus: GpuSampler) -> bool:
@@ -162,10 +184,13 @@ def serve(settings: Settings) -> int:
     _raise_open_files_limit()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     metrics.prepare(settings.data_dir, settings.port)  # before any process imports prometheus_client
+    # The processes' shared load-balancing state starts empty with each server.
+    settings.balancer_state_path.unlink(missing_ok=True)
     # The supervisor keeps its own store handle for the node agent and the gate's reads.
     # The workers are exec'd, not forked from here, so they inherit no LMDB state.
     store = settings.open_store()
     try:
+        settings = claim_data_port(settings)
         front, settings = open_front(settings, store)
     except OSError as e:
         store.close()
@@ -223,8 +248,9 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
             log.info("registry-svc configuration: %s", settings.describe())
             token_note = "new" if created else "existing"
             log.warning(
-                "registry-svc listening on http://%s:%d (%d process(es) x %d worker(s)); data in %s; admin token (%s) in %s",
+                "registry-svc listening on http://%s:%d (%d process(es) x %d worker(s)); %s; data in %s; admin token (%s) in %s",
                 settings.host, settings.port, settings.processes, settings.workers,
+                f"data plane on port {settings.data_port}" if settings.data_port else "no data port",
                 settings.store_path, token_note, settings.admin_token_path,
             )  # fmt: skip
         while not stopping:

@@ -1,0 +1,595 @@
+//! The built-in proxy, `/<slug>/rest...`, forwarded in Rust by the gates of both ports.
+//!
+//! The instance is chosen by the same selection as `pick` (the slug's policy, tracked as
+//! in flight), and the request goes to `instance.url + target`: the target (path and
+//! query) byte for byte as the client sent it, the slug staying in the path, as in
+//! 1Backend. Upstream connections are pooled and kept alive (hyper's client); bodies are
+//! streamed both ways and never held whole, except a request body of up to
+//! `RETRY_BODY` bytes, which is kept so an idempotent request can be retried.
+//!
+//! Headers: hop-by-hop ones (and those `Connection` names) are dropped both ways; a registry
+//! token (`rsv_...`) in Authorization is never forwarded; `X-Forwarded-For` gets the
+//! client's address appended, `X-Forwarded-Proto`/`-Host` are set from the connection and
+//! its Host header (a client's own are dropped); `X-Registry-Forwarded` marks the request,
+//! and a request that already carries it is refused (508), so an instance registered at a
+//! registry's own address cannot loop. Bodies pass as they come (a gzip body stays gzip).
+//!
+//! Refused before any upstream is contacted: a dot segment in the path (400, also
+//! percent-encoded or behind a backslash). Upstreams are fenced by `--proxy-networks`
+//! (`netguard.rs`): one outside is not contacted and counts as a connect failure.
+//!
+//! Failures: a connect failure is retried once on another instance for idempotent methods
+//! (when the body was kept); connect failures and 5xx answers feed outlier ejection, whose
+//! state every process of the server shares (`shared.rs`). Unknown slug 404, nothing
+//! routable 503, upstream failure 502, no answer in time 504. Timeouts: connect
+//! `CONNECT_TIMEOUT`, response head `RESPONSE_TIMEOUT`, and between two pieces of a body
+//! `BODY_IDLE_TIMEOUT`; idle pooled connections close after `POOL_IDLE`.
+
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::{Body, Frame};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use crate::netguard::NetPolicy;
+use crate::registry::Registry;
+use crate::select::{Outcome, PickRequest, Picked};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const POOL_IDLE: Duration = Duration::from_secs(90);
+const POOL_PER_HOST: usize = 256;
+/// A request body up to this size is kept for a retry; a larger one is streamed once.
+pub const RETRY_BODY: u64 = 64 << 10;
+/// Responses up to this size go out in one write with their head.
+const GATHER: u64 = 64 << 10;
+/// Set on every forwarded request; a request carrying it is never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-registry-forwarded";
+const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
+const HOP_BY_HOP: [&str; 12] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
+
+pub type RequestBody = BoxBody<Bytes, io::Error>;
+
+/// Proxied requests by outcome, and ejections, since start (for `/metrics`).
+#[derive(Default, Debug)]
+pub struct ProxyStats {
+    pub success: AtomicU64,
+    pub server_error: AtomicU64,
+    pub connect_error: AtomicU64,
+    pub error: AtomicU64,
+    pub not_contacted: AtomicU64,
+    pub timeout: AtomicU64,
+    pub ejections: AtomicU64,
+}
+
+impl ProxyStats {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("success", load(&self.success)),
+            ("5xx", load(&self.server_error)),
+            ("connect_error", load(&self.connect_error)),
+            ("error", load(&self.error)),
+            ("not_contacted", load(&self.not_contacted)),
+            ("timeout", load(&self.timeout)),
+            ("ejections", load(&self.ejections)),
+        ]
+    }
+}
+
+/// The forwarding side of a gate: the upstream connection pool and the network fence.
+pub struct Forwarder {
+    client: Client<HttpConnector, RequestBody>,
+    policy: NetPolicy,
+    pub stats: ProxyStats,
+}
+
+/// A request to forward, as the gate read it (the body still on the connection).
+pub struct Outgoing<'a> {
+    pub method: &'a str,
+    /// Path and query as the client sent them.
+    pub target: &'a str,
+    pub slug: &'a str,
+    pub headers: &'a [(String, Vec<u8>)],
+    pub client_ip: IpAddr,
+    /// The client spoke HTTP/1.0 (no chunked responses).
+    pub http10: bool,
+}
+
+/// The body of the request being forwarded.
+pub enum Payload {
+    /// Whole (none, or small enough to keep for a retry).
+    Kept(Bytes),
+    /// Arriving: pieces as the gate reads them from the client.
+    Streamed(mpsc::Receiver<io::Result<Bytes>>),
+}
+
+/// What became of a forwarded request.
+pub enum Forwarded {
+    /// The upstream's answer was relayed; keep the client connection when true.
+    Relayed(bool),
+    /// An error answer for the client (status, message).
+    Error(u16, String),
+    /// The client or the upstream went away mid-answer: close the connection.
+    Broken,
+}
+
+/// A body fed from a channel (the client's request body, as it arrives).
+struct ChannelBody(mpsc::Receiver<io::Result<Bytes>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        self.0.poll_recv(cx).map(|piece| piece.map(|r| r.map(Frame::data)))
+    }
+}
+
+/// An instance URL in parts (`scheme://netloc/path`).
+struct Upstream<'u> {
+    scheme: &'u str,
+    netloc: &'u str,
+    host: &'u str,
+    port: u16,
+    path: &'u str,
+}
+
+fn split_url(url: &str) -> Option<Upstream<'_>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (netloc, path) = rest.find('/').map_or((rest, ""), |i| (&rest[..i], &rest[i..]));
+    let default = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let (host, port) = if let Some(close) = netloc.strip_prefix('[').and_then(|n| n.find(']')) {
+        let host = &netloc[..close + 2];
+        let port = netloc[close + 2..].strip_prefix(':').map(str::parse).transpose().ok()?;
+        (host, port)
+    } else {
+        match netloc.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse().ok()?)),
+            None => (netloc, None),
+        }
+    };
+    Some(Upstream {
+        scheme,
+        netloc,
+        host,
+        port: port.unwrap_or(default),
+        path: path.trim_end_matches('/'),
+    })
+}
+
+/// Whether `path` has a `.` or `..` segment once percent-decoded (twice), counting `\` as a
+/// separator, as `proxy.has_dot_segment`.
+pub fn has_dot_segment(path: &str) -> bool {
+    let once = percent_decode(path.as_bytes());
+    let twice = percent_decode(&once);
+    twice
+        .split(|b| *b == b'/' || *b == b'\\')
+        .any(|segment| segment == b"." || segment == b"..")
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Whether an Authorization value carries a registry token (bare or as a bearer).
+pub fn is_registry_token(value: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(value);
+    let mut text = text.trim();
+    if text.len() >= 7 && text[..7].eq_ignore_ascii_case("bearer ") {
+        text = text[7..].trim();
+    }
+    text.starts_with("rsv_")
+}
+
+/// The standard hop-by-hop headers plus any the Connection header names.
+fn hop_by_hop<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Vec<String> {
+    let mut drop: Vec<String> = HOP_BY_HOP.iter().map(|s| (*s).to_owned()).collect();
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("connection") {
+            drop.extend(
+                String::from_utf8_lossy(value)
+                    .split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty()),
+            );
+        }
+    }
+    drop
+}
+
+impl Forwarder {
+    pub fn new(policy: NetPolicy) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_PER_HOST)
+            .pool_timer(TokioTimer::new())
+            .retry_canceled_requests(false)
+            .set_host(false)
+            .build(connector);
+        Forwarder {
+            client,
+            policy,
+            stats: ProxyStats::default(),
+        }
+    }
+
+    /// Whether the proxy here serves `slug`: false when it must go to the workers (an
+    /// https instance: the Rust client speaks plain HTTP).
+    pub fn serves(&self, registry: &Registry, slug: &str) -> bool {
+        match registry.selector.candidates(&registry.store, slug) {
+            Ok(candidates) => !candidates.all.iter().any(|c| c.url.starts_with("https:")),
+            Err(_) => false,
+        }
+    }
+
+    /// Forwards `request` and relays the answer to `client`.
+    pub async fn forward(
+        &self,
+        registry: &Registry,
+        request: &Outgoing<'_>,
+        mut payload: Payload,
+        client: &mut OwnedWriteHalf,
+    ) -> Forwarded {
+        let slug = request.slug;
+        if request
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(FORWARDED_HEADER))
+        {
+            return Forwarded::Error(
+                508,
+                format!("loop detected: this request to '{slug}' was already forwarded by a registry"),
+            );
+        }
+        let path = request.target.split('?').next().unwrap_or_default();
+        if has_dot_segment(path) {
+            return Forwarded::Error(
+                400,
+                "path: '.' and '..' segments are not forwarded (they would leave the slug)".to_owned(),
+            );
+        }
+        let headers = self.upstream_headers(request);
+        let retryable = IDEMPOTENT.contains(&request.method) && matches!(payload, Payload::Kept(_));
+        let mut tried: Vec<String> = Vec::new();
+        let mut last_error = String::new();
+        for _ in 0..(if retryable { 2 } else { 1 }) {
+            let pick = PickRequest {
+                slug,
+                track: true,
+                exclude: &tried,
+                ..PickRequest::default()
+            };
+            let chosen = match registry.selector.pick(&registry.store, &pick) {
+                Ok(Picked::Instance(c)) => c,
+                Ok(Picked::UnknownSlug) if tried.is_empty() => {
+                    return Forwarded::Error(
+                        404,
+                        format!(
+                            "no route for {} {path}, and no registered service '{slug}'",
+                            request.method
+                        ),
+                    )
+                }
+                Ok(Picked::UnknownSlug) => return Forwarded::Error(502, last_error),
+                Ok(Picked::NoneRoutable) => return Forwarded::Error(503, format!("no healthy instance of '{slug}'")),
+                Err(e) => return Forwarded::Error(503, format!("the registry cannot be read: {e}")),
+            };
+            let release = |outcome: Outcome| {
+                if registry
+                    .selector
+                    .release(&registry.store, slug, &chosen.id, outcome)
+                    .unwrap_or(false)
+                {
+                    self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            let url = chosen.url.as_str();
+            let target = match split_url(url) {
+                Some(up) if up.scheme == "http" => match self.policy.resolve(up.host, up.port).await {
+                    Ok(address) => Ok((up, address)),
+                    Err(why) => Err(why),
+                },
+                _ => Err("not a plain http:// URL".to_owned()),
+            };
+            let (upstream, address) = match target {
+                Ok(t) => t,
+                Err(why) => {
+                    release(Outcome::Failure);
+                    self.stats.not_contacted.fetch_add(1, Ordering::Relaxed);
+                    last_error = format!("upstream {url} of '{slug}' not contacted: {why}");
+                    tried.push(chosen.id.clone());
+                    continue;
+                }
+            };
+            let body: RequestBody = match &mut payload {
+                Payload::Kept(bytes) if bytes.is_empty() => Empty::new().map_err(|e| match e {}).boxed(),
+                Payload::Kept(bytes) => Full::new(bytes.clone()).map_err(|e| match e {}).boxed(),
+                Payload::Streamed(rx) => {
+                    let (_, empty) = mpsc::channel(1);
+                    ChannelBody(std::mem::replace(rx, empty)).boxed()
+                }
+            };
+            let uri = format!("http://{address}{}{}", upstream.path, request.target);
+            let mut builder = hyper::Request::builder().method(request.method).uri(uri.as_str());
+            for (name, value) in &headers {
+                builder = builder.header(name.as_str(), value.as_slice());
+            }
+            builder = builder.header("host", upstream.netloc);
+            let outgoing = match builder.body(body) {
+                Ok(r) => r,
+                Err(e) => {
+                    release(Outcome::Abandoned);
+                    return Forwarded::Error(400, format!("the request cannot be forwarded: {e}"));
+                }
+            };
+            let answer = match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(outgoing)).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) if e.is_connect() => {
+                    release(Outcome::Failure);
+                    self.stats.connect_error.fetch_add(1, Ordering::Relaxed);
+                    last_error = format!("upstream {url} of '{slug}' failed to connect: {}", source_text(&e));
+                    tried.push(chosen.id.clone());
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    release(Outcome::Failure);
+                    self.stats.error.fetch_add(1, Ordering::Relaxed);
+                    return Forwarded::Error(502, format!("upstream {url} of '{slug}' failed: {}", source_text(&e)));
+                }
+                Err(_) => {
+                    release(Outcome::Failure);
+                    self.stats.timeout.fetch_add(1, Ordering::Relaxed);
+                    return Forwarded::Error(
+                        504,
+                        format!(
+                            "upstream {url} of '{slug}' did not answer within {}s",
+                            RESPONSE_TIMEOUT.as_secs()
+                        ),
+                    );
+                }
+            };
+            let status = answer.status().as_u16();
+            if status >= 500 {
+                release(Outcome::Failure);
+                self.stats.server_error.fetch_add(1, Ordering::Relaxed);
+            } else {
+                release(Outcome::Success);
+                self.stats.success.fetch_add(1, Ordering::Relaxed);
+            }
+            return relay(answer, request, client).await;
+        }
+        Forwarded::Error(502, last_error)
+    }
+
+    /// The client's headers as the upstream gets them.
+    fn upstream_headers(&self, request: &Outgoing<'_>) -> Vec<(String, Vec<u8>)> {
+        let drop = hop_by_hop(request.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+        let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(request.headers.len() + 4);
+        let mut forwarded_for: Option<&[u8]> = None;
+        let mut host: &[u8] = b"";
+        for (name, value) in request.headers {
+            let lower = name.to_ascii_lowercase();
+            if lower == "x-forwarded-for" && forwarded_for.is_none() {
+                forwarded_for = Some(value);
+            }
+            if lower == "host" {
+                host = value;
+            }
+            if drop.contains(&lower)
+                || lower.starts_with("x-forwarded-")
+                || (lower == "authorization" && is_registry_token(value))
+            {
+                continue;
+            }
+            out.push((name.clone(), value.clone()));
+        }
+        let client = request.client_ip.to_string();
+        let chain = match forwarded_for {
+            Some(previous) => {
+                let mut v = previous.to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(client.as_bytes());
+                v
+            }
+            None => client.into_bytes(),
+        };
+        out.push(("x-forwarded-for".to_owned(), chain));
+        out.push(("x-forwarded-proto".to_owned(), b"http".to_vec()));
+        out.push(("x-forwarded-host".to_owned(), host.to_vec()));
+        out.push((FORWARDED_HEADER.to_owned(), b"1".to_vec()));
+        out
+    }
+}
+
+/// The innermost cause of a client error, for messages ("Connection refused (os error 111)").
+fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Relays the upstream's answer to the client: head (without hop-by-hop headers) and body
+/// streamed piece by piece, re-framed by its length or chunked.
+async fn relay(
+    answer: hyper::Response<hyper::body::Incoming>,
+    request: &Outgoing<'_>,
+    client: &mut OwnedWriteHalf,
+) -> Forwarded {
+    let (parts, mut body) = answer.into_parts();
+    let status = parts.status.as_u16();
+    let bodiless = request.method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
+    let exact = body.size_hint().exact();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status,
+        parts.status.canonical_reason().unwrap_or("Unknown")
+    )
+    .into_bytes();
+    let drop = hop_by_hop(parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+    for (name, value) in &parts.headers {
+        if drop.iter().any(|d| name.as_str().eq_ignore_ascii_case(d)) {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let chunked = !bodiless && exact.is_none() && !request.http10;
+    if bodiless {
+        // A HEAD answer keeps the length the upstream announced.
+        if let Some(length) = parts.headers.get("content-length") {
+            head.extend_from_slice(b"content-length: ");
+            head.extend_from_slice(length.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+    } else if let Some(n) = exact {
+        head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    } else if chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    // Without a length an HTTP/1.0 client learns the end by the close.
+    let keep = bodiless || exact.is_some() || chunked;
+    if !keep {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    if bodiless {
+        return match client.write_all(&head).await {
+            Ok(()) => Forwarded::Relayed(true),
+            Err(_) => Forwarded::Broken,
+        };
+    }
+    let mut out = head;
+    let gather = exact.is_some_and(|n| n <= GATHER);
+    loop {
+        let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            // The upstream failed or stalled mid-body: the client cannot be told but by a
+            // close (its body ends short).
+            Ok(Some(Err(_))) | Err(_) => {
+                let _ = client.write_all(&out).await;
+                return Forwarded::Broken;
+            }
+        };
+        let Ok(data) = frame.into_data() else { continue }; // trailers are dropped
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if !gather || out.len() >= (GATHER as usize) * 2 {
+            if client.write_all(&out).await.is_err() {
+                return Forwarded::Broken;
+            }
+            out.clear();
+        }
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() && client.write_all(&out).await.is_err() {
+        return Forwarded::Broken;
+    }
+    Forwarded::Relayed(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_found_however_written() {
+        for path in [
+            "/svc/../x",
+            "/svc/%2e%2e/x",
+            "/svc/%2E%2e",
+            "/svc/..%5cx",
+            "/svc/%252e%252e/x",
+            "/svc/./x",
+            "/svc\\..\\x",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in ["/svc/x", "/svc/..x", "/svc/.well-known/y", "/svc/a%2", "/svc/%"] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn urls_split_into_what_the_proxy_needs() {
+        let up = split_url("http://127.0.0.1:8080/base/").unwrap();
+        assert_eq!(
+            (up.host, up.port, up.path, up.netloc),
+            ("127.0.0.1", 8080, "/base", "127.0.0.1:8080")
+        );
+        let up = split_url("http://[::1]:9/").unwrap();
+        assert_eq!((up.host, up.port, up.path), ("[::1]", 9, ""));
+        let up = split_url("https://svc.example").unwrap();
+        assert_eq!((up.scheme, up.port), ("https", 443));
+        assert!(split_url("ftp://x").is_none());
+    }
+
+    #[test]
+    fn registry_tokens_are_recognised() {
+        assert!(is_registry_token(b"Bearer rsv_abc"));
+        assert!(is_registry_token(b"  bearer  rsv_abc"));
+        assert!(is_registry_token(b"rsv_abc"));
+        assert!(!is_registry_token(b"Bearer eyJhbGciOi"));
+        assert!(!is_registry_token(b"Basic cnN2Xw=="));
+    }
+}

@@ -1,0 +1,221 @@
+//! Which addresses the proxy may connect to (`--proxy-networks`): the Rust side of
+//! `netguard.py`, with the same rules and messages.
+//! - an IP address outside the allowed networks is never connected to;
+//! - `localhost` is 127.0.0.1 / ::1 without asking a resolver;
+//! - when every allowed network is loopback, no other host name is resolved at all;
+//! - otherwise a name is resolved and only its addresses inside the networks are used; the
+//!   connection goes to the checked address, never to the name again (DNS rebinding);
+//! - link-local and cloud metadata addresses only when a network that names them is given.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// An IP network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    /// `10.0.0.0/8`, `::1/128` or a bare address (host bits are ignored, as `strict=False`).
+    pub fn parse(text: &str) -> Option<Net> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let a = text.parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Net { addr, prefix })
+    }
+
+    fn bits(ip: IpAddr) -> (u128, u8) {
+        match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        let ((a, width), (b, _)) = (Net::bits(self.addr), Net::bits(ip));
+        let shift = u32::from(width - self.prefix);
+        shift >= u32::from(width) || (a >> shift) == (b >> shift)
+    }
+
+    /// Whether every address of `self` is in `other`.
+    fn within(&self, other: &Net) -> bool {
+        self.addr.is_ipv4() == other.addr.is_ipv4() && self.prefix >= other.prefix && other.contains(self.addr)
+    }
+}
+
+fn sensitive() -> [Net; 4] {
+    ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32"].map(|n| Net::parse(n).expect("a CIDR"))
+}
+
+fn loopbacks() -> [Net; 2] {
+    ["127.0.0.0/8", "::1/128"].map(|n| Net::parse(n).expect("a CIDR"))
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it maps.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+pub fn is_sensitive(ip: IpAddr) -> bool {
+    let ip = unmapped(ip);
+    sensitive().iter().any(|n| n.contains(ip))
+}
+
+/// The networks the proxy may reach.
+#[derive(Debug, Clone)]
+pub struct NetPolicy {
+    networks: Vec<Net>,
+    /// The networks as the operator gave them (canonical CIDRs), for messages.
+    described: String,
+    purpose: &'static str,
+}
+
+impl NetPolicy {
+    pub fn new(cidrs: &[String], purpose: &'static str) -> Result<NetPolicy, String> {
+        let networks = cidrs
+            .iter()
+            .map(|c| Net::parse(c).ok_or_else(|| format!("'{c}' is not a network in CIDR form")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if networks.is_empty() {
+            return Err("give at least one network".to_owned());
+        }
+        Ok(NetPolicy {
+            networks,
+            described: cidrs.join(", "),
+            purpose,
+        })
+    }
+
+    fn loopback_only(&self) -> bool {
+        self.networks.iter().all(|n| loopbacks().iter().any(|lo| n.within(lo)))
+    }
+
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = unmapped(ip);
+        let mut within = self.networks.iter().filter(|n| n.contains(ip)).peekable();
+        if is_sensitive(ip) {
+            return within.any(|n| sensitive().iter().any(|s| n.within(s)));
+        }
+        within.peek().is_some()
+    }
+
+    fn outside(&self, what: &str) -> String {
+        format!(
+            "{what} is outside the {} networks ({}); not connected",
+            self.purpose, self.described
+        )
+    }
+
+    fn refused_address(&self, ip: IpAddr) -> String {
+        if is_sensitive(ip) {
+            return format!(
+                "address {ip} is link-local or a cloud metadata address; not connected unless a {} network names it",
+                self.purpose
+            );
+        }
+        self.outside(&format!("address {ip}"))
+    }
+
+    /// The address to connect to for `host:port` (the first allowed one), or why not.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return if self.allows(ip) {
+                Ok(SocketAddr::new(ip, port))
+            } else {
+                Err(self.refused_address(ip))
+            };
+        }
+        if host == "localhost" {
+            let local = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+            return local
+                .into_iter()
+                .find(|ip| self.allows(*ip))
+                .map(|ip| SocketAddr::new(ip, port))
+                .ok_or_else(|| self.outside("localhost"));
+        }
+        if self.loopback_only() {
+            return Err(format!(
+                "host '{host}' not resolved: the {} networks ({}) are loopback only",
+                self.purpose, self.described
+            ));
+        }
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("cannot resolve host '{host}': {e}"))?
+            .collect();
+        found.iter().copied().find(|a| self.allows(a.ip())).ok_or_else(|| {
+            let mut seen: Vec<String> = Vec::new();
+            for a in &found {
+                let text = a.ip().to_string();
+                if !seen.contains(&text) {
+                    seen.push(text);
+                }
+            }
+            self.outside(&format!("host '{host}' ({})", seen.join(", ")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(cidrs: &[&str]) -> NetPolicy {
+        NetPolicy::new(&cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(), "proxy").unwrap()
+    }
+
+    #[test]
+    fn networks_contain_like_pythons_ipaddress() {
+        let lo = Net::parse("127.0.0.0/8").unwrap();
+        assert!(lo.contains("127.9.9.9".parse().unwrap()));
+        assert!(!lo.contains("128.0.0.1".parse().unwrap()));
+        assert!(!lo.contains("::1".parse().unwrap()));
+        assert!(Net::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Net::parse("::/0").unwrap().contains("::1".parse().unwrap()));
+        assert_eq!(Net::parse("10.0.0/33"), None);
+        assert_eq!(Net::parse("10.0.0.0/33"), None);
+    }
+
+    #[test]
+    fn metadata_addresses_need_a_network_that_names_them() {
+        let wide = policy(&["0.0.0.0/0"]);
+        let meta: IpAddr = "169.254.169.254".parse().unwrap();
+        assert!(!wide.allows(meta));
+        assert!(!wide.allows("::ffff:169.254.169.254".parse().unwrap()));
+        assert!(wide.allows("8.8.8.8".parse().unwrap()));
+        assert!(policy(&["0.0.0.0/0", "169.254.169.254/32"]).allows(meta));
+    }
+
+    #[tokio::test]
+    async fn names_are_not_resolved_under_a_loopback_policy() {
+        let lo = policy(&["127.0.0.0/8", "::1/128"]);
+        assert_eq!(
+            lo.resolve("localhost", 80).await.unwrap(),
+            "127.0.0.1:80".parse().unwrap()
+        );
+        assert_eq!(lo.resolve("[::1]", 81).await.unwrap(), "[::1]:81".parse().unwrap());
+        let err = lo.resolve("user-service", 80).await.unwrap_err();
+        assert!(err.contains("not resolved") && err.contains("loopback only"), "{err}");
+        let err = lo.resolve("192.0.2.1", 80).await.unwrap_err();
+        assert_eq!(
+            err,
+            "address 192.0.2.1 is outside the proxy networks (127.0.0.0/8, ::1/128); not connected"
+        );
+        let err = lo.resolve("169.254.169.254", 80).await.unwrap_err();
+        assert!(err.contains("link-local or a cloud metadata"), "{err}");
+    }
+}

@@ -1,0 +1,342 @@
+//! Load-balancing state shared by every process of a server: per instance, the requests in
+//! flight (least-request) and the outlier-ejection record, in a memory-mapped file that each
+//! process maps (`MAP_SHARED`), so a process's failures eject an instance for all of them,
+//! and a least-request pick sees the requests the other processes have in flight.
+//!
+//! The file is a fixed table of slots addressed by a 64-bit hash of the instance id (open
+//! addressing, linear probing over a short window). Every field is an atomic; a slot is
+//! claimed by a compare-and-swap of its key, and kept. When the window is full, a slot that
+//! holds nothing (no request in flight, no failures, never ejected) is taken over; when
+//! none is, the instance goes untracked (counted as idle and never ejected) rather than
+//! blocking a pick. Times are CLOCK_MONOTONIC milliseconds, which every process of the
+//! machine shares. Without a file (tests, an in-process store) the same table lives on the
+//! heap and is private to the process.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+const MAGIC: u64 = 0x7273_765f_6c62_0001; // "rsv_lb" v1
+const SLOTS: usize = 1 << 15;
+const PROBES: usize = 32;
+const HEADER_BYTES: usize = 64;
+
+/// One instance's shared record.
+#[repr(C)]
+pub struct Slot {
+    /// fnv1a64(id) | 1; 0 = free.
+    key: AtomicU64,
+    /// Ejected until this CLOCK_MONOTONIC millisecond (0 = never ejected).
+    until_ms: AtomicU64,
+    in_flight: AtomicU32,
+    failures: AtomicU32,
+    successes: AtomicU32,
+    ejections: AtomicU32,
+}
+
+#[repr(C)]
+struct Header {
+    magic: AtomicU64,
+    slots: AtomicU64,
+    /// The latest `until_ms` of any ejection: while it is past, nothing is ejected and a
+    /// pick skips every per-instance lookup.
+    latest_until_ms: AtomicU64,
+}
+
+enum Region {
+    File(memmap2::MmapMut),
+    Heap(Vec<AtomicU64>),
+}
+
+/// The table, mapped from a file or private.
+pub struct SharedState {
+    region: Region,
+}
+
+const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+const TABLE_BYTES: usize = HEADER_BYTES + SLOTS * SLOT_BYTES;
+
+impl SharedState {
+    /// A table private to this process.
+    pub fn private() -> SharedState {
+        let words = (0..TABLE_BYTES / 8).map(|_| AtomicU64::new(0)).collect();
+        let state = SharedState {
+            region: Region::Heap(words),
+        };
+        state.init();
+        state
+    }
+
+    /// The table in `path`, created (zeroed) when it is missing or not one of ours. Every
+    /// process of a server opens the same file; the supervisor removes it at start.
+    pub fn open(path: &Path) -> std::io::Result<SharedState> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        if file.metadata()?.len() != TABLE_BYTES as u64 {
+            file.set_len(0)?;
+            file.set_len(TABLE_BYTES as u64)?;
+        }
+        // SAFETY: the file is ours (the data dir is 0700) and only ever accessed through
+        // atomics, by this and the other processes of the server.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
+        let state = SharedState {
+            region: Region::File(map),
+        };
+        let header = state.header();
+        if header.magic.load(Ordering::Acquire) != MAGIC || header.slots.load(Ordering::Acquire) != SLOTS as u64 {
+            // A fresh (zeroed) file, or an older layout: start empty.
+            for slot in state.slots() {
+                slot.key.store(0, Ordering::Relaxed);
+            }
+            state.init();
+        }
+        Ok(state)
+    }
+
+    fn init(&self) {
+        let header = self.header();
+        header.slots.store(SLOTS as u64, Ordering::Release);
+        header.magic.store(MAGIC, Ordering::Release);
+    }
+
+    fn base(&self) -> *const u8 {
+        match &self.region {
+            Region::File(map) => map.as_ptr(),
+            Region::Heap(words) => words.as_ptr().cast(),
+        }
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the region is at least TABLE_BYTES long, 8-aligned (a page or a u64
+        // vector), and Header is three u64 atomics.
+        unsafe { &*self.base().cast::<Header>() }
+    }
+
+    fn slots(&self) -> &[Slot] {
+        // SAFETY: as in `header`; the slots follow the 64-byte header, each 32 bytes of
+        // atomics, and every bit pattern is a valid atomic.
+        unsafe { std::slice::from_raw_parts(self.base().add(HEADER_BYTES).cast::<Slot>(), SLOTS) }
+    }
+
+    /// The slot of `id`, claiming one when `claim` (None: untracked).
+    fn slot(&self, id: &str, claim: bool) -> Option<&Slot> {
+        let key = fnv1a64(id.as_bytes()) | 1;
+        let slots = self.slots();
+        let start = (key as usize) & (SLOTS - 1);
+        for probe in 0..PROBES {
+            let slot = &slots[(start + probe) & (SLOTS - 1)];
+            match slot.key.load(Ordering::Acquire) {
+                k if k == key => return Some(slot),
+                0 if !claim => return None, // keys are never removed: a free slot ends the run
+                0 => match slot.key.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Some(slot),
+                    Err(k) if k == key => return Some(slot),
+                    Err(_) => continue,
+                },
+                _ => continue,
+            }
+        }
+        if !claim {
+            return None;
+        }
+        // The window is full: take over a slot that holds nothing.
+        let now = now_ms();
+        for probe in 0..PROBES {
+            let slot = &slots[(start + probe) & (SLOTS - 1)];
+            let k = slot.key.load(Ordering::Acquire);
+            if slot.is_idle(now)
+                && slot
+                    .key
+                    .compare_exchange(k, key, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                slot.successes.store(0, Ordering::Relaxed);
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// One more request in flight to `id`.
+    pub fn begin(&self, id: &str) {
+        if let Some(slot) = self.slot(id, true) {
+            slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// One request fewer in flight to `id` (never below zero).
+    pub fn end(&self, id: &str) {
+        if let Some(slot) = self.slot(id, false) {
+            let _ = slot
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Requests in flight to `id`, over every process.
+    pub fn in_flight(&self, id: &str) -> u32 {
+        self.slot(id, false).map_or(0, |s| s.in_flight.load(Ordering::Acquire))
+    }
+
+    /// Whether anything may be ejected at `now` (a cheap test before per-instance ones).
+    pub fn any_ejected(&self, now: u64) -> bool {
+        self.header().latest_until_ms.load(Ordering::Acquire) > now
+    }
+
+    /// Whether `id` is ejected at `now`.
+    pub fn is_ejected(&self, id: &str, now: u64) -> bool {
+        self.slot(id, false)
+            .is_some_and(|s| s.until_ms.load(Ordering::Acquire) > now)
+    }
+
+    /// Records a success: ends the failure streak, and after `forgive_after` successes in a
+    /// row forgets past ejections.
+    pub fn succeeded(&self, id: &str, forgive_after: u32) {
+        let Some(slot) = self.slot(id, false) else {
+            return;
+        };
+        slot.failures.store(0, Ordering::Release);
+        if slot.successes.fetch_add(1, Ordering::AcqRel) + 1 >= forgive_after {
+            slot.ejections.store(0, Ordering::Release);
+        }
+    }
+
+    /// Records a failure. Returns the ejection count to eject with when this failure ends a
+    /// streak of `threshold` and the instance is not ejected already (the caller decides,
+    /// by the panic threshold, whether to `eject`); None otherwise.
+    pub fn failed(&self, id: &str, threshold: u32, now: u64) -> Option<u32> {
+        let slot = self.slot(id, true)?;
+        slot.successes.store(0, Ordering::Release);
+        let failures = slot.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures < threshold || slot.until_ms.load(Ordering::Acquire) > now {
+            return None;
+        }
+        // One process wins the streak; the others see it reset.
+        slot.failures
+            .compare_exchange(failures, 0, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(slot.ejections.load(Ordering::Acquire))
+    }
+
+    /// Ejects `id` until `until` (CLOCK_MONOTONIC ms).
+    pub fn eject(&self, id: &str, until: u64) {
+        let Some(slot) = self.slot(id, true) else {
+            return;
+        };
+        slot.until_ms.store(until, Ordering::Release);
+        slot.ejections.fetch_add(1, Ordering::AcqRel);
+        self.header().latest_until_ms.fetch_max(until, Ordering::AcqRel);
+    }
+}
+
+impl Slot {
+    fn is_idle(&self, now: u64) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.failures.load(Ordering::Acquire) == 0
+            && self.ejections.load(Ordering::Acquire) == 0
+            && self.until_ms.load(Ordering::Acquire) <= now
+    }
+}
+
+/// CLOCK_MONOTONIC in milliseconds: the same clock in every process of the machine.
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec out-pointer; CLOCK_MONOTONIC is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+/// `at` on the `now_ms` clock (std's `Instant` is CLOCK_MONOTONIC too, but opaque).
+pub fn ms_at(at: Instant) -> u64 {
+    let (now, ms) = (Instant::now(), now_ms());
+    if at >= now {
+        ms.saturating_add(u64::try_from((at - now).as_millis()).unwrap_or(u64::MAX))
+    } else {
+        ms.saturating_sub(u64::try_from((now - at).as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_mappings_of_one_file_share_counts_and_ejections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("balancer.state");
+        let a = SharedState::open(&path).unwrap();
+        let b = SharedState::open(&path).unwrap();
+        a.begin("i-1");
+        a.begin("i-1");
+        b.begin("i-1");
+        assert_eq!(b.in_flight("i-1"), 3);
+        b.end("i-1");
+        assert_eq!(a.in_flight("i-1"), 2);
+        assert_eq!(a.in_flight("i-2"), 0);
+        let now = now_ms();
+        assert!(!b.any_ejected(now));
+        assert_eq!(a.failed("i-2", 2, now), None);
+        assert_eq!(b.failed("i-2", 2, now), Some(0)); // the streak spans both processes
+        a.eject("i-2", now + 10_000);
+        assert!(b.is_ejected("i-2", now));
+        assert!(b.any_ejected(now));
+        assert!(!b.is_ejected("i-2", now + 10_000));
+        // A new server start (a fresh file) begins empty; reopening keeps the table.
+        drop((a, b));
+        let c = SharedState::open(&path).unwrap();
+        assert_eq!(c.in_flight("i-1"), 2);
+        std::fs::remove_file(&path).unwrap();
+        let d = SharedState::open(&path).unwrap();
+        assert_eq!(d.in_flight("i-1"), 0);
+    }
+
+    #[test]
+    fn in_flight_never_goes_below_zero_and_unknown_ids_stay_untracked() {
+        let state = SharedState::private();
+        state.end("nobody");
+        assert_eq!(state.in_flight("nobody"), 0);
+        state.begin("x");
+        state.end("x");
+        state.end("x");
+        assert_eq!(state.in_flight("x"), 0);
+    }
+
+    #[test]
+    fn a_full_window_takes_over_idle_slots_and_keeps_busy_ones() {
+        let state = SharedState::private();
+        // Far more ids than slots in one probe window land somewhere, or go untracked,
+        // without a panic; busy ones keep their counts.
+        for i in 0..(SLOTS * 2) {
+            state.begin(&format!("busy-{i}"));
+        }
+        let tracked = (0..SLOTS * 2)
+            .filter(|i| state.in_flight(&format!("busy-{i}")) == 1)
+            .count();
+        assert!(tracked >= SLOTS * 9 / 10, "{tracked}");
+        for i in 0..(SLOTS * 2) {
+            state.end(&format!("busy-{i}"));
+        }
+        // All idle now: new ids can take over.
+        state.begin("newcomer");
+        assert_eq!(state.in_flight("newcomer"), 1);
+    }
+
+    #[test]
+    fn instants_map_onto_the_shared_clock() {
+        let now = Instant::now();
+        let ms = ms_at(now);
+        let later = ms_at(now + std::time::Duration::from_secs(5));
+        assert!((later - ms).abs_diff(5000) <= 2);
+    }
+}
