@@ -22,8 +22,8 @@
 //! (when the body was kept); connect failures and 5xx answers feed outlier ejection, whose
 //! state every process of the server shares (`shared.rs`). Unknown slug 404, nothing
 //! routable 503, upstream failure 502, no answer in time 504. Timeouts: connect
-//! `CONNECT_TIMEOUT`, response head `RESPONSE_TIMEOUT`, and between two pieces of a body
-//! `BODY_IDLE_TIMEOUT`; idle pooled connections close after `POOL_IDLE`.
+//! `CONNECT_TIMEOUT`; the response head, and each piece of a response body, `timeout`
+//! (`--proxy-timeout-seconds`); idle pooled connections close after `POOL_IDLE`.
 
 use std::io;
 use std::net::IpAddr;
@@ -46,8 +46,8 @@ use crate::registry::Registry;
 use crate::select::{Outcome, PickRequest, Picked};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default wait for a response head, and between two pieces of a response body.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_IDLE: Duration = Duration::from_secs(90);
 const POOL_PER_HOST: usize = 256;
 /// A request body up to this size is kept for a retry; a larger one is streamed once.
@@ -105,6 +105,7 @@ impl ProxyStats {
 pub struct Forwarder {
     client: Client<HttpConnector, RequestBody>,
     policy: NetPolicy,
+    timeout: Duration,
     pub stats: ProxyStats,
 }
 
@@ -130,12 +131,13 @@ pub enum Payload {
 
 /// What became of a forwarded request.
 pub enum Forwarded {
-    /// The upstream's answer was relayed; keep the client connection when true.
-    Relayed(bool),
+    /// The upstream's answer (its status) was relayed; keep the client connection when true.
+    Relayed(bool, u16),
     /// An error answer for the client (status, message).
     Error(u16, String),
-    /// The client or the upstream went away mid-answer: close the connection.
-    Broken,
+    /// The client or the upstream went away mid-answer (the status sent, if any): close
+    /// the connection.
+    Broken(u16),
 }
 
 /// A body fed from a channel (the client's request body, as it arrives).
@@ -241,7 +243,7 @@ fn hop_by_hop<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Vec<Str
 }
 
 impl Forwarder {
-    pub fn new(policy: NetPolicy) -> Forwarder {
+    pub fn new(policy: NetPolicy, timeout: Duration) -> Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -255,6 +257,7 @@ impl Forwarder {
         Forwarder {
             client,
             policy,
+            timeout,
             stats: ProxyStats::default(),
         }
     }
@@ -368,7 +371,7 @@ impl Forwarder {
                     return Forwarded::Error(400, format!("the request cannot be forwarded: {e}"));
                 }
             };
-            let answer = match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(outgoing)).await {
+            let answer = match tokio::time::timeout(self.timeout, self.client.request(outgoing)).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) if e.is_connect() => {
                     release(Outcome::Failure);
@@ -389,7 +392,7 @@ impl Forwarder {
                         504,
                         format!(
                             "upstream {url} of '{slug}' did not answer within {}s",
-                            RESPONSE_TIMEOUT.as_secs()
+                            self.timeout.as_secs_f64()
                         ),
                     );
                 }
@@ -402,7 +405,7 @@ impl Forwarder {
                 release(Outcome::Success);
                 self.stats.success.fetch_add(1, Ordering::Relaxed);
             }
-            return relay(answer, request, client).await;
+            return relay(answer, request, client, self.timeout).await;
         }
         Forwarded::Error(502, last_error)
     }
@@ -462,6 +465,7 @@ async fn relay(
     answer: hyper::Response<hyper::body::Incoming>,
     request: &Outgoing<'_>,
     client: &mut OwnedWriteHalf,
+    idle: Duration,
 ) -> Forwarded {
     let (parts, mut body) = answer.into_parts();
     let status = parts.status.as_u16();
@@ -504,21 +508,21 @@ async fn relay(
     head.extend_from_slice(b"\r\n");
     if bodiless {
         return match client.write_all(&head).await {
-            Ok(()) => Forwarded::Relayed(true),
-            Err(_) => Forwarded::Broken,
+            Ok(()) => Forwarded::Relayed(true, status),
+            Err(_) => Forwarded::Broken(status),
         };
     }
     let mut out = head;
     let gather = exact.is_some_and(|n| n <= GATHER);
     loop {
-        let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
             Ok(Some(Ok(frame))) => frame,
             Ok(None) => break,
             // The upstream failed or stalled mid-body: the client cannot be told but by a
             // close (its body ends short).
             Ok(Some(Err(_))) | Err(_) => {
                 let _ = client.write_all(&out).await;
-                return Forwarded::Broken;
+                return Forwarded::Broken(status);
             }
         };
         let Ok(data) = frame.into_data() else { continue }; // trailers are dropped
@@ -534,7 +538,7 @@ async fn relay(
         }
         if !gather || out.len() >= (GATHER as usize) * 2 {
             if client.write_all(&out).await.is_err() {
-                return Forwarded::Broken;
+                return Forwarded::Broken(status);
             }
             out.clear();
         }
@@ -543,9 +547,9 @@ async fn relay(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() && client.write_all(&out).await.is_err() {
-        return Forwarded::Broken;
+        return Forwarded::Broken(status);
     }
-    Forwarded::Relayed(keep)
+    Forwarded::Relayed(keep, status)
 }
 
 #[cfg(test)]

@@ -118,6 +118,25 @@ pub fn data_port_refusal(method: &str, path: &str) -> Option<Refusal> {
     None
 }
 
+/// How a gate with a registry uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Answer the hot reads here (off while the access log is on: the workers log them).
+    pub answer_reads: bool,
+    /// Write a JSON access line to stderr for each request the proxy forwards, in the
+    /// workers' format (`access.py`).
+    pub access_log: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            answer_reads: true,
+            access_log: false,
+        }
+    }
+}
+
 /// A running gate; stops when dropped or on `stop`.
 pub struct Front {
     runtime: Option<tokio::runtime::Runtime>,
@@ -143,6 +162,7 @@ pub struct GateStats {
 impl Front {
     /// Listens on `listen` (an error if it is taken), forwarding to the workers at `upstream`,
     /// and answering hot reads from `registry` when given.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         listen: SocketAddr,
         upstream: SocketAddr,
@@ -151,6 +171,7 @@ impl Front {
         registry: Option<Arc<Registry>>,
         role: Role,
         proxy: Option<Forwarder>,
+        options: Options,
     ) -> io::Result<Front> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
@@ -185,6 +206,7 @@ impl Front {
             limits,
             reads: registry.map(|r| (r, Tokens::default())),
             role,
+            options,
         });
         runtime.spawn(accept_loop(listener, gate, stopped));
         Ok(Front {
@@ -241,6 +263,7 @@ struct Gate {
     role: Role,
     /// The proxy; None: proxied paths go to the workers.
     forwarder: Option<Arc<Forwarder>>,
+    options: Options,
 }
 
 /// What to do with the next request of a connection.
@@ -643,8 +666,17 @@ impl Gate {
                     let Some(mut client) = responses.finish().await else {
                         return;
                     };
-                    match self.proxy(&head, &mut incoming, &mut client, client_ip).await {
-                        Ok(true) if !head.close => responses = Responses::Direct(client),
+                    let started = std::time::Instant::now();
+                    let outcome = self.proxy(&head, &mut incoming, &mut client, client_ip).await;
+                    if self.options.access_log {
+                        let status = match &outcome {
+                            Ok((_, status)) => *status,
+                            Err(refusal) => refusal.status,
+                        };
+                        access_line(&head, status, started.elapsed(), client_ip);
+                    }
+                    match outcome {
+                        Ok((true, _)) if !head.close => responses = Responses::Direct(client),
                         Ok(_) => {
                             let _ = client.shutdown().await;
                             return;
@@ -701,9 +733,13 @@ impl Gate {
                 return Err(refusal);
             }
         }
-        if let (true, "GET", Framing::None, Some((registry, tokens))) =
-            (direct, head.method.as_str(), head.framing, &self.reads)
-        {
+        if let (true, true, "GET", Framing::None, Some((registry, tokens))) = (
+            direct,
+            self.options.answer_reads,
+            head.method.as_str(),
+            head.framing,
+            &self.reads,
+        ) {
             if let Some(answer) = reads::answer(registry, tokens, &head.path, head.authorization.as_deref()) {
                 return Ok(Some(Next::Answer(response(&answer, head.close), head.close)));
             }
@@ -798,15 +834,15 @@ enum Pumped {
 }
 
 impl Gate {
-    /// Forwards a proxied request with the gate's proxy and relays the answer. Ok(true):
-    /// the connection may take another request.
+    /// Forwards a proxied request with the gate's proxy and relays the answer. Ok((keep,
+    /// status)): whether the connection may take another request, and the status sent.
     async fn proxy(
         &self,
         head: &Head,
         incoming: &mut Incoming,
         client: &mut OwnedWriteHalf,
         client_ip: IpAddr,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<(bool, u16), Refusal> {
         let (Some(forwarder), Some((registry, _))) = (&self.forwarder, &self.reads) else {
             return Err(Refusal::new(502, "no proxy"));
         };
@@ -848,14 +884,14 @@ impl Gate {
                 );
                 match (pumped, forwarded) {
                     (Err(refusal), Forwarded::Error(..)) => return Err(refusal),
-                    (Err(_), _) => return Ok(false),
+                    (Err(_), Forwarded::Relayed(_, status) | Forwarded::Broken(status)) => return Ok((false, status)),
                     (Ok(pumped), forwarded) => (forwarded, pumped),
                 }
             }
         };
         match (forwarded, pumped) {
-            (Forwarded::Relayed(keep), Pumped::Whole) => Ok(keep),
-            (Forwarded::Relayed(_), Pumped::Abandoned) | (Forwarded::Broken, _) => Ok(false),
+            (Forwarded::Relayed(keep, status), Pumped::Whole) => Ok((keep, status)),
+            (Forwarded::Relayed(_, status), Pumped::Abandoned) | (Forwarded::Broken(status), _) => Ok((false, status)),
             (Forwarded::Error(status, message), Pumped::Abandoned) => Err(Refusal::new(status, message)),
             (Forwarded::Error(status, message), Pumped::Whole) => {
                 let body = serde_json::json!({ "error": message }).to_string();
@@ -864,7 +900,7 @@ impl Gate {
                     reason(status),
                     body.len()
                 );
-                Ok(client.write_all(response.as_bytes()).await.is_ok())
+                Ok((client.write_all(response.as_bytes()).await.is_ok(), status))
             }
         }
     }
@@ -951,6 +987,49 @@ async fn pump_body(
             return Ok(Pumped::Abandoned);
         }
     }
+}
+
+/// One access-log line for a request the gate's proxy handled, as `access.py` writes them.
+fn access_line(head: &Head, status: u16, took: Duration, client_ip: IpAddr) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let line = serde_json::json!({
+        "ts": utc_stamp(now),
+        "type": "access",
+        "method": head.method,
+        "path": head.path.split('?').next().unwrap_or_default(),
+        "route": "/<slug>/*",
+        "status": status,
+        "durationMs": (took.as_secs_f64() * 1e6).round() / 1e3,
+        "token": serde_json::Value::Null,
+        "client": client_ip.to_string(),
+    });
+    use std::io::Write;
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
+/// `2026-12-02T01:02:03.456Z` for a time since the epoch.
+pub fn utc_stamp(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since_epoch.subsec_millis()
+    )
 }
 
 /// The slug of a path the gate's proxy may forward (a valid slug as its first segment, not

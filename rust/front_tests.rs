@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::front::{check_head, data_port_refusal, Framing, Front, Limits, Role};
+use crate::front::{check_head, data_port_refusal, Framing, Front, Limits, Options, Role};
 
 struct Upstream {
     addr: SocketAddr,
@@ -68,6 +68,7 @@ fn front(up: &Upstream) -> Front {
         None,
         Role::Api,
         None,
+        Options::default(),
     )
     .unwrap()
 }
@@ -225,7 +226,17 @@ fn an_oversized_head_is_a_431() {
 fn a_taken_port_is_an_error() {
     let up = upstream();
     let gate = front(&up);
-    assert!(Front::start(gate.local_addr(), up.addr, Limits::default(), 1, None, Role::Api, None).is_err());
+    assert!(Front::start(
+        gate.local_addr(),
+        up.addr,
+        Limits::default(),
+        1,
+        None,
+        Role::Api,
+        None,
+        Options::default()
+    )
+    .is_err());
 }
 
 #[test]
@@ -298,6 +309,7 @@ fn data_ports_share_their_port_and_refuse_what_they_do_not_serve() {
         None,
         Role::Data,
         None,
+        Options::default(),
     )
     .unwrap();
     // A second data gate (another process of the same server) joins the port.
@@ -309,10 +321,21 @@ fn data_ports_share_their_port_and_refuse_what_they_do_not_serve() {
         None,
         Role::Data,
         None,
+        Options::default(),
     )
     .unwrap();
     // The API port's gate does not share.
-    assert!(Front::start(first.local_addr(), up.addr, Limits::default(), 1, None, Role::Api, None).is_err());
+    assert!(Front::start(
+        first.local_addr(),
+        up.addr,
+        Limits::default(),
+        1,
+        None,
+        Role::Api,
+        None,
+        Options::default()
+    )
+    .is_err());
     let (out, closed) = exchange(
         &second,
         b"POST /registry-svc/tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
@@ -348,4 +371,22 @@ fn the_data_port_serves_reads_health_and_the_proxy_only() {
     ] {
         assert_eq!(data_port_refusal("GET", path).unwrap().status, 404, "{path}");
     }
+}
+
+#[test]
+fn access_stamps_are_utc_like_pythons() {
+    use std::time::Duration;
+    assert_eq!(
+        crate::front::utc_stamp(Duration::from_millis(0)),
+        "1970-01-01T00:00:00.000Z"
+    );
+    // 2026-12-02T01:02:03.456Z
+    assert_eq!(
+        crate::front::utc_stamp(Duration::from_millis(1_796_173_323_456)),
+        "2026-12-02T01:02:03.456Z"
+    );
+    assert_eq!(
+        crate::front::utc_stamp(Duration::from_secs(951_782_400)),
+        "2000-02-29T00:00:00.000Z"
+    );
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::cache::ResponseCache;
 use crate::forward::Forwarder;
-use crate::front::{Front, Limits, Role};
+use crate::front::{Front, Limits, Options, Role};
 use crate::model::{self, CollectionSpec};
 use crate::netguard::NetPolicy;
 use crate::registry::Registry;
@@ -530,7 +530,7 @@ impl PyFront {
     #[new]
     #[pyo3(signature = (
         host, port, upstream_port, api_body_limit = 1 << 20, proxy_body_limit = 16 << 20, threads = 2, store = None,
-        data_plane = false, proxy_networks = None
+        data_plane = false, proxy_networks = None, proxy_timeout = 60.0, answer_reads = true, access_log = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -544,6 +544,9 @@ impl PyFront {
         store: Option<PyRef<'_, PyStore>>,
         data_plane: bool,
         proxy_networks: Option<Vec<String>>,
+        proxy_timeout: f64,
+        answer_reads: bool,
+        access_log: bool,
     ) -> PyResult<Self> {
         use std::net::ToSocketAddrs;
         let listen = (host, port)
@@ -559,13 +562,19 @@ impl PyFront {
         };
         let registry = store.map(|s| Arc::clone(&s.registry));
         let role = if data_plane { Role::Data } else { Role::Api };
+        let options = Options {
+            answer_reads,
+            access_log,
+        };
         // With the networks it may reach, the gate proxies `/<slug>/...` itself.
+        let proxy_timeout =
+            Duration::try_from_secs_f64(proxy_timeout).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let proxy = proxy_networks
-            .map(|cidrs| NetPolicy::new(&cidrs, "proxy").map(Forwarder::new))
+            .map(|cidrs| NetPolicy::new(&cidrs, "proxy").map(|policy| Forwarder::new(policy, proxy_timeout)))
             .transpose()
             .map_err(PyValueError::new_err)?;
         let front = py
-            .detach(|| Front::start(listen, upstream, limits, threads, registry, role, proxy))
+            .detach(|| Front::start(listen, upstream, limits, threads, registry, role, proxy, options))
             .map_err(|e| {
                 PyOSError::new_err((e.raw_os_error().unwrap_or(0), format!("cannot listen on {listen}: {e}")))
             })?;

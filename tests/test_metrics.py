@@ -152,6 +152,16 @@ def test_the_json_access_log_has_a_line_per_request_with_the_token_id(tmp_path: 
         assert lookup["method"] == "GET" and lookup["status"] == 200 and lookup["route"] == "/registry-svc/instances"
         assert isinstance(lookup["durationMs"], float) and lookup["client"] == "127.0.0.1"
         assert next(line for line in lines if line["path"] == "/registry-svc/instance/nope")["status"] == 404
+        # Proxied requests are logged by the gate that forwards them (rust/forward.rs).
+        assert server.call("GET", "/ghost-svc/x?secret=1", token=None).status == 404
+
+        def proxied() -> list[dict[str, object]]:
+            lines = [orjson.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+            return [line for line in lines if line.get("type") == "access" and line.get("route") == "/<slug>/*"]
+
+        line = wait_for(proxied, 5, "the proxy's access line")[0]
+        assert (line["method"], line["path"], line["status"], line["client"]) == ("GET", "/ghost-svc/x", 404, "127.0.0.1")
+        assert isinstance(line["durationMs"], float) and line["ts"].endswith("Z") and line["token"] is None
         log = server.log_path.read_text()
         assert token not in log and server.admin_token not in log
         # Every line is JSON, the start-up lines too.

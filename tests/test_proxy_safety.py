@@ -4,6 +4,7 @@ HTTP against real servers and loopback backends (the data-plane issue, point 4).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import http.client
 import http.server
 import json
@@ -154,8 +155,10 @@ def test_a_hanging_upstream_does_not_starve_other_slugs(server: Server, routed: 
 
 
 def worker_rss(server: Server) -> int:
+    """RSS of the whole server: the supervisor (whose gate proxies) and its workers."""
     assert server.proc is not None
-    return sum(p.memory_info().rss for p in psutil.Process(server.proc.pid).children(recursive=True))
+    root = psutil.Process(server.proc.pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
 
 
 def test_a_large_body_is_streamed_not_held_in_memory(server: Server, routed: str) -> None:
@@ -290,3 +293,172 @@ def test_the_fence_keeps_link_local_out_of_wide_networks() -> None:
     assert not wide.allows("::ffff:169.254.169.254") and not wide.allows("fd00:ec2::254")
     assert NetworkPolicy.of(["0.0.0.0/0", "169.254.169.254/32"], "proxy").allows("169.254.169.254")
     assert is_sensitive("169.254.0.1") and not is_sensitive("127.0.0.1")
+
+
+class QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client the proxy gave up on (504) went away: expected here
+
+
+class Sink:
+    """A loopback backend that reads request bodies as they arrive and answers with their
+    length and SHA-256; `/hold` answers only once released."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.release = threading.Event()
+        self.held = 0
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if self.path.endswith("/hold"):
+                    sink.held += 1
+                    sink.release.wait(30)
+                self._answer(b"{}")
+
+            def do_POST(self) -> None:
+                digest, size = hashlib.sha256(), 0
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    while (length := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                        piece = self.rfile.read(length)
+                        digest.update(piece)
+                        size += len(piece)
+                        self.rfile.readline()
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                else:
+                    left = int(self.headers.get("Content-Length", "0"))
+                    while left:
+                        piece = self.rfile.read(min(left, 1 << 20))
+                        digest.update(piece)
+                        size += len(piece)
+                        left -= len(piece)
+                self._answer(json.dumps({"size": size, "sha256": digest.hexdigest()}).encode())
+
+            def _answer(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = QuietServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Sink]]:
+    """A server taking proxied bodies up to 512 MiB and waiting 2 s for an upstream, with
+    the sink registered as `sink-svc`."""
+    server = Server(
+        tmp_path_factory.mktemp("roomy") / "data", args=["--max-proxy-body-mib", "512", "--proxy-timeout-seconds", "2"]
+    ).start()
+    sink = Sink()
+    reply = server.register({"url": f"http://127.0.0.1:{sink.port}", "slug": "sink-svc", "healthCheck": NO_CHECK})
+    assert reply.status == 201, reply.body
+    try:
+        yield server, sink
+    finally:
+        sink.close()
+        server.stop()
+        server.assert_no_traffic_left_the_machine()
+
+
+def _pattern(total: int, piece: int = 1 << 20) -> Iterator[bytes]:
+    """`total` bytes of a repeating pattern, in pieces."""
+    sent = 0
+    while sent < total:
+        size = min(piece, total - sent)
+        yield MIB_OF_BYTES[:size]
+        sent += size
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("data_port", [False, True], ids=["api-port", "data-port"])
+def test_a_large_request_body_is_streamed_to_the_upstream(
+    roomy: tuple[Server, Sink], chunked: bool, data_port: bool
+) -> None:
+    """256 MiB uploaded through the proxy arrives whole (length and SHA-256), while the
+    server grows by far less than the body: it is never held in memory."""
+    server, _ = roomy
+    total = 256 << 20
+    expected = hashlib.sha256()
+    for piece in _pattern(total):
+        expected.update(piece)
+    before = peak = worker_rss(server)
+    sampling = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not sampling.wait(0.05):
+            peak = max(peak, worker_rss(server))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    port = server.data_port if data_port else server.port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        headers = {"Content-Type": "application/octet-stream"}
+        if not chunked:
+            headers["Content-Length"] = str(total)
+        conn.request("POST", "/sink-svc/upload", body=_pattern(total), headers=headers, encode_chunked=chunked)
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+    finally:
+        conn.close()
+        sampling.set()
+        sampler.join()
+    assert resp.status == 200, answer
+    assert answer == {"size": total, "sha256": expected.hexdigest()}
+    assert peak - before < 64 << 20, f"the server grew {(peak - before) >> 20} MiB for a {total >> 20} MiB upload"
+
+
+def test_a_chunked_upload_over_the_limit_is_cut_with_413(roomy: tuple[Server, Sink]) -> None:
+    server, _ = roomy
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("POST", "/sink-svc/upload", body=_pattern(600 << 20), encode_chunked=True)
+        resp = conn.getresponse()
+        assert resp.status == 413 and "limit" in json.loads(resp.read())["error"]
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server closed while the client was still sending: also a refusal
+    finally:
+        conn.close()
+
+
+def test_a_slow_upstream_times_out_without_blocking_other_requests(roomy: tuple[Server, Sink]) -> None:
+    """40 requests held by an upstream that never answers get 504 after the proxy timeout
+    (2 s here); another slug is answered at once meanwhile."""
+    server, sink = roomy
+    slow = Sink()
+    try:
+        reply = server.register({"url": f"http://127.0.0.1:{slow.port}", "slug": "mute-svc", "healthCheck": NO_CHECK})
+        assert reply.status == 201, reply.body
+        statuses: list[int] = []
+        held = [
+            threading.Thread(target=lambda: statuses.append(raw_get(server, "/mute-svc/hold")[0]), daemon=True)
+            for _ in range(40)
+        ]
+        for thread in held:
+            thread.start()
+        wait_for(lambda: slow.held >= 40, 15, "the slow upstream to hold every request")
+        status, _, _ = raw_get(server, "/sink-svc/meanwhile")
+        assert status == 200 and not statuses
+        for thread in held:
+            thread.join(30)
+        assert statuses == [504] * 40, statuses
+        _, _, body = raw_get(server, "/mute-svc/hold")
+        assert b"did not answer within 2s" in body, body
+    finally:
+        slow.close()

@@ -83,6 +83,12 @@ def parser() -> argparse.ArgumentParser:
         "(default 16; the registry's own routes take at most 1 MiB)",
     )
     s.add_argument(
+        "--proxy-timeout-seconds",
+        type=float,
+        default=60.0,
+        help="how long the proxy waits for an upstream's response, and between two pieces of a body (default 60)",
+    )
+    s.add_argument(
         "--log-level",
         default=os.environ.get("OB_LOG_LEVEL", "info"),
         choices=LOG_LEVELS,
@@ -174,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         slug_policies[slug] = policy
+    if not 0.1 <= args.proxy_timeout_seconds <= 3600:
+        print("registry-svc: --proxy-timeout-seconds must be between 0.1 and 3600", file=sys.stderr)
+        return 2
     if not 0.1 <= args.eject_seconds <= 3600:
         print("registry-svc: --eject-seconds must be between 0.1 and 3600", file=sys.stderr)
         return 2
@@ -211,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             probe_networks=networks["--probe-networks"],
             proxy_networks=networks.get("--proxy-networks"),
             max_proxy_body_bytes=args.max_proxy_body_mib << 20,
+            proxy_timeout_seconds=args.proxy_timeout_seconds,
             log_level=args.log_level,
             etcd_endpoints=etcd_endpoints,
             etcd_prefix=args.etcd_prefix,

@@ -169,6 +169,9 @@ class Front:
         store: Store | None = None,
         data_plane: bool = False,
         proxy_networks: list[str] | None = None,
+        proxy_timeout: float = 60.0,
+        answer_reads: bool = True,
+        access_log: bool = False,
     ) -> None:
         """With `store`, instance lookups, one instance and picks with a valid token and a
         well-formed query are answered by the gate itself, without the workers

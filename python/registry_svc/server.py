@@ -227,7 +227,7 @@ def build_app(settings: Settings) -> Robyn:
         state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=hub)
         if isinstance(store, EtcdStore):
             http.replica_staleness = lambda: cluster.staleness(store.replica())
-        state.proxy = Proxy(store, NetworkPolicy.of(settings.proxy_networks, "proxy"))
+        state.proxy = Proxy(store, NetworkPolicy.of(settings.proxy_networks, "proxy"), settings.proxy_timeout_seconds)
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
         if settings.data_port:
             # The data plane of this process (rust/front.rs, Role::Data): its own Tokio
@@ -235,7 +235,8 @@ def build_app(settings: Settings) -> Robyn:
             state.data_plane = _core.Front(
                 settings.host, settings.data_port, settings.internal_port, MAX_API_BODY, settings.max_proxy_body_bytes,
                 threads=max(1, DATA_THREADS_TOTAL // settings.processes), store=store, data_plane=True,
-                proxy_networks=list(settings.proxy_networks),
+                proxy_networks=list(settings.proxy_networks), proxy_timeout=settings.proxy_timeout_seconds,
+                access_log=settings.log_format == "json",
             )  # fmt: skip
         metrics.setup(store, state.data_plane, port="data")
 

@@ -43,6 +43,9 @@ class Settings:
     probe_networks: tuple[str, ...] = LOOPBACK_NETWORKS
     proxy_networks: tuple[str, ...] = LOOPBACK_NETWORKS
     max_proxy_body_bytes: int = DEFAULT_MAX_PROXY_BODY
+    # How long the proxy waits for an upstream's response head, and between two pieces
+    # of a body, before it gives up (504, or a cut body).
+    proxy_timeout_seconds: float = 60.0
     log_level: str = "info"
     # "text", or "json": JSON log lines and an access log line per request.
     log_format: str = "text"
@@ -108,6 +111,7 @@ class Settings:
             f"slug_policies={self.slug_policies or '-'} heartbeat_seconds={self.heartbeat_seconds:g} "
             f"eject_seconds={self.eject_seconds:g} probe_networks={','.join(self.probe_networks)} "
             f"proxy_networks={','.join(self.proxy_networks)} max_proxy_body_mib={self.max_proxy_body_bytes >> 20} "
+            f"proxy_timeout_seconds={self.proxy_timeout_seconds:g} "
             f"log_level={self.log_level} log_format={self.log_format} metrics={self.metrics} "
             f"data_port={self.data_port if self.data_port is not None else 'default'}"
             + (f" etcd={','.join(self.etcd_endpoints)} etcd_prefix={self.etcd_prefix}" if self.clustered else "")
@@ -148,6 +152,7 @@ def resolve(
     proxy_networks: tuple[str, ...] | None = None,
     max_proxy_body_bytes: int = DEFAULT_MAX_PROXY_BODY,
     log_level: str = "info",
+    proxy_timeout_seconds: float = 60.0,
     etcd_endpoints: tuple[str, ...] = (),
     etcd_prefix: str = "/registry-svc/",
     log_format: str = "text",
@@ -183,6 +188,7 @@ def resolve(
         probe_networks=probe_networks,
         proxy_networks=probe_networks if proxy_networks is None else proxy_networks,
         max_proxy_body_bytes=max_proxy_body_bytes,
+        proxy_timeout_seconds=proxy_timeout_seconds,
         log_level=log_level,
         etcd_endpoints=etcd_endpoints,
         etcd_prefix=etcd_prefix,

@@ -75,9 +75,13 @@ def open_front(settings: Settings, store: _core.Store) -> tuple[_core.Front, Set
         MAX_API_BODY,
         settings.max_proxy_body_bytes,
         threads=FRONT_THREADS,
-        # With the access log on, every request goes to the workers, which log it.
-        store=None if settings.log_format == "json" else store,
+        store=store,
+        # With the access log on, reads go to the workers, which log them; the gate logs
+        # what its proxy forwards.
+        answer_reads=settings.log_format != "json",
+        access_log=settings.log_format == "json",
         proxy_networks=list(settings.proxy_networks),
+        proxy_timeout=settings.proxy_timeout_seconds,
     )
     return front, dataclasses.replace(settings, internal_port=internal)
 

@@ -158,14 +158,14 @@ class Bulkhead:
 class Proxy:
     """Forwards requests for one worker process; create it after the fork."""
 
-    def __init__(self, store: _core.Store, policy: NetworkPolicy) -> None:
+    def __init__(self, store: _core.Store, policy: NetworkPolicy, read_timeout: float = READ_TIMEOUT_S) -> None:
         self.store = store
         self.policy = policy
         self.pool = urllib3.PoolManager(
             num_pools=512,
             maxsize=MAX_CONCURRENT,
             retries=False,
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=read_timeout),
         )
         self.executor = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="proxy")
         self.bulkhead = Bulkhead(PER_SLUG)
