@@ -29,17 +29,20 @@ use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body, Frame};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::netguard::NetPolicy;
 use crate::registry::Registry;
@@ -57,8 +60,10 @@ const GATHER: u64 = 64 << 10;
 /// Set on every forwarded request; a request carrying it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-registry-forwarded";
 const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
-const HOP_BY_HOP: [&str; 12] = [
+const HOP_BY_HOP: [&str; 13] = [
     "connection",
+    // Answered by the gate itself (100 Continue), as nginx does.
+    "expect",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
@@ -101,10 +106,50 @@ impl ProxyStats {
     }
 }
 
+/// Why the fence did not let a connection be made (its message is the reason).
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The connector's resolver: a host name becomes the addresses the network fence allows,
+/// and the connection goes to exactly those (never to a second resolution of the name).
+#[derive(Clone)]
+struct Fenced(Arc<NetPolicy>);
+
+impl tower_service::Service<Name> for Fenced {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let policy = Arc::clone(&self.0);
+        Box::pin(async move {
+            // The port is set by the connector from the URL.
+            match policy.resolve(name.as_str(), 0).await {
+                Ok(address) => Ok(vec![address].into_iter()),
+                Err(why) => Err(io::Error::new(io::ErrorKind::PermissionDenied, Refused(why))),
+            }
+        })
+    }
+}
+
+type Connector = HttpsConnector<HttpConnector<Fenced>>;
+
 /// The forwarding side of a gate: the upstream connection pool and the network fence.
 pub struct Forwarder {
-    client: Client<HttpConnector, RequestBody>,
-    policy: NetPolicy,
+    client: Client<Connector, RequestBody>,
+    policy: Arc<NetPolicy>,
     timeout: Duration,
     pub stats: ProxyStats,
 }
@@ -125,8 +170,9 @@ pub struct Outgoing<'a> {
 pub enum Payload {
     /// Whole (none, or small enough to keep for a retry).
     Kept(Bytes),
-    /// Arriving: pieces as the gate reads them from the client.
-    Streamed(mpsc::Receiver<io::Result<Bytes>>),
+    /// Arriving: pieces as the gate reads them from the client, and its length when the
+    /// client gave one (the upstream gets the same framing).
+    Streamed(mpsc::Receiver<io::Result<Bytes>>, Option<u64>),
 }
 
 /// What became of a forwarded request.
@@ -140,15 +186,31 @@ pub enum Forwarded {
     Broken(u16),
 }
 
-/// A body fed from a channel (the client's request body, as it arrives).
-struct ChannelBody(mpsc::Receiver<io::Result<Bytes>>);
+/// A body fed from a channel (the client's request body, as it arrives); `sent` fires
+/// once hyper has taken all of it.
+struct ChannelBody {
+    pieces: mpsc::Receiver<io::Result<Bytes>>,
+    sent: Option<oneshot::Sender<()>>,
+    length: Option<u64>,
+}
 
 impl Body for ChannelBody {
     type Data = Bytes;
     type Error = io::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
-        self.0.poll_recv(cx).map(|piece| piece.map(|r| r.map(Frame::data)))
+        let polled = self.pieces.poll_recv(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some(sent) = self.sent.take() {
+                let _ = sent.send(());
+            }
+        }
+        polled.map(|piece| piece.map(|r| r.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.length
+            .map_or_else(hyper::body::SizeHint::default, hyper::body::SizeHint::with_exact)
     }
 }
 
@@ -243,10 +305,20 @@ fn hop_by_hop<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Vec<Str
 }
 
 impl Forwarder {
+    /// https upstreams are verified against the system's CA certificates (`SSL_CERT_FILE`
+    /// / `SSL_CERT_DIR` point elsewhere); without any, every https upstream fails its
+    /// handshake (a 502 naming the unknown issuer), and plain http works as ever.
     pub fn new(policy: NetPolicy, timeout: Duration) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
+        let policy = Arc::new(policy);
+        let mut http = HttpConnector::new_with_resolver(Fenced(Arc::clone(&policy)));
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(POOL_PER_HOST)
@@ -259,15 +331,6 @@ impl Forwarder {
             policy,
             timeout,
             stats: ProxyStats::default(),
-        }
-    }
-
-    /// Whether the proxy here serves `slug`: false when it must go to the workers (an
-    /// https instance: the Rust client speaks plain HTTP).
-    pub fn serves(&self, registry: &Registry, slug: &str) -> bool {
-        match registry.selector.candidates(&registry.store, slug) {
-            Ok(candidates) => !candidates.all.iter().any(|c| c.url.starts_with("https:")),
-            Err(_) => false,
         }
     }
 
@@ -334,13 +397,15 @@ impl Forwarder {
             };
             let url = chosen.url.as_str();
             let target = match split_url(url) {
-                Some(up) if up.scheme == "http" => match self.policy.resolve(up.host, up.port).await {
-                    Ok(address) => Ok((up, address)),
-                    Err(why) => Err(why),
+                // An address is checked here (the connector does not resolve it); a name
+                // by the connector's resolver (`Fenced`).
+                Some(up) => match up.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                    Ok(ip) => self.policy.resolve(&ip.to_string(), up.port).await.map(|_| up),
+                    Err(_) => Ok(up),
                 },
-                _ => Err("not a plain http:// URL".to_owned()),
+                None => Err("not an http:// or https:// URL".to_owned()),
             };
-            let (upstream, address) = match target {
+            let upstream = match target {
                 Ok(t) => t,
                 Err(why) => {
                     release(Outcome::Failure);
@@ -350,15 +415,32 @@ impl Forwarder {
                     continue;
                 }
             };
+            // The response timeout starts once the body is sent: a large upload may take
+            // longer than the wait for an answer.
+            let (sent, body_sent) = oneshot::channel();
             let body: RequestBody = match &mut payload {
-                Payload::Kept(bytes) if bytes.is_empty() => Empty::new().map_err(|e| match e {}).boxed(),
-                Payload::Kept(bytes) => Full::new(bytes.clone()).map_err(|e| match e {}).boxed(),
-                Payload::Streamed(rx) => {
+                Payload::Kept(bytes) => {
+                    let _ = sent.send(());
+                    if bytes.is_empty() {
+                        Empty::new().map_err(|e| match e {}).boxed()
+                    } else {
+                        Full::new(bytes.clone()).map_err(|e| match e {}).boxed()
+                    }
+                }
+                Payload::Streamed(rx, length) => {
                     let (_, empty) = mpsc::channel(1);
-                    ChannelBody(std::mem::replace(rx, empty)).boxed()
+                    ChannelBody {
+                        pieces: std::mem::replace(rx, empty),
+                        sent: Some(sent),
+                        length: *length,
+                    }
+                    .boxed()
                 }
             };
-            let uri = format!("http://{address}{}{}", upstream.path, request.target);
+            let uri = format!(
+                "{}://{}{}{}",
+                upstream.scheme, upstream.netloc, upstream.path, request.target
+            );
             let mut builder = hyper::Request::builder().method(request.method).uri(uri.as_str());
             for (name, value) in &headers {
                 builder = builder.header(name.as_str(), value.as_slice());
@@ -371,13 +453,26 @@ impl Forwarder {
                     return Forwarded::Error(400, format!("the request cannot be forwarded: {e}"));
                 }
             };
-            let answer = match tokio::time::timeout(self.timeout, self.client.request(outgoing)).await {
+            let deadline = async {
+                let _ = body_sent.await;
+                tokio::time::sleep(self.timeout).await;
+            };
+            let answered = tokio::select! {
+                answered = self.client.request(outgoing) => Ok(answered),
+                () = deadline => Err(()),
+            };
+            let answer = match answered {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) if e.is_connect() => {
                     release(Outcome::Failure);
-                    self.stats.connect_error.fetch_add(1, Ordering::Relaxed);
-                    last_error = format!("upstream {url} of '{slug}' failed to connect: {}", source_text(&e));
                     tried.push(chosen.id.clone());
+                    if let Some(refused) = refusal(&e) {
+                        self.stats.not_contacted.fetch_add(1, Ordering::Relaxed);
+                        last_error = format!("upstream {url} of '{slug}' not contacted: {refused}");
+                    } else {
+                        self.stats.connect_error.fetch_add(1, Ordering::Relaxed);
+                        last_error = format!("upstream {url} of '{slug}' failed to connect: {}", source_text(&e));
+                    }
                     continue;
                 }
                 Ok(Err(e)) => {
@@ -448,6 +543,36 @@ impl Forwarder {
         out.push((FORWARDED_HEADER.to_owned(), b"1".to_vec()));
         out
     }
+}
+
+/// TLS to upstreams: rustls with ring, the system's CA certificates as roots.
+fn tls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert); // one unreadable certificate does not spoil the others
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls' default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// The fence's refusal behind a connect error, if that is what it was.
+fn refusal<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e Refused> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if let Some(refused) = error.downcast_ref::<Refused>() {
+            return Some(refused);
+        }
+        if let Some(io) = error.downcast_ref::<io::Error>() {
+            if let Some(refused) = io.get_ref().and_then(|inner| inner.downcast_ref::<Refused>()) {
+                return Some(refused);
+            }
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// The innermost cause of a client error, for messages ("Connection refused (os error 111)").

@@ -363,6 +363,8 @@ pub struct Head {
     /// The headers of `forwarded`, for the proxy.
     pub headers: Vec<(String, Vec<u8>)>,
     pub http10: bool,
+    /// `Expect: 100-continue`: the client waits for a go-ahead before its body.
+    pub expect_continue: bool,
 }
 
 /// Parses and checks a complete request head (`raw` ends with the blank line).
@@ -473,6 +475,10 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         }
     }
     let http10 = request.version == Some(0);
+    let expect_continue = !http10
+        && kept
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("expect") && v.eq_ignore_ascii_case(b"100-continue"));
     let close = connection.contains("close") || (http10 && !connection.contains("keep-alive"));
     Ok(Head {
         method,
@@ -484,6 +490,7 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         forwarded,
         headers: kept,
         http10,
+        expect_continue,
     })
 }
 
@@ -744,12 +751,8 @@ impl Gate {
                 return Ok(Some(Next::Answer(response(&answer, head.close), head.close)));
             }
         }
-        if let (Some(forwarder), Some((registry, _))) = (&self.forwarder, &self.reads) {
-            if let Some(slug) = proxied_slug(&head.path) {
-                if forwarder.serves(registry, slug) {
-                    return Ok(Some(Next::Proxy(head)));
-                }
-            }
+        if self.forwarder.is_some() && proxied_slug(&head.path).is_some() {
+            return Ok(Some(Next::Proxy(head)));
         }
         let expected = match head.framing {
             Framing::Length(n) => n,
@@ -855,6 +858,13 @@ impl Gate {
             http10: head.http10,
         };
         let timeout = self.limits.request_timeout;
+        if head.expect_continue && head.framing != Framing::None {
+            // The body is welcome: the client need not wait (curl waits a second).
+            client
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(|_| gone())?;
+        }
         let (forwarded, pumped) = match head.framing {
             Framing::None => (
                 forwarder
@@ -877,11 +887,13 @@ impl Gate {
             }
             framing => {
                 let (tx, rx) = mpsc::channel(8);
+                let length = match framing {
+                    Framing::Length(n) => Some(n),
+                    _ => None,
+                };
                 let pump = pump_body(incoming, framing, head.limit, tx, timeout);
-                let (pumped, forwarded) = tokio::join!(
-                    pump,
-                    forwarder.forward(registry, &request, Payload::Streamed(rx), client)
-                );
+                let payload = Payload::Streamed(rx, length);
+                let (pumped, forwarded) = tokio::join!(pump, forwarder.forward(registry, &request, payload, client));
                 match (pumped, forwarded) {
                     (Err(refusal), Forwarded::Error(..)) => return Err(refusal),
                     (Err(_), Forwarded::Relayed(_, status) | Forwarded::Broken(status)) => return Ok((false, status)),
@@ -907,7 +919,8 @@ impl Gate {
 }
 
 /// Feeds a request body to the proxy as it arrives, piece by piece (a chunked one
-/// decoded, refused past `limit`).
+/// decoded, refused past `limit`). When the body cannot be read to its end, the proxy is
+/// told so: a cut body must fail upstream, never reach it as a whole one.
 async fn pump_body(
     incoming: &mut Incoming,
     framing: Framing,
@@ -915,76 +928,65 @@ async fn pump_body(
     tx: mpsc::Sender<io::Result<Bytes>>,
     timeout: Duration,
 ) -> Result<Pumped, Refusal> {
-    let failed = |tx: &mpsc::Sender<io::Result<Bytes>>| {
-        let _ = tx.try_send(Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the client's body ended early",
-        )));
-    };
-    let fill = async |incoming: &mut Incoming| -> Result<(), Refusal> {
-        match tokio::time::timeout(timeout, incoming.fill()).await {
-            Ok(Ok(n)) if n > 0 => Ok(()),
-            Ok(_) => Err(gone()),
-            Err(_) => Err(Refusal::new(408, "the request body did not arrive in time")),
-        }
-    };
-    // Sends up to `n` bytes of what was read; Ok(false) when the proxy stopped taking them.
-    let mut remaining_in_chunk: u64;
-    match framing {
-        Framing::None => return Ok(Pumped::Whole),
-        Framing::Length(n) => remaining_in_chunk = n,
-        Framing::Chunked => remaining_in_chunk = 0,
+    let pumped = pump_pieces(incoming, framing, limit, &tx, timeout).await;
+    if pumped.is_err() {
+        let cut = io::Error::new(io::ErrorKind::UnexpectedEof, "the client's body was cut short");
+        let _ = tx.send(Err(cut)).await;
     }
+    pumped
+}
+
+async fn pump_pieces(
+    incoming: &mut Incoming,
+    framing: Framing,
+    limit: u64,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    timeout: Duration,
+) -> Result<Pumped, Refusal> {
+    let mut left = match framing {
+        Framing::None => return Ok(Pumped::Whole),
+        Framing::Length(n) => n,
+        Framing::Chunked => 0,
+    };
     let mut total = 0u64;
+    let mut in_chunk = false;
     loop {
-        if framing == Framing::Chunked && remaining_in_chunk == 0 {
-            if total > 0 {
-                // The CRLF after the previous chunk's data.
-                let line = incoming.line().await.inspect_err(|_| failed(&tx))?;
-                if !line.is_empty() {
-                    failed(&tx);
-                    return Err(Refusal::new(400, "malformed chunked body"));
-                }
+        if framing == Framing::Chunked && left == 0 {
+            if in_chunk && !incoming.line().await?.is_empty() {
+                // The CRLF after a chunk's data.
+                return Err(Refusal::new(400, "malformed chunked body"));
             }
-            let line = incoming.line().await.inspect_err(|_| failed(&tx))?;
+            let line = incoming.line().await?;
             let size_text = line.split(|b| *b == b';').next().unwrap_or_default();
             let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
-            let Ok(size) = u64::from_str_radix(size_text, 16) else {
-                failed(&tx);
-                return Err(Refusal::new(400, "malformed chunked body"));
-            };
+            let size = u64::from_str_radix(size_text, 16).map_err(|_| Refusal::new(400, "malformed chunked body"))?;
             if size == 0 {
-                while !incoming.line().await.inspect_err(|_| failed(&tx))?.is_empty() {}
+                while !incoming.line().await?.is_empty() {} // trailers, dropped
                 return Ok(Pumped::Whole);
             }
-            if total + size > limit {
-                failed(&tx);
-                return Err(too_large(total + size, limit));
+            total = total.saturating_add(size);
+            if total > limit {
+                return Err(too_large(total, limit));
             }
-            remaining_in_chunk = size;
-            total = total.max(1); // a chunk was seen: the next needs its CRLF first
+            left = size;
+            in_chunk = true;
         }
-        if remaining_in_chunk == 0 {
-            return Ok(Pumped::Whole); // Content-Length done
+        if left == 0 {
+            return Ok(Pumped::Whole); // Content-Length read
         }
         if incoming.buf.is_empty() {
-            if let Err(refusal) = fill(incoming).await {
-                failed(&tx);
-                return Err(refusal);
+            match tokio::time::timeout(timeout, incoming.fill()).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Err(gone()),
+                Err(_) => return Err(Refusal::new(408, "the request body did not arrive in time")),
             }
         }
-        let take = incoming
-            .buf
-            .len()
-            .min(usize::try_from(remaining_in_chunk).unwrap_or(usize::MAX));
+        let take = incoming.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let piece = Bytes::copy_from_slice(&incoming.buf[..take]);
         incoming.buf.drain(..take);
-        remaining_in_chunk -= take as u64;
-        if framing == Framing::Chunked {
-            total += take as u64;
-        }
+        left -= take as u64;
         if tx.send(Ok(piece)).await.is_err() {
-            return Ok(Pumped::Abandoned);
+            return Ok(Pumped::Abandoned); // the proxy answered without the rest
         }
     }
 }

@@ -160,7 +160,12 @@ def test_the_json_access_log_has_a_line_per_request_with_the_token_id(tmp_path: 
             return [line for line in lines if line.get("type") == "access" and line.get("route") == "/<slug>/*"]
 
         line = wait_for(proxied, 5, "the proxy's access line")[0]
-        assert (line["method"], line["path"], line["status"], line["client"]) == ("GET", "/ghost-svc/x", 404, "127.0.0.1")
+        assert (line["method"], line["path"], line["status"], line["client"]) == (
+            "GET",
+            "/ghost-svc/x",
+            404,
+            "127.0.0.1",
+        )
         assert isinstance(line["durationMs"], float) and line["ts"].endswith("Z") and line["token"] is None
         log = server.log_path.read_text()
         assert token not in log and server.admin_token not in log

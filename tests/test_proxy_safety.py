@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import http.server
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,6 +309,7 @@ class Sink:
         self.port = free_port()
         self.release = threading.Event()
         self.held = 0
+        self.uploads: list[dict[str, Any]] = []
         sink = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -321,21 +323,31 @@ class Sink:
 
             def do_POST(self) -> None:
                 digest, size = hashlib.sha256(), 0
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    while (length := int(self.rfile.readline().split(b";")[0], 16)) > 0:
-                        piece = self.rfile.read(length)
-                        digest.update(piece)
-                        size += len(piece)
-                        self.rfile.readline()
-                    while self.rfile.readline() not in (b"\r\n", b""):
-                        pass
-                else:
-                    left = int(self.headers.get("Content-Length", "0"))
-                    while left:
-                        piece = self.rfile.read(min(left, 1 << 20))
-                        digest.update(piece)
-                        size += len(piece)
-                        left -= len(piece)
+                try:
+                    if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                        while (length := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                            piece = self.rfile.read(length)
+                            if len(piece) < length:
+                                raise EOFError
+                            digest.update(piece)
+                            size += len(piece)
+                            self.rfile.readline()
+                        while self.rfile.readline() not in (b"\r\n", b""):
+                            pass
+                    else:
+                        left = int(self.headers.get("Content-Length", "0"))
+                        while left:
+                            piece = self.rfile.read(min(left, 1 << 20))
+                            if not piece:
+                                raise EOFError
+                            digest.update(piece)
+                            size += len(piece)
+                            left -= len(piece)
+                except (EOFError, ValueError, OSError):
+                    sink.uploads.append({"cut": True, "size": size})
+                    self.close_connection = True
+                    return
+                sink.uploads.append({"cut": False, "size": size})
                 self._answer(json.dumps({"size": size, "sha256": digest.hexdigest()}).encode())
 
             def _answer(self, body: bytes) -> None:
@@ -440,7 +452,7 @@ def test_a_chunked_upload_over_the_limit_is_cut_with_413(roomy: tuple[Server, Si
 def test_a_slow_upstream_times_out_without_blocking_other_requests(roomy: tuple[Server, Sink]) -> None:
     """40 requests held by an upstream that never answers get 504 after the proxy timeout
     (2 s here); another slug is answered at once meanwhile."""
-    server, sink = roomy
+    server, _ = roomy
     slow = Sink()
     try:
         reply = server.register({"url": f"http://127.0.0.1:{slow.port}", "slug": "mute-svc", "healthCheck": NO_CHECK})
@@ -462,3 +474,30 @@ def test_a_slow_upstream_times_out_without_blocking_other_requests(roomy: tuple[
         assert b"did not answer within 2s" in body, body
     finally:
         slow.close()
+
+
+def test_expect_100_continue_is_answered_before_the_body(roomy: tuple[Server, Sink]) -> None:
+    """A client that asks (curl does, for bodies over 1 MiB) gets the go-ahead at once
+    instead of waiting a second for it; the upstream gets the body, not the Expect."""
+    server, _ = roomy
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(b"POST /sink-svc/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert conn.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        conn.sendall(b"hello")
+        answer = b""
+        while not answer.endswith(b"}"):
+            answer += conn.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"size": 5' in answer, answer
+
+
+def test_a_body_the_client_cuts_short_fails_upstream_instead_of_arriving_whole(roomy: tuple[Server, Sink]) -> None:
+    """A client announcing 8 MiB that sends 2 MiB and goes away: the upstream sees its
+    request fail, never a complete (shorter) body."""
+    server, sink = roomy
+    before = len(sink.uploads)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(b"POST /sink-svc/cut HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (8 << 20))
+        conn.sendall(MIB_OF_BYTES * 2)
+    wait_for(lambda: len(sink.uploads) > before, 10, "the upstream to see the upload end")
+    assert sink.uploads[before]["cut"] is True, sink.uploads[before]
+    assert sink.uploads[before]["size"] < 8 << 20

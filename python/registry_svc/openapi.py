@@ -37,7 +37,8 @@ STATUS_TEXT = {
     415: "A multipart/form-data body: the registry's routes take JSON", 502: "The upstream failed",
     508: "Loop detected: the request was already forwarded by a registry proxy",
     503: "Unavailable: starting, no routable instance, or (cluster) etcd unreachable",
-    504: "Cluster mode: the replica did not reach `index` in time", 507: "The store is full",
+    504: "Cluster mode: the replica did not reach `index` in time; the proxy: the upstream did not answer in time",
+    507: "The store is full",
 }  # fmt: skip
 WRITES = ("put", "post", "delete")
 
@@ -67,7 +68,7 @@ PROXY_DOC = Doc(
     "The built-in proxy: forwards to a routable instance of the slug (any path below it, any method); the "
     "answer is the upstream's",
     {},
-    errors=(404, 413, 502, 508),
+    errors=(400, 404, 413, 502, 504, 508),
 )
 PROXY = [Operation(method, "/{slug}/{path}", auth.PUBLIC, PROXY_DOC) for method in ("get", "post", "put", "delete")]
 

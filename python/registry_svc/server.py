@@ -38,13 +38,11 @@ from registry_svc.api import (
     ui,
 )  # fmt: skip
 from registry_svc.api.instances import RESERVED_SLUGS
-from registry_svc.api.proxy import Proxy
 from registry_svc.auth import Authenticator
 from registry_svc.cluster import EtcdStore
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, store_error_response
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV, die_with_parent
-from registry_svc.netguard import NetworkPolicy
 from registry_svc.settings import MAX_API_BODY, Settings
 
 log = logging.getLogger("registry_svc")
@@ -63,7 +61,6 @@ class ProcessState:
     """This process's context, set by the startup handler once the store is open."""
 
     ctx: Context | None = None
-    proxy: Proxy | None = None
     # Writes wait on disk syncs; running them on a pool lets many share one group commit.
     writes: ThreadPoolExecutor | None = None
     # This process's share of the data port.
@@ -149,8 +146,7 @@ def awaited(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[
 WRITE_THREADS = 32
 # Tokio threads of a process's data plane: the cores, shared out over the processes.
 DATA_THREADS_TOTAL = os.cpu_count() or 2
-# Route labels of what no built-in route matched (bounded: never a raw path).
-PROXY_ROUTE = "/<slug>/*"
+# The route label of what no built-in route matched (bounded: never a raw path).
 UNROUTED = "unrouted"
 
 
@@ -177,8 +173,9 @@ def _pattern(path: str) -> "re.Pattern[str]":
 def not_routed(
     patterns: list[tuple["re.Pattern[str]", str]], state: ProcessState
 ) -> Callable[[Request], Awaitable[Response | StreamingResponse]]:
-    """Everything no built-in route matched: a slug's path goes to the proxy; otherwise a
-    JSON 405 for a known path with the wrong method, or a JSON 404."""
+    """Everything no built-in route matched: xDS, a JSON 405 for a known path with the
+    wrong method, or a JSON 404. (A slug's path never gets here: the gates proxy it in
+    Rust, rust/forward.rs; what does get here is no slug, e.g. `/Not_A_Slug/x`.)"""
 
     async def fallback(request: Request) -> Response | StreamingResponse:
         started = time.perf_counter()
@@ -193,14 +190,6 @@ def not_routed(
             if request.method.upper() != "POST":
                 return error_response(405, f"{request.method} is not allowed on {path}; use POST"), path
             return await discovery.xds(state.ctx, request), path
-        if state.proxy is not None:
-            try:
-                proxied = await state.proxy.handle(request)
-            except Exception:
-                log.exception("proxy error on %s %s", request.method, path)
-                return error_response(502, "proxy error; the server log has the details"), PROXY_ROUTE
-            if proxied is not None:
-                return proxied, PROXY_ROUTE
         allowed = sorted({method.upper() for pattern, method in patterns if pattern.match(path)})
         if allowed:
             return error_response(405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}"), path
@@ -227,7 +216,6 @@ def build_app(settings: Settings) -> Robyn:
         state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=hub)
         if isinstance(store, EtcdStore):
             http.replica_staleness = lambda: cluster.staleness(store.replica())
-        state.proxy = Proxy(store, NetworkPolicy.of(settings.proxy_networks, "proxy"), settings.proxy_timeout_seconds)
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
         if settings.data_port:
             # The data plane of this process (rust/front.rs, Role::Data): its own Tokio
