@@ -15,6 +15,10 @@
 //!   and a 400 without a boundary anywhere: Robyn parses such bodies before any handler
 //!   and answers a malformed one with a bare 500.
 //!
+//! Hot reads are answered here (`reads.rs`) and `/<slug>/...` is forwarded by the gate's
+//! own proxy (`forward.rs`). The same gate, in `Role::Data`, holds the data port in every
+//! server process (SO_REUSEPORT) and serves only those.
+//!
 //! Everything else goes to the workers on a loopback connection of its own (one per
 //! client connection), with the body re-framed by `Content-Length` (a chunked body is
 //! decoded here, so the workers never see a partial or chunked body) and the client's

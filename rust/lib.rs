@@ -1,6 +1,6 @@
-//! registry-svc core: the LMDB store, its indexes and instance selection, and the gate
-//! in front of the API port, in plain Rust tested by `cargo test`, with a thin PyO3
-//! binding in `python.rs`.
+//! registry-svc core: the LMDB store, its indexes and instance selection (with load state
+//! shared across processes), the gates of the API and data ports with their hot reads and
+//! proxy, in plain Rust tested by `cargo test`, with a thin PyO3 binding in `python.rs`.
 
 mod apply;
 pub mod cache;

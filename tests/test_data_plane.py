@@ -228,3 +228,9 @@ def test_the_data_port_answers_in_rust(plane: Server) -> None:
         assert plane.call("GET", f"/registry-svc/instance/{SLUG}-2", data_port=True).status == 200
     after = wait_for(lambda: (c := counts())[0] >= before[0] + 40 and c, 10, "the data gates' counts")
     assert after[1] == before[1]
+
+
+def test_the_data_ports_own_address_cannot_be_registered(plane: Server) -> None:
+    body = {"slug": "dp-loop", "url": f"http://127.0.0.1:{plane.data_port}", "healthCheck": NO_CHECK}
+    reply = plane.register(body)
+    assert reply.status == 400 and "own address" in reply.json["error"], reply.body

@@ -227,7 +227,8 @@ def refuse_unsafe_address(fields: dict[str, Any], field: str, settings: Settings
     registry itself (a proxied request would come back to it), and a link-local or cloud
     metadata address unless the proxy networks name it (see `netguard.py`)."""
     address = fields["ip"] or fields["host"]
-    if fields["port"] == settings.port and address in own_addresses(settings):
+    own_ports = {settings.port, settings.data_port} - {None, 0}
+    if fields["port"] in own_ports and address in own_addresses(settings):
         raise field_error(field, f"'{fields['url']}' is this registry's own address; requests to it would loop")
     ip = fields["ip"]
     if (

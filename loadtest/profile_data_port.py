@@ -1,0 +1,90 @@
+"""Where the time goes on the data port: `perf` samples of the server process that holds it
+while wrk drives one case (lookup, pick or proxy), grouped by shared object and symbol.
+
+    python -m loadtest.profile_data_port [--case lookup|pick|proxy] [--seconds 8]
+
+Needs `perf` (Debian: linux-perf) and the permission to use it (root, or
+kernel.perf_event_paranoid <= 1), `wrk`, and for the proxy case `nginx`. One server process
+(`--processes 1`) so that one process serves the whole data port. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import psutil
+
+from loadtest import bench
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", choices=("lookup", "pick", "proxy"), default="lookup")
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--top", type=int, default=30)
+    a = p.parse_args()
+    missing = [t for t in ("perf", "wrk", "nginx") if shutil.which(t) is None]
+    if missing:
+        raise SystemExit(f"profile: {', '.join(missing)} not found")
+    work = Path(tempfile.mkdtemp(prefix="registry-profile-"))
+    work.chmod(0o755)
+    run = bench.Bench(a.seconds, work)
+    try:
+        bench.seed_registry(work / "data", 1000, 100, 10)
+        api, data, token = run.registry(work / "data", 1)
+        server = psutil.Process(run.procs[-1].pid)
+        holders = [
+            proc
+            for proc in server.children(recursive=True)
+            if any(c.laddr.port == int(data.rsplit(":", 1)[1]) for c in proc.net_connections("tcp"))
+        ]
+        target = holders[0].pid
+        if a.case == "proxy":
+            static, _ = run.nginx({"prof-svc/payload": b'{"ok":true}' * 100})
+            body = {"url": static, "slug": "prof-svc", "status": "Healthy", "healthCheck": {"type": "none"}}
+            put = urllib.request.Request(
+                f"{api}/registry-svc/instance", method="PUT", data=orjson.dumps(body),
+                headers={"Authorization": f"Bearer {token}"},
+            )  # fmt: skip
+            urllib.request.urlopen(put).close()
+            url, script = f"{data}/prof-svc/payload", None
+        else:
+            path = (
+                "/registry-svc/instances?slug=svc-%d"
+                if a.case == "lookup"
+                else "/registry-svc/instance/pick?slug=svc-%d"
+            )
+            url, script = data, bench.random_slug_script(path, 100)
+        cmd = ["wrk", "-t2", "-c64", f"-d{a.seconds + 2:g}s", "-H", f"Authorization: Bearer {token}"]
+        if script:
+            (work / "case.lua").write_text(script)
+            cmd += ["-s", str(work / "case.lua")]
+        load = subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        perf_data = work / "perf.data"
+        subprocess.run(
+            ["perf", "record", "-F", "999", "-g", "-p", str(target), "-o", str(perf_data), "--", "sleep", f"{a.seconds:g}"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        out, _ = load.communicate(timeout=60)
+        print(out)
+        report = subprocess.run(
+            ["perf", "report", "-i", str(perf_data), "--no-children", "--sort", "dso,symbol", "--stdio",
+             "--percent-limit", "0.5", "-g", "none"],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        lines = [line for line in report.splitlines() if line.strip() and not line.startswith("#")]
+        print("\n".join(lines[: a.top]))
+    finally:
+        run.stop_all()
+
+
+if __name__ == "__main__":
+    main()
