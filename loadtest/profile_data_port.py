@@ -80,8 +80,14 @@ def main() -> None:
              "--percent-limit", "0.5", "-g", "none"],
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip
-        lines = [line for line in report.splitlines() if line.strip() and not line.startswith("#")]
-        print("\n".join(lines[: a.top]))
+        by_dso = subprocess.run(
+            ["perf", "report", "-i", str(perf_data), "--no-children", "--sort", "dso", "--stdio", "-g", "none"],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        for text in (by_dso, report):
+            lines = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+            print("\n".join(lines[: a.top]))
+            print()
     finally:
         run.stop_all()
 

@@ -275,7 +275,7 @@ enum Next {
     /// Send it to the workers (head and re-framed body).
     Forward(Vec<u8>),
     /// Answered here: the response, and whether to close after it.
-    Answer(Vec<u8>, bool),
+    Answer(Vec<u8>, Arc<Vec<u8>>, bool),
     /// A request to `/<slug>/...` for the gate's proxy (its body not read yet).
     Proxy(Head),
 }
@@ -394,7 +394,9 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
     let mut connection = String::new();
     let mut multipart_form = None;
     let mut forwarded = format!("{method} {path} HTTP/1.{}\r\n", request.version.unwrap_or(1)).into_bytes();
-    let mut kept: Vec<(String, Vec<u8>)> = Vec::with_capacity(request.headers.len());
+    // The proxy's copy of the headers; the registry's own routes do not need one.
+    let proxied = !registry_route(&path);
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -421,7 +423,9 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
             forwarded.extend_from_slice(b": ");
             forwarded.extend_from_slice(header.value);
             forwarded.extend_from_slice(b"\r\n");
-            kept.push((name.to_owned(), header.value.to_vec()));
+            if proxied {
+                kept.push((name.to_owned(), header.value.to_vec()));
+            }
         }
     }
     let framing = match (lengths.as_slice(), codings.as_slice()) {
@@ -525,11 +529,11 @@ enum HeadRead {
 }
 
 impl Incoming {
+    /// Reads what has arrived into `buf`'s spare room (no zeroed scratch buffer and no
+    /// copy: the profile of the data port showed both).
     async fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; 16 << 10];
-        let n = self.rd.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
+        self.buf.reserve(16 << 10);
+        self.rd.read_buf(&mut self.buf).await
     }
 
     async fn head(&mut self, limits: &Limits) -> Result<HeadRead, Refusal> {
@@ -549,8 +553,10 @@ impl Incoming {
         let deadline = tokio::time::Instant::now() + limits.request_timeout;
         loop {
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                let rest = self.buf.split_off(end + 4);
-                return Ok(HeadRead::Head(std::mem::replace(&mut self.buf, rest)));
+                // The buffer keeps its room for the next request.
+                let head = self.buf[..end + 4].to_vec();
+                self.buf.drain(..end + 4);
+                return Ok(HeadRead::Head(head));
             }
             if self.buf.len() > limits.max_head {
                 return Err(Refusal::new(
@@ -695,12 +701,12 @@ impl Gate {
                         Err(refusal) => return refuse(refusal, Some(client), incoming).await,
                     }
                 }
-                Ok(Some(Next::Answer(response, close))) => {
+                Ok(Some(Next::Answer(head, body, close))) => {
                     self.stats.answered.fetch_add(1, Ordering::Relaxed);
                     let Responses::Direct(client) = &mut responses else {
                         return;
                     };
-                    if client.write_all(&response).await.is_err() {
+                    if write_both(client, &head, &body).await.is_err() {
                         return;
                     }
                     if close {
@@ -752,7 +758,8 @@ impl Gate {
             &self.reads,
         ) {
             if let Some(answer) = reads::answer(registry, tokens, &head.path, head.authorization.as_deref()) {
-                return Ok(Some(Next::Answer(response(&answer, head.close), head.close)));
+                let body = Arc::clone(&answer.body);
+                return Ok(Some(Next::Answer(response_head(&answer, head.close), body, head.close)));
             }
         }
         if self.forwarder.is_some() && proxied_slug(&head.path).is_some() {
@@ -1048,8 +1055,29 @@ fn proxied_slug(path: &str) -> Option<&str> {
     reads::is_slug(first).then_some(first)
 }
 
-/// A read answered by the gate, framed as the workers frame theirs.
-fn response(answer: &reads::Answer, close: bool) -> Vec<u8> {
+/// Writes `head` then `body` in as few writes as the socket takes (one, mostly): the
+/// cached body is sent from where it lies, not copied behind the head.
+async fn write_both(client: &mut OwnedWriteHalf, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() || !body.is_empty() {
+        let n = client
+            .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n >= head.len() {
+            body = &body[n - head.len()..];
+            head = &[];
+        } else {
+            head = &head[n..];
+        }
+    }
+    Ok(())
+}
+
+/// The head of a read answered by the gate, framed as the workers frame theirs.
+fn response_head(answer: &reads::Answer, close: bool) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
         answer.body.len(),
@@ -1061,9 +1089,7 @@ fn response(answer: &reads::Answer, close: bool) -> Vec<u8> {
         out.push_str("connection: close\r\n");
     }
     out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&answer.body);
-    bytes
+    out.into_bytes()
 }
 
 /// Answers a refusal and closes. The client may still be sending the body we refused:
