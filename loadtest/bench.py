@@ -171,14 +171,21 @@ class Bench:
         wait_http(f"http://127.0.0.1:{data_port}/health")
         return base, f"http://127.0.0.1:{data_port}", (data_dir / "admin.token").read_text().strip()
 
-    def measure_rss(self, proc: subprocess.Popen[bytes]) -> None:
-        """Resident memory of a server's processes (supervisor, Robyn parent, workers)."""
+    def measure_rss(self, proc: subprocess.Popen[bytes], data_url: str) -> None:
+        """Resident memory of a server's processes: the supervisor (API gate), the workers
+        (Robyn and a share of the data port), and Robyn's parent process (it serves nothing)."""
         import psutil
 
+        data_port = int(data_url.rsplit(":", 1)[1])
         root = psutil.Process(proc.pid)
         for p in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                role = "supervisor (API gate)" if p.pid == root.pid else "worker (Robyn + data plane)"
+                if p.pid == root.pid:
+                    role = "supervisor (API gate)"
+                elif any(c.laddr.port == data_port for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN):
+                    role = "worker (Robyn + data port)"
+                else:
+                    role = "Robyn's parent process"
                 self.rss.append((f"{role}, pid {p.pid}", p.memory_info().rss / (1 << 20)))
 
     def nginx(self, files: dict[str, bytes], proxy_to: str | None = None) -> tuple[str, str | None]:
@@ -408,7 +415,7 @@ def run(seconds: float, quick: bool, repeats: int = 1) -> Bench:
         bench.wrk("proxy GET 1 KiB", "registry-svc data port proxy", f"{data}/bench-svc/payload")
         if nginx_proxy:
             bench.wrk("proxy GET 1 KiB", "nginx reverse proxy", f"{nginx_proxy}/bench-svc/payload")
-        bench.measure_rss(server)
+        bench.measure_rss(server, data)
     finally:
         bench.stop_all()
     return bench

@@ -288,20 +288,29 @@ pub fn is_registry_token(value: &[u8]) -> bool {
     text.starts_with("rsv_")
 }
 
-/// The standard hop-by-hop headers plus any the Connection header names.
-fn hop_by_hop<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> Vec<String> {
-    let mut drop: Vec<String> = HOP_BY_HOP.iter().map(|s| (*s).to_owned()).collect();
-    for (name, value) in headers {
-        if name.eq_ignore_ascii_case("connection") {
-            drop.extend(
-                String::from_utf8_lossy(value)
-                    .split(',')
-                    .map(|t| t.trim().to_ascii_lowercase())
-                    .filter(|t| !t.is_empty()),
-            );
+/// The hop-by-hop headers of one message: the standard ones plus any its Connection
+/// header names (allocating only for those, which are rare).
+struct HopByHop(Vec<String>);
+
+impl HopByHop {
+    fn of<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> HopByHop {
+        let mut named = Vec::new();
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("connection") {
+                named.extend(
+                    String::from_utf8_lossy(value)
+                        .split(',')
+                        .map(|t| t.trim().to_ascii_lowercase())
+                        .filter(|t| !t.is_empty()),
+                );
+            }
         }
+        HopByHop(named)
     }
-    drop
+
+    fn contains(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || self.0.iter().any(|h| name.eq_ignore_ascii_case(h))
+    }
 }
 
 impl Forwarder {
@@ -441,13 +450,16 @@ impl Forwarder {
                 "{}://{}{}{}",
                 upstream.scheme, upstream.netloc, upstream.path, request.target
             );
-            let mut builder = hyper::Request::builder().method(request.method).uri(uri.as_str());
-            for (name, value) in &headers {
-                builder = builder.header(name.as_str(), value.as_slice());
-            }
-            builder = builder.header("host", upstream.netloc);
-            let outgoing = match builder.body(body) {
-                Ok(r) => r,
+            let built = hyper::Request::builder()
+                .method(request.method)
+                .uri(uri.as_str())
+                .header("host", upstream.netloc)
+                .body(body);
+            let outgoing = match built {
+                Ok(mut r) => {
+                    r.headers_mut().extend(headers.clone());
+                    r
+                }
                 Err(e) => {
                     release(Outcome::Abandoned);
                     return Forwarded::Error(400, format!("the request cannot be forwarded: {e}"));
@@ -506,26 +518,32 @@ impl Forwarder {
     }
 
     /// The client's headers as the upstream gets them.
-    fn upstream_headers(&self, request: &Outgoing<'_>) -> Vec<(String, Vec<u8>)> {
-        let drop = hop_by_hop(request.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
-        let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(request.headers.len() + 4);
+    fn upstream_headers(&self, request: &Outgoing<'_>) -> hyper::HeaderMap {
+        let drop = HopByHop::of(request.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+        let mut out = hyper::HeaderMap::with_capacity(request.headers.len() + 4);
         let mut forwarded_for: Option<&[u8]> = None;
         let mut host: &[u8] = b"";
         for (name, value) in request.headers {
-            let lower = name.to_ascii_lowercase();
-            if lower == "x-forwarded-for" && forwarded_for.is_none() {
+            let name = name.as_str();
+            if name.eq_ignore_ascii_case("x-forwarded-for") && forwarded_for.is_none() {
                 forwarded_for = Some(value);
             }
-            if lower == "host" {
+            if name.eq_ignore_ascii_case("host") {
                 host = value;
             }
-            if drop.contains(&lower)
-                || lower.starts_with("x-forwarded-")
-                || (lower == "authorization" && is_registry_token(value))
+            let forwarded = name.len() >= 12 && name[..12].eq_ignore_ascii_case("x-forwarded-");
+            if drop.contains(name)
+                || forwarded
+                || (name.eq_ignore_ascii_case("authorization") && is_registry_token(value))
             {
                 continue;
             }
-            out.push((name.clone(), value.clone()));
+            if let (Ok(name), Ok(value)) = (
+                hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                hyper::header::HeaderValue::from_bytes(value),
+            ) {
+                out.append(name, value);
+            }
         }
         let client = request.client_ip.to_string();
         let chain = match forwarded_for {
@@ -537,10 +555,13 @@ impl Forwarder {
             }
             None => client.into_bytes(),
         };
-        out.push(("x-forwarded-for".to_owned(), chain));
-        out.push(("x-forwarded-proto".to_owned(), b"http".to_vec()));
-        out.push(("x-forwarded-host".to_owned(), host.to_vec()));
-        out.push((FORWARDED_HEADER.to_owned(), b"1".to_vec()));
+        let value = |bytes: &[u8]| {
+            hyper::header::HeaderValue::from_bytes(bytes).unwrap_or(hyper::header::HeaderValue::from_static(""))
+        };
+        out.insert("x-forwarded-for", value(&chain));
+        out.insert("x-forwarded-proto", hyper::header::HeaderValue::from_static("http"));
+        out.insert("x-forwarded-host", value(host));
+        out.insert(FORWARDED_HEADER, hyper::header::HeaderValue::from_static("1"));
         out
     }
 }
@@ -602,9 +623,9 @@ async fn relay(
         parts.status.canonical_reason().unwrap_or("Unknown")
     )
     .into_bytes();
-    let drop = hop_by_hop(parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+    let drop = HopByHop::of(parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
     for (name, value) in &parts.headers {
-        if drop.iter().any(|d| name.as_str().eq_ignore_ascii_case(d)) {
+        if drop.contains(name.as_str()) {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());

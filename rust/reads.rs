@@ -25,8 +25,8 @@ use crate::select::{PickRequest, Picked, Policy};
 /// Distinct filters a query may carry; the workers refuse more.
 const MAX_FILTERS: usize = 16;
 const MAX_FILTER_VALUE: usize = 256;
-/// Plain list filters: query name -> indexed (or scanned) field of the store.
-const LIST_FILTERS: [(&str, &str); 7] = [
+/// List filters: query name -> indexed (or scanned) field of the store.
+const LIST_FILTERS: [(&str, &str); 10] = [
     ("id", "id"),
     ("slug", "slug"),
     ("status", "status"),
@@ -34,6 +34,9 @@ const LIST_FILTERS: [(&str, &str); 7] = [
     ("zone", "zone"),
     ("deploymentId", "deploymentId"),
     ("scheme", "scheme"),
+    ("host", "host"),
+    ("ip", "ip"),
+    ("nodeUrl", "nodeUrl"),
 ];
 const MAX_CACHED_HEADERS: usize = 4096;
 const SECRET_PREFIX: &str = "rsv_";
@@ -210,7 +213,7 @@ fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
         if !plain(value, MAX_FILTER_VALUE) {
             return None;
         }
-        filters.push((field.to_owned(), value.clone()));
+        filters.push((field.to_owned(), stored_form(name, value)?));
     }
     filters.sort();
     filters.dedup();
@@ -228,6 +231,71 @@ fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
         body,
         index: Some(index),
     })
+}
+
+/// A filter value in the form the store holds, as the workers put it (`parse_filters`);
+/// None when only they can tell (a value that is not already canonical, or not ASCII).
+fn stored_form(name: &str, value: &str) -> Option<String> {
+    match name {
+        // The workers lower-case it (Unicode rules: left to them for non-ASCII).
+        "host" => value.is_ascii().then(|| value.to_ascii_lowercase()),
+        "ip" if value.is_empty() => Some(String::new()),
+        "ip" => canonical_ip(value).then(|| value.to_owned()),
+        "nodeUrl" => canonical_node_url(value).then(|| value.to_owned()),
+        _ => Some(value.to_owned()),
+    }
+}
+
+/// Whether `value` is an IP address already in Python's `str(ip_address(value))` form
+/// (dotted quads; RFC 5952 for IPv6, whose embedded-IPv4 forms are left to the workers).
+fn canonical_ip(value: &str) -> bool {
+    match value.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string() == value,
+        Ok(std::net::IpAddr::V6(v6)) => !value.contains('.') && v6.to_string() == value,
+        Err(_) => false,
+    }
+}
+
+/// Whether `value` is a node URL already in `urls.canonical_url` form, by a sufficient
+/// rule: `http(s)://host[:port]` with a lower-case host name or a canonical IPv4 address,
+/// and a port other than the scheme's default, without leading zeros. Anything else (a
+/// path, IPv6, upper case, a default port) is the workers' to canonicalize.
+fn canonical_node_url(value: &str) -> bool {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return false;
+    };
+    let default = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return false,
+    };
+    let host = match rest.split_once(':') {
+        Some((host, port)) => {
+            let ok = !port.starts_with('0')
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|p| p != 0 && p != default);
+            if !ok {
+                return false;
+            }
+            host
+        }
+        None => rest,
+    };
+    if host.is_empty() || host.len() > 253 {
+        return false;
+    }
+    if let Ok(v4) = host.parse::<std::net::Ipv4Addr>() {
+        return v4.to_string() == host;
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    let label_ok = |l: &&str| {
+        (1..=63).contains(&l.len())
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    labels.iter().all(label_ok) && !labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A record id as the API takes it (`models.RecordId`); anything else (percent-encoded
@@ -363,6 +431,50 @@ mod tests {
         assert!(replica_is_stale(&registry));
         registry.store.set_fresh_until(u64::MAX);
         assert!(!replica_is_stale(&registry));
+    }
+
+    #[test]
+    fn filter_values_are_answered_only_in_their_stored_form() {
+        assert_eq!(stored_form("host", "Svc.Example"), Some("svc.example".to_owned()));
+        assert_eq!(stored_form("host", "Ünï"), None);
+        assert_eq!(stored_form("ip", ""), Some(String::new()));
+        assert_eq!(stored_form("ip", "127.0.0.1"), Some("127.0.0.1".to_owned()));
+        assert_eq!(stored_form("ip", "2001:db8::1"), Some("2001:db8::1".to_owned()));
+        for not_canonical in [
+            "2001:DB8::1",
+            "0:0::1",
+            "::ffff:1.2.3.4",
+            "01.2.3.4",
+            "x",
+            "fe80::1%eth0",
+        ] {
+            assert_eq!(stored_form("ip", not_canonical), None, "{not_canonical}");
+        }
+        for canonical in ["http://127.0.0.1:11337", "https://node-7.example", "http://a.b:8080"] {
+            assert_eq!(
+                stored_form("nodeUrl", canonical),
+                Some(canonical.to_owned()),
+                "{canonical}"
+            );
+        }
+        for other in [
+            "HTTP://n:1",
+            "http://N",
+            "http://n:80",
+            "https://n:443",
+            "http://n:080",
+            "http://n/",
+            "http://n/x",
+            "http://[::1]:1",
+            "http://1.2.3",
+            "http://-a",
+            "ftp://n",
+            "http://",
+            "http://n:0",
+            "http://n:65536",
+        ] {
+            assert_eq!(stored_form("nodeUrl", other), None, "{other}");
+        }
     }
 
     #[test]

@@ -31,10 +31,10 @@ def _instance(index: int, slug: str = SLUG, **extra: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(tmp_path_factory.mktemp("data-plane") / "data", processes=2).start()
-    for index in range(4):
-        assert server.register(_instance(index)).status == 201
-    assert server.register({**_instance(0, OTHER), "url": "http://127.0.0.1:20100"}).status == 201
     try:
+        for index in range(4):
+            assert server.register(_instance(index)).status == 201
+        assert server.register({**_instance(0, OTHER), "url": "http://127.0.0.1:20100"}).status == 201
         yield server
     finally:
         server.stop()
@@ -52,8 +52,12 @@ LOOKUPS = [
     f"/registry-svc/instances?slug={SLUG}&tag=blue",
     f"/registry-svc/instances?slug={SLUG}&slug={OTHER}&zone=a",
     "/registry-svc/instances?tag=v1&status=Unknown",
-    "/registry-svc/instances?host=127.0.0.1",  # canonical forms: answered by the workers
+    "/registry-svc/instances?host=127.0.0.1",
+    "/registry-svc/instances?host=LOCALHOST&ip=127.0.0.1",
+    "/registry-svc/instances?ip=0:0::1",  # not canonical: the workers canonicalize it
+    "/registry-svc/instances?ip=127.000.0.1",
     "/registry-svc/instances?nodeUrl=http%3A%2F%2F127.0.0.1%3A1",
+    "/registry-svc/instances?nodeUrl=HTTP%3A%2F%2F127.0.0.1%3A80",
     f"/registry-svc/instance/{SLUG}-1",
     f"/registry-svc/instance/pick?slug={SLUG}&policy=consistent_hash&key=user-7",
     f"/registry-svc/instance/pick?slug={SLUG}&policy=consistent_hash&key=user-7&tag=blue&zone=b",
@@ -234,3 +238,14 @@ def test_the_data_ports_own_address_cannot_be_registered(plane: Server) -> None:
     body = {"slug": "dp-loop", "url": f"http://127.0.0.1:{plane.data_port}", "healthCheck": NO_CHECK}
     reply = plane.register(body)
     assert reply.status == 400 and "own address" in reply.json["error"], reply.body
+
+
+def test_canonical_filters_match_on_both_ports(plane: Server) -> None:
+    """`nodeUrl`, `host` and `ip` as stored are answered in Rust, and find what the API
+    finds (the instances this server registered carry its URL as their node)."""
+    from urllib.parse import quote
+
+    for query, found in ((f"nodeUrl={quote(plane.url, safe='')}", 4), ("ip=127.0.0.1", 4), ("host=LocalHost", 0)):
+        api, data = both(plane, f"/registry-svc/instances?slug={SLUG}&{query}")
+        assert api.status == 200 and (data.status, data.body) == (api.status, api.body), query
+        assert len(api.json["instances"]) == found, (query, api.body)  # by IP: no host stored

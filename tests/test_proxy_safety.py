@@ -377,9 +377,9 @@ def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Si
         tmp_path_factory.mktemp("roomy") / "data", args=["--max-proxy-body-mib", "512", "--proxy-timeout-seconds", "2"]
     ).start()
     sink = Sink()
-    reply = server.register({"url": f"http://127.0.0.1:{sink.port}", "slug": "sink-svc", "healthCheck": NO_CHECK})
-    assert reply.status == 201, reply.body
     try:
+        reply = server.register({"url": f"http://127.0.0.1:{sink.port}", "slug": "sink-svc", "healthCheck": NO_CHECK})
+        assert reply.status == 201, reply.body
         yield server, sink
     finally:
         sink.close()

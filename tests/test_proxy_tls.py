@@ -80,10 +80,10 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, TlsB
     _, other_cert, other_key = make_ca_and_leaf(work / "other", "other")
     server = Server(work / "data", env={"SSL_CERT_FILE": str(ca)}).start()
     trusted, untrusted = TlsBackend(cert, key, "trusted"), TlsBackend(other_cert, other_key, "untrusted")
-    for slug, backend in (("tls-svc", trusted), ("bad-tls-svc", untrusted)):
-        body = {"slug": slug, "url": f"https://localhost:{backend.port}", "healthCheck": NO_CHECK}
-        assert server.register(body).status == 201
     try:
+        for slug, backend in (("tls-svc", trusted), ("bad-tls-svc", untrusted)):
+            body = {"slug": slug, "url": f"https://localhost:{backend.port}", "healthCheck": NO_CHECK}
+            assert server.register(body).status == 201
         yield server, trusted, untrusted
     finally:
         trusted.close()
