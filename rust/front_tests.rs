@@ -73,6 +73,20 @@ fn front(up: &Upstream) -> Front {
     .unwrap()
 }
 
+/// A gate of `role` on `listen` with default limits, no registry and no proxy.
+fn gate_on(listen: SocketAddr, up: &Upstream, role: Role) -> std::io::Result<Front> {
+    Front::start(
+        listen,
+        up.addr,
+        Limits::default(),
+        1,
+        None,
+        role,
+        None,
+        Options::default(),
+    )
+}
+
 /// Sends `data`, then reads until the gate closes or 2 s pass without a byte.
 fn exchange(front: &Front, data: &[u8]) -> (String, bool) {
     let mut stream = TcpStream::connect(front.local_addr()).unwrap();
@@ -226,17 +240,7 @@ fn an_oversized_head_is_a_431() {
 fn a_taken_port_is_an_error() {
     let up = upstream();
     let gate = front(&up);
-    assert!(Front::start(
-        gate.local_addr(),
-        up.addr,
-        Limits::default(),
-        1,
-        None,
-        Role::Api,
-        None,
-        Options::default()
-    )
-    .is_err());
+    assert!(gate_on(gate.local_addr(), &up, Role::Api).is_err());
 }
 
 #[test]
@@ -301,41 +305,11 @@ fn multipart_forms_are_refused_on_the_registrys_routes_and_need_a_boundary_elsew
 #[test]
 fn data_ports_share_their_port_and_refuse_what_they_do_not_serve() {
     let up = upstream();
-    let first = Front::start(
-        "127.0.0.1:0".parse().unwrap(),
-        up.addr,
-        Limits::default(),
-        1,
-        None,
-        Role::Data,
-        None,
-        Options::default(),
-    )
-    .unwrap();
+    let first = gate_on("127.0.0.1:0".parse().unwrap(), &up, Role::Data).unwrap();
     // A second data gate (another process of the same server) joins the port.
-    let second = Front::start(
-        first.local_addr(),
-        up.addr,
-        Limits::default(),
-        1,
-        None,
-        Role::Data,
-        None,
-        Options::default(),
-    )
-    .unwrap();
+    let second = gate_on(first.local_addr(), &up, Role::Data).unwrap();
     // The API port's gate does not share.
-    assert!(Front::start(
-        first.local_addr(),
-        up.addr,
-        Limits::default(),
-        1,
-        None,
-        Role::Api,
-        None,
-        Options::default()
-    )
-    .is_err());
+    assert!(gate_on(first.local_addr(), &up, Role::Api).is_err());
     let (out, closed) = exchange(
         &second,
         b"POST /registry-svc/tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",

@@ -388,11 +388,15 @@ impl Selector {
     /// Returns true when this outcome ejected the instance.
     pub fn release(&self, store: &Store, slug: &str, id: &str, outcome: Outcome) -> Result<bool> {
         self.shared.end(id);
-        if outcome == Outcome::Abandoned {
-            return Ok(false);
+        match outcome {
+            Outcome::Abandoned => Ok(false),
+            // A success needs no candidates (no store read on the proxy's common path).
+            Outcome::Success => Ok(self.record_outcome(&[], id, outcome, Instant::now())),
+            Outcome::Failure => {
+                let candidates = self.candidates(store, slug)?;
+                Ok(self.record_outcome(&candidates.all, id, outcome, Instant::now()))
+            }
         }
-        let candidates = self.candidates(store, slug)?;
-        Ok(self.record_outcome(&candidates.all, id, outcome, Instant::now()))
     }
 
     /// Outlier bookkeeping for one result. Returns true when it ejected the instance.

@@ -152,13 +152,13 @@ def test_revocation_is_immediate_in_every_process(two_process_server: Server) ->
     secret = srv.token("proxy")
     token_id = next(t["id"] for t in srv.call("GET", "/registry-svc/tokens").json["tokens"] if t["role"] == "proxy")
     # Keep-alive connections, spread over the worker processes by the kernel; each one
-    # warms its process's token cache. A `nodeUrl` filter needs its canonical form, so the
-    # gate leaves that lookup to the workers (plain lookups it answers itself: see
-    # test_gate_reads.py for revocation there).
+    # warms its process's token cache. A `nodeUrl` filter not yet in its canonical form
+    # (upper-case scheme) is left to the workers by the gate (lookups it can answer it
+    # answers itself: see test_gate_reads.py and test_data_plane.py for revocation there).
     headers = {"Authorization": f"Bearer {secret}"}
 
     def status(conn: http.client.HTTPConnection) -> int:
-        conn.request("GET", "/registry-svc/instances?nodeUrl=http%3A%2F%2Fnowhere%3A1", headers=headers)
+        conn.request("GET", "/registry-svc/instances?nodeUrl=HTTP%3A%2F%2Fnowhere%3A1", headers=headers)
         reply = conn.getresponse()
         reply.read()
         return reply.status

@@ -130,6 +130,18 @@ def raw_get(server: Server, path: str, headers: dict[str, str] | None = None) ->
         conn.close()
 
 
+def send_in_background(server: Server, path: str, count: int) -> tuple[list[threading.Thread], list[int]]:
+    """`count` GETs of `path` on threads of their own (started); their statuses land in the
+    list as they are answered."""
+    statuses: list[int] = []
+    held = [
+        threading.Thread(target=lambda: statuses.append(raw_get(server, path)[0]), daemon=True) for _ in range(count)
+    ]
+    for thread in held:
+        thread.start()
+    return held, statuses
+
+
 def test_a_hanging_upstream_does_not_starve_other_slugs(server: Server, routed: str) -> None:
     """40 requests held by one slug's upstream; another slug is still answered while they
     hang (before, they took every forwarding thread of the process)."""
@@ -137,13 +149,7 @@ def test_a_hanging_upstream_does_not_starve_other_slugs(server: Server, routed: 
     try:
         reply = server.register({"url": slow.url, "slug": "slow-svc", "status": "Healthy", "healthCheck": NO_CHECK})
         assert reply.status in (200, 201), reply.body
-        statuses: list[int] = []
-        held = [
-            threading.Thread(target=lambda: statuses.append(raw_get(server, "/slow-svc/hold")[0]), daemon=True)
-            for _ in range(40)
-        ]
-        for thread in held:
-            thread.start()
+        held, statuses = send_in_background(server, "/slow-svc/hold", 40)
         wait_for(lambda: slow.held >= 8, 15, "the slow upstream to hold requests")
         status, _, _ = raw_get(server, f"/{routed}/meanwhile")
         assert status == 200 and not slow.release.is_set() and len(statuses) == 0
@@ -457,13 +463,7 @@ def test_a_slow_upstream_times_out_without_blocking_other_requests(roomy: tuple[
     try:
         reply = server.register({"url": f"http://127.0.0.1:{slow.port}", "slug": "mute-svc", "healthCheck": NO_CHECK})
         assert reply.status == 201, reply.body
-        statuses: list[int] = []
-        held = [
-            threading.Thread(target=lambda: statuses.append(raw_get(server, "/mute-svc/hold")[0]), daemon=True)
-            for _ in range(40)
-        ]
-        for thread in held:
-            thread.start()
+        held, statuses = send_in_background(server, "/mute-svc/hold", 40)
         wait_for(lambda: slow.held >= 40, 15, "the slow upstream to hold every request")
         status, _, _ = raw_get(server, "/sink-svc/meanwhile")
         assert status == 200 and not statuses
