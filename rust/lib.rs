@@ -2,6 +2,10 @@
 //! shared across processes), the gates of the API and data ports with their hot reads and
 //! proxy, in plain Rust tested by `cargo test`, with a thin PyO3 binding in `python.rs`.
 
+/// Rust's allocations in the extension (not Python's, not LMDB's): see Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod apply;
 pub mod cache;
 mod error;
