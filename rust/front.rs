@@ -22,8 +22,7 @@
 //! Everything else goes to the workers on a loopback connection of its own (one per
 //! client connection), with the body re-framed by `Content-Length` (a chunked body is
 //! decoded here, so the workers never see a partial or chunked body) and the client's
-//! address in `x-registry-client-addr` (a client-sent one is dropped), and for a proxied
-//! path its request target as sent in `x-registry-target`. Responses are
+//! address in `x-registry-client-addr` (a client-sent one is dropped). Responses are
 //! copied back byte for byte. A refusal first lets the workers finish the responses to
 //! earlier pipelined requests, then answers and closes.
 
@@ -46,10 +45,6 @@ use crate::registry::Registry;
 
 /// The header carrying the client's address to the workers.
 pub const CLIENT_ADDR_HEADER: &str = "x-registry-client-addr";
-/// The header carrying a proxied request's target (path and query) as the client sent it:
-/// Robyn hands the workers the query grouped by name, and the proxy forwards it byte for
-/// byte.
-pub const TARGET_HEADER: &str = "x-registry-target";
 const MAX_HEADERS: usize = 100;
 const LISTEN_BACKLOG: u32 = 4096;
 /// How long, and how much, a refused client's leftover input is read and dropped.
@@ -408,7 +403,7 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
                     .map(|c| c.trim().to_ascii_lowercase())
                     .filter(|c| !c.is_empty()),
             );
-        } else if !name.eq_ignore_ascii_case(CLIENT_ADDR_HEADER) && !name.eq_ignore_ascii_case(TARGET_HEADER) {
+        } else if !name.eq_ignore_ascii_case(CLIENT_ADDR_HEADER) {
             if name.eq_ignore_ascii_case("authorization") {
                 authorization = std::str::from_utf8(header.value).ok().map(str::to_owned);
             } else if name.eq_ignore_ascii_case("connection") {
@@ -795,9 +790,6 @@ impl Gate {
         let mut request = head.forwarded;
         if head.framing != Framing::None {
             request.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-        }
-        if !registry_route(&head.path) {
-            request.extend_from_slice(format!("{TARGET_HEADER}: {}\r\n", head.path).as_bytes());
         }
         request.extend_from_slice(format!("{CLIENT_ADDR_HEADER}: {client_ip}\r\n\r\n").as_bytes());
         request.extend_from_slice(&body);

@@ -208,25 +208,6 @@ fn the_client_address_header_is_the_gates_own() {
 }
 
 #[test]
-fn a_proxied_request_carries_its_target_as_sent() {
-    let up = upstream();
-    let gate = front(&up);
-    let (out, _) = exchange(
-        &gate,
-        b"GET /svc/x?b=2&a=1&a=3&k= HTTP/1.1\r\nHost: x\r\nX-Registry-Target: /forged\r\nConnection: close\r\n\r\n",
-    );
-    assert!(
-        out.contains("x-registry-target: /svc/x?b=2&a=1&a=3&k=\r\n") && !out.contains("forged"),
-        "{out}"
-    );
-    let (api, _) = exchange(
-        &gate,
-        b"GET /registry-svc/instances?slug=a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert!(!api.contains("x-registry-target"), "{api}");
-}
-
-#[test]
 fn an_oversized_head_is_a_431() {
     let up = upstream();
     let gate = front(&up);
