@@ -214,44 +214,41 @@ impl Body for ChannelBody {
     }
 }
 
-/// An instance URL in parts (`scheme://netloc/path`).
+/// An instance URL in parts (`scheme://netloc/path`); the port stays in `netloc`, which
+/// the request's URI carries.
 struct Upstream<'u> {
     scheme: &'u str,
     netloc: &'u str,
     host: &'u str,
-    port: u16,
     path: &'u str,
 }
 
 fn split_url(url: &str) -> Option<Upstream<'_>> {
     let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
     let (netloc, path) = rest.find('/').map_or((rest, ""), |i| (&rest[..i], &rest[i..]));
-    let default = match scheme {
-        "http" => 80,
-        "https" => 443,
-        _ => return None,
-    };
-    let (host, port) = if let Some(close) = netloc.strip_prefix('[').and_then(|n| n.find(']')) {
-        let host = &netloc[..close + 2];
-        let port = netloc[close + 2..].strip_prefix(':').map(str::parse).transpose().ok()?;
-        (host, port)
-    } else {
-        match netloc.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p.parse().ok()?)),
+    let (host, port) = match netloc.strip_prefix('[').and_then(|n| n.find(']')) {
+        Some(close) => (&netloc[..close + 2], netloc[close + 2..].strip_prefix(':')),
+        None => match netloc.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
             None => (netloc, None),
-        }
+        },
     };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return None;
+    }
     Some(Upstream {
         scheme,
         netloc,
         host,
-        port: port.unwrap_or(default),
         path: path.trim_end_matches('/'),
     })
 }
 
 /// Whether `path` has a `.` or `..` segment once percent-decoded (twice), counting `\` as a
-/// separator, as `proxy.has_dot_segment`.
+/// separator (some servers do).
 pub fn has_dot_segment(path: &str) -> bool {
     let once = percent_decode(path.as_bytes());
     let twice = percent_decode(&once);
@@ -285,7 +282,7 @@ pub fn is_registry_token(value: &[u8]) -> bool {
     if text.len() >= 7 && text[..7].eq_ignore_ascii_case("bearer ") {
         text = text[7..].trim();
     }
-    text.starts_with("rsv_")
+    text.starts_with(crate::reads::SECRET_PREFIX)
 }
 
 /// The hop-by-hop headers of one message: the standard ones plus any its Connection
@@ -409,7 +406,7 @@ impl Forwarder {
                 // An address is checked here (the connector does not resolve it); a name
                 // by the connector's resolver (`Fenced`).
                 Some(up) => match up.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-                    Ok(ip) => self.policy.resolve(&ip.to_string(), up.port).await.map(|_| up),
+                    Ok(ip) => self.policy.check(ip).map(|()| up),
                     Err(_) => Ok(up),
                 },
                 None => Err("not an http:// or https:// URL".to_owned()),
@@ -723,15 +720,14 @@ mod tests {
     #[test]
     fn urls_split_into_what_the_proxy_needs() {
         let up = split_url("http://127.0.0.1:8080/base/").unwrap();
-        assert_eq!(
-            (up.host, up.port, up.path, up.netloc),
-            ("127.0.0.1", 8080, "/base", "127.0.0.1:8080")
-        );
+        assert_eq!((up.host, up.path, up.netloc), ("127.0.0.1", "/base", "127.0.0.1:8080"));
         let up = split_url("http://[::1]:9/").unwrap();
-        assert_eq!((up.host, up.port, up.path), ("[::1]", 9, ""));
+        assert_eq!((up.host, up.path, up.netloc), ("[::1]", "", "[::1]:9"));
         let up = split_url("https://svc.example").unwrap();
-        assert_eq!((up.scheme, up.port), ("https", 443));
+        assert_eq!((up.scheme, up.netloc), ("https", "svc.example"));
         assert!(split_url("ftp://x").is_none());
+        assert!(split_url("http://x:http").is_none());
+        assert!(split_url("http://x:70000").is_none());
     }
 
     #[test]

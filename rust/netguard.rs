@@ -112,6 +112,15 @@ impl NetPolicy {
         within.peek().is_some()
     }
 
+    /// Ok when the policy lets a connection go to `ip`; the reason otherwise.
+    pub fn check(&self, ip: IpAddr) -> Result<(), String> {
+        if self.allows(ip) {
+            Ok(())
+        } else {
+            Err(self.refused_address(ip))
+        }
+    }
+
     fn outside(&self, what: &str) -> String {
         format!(
             "{what} is outside the {} networks ({}); not connected",
@@ -133,11 +142,7 @@ impl NetPolicy {
     pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
-            return if self.allows(ip) {
-                Ok(SocketAddr::new(ip, port))
-            } else {
-                Err(self.refused_address(ip))
-            };
+            return self.check(ip).map(|()| SocketAddr::new(ip, port));
         }
         if host == "localhost" {
             let local = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];

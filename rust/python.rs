@@ -126,12 +126,12 @@ impl PyStore {
             base: seconds(eject_seconds)?,
             max: seconds(eject_max_seconds)?,
         };
-        let mut selector = Selector::new(default_policy, slug_policies, ejection);
-        if let Some(state) = balancer_state {
-            let shared = SharedState::open(&state)
-                .map_err(|e| PyOSError::new_err(format!("cannot map {}: {e}", state.display())))?;
-            selector = selector.with_shared_state(shared);
-        }
+        let shared = match balancer_state {
+            Some(state) => SharedState::open(&state)
+                .map_err(|e| PyOSError::new_err(format!("cannot map {}: {e}", state.display())))?,
+            None => SharedState::private(),
+        };
+        let selector = Selector::with_state(default_policy, slug_policies, ejection, shared);
         let inner = py.detach(|| store::Store::open(&path, map_size)).map_err(to_py)?;
         // One GIL acquisition per committed batch runs all of its `put_nowait` callbacks.
         inner.set_completion_runner(Box::new(|run| Python::attach(|_py| run())));

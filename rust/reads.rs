@@ -39,7 +39,8 @@ const LIST_FILTERS: [(&str, &str); 10] = [
     ("nodeUrl", "nodeUrl"),
 ];
 const MAX_CACHED_HEADERS: usize = 4096;
-const SECRET_PREFIX: &str = "rsv_";
+/// Every registry token starts with it (the proxy never forwards one: `forward.rs`).
+pub(crate) const SECRET_PREFIX: &str = "rsv_";
 
 /// Who a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -207,6 +207,17 @@ impl Default for Selector {
 
 impl Selector {
     pub fn new(default_policy: Policy, slug_policies: HashMap<String, Policy>, ejection: EjectionConfig) -> Selector {
+        Selector::with_state(default_policy, slug_policies, ejection, SharedState::private())
+    }
+
+    /// A selector whose in-flight and ejection state is `shared` (a table every process of
+    /// the server maps, or a private one).
+    pub fn with_state(
+        default_policy: Policy,
+        slug_policies: HashMap<String, Policy>,
+        ejection: EjectionConfig,
+        shared: SharedState,
+    ) -> Selector {
         let seed =
             Instant::now().elapsed().as_nanos() as u64 ^ (std::process::id() as u64) << 32 ^ 0x9E37_79B9_7F4A_7C15;
         Selector {
@@ -215,16 +226,9 @@ impl Selector {
             ejection,
             cache: RwLock::new(BoundedMap::new(CANDIDATE_CACHE_BYTES, CANDIDATE_CACHE_BYTES)),
             policy_state: RwLock::new(HashMap::new()),
-            shared: SharedState::private(),
+            shared,
             rng: AtomicU64::new(seed),
         }
-    }
-
-    /// The same selector with its in-flight and ejection state in `shared` (a table every
-    /// process of the server maps).
-    pub fn with_shared_state(mut self, shared: SharedState) -> Selector {
-        self.shared = shared;
-        self
     }
 
     /// The candidates of `slug`, from the cache while no write touched the slug.
@@ -496,7 +500,8 @@ fn rendezvous<'c>(usable: &[&'c Arc<Candidate>], key: &str) -> &'c Arc<Candidate
         .expect("non-empty")
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
+/// FNV-1a, 64 bits: rendezvous hashing here, the shared state's slot keys (`shared.rs`).
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01B3)
     })

@@ -17,6 +17,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::select::fnv1a64;
+
 const MAGIC: u64 = 0x7273_765f_6c62_0001; // "rsv_lb" v1
 const SLOTS: usize = 1 << 15;
 const PROBES: usize = 32;
@@ -259,12 +261,6 @@ pub fn ms_at(at: Instant) -> u64 {
     } else {
         ms.saturating_sub(u64::try_from((now - at).as_millis()).unwrap_or(u64::MAX))
     }
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
