@@ -308,16 +308,20 @@ impl Refusal {
 
     /// The JSON error response, closing the connection.
     pub fn response(&self) -> Vec<u8> {
-        let body = serde_json::json!({ "error": self.message }).to_string();
-        format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-            self.status,
-            reason(self.status),
-            body.len(),
-            body
-        )
-        .into_bytes()
+        error_response(self.status, &self.message, true)
     }
+}
+
+/// `{"error": message}` with `status`, closing the connection after it when `close`.
+fn error_response(status: u16, message: &str, close: bool) -> Vec<u8> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let connection = if close { "connection: close\r\n" } else { "" };
+    format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n{body}",
+        reason(status),
+        body.len(),
+    )
+    .into_bytes()
 }
 
 fn reason(status: u16) -> &'static str {
@@ -596,17 +600,25 @@ impl Incoming {
         }
     }
 
+    /// The size on a chunk's line; after the last chunk (size 0) its trailers are read and
+    /// dropped, up to the blank line.
+    async fn chunk_size(&mut self) -> Result<u64, Refusal> {
+        let line = self.line().await?;
+        let size_text = line.split(|b| *b == b';').next().unwrap_or_default();
+        let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
+        let size = u64::from_str_radix(size_text, 16).map_err(|_| Refusal::new(400, "malformed chunked body"))?;
+        if size == 0 {
+            while !self.line().await?.is_empty() {}
+        }
+        Ok(size)
+    }
+
     /// A chunked body, decoded, refused past `limit`.
     async fn chunked(&mut self, limit: u64) -> Result<Vec<u8>, Refusal> {
         let mut body = Vec::new();
         loop {
-            let line = self.line().await?;
-            let size_text = line.split(|b| *b == b';').next().unwrap_or_default();
-            let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
-            let size = u64::from_str_radix(size_text, 16).map_err(|_| Refusal::new(400, "malformed chunked body"))?;
+            let size = self.chunk_size().await?;
             if size == 0 {
-                // Trailers, up to the blank line; dropped.
-                while !self.line().await?.is_empty() {}
                 return Ok(body);
             }
             let total = body.len() as u64 + size;
@@ -909,13 +921,8 @@ impl Gate {
             (Forwarded::Relayed(_, status), Pumped::Abandoned) | (Forwarded::Broken(status), _) => Ok((false, status)),
             (Forwarded::Error(status, message), Pumped::Abandoned) => Err(Refusal::new(status, message)),
             (Forwarded::Error(status, message), Pumped::Whole) => {
-                let body = serde_json::json!({ "error": message }).to_string();
-                let response = format!(
-                    "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    reason(status),
-                    body.len()
-                );
-                Ok((client.write_all(response.as_bytes()).await.is_ok(), status))
+                let response = error_response(status, &message, false);
+                Ok((client.write_all(&response).await.is_ok(), status))
             }
         }
     }
@@ -959,12 +966,8 @@ async fn pump_pieces(
                 // The CRLF after a chunk's data.
                 return Err(Refusal::new(400, "malformed chunked body"));
             }
-            let line = incoming.line().await?;
-            let size_text = line.split(|b| *b == b';').next().unwrap_or_default();
-            let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
-            let size = u64::from_str_radix(size_text, 16).map_err(|_| Refusal::new(400, "malformed chunked body"))?;
+            let size = incoming.chunk_size().await?;
             if size == 0 {
-                while !incoming.line().await?.is_empty() {} // trailers, dropped
                 return Ok(Pumped::Whole);
             }
             total = total.saturating_add(size);
