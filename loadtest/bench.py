@@ -283,6 +283,16 @@ def seed_registry(data_dir: Path, instances: int, slugs: int, nodes: int) -> Non
     store.close()
 
 
+def register_backend(base: str, token: str, slug: str, url: str) -> None:
+    """Registers `url` (a loopback baseline) as a Healthy instance of `slug`."""
+    instance = {"url": url, "slug": slug, "status": "Healthy", "healthCheck": {"type": "none"}}
+    put = urllib.request.Request(
+        f"{base}/registry-svc/instance", method="PUT", data=orjson.dumps(instance),
+        headers={"Authorization": f"Bearer {token}"},
+    )  # fmt: skip
+    urllib.request.urlopen(put).close()
+
+
 def get(url: str, token: str) -> bytes:
     with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})) as r:
         return bytes(r.read())
@@ -405,12 +415,7 @@ def run(seconds: float, quick: bool, repeats: int = 1) -> Bench:
         bench.wrk("register (durable PUT)", "registry-svc", base, token=token, script=REGISTER_SCRIPT)
 
         print("proxy (backend: nginx static):", flush=True)
-        instance = {"url": static, "slug": "bench-svc", "status": "Healthy", "healthCheck": {"type": "none"}}
-        put = urllib.request.Request(
-            f"{base}/registry-svc/instance", method="PUT", data=orjson.dumps(instance),
-            headers={"Authorization": f"Bearer {token}"},
-        )  # fmt: skip
-        urllib.request.urlopen(put).close()
+        register_backend(base, token, "bench-svc", static)
         bench.wrk("proxy GET 1 KiB", "registry-svc proxy", f"{base}/bench-svc/payload")
         bench.wrk("proxy GET 1 KiB", "registry-svc data port proxy", f"{data}/bench-svc/payload")
         if nginx_proxy:

@@ -15,10 +15,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import orjson
 import psutil
 
 from loadtest import bench
@@ -48,12 +46,7 @@ def main() -> None:
         target = holders[0].pid
         if a.case == "proxy":
             static, _ = run.nginx({"prof-svc/payload": b'{"ok":true}' * 100})
-            body = {"url": static, "slug": "prof-svc", "status": "Healthy", "healthCheck": {"type": "none"}}
-            put = urllib.request.Request(
-                f"{api}/registry-svc/instance", method="PUT", data=orjson.dumps(body),
-                headers={"Authorization": f"Bearer {token}"},
-            )  # fmt: skip
-            urllib.request.urlopen(put).close()
+            bench.register_backend(api, token, "prof-svc", static)
             url, script = f"{data}/prof-svc/payload", None
         else:
             path = (
