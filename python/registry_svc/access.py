@@ -8,7 +8,7 @@ import logging
 import time
 
 import orjson
-from robyn import Request, Response, StreamingResponse
+from robyn import Request, Response
 
 from registry_svc import metrics
 from registry_svc.auth import Caller
@@ -45,11 +45,8 @@ def use_json_logs() -> None:
 enabled = False
 
 
-def observe(
-    route: str, request: Request, response: Response | StreamingResponse, started: float, caller: Caller | None
-) -> None:
-    """Counts one answered request (and logs it when the access log is on). A streamed
-    answer is counted when its head is ready."""
+def observe(route: str, request: Request, response: Response, started: float, caller: Caller | None) -> None:
+    """Counts one answered request (and logs it when the access log is on)."""
     seconds = time.perf_counter() - started
     method = request.method.upper()
     status = int(response.status_code)

@@ -108,10 +108,16 @@ def _sync(store: _core.Store, front: _core.Front | None, port: str) -> None:
         "answered": m.gate.labels(port, "answered"), "forwarded": m.gate.labels(port, "forwarded"),
         "refused": m.gate.labels(port, "refused"), "proxied": m.gate.labels(port, "proxied"),
     }  # fmt: skip
-    # The gate's own proxy (rust/forward.rs): upstream outcomes and ejections.
-    counters.update({f"upstream:{o}": m.upstream.labels(o) for o in PROXY_OUTCOMES})
-    counters["upstream:ejections"] = m.ejections
     seen = dict.fromkeys(counters, 0)
+
+    def counter(name: str) -> Any:
+        """The metric a Rust-side count folds into; the proxy's (rust/forward.rs) outcome
+        names come with their counts, as `upstream:<outcome>` and `upstream:ejections`."""
+        if name not in counters:
+            outcome = name.removeprefix("upstream:")
+            counters[name] = m.ejections if outcome == "ejections" else m.upstream.labels(outcome)
+        return counters[name]
+
     while True:
         try:
             now = dict(zip(("writes", "batches"), store.writer_stats(), strict=True))
@@ -122,8 +128,8 @@ def _sync(store: _core.Store, front: _core.Front | None, port: str) -> None:
         except _core.StoreError:
             return  # the store closed: the process is stopping
         for name, value in now.items():
-            if value > seen[name]:
-                counters[name].inc(value - seen[name])
+            if value > seen.get(name, 0):
+                counter(name).inc(value - seen.get(name, 0))
                 seen[name] = value
         flush()
         time.sleep(SYNC_S)
@@ -131,23 +137,19 @@ def _sync(store: _core.Store, front: _core.Front | None, port: str) -> None:
 
 _pending_lock = threading.Lock()
 _pending_requests: dict[tuple[str, str, int], list[float]] = {}
-_pending_upstream: dict[str, int] = {}
 
 
 def flush() -> None:
-    """Moves the requests and proxy outcomes counted since the last flush into the metrics."""
-    global _pending_requests, _pending_upstream
+    """Moves the requests counted since the last flush into the metrics."""
+    global _pending_requests
     m = _metrics
     if m is None:
         return
     with _pending_lock:
         requests, _pending_requests = _pending_requests, {}
-        upstreams, _pending_upstream = _pending_upstream, {}
     for (route, method, status), durations in requests.items():
         m.requests.labels(route, method, str(status)).inc(len(durations))
         _observe_many(m.latency.labels(route, method), durations)
-    for outcome, count in upstreams.items():
-        m.upstream.labels(outcome).inc(count)
 
 
 def _observe_many(histogram: Any, values: list[float]) -> None:
@@ -178,22 +180,6 @@ def request(route: str, method: str, status: int, seconds: float) -> None:
 def probe(check_type: str, ok: bool) -> None:
     if _metrics is not None:
         _metrics.probes.labels(check_type, "pass" if ok else "fail").inc()
-
-
-# Outcomes of a proxied request, as the gates' proxy (rust/forward.rs) counts them.
-PROXY_OUTCOMES = ("success", "5xx", "connect_error", "error", "not_contacted", "timeout")
-
-
-def ejection() -> None:
-    """Counts an instance ejected by the proxy (rare: counted at once)."""
-    if _metrics is not None:
-        _metrics.ejections.inc()
-
-
-def upstream(outcome: str) -> None:
-    if _metrics is not None:
-        with _pending_lock:
-            _pending_upstream[outcome] = _pending_upstream.get(outcome, 0) + 1
 
 
 class _Live:

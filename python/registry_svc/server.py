@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import orjson
-from robyn import Request, Response, Robyn, StreamingResponse
+from robyn import Request, Response, Robyn
 
 from registry_svc import _core, access, auth, cluster, http, metrics, openapi, watch
 from registry_svc.api import (
@@ -172,18 +172,18 @@ def _pattern(path: str) -> "re.Pattern[str]":
 
 def not_routed(
     patterns: list[tuple["re.Pattern[str]", str]], state: ProcessState
-) -> Callable[[Request], Awaitable[Response | StreamingResponse]]:
+) -> Callable[[Request], Awaitable[Response]]:
     """Everything no built-in route matched: xDS, a JSON 405 for a known path with the
     wrong method, or a JSON 404. (A slug's path never gets here: the gates proxy it in
     Rust, rust/forward.rs; what does get here is no slug, e.g. `/Not_A_Slug/x`.)"""
 
-    async def fallback(request: Request) -> Response | StreamingResponse:
+    async def fallback(request: Request) -> Response:
         started = time.perf_counter()
         response, route = await answer(request)
         access.observe(route, request, response, started, None)
         return response
 
-    async def answer(request: Request) -> tuple[Response | StreamingResponse, str]:
+    async def answer(request: Request) -> tuple[Response, str]:
         """The response, and the route to count it under."""
         path = request.url.path
         if discovery.is_xds(path) and state.ctx is not None:
