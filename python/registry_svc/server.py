@@ -43,7 +43,7 @@ from registry_svc.cluster import EtcdStore
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, store_error_response
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV, die_with_parent
-from registry_svc.settings import MAX_API_BODY, Settings
+from registry_svc.settings import Settings
 
 log = logging.getLogger("registry_svc")
 
@@ -220,12 +220,10 @@ def build_app(settings: Settings) -> Robyn:
         if settings.data_port:
             # The data plane of this process (rust/front.rs, Role::Data): its own Tokio
             # threads, no GIL; every process joins the port (SO_REUSEPORT).
-            state.data_plane = _core.Front(
-                settings.host, settings.data_port, settings.internal_port, MAX_API_BODY, settings.max_proxy_body_bytes,
-                threads=max(1, DATA_THREADS_TOTAL // settings.processes), store=store, data_plane=True,
-                proxy_networks=list(settings.proxy_networks), proxy_timeout=settings.proxy_timeout_seconds,
-                access_log=settings.log_format == "json",
-            )  # fmt: skip
+            threads = max(1, DATA_THREADS_TOTAL // settings.processes)
+            state.data_plane = settings.open_gate(
+                store, settings.data_port, settings.internal_port, threads, data_plane=True
+            )
         metrics.setup(store, state.data_plane, port="data")
 
     @app.shutdown_handler

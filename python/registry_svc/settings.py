@@ -79,6 +79,21 @@ class Settings:
         (rust/shared.rs); the supervisor starts it empty."""
         return Path(self.data_dir) / "balancer.state"
 
+    def open_gate(
+        self, store: _core.Store, port: int, workers_port: int, threads: int, *, data_plane: bool = False
+    ) -> _core.Front:
+        """A gate (rust/front.rs) on `port`, in front of the workers on `workers_port`, with
+        this configuration's limits and proxy: the API port's (OSError if it is taken) or,
+        with `data_plane`, this process's share of the data port. With the access log on,
+        the API port leaves reads to the workers, which log them; a gate logs what its
+        proxy forwards."""
+        json_log = self.log_format == "json"
+        return _core.Front(
+            self.host, port, workers_port, MAX_API_BODY, self.max_proxy_body_bytes,
+            threads=threads, store=store, data_plane=data_plane, answer_reads=data_plane or not json_log,
+            access_log=json_log, proxy_networks=list(self.proxy_networks), proxy_timeout=self.proxy_timeout_seconds,
+        )  # fmt: skip
+
     def open_store(self) -> _core.Store:
         """This process's store handle, with the load-balancing settings: the local LMDB
         store, or in cluster mode its replica with writes going to etcd."""

@@ -36,7 +36,7 @@ from registry_svc.gpu import GpuSampler
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV
 from registry_svc.membership import Membership
 from registry_svc.replica import ReplicaError, Replicator
-from registry_svc.settings import MAX_API_BODY, Settings
+from registry_svc.settings import Settings
 
 log = logging.getLogger("registry_svc")
 
@@ -68,21 +68,7 @@ def open_front(settings: Settings, store: _core.Store) -> tuple[_core.Front, Set
     """Takes the public port (OSError if it is taken) and picks the workers' port. The gate
     answers instance lookups and picks from `store` itself (rust/reads.rs)."""
     internal = _free_loopback_port()
-    front = _core.Front(
-        settings.host,
-        settings.port,
-        internal,
-        MAX_API_BODY,
-        settings.max_proxy_body_bytes,
-        threads=FRONT_THREADS,
-        store=store,
-        # With the access log on, reads go to the workers, which log them; the gate logs
-        # what its proxy forwards.
-        answer_reads=settings.log_format != "json",
-        access_log=settings.log_format == "json",
-        proxy_networks=list(settings.proxy_networks),
-        proxy_timeout=settings.proxy_timeout_seconds,
-    )
+    front = settings.open_gate(store, settings.port, internal, FRONT_THREADS)
     return front, dataclasses.replace(settings, internal_port=internal)
 
 
