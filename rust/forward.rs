@@ -49,8 +49,6 @@ use crate::registry::Registry;
 use crate::select::{Outcome, PickRequest, Picked};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The default wait for a response head, and between two pieces of a response body.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_IDLE: Duration = Duration::from_secs(90);
 const POOL_PER_HOST: usize = 256;
 /// A request body up to this size is kept for a retry; a larger one is streamed once.
