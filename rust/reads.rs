@@ -382,7 +382,7 @@ fn pick(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
     };
     match registry.selector.pick(&registry.store, &request).ok()? {
         Picked::Instance(chosen) => Some(Answer {
-            body: Arc::new(chosen.body.clone()),
+            body: Arc::clone(&chosen.body),
             index: None,
         }),
         Picked::UnknownSlug | Picked::NoneRoutable => None,

@@ -63,8 +63,9 @@ pub struct Candidate {
     pub weight: u32,
     pub zone: Option<String>,
     pub tags: Vec<String>,
-    /// The pick response body: `{"instance": <stored JSON>}`.
-    pub body: Vec<u8>,
+    /// The pick response body: `{"instance": <stored JSON>}` (shared with the gates'
+    /// answers, never copied per pick).
+    pub body: Arc<Vec<u8>>,
 }
 
 impl Candidate {
@@ -97,7 +98,7 @@ impl Candidate {
                 .clamp(1, 1000) as u32,
             zone: text("zone"),
             tags,
-            body,
+            body: Arc::new(body),
         })
     }
 }
