@@ -246,13 +246,16 @@ fn split_url(url: &str) -> Option<Upstream<'_>> {
 }
 
 /// Whether `path` has a `.` or `..` segment once percent-decoded (twice), counting `\` as a
-/// separator (some servers do).
+/// separator (some servers do) and ignoring a segment's `;parameters` (Java servlet
+/// containers strip them and then act on the `..` left: `/..;/admin`).
 pub fn has_dot_segment(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or_default();
     let once = percent_decode(path.as_bytes());
     let twice = percent_decode(&once);
-    twice
-        .split(|b| *b == b'/' || *b == b'\\')
-        .any(|segment| segment == b"." || segment == b"..")
+    twice.split(|b| *b == b'/' || *b == b'\\').any(|segment| {
+        let bare = segment.split(|b| *b == b';').next().unwrap_or_default();
+        bare == b"." || bare == b".."
+    })
 }
 
 fn percent_decode(bytes: &[u8]) -> Vec<u8> {
@@ -500,6 +503,18 @@ impl Forwarder {
                 }
             };
             let status = answer.status().as_u16();
+            if status == 101 {
+                // Upgrade is hop-by-hop and never forwarded, so this switch was not asked
+                // for: relayed, the connection would change protocols under the client (and
+                // under a front proxy that saw the client's own Upgrade) while the gate
+                // goes on reading HTTP.
+                release(Outcome::Failure);
+                self.stats.error.fetch_add(1, Ordering::Relaxed);
+                return Forwarded::Error(
+                    502,
+                    format!("upstream {url} of '{slug}' answered 101 Switching Protocols to a request that asked for no upgrade"),
+                );
+            }
             if status >= 500 {
                 release(Outcome::Failure);
                 self.stats.server_error.fetch_add(1, Ordering::Relaxed);
@@ -526,11 +541,10 @@ impl Forwarder {
             if name.eq_ignore_ascii_case("host") {
                 host = value;
             }
-            let forwarded = name.len() >= 12 && name[..12].eq_ignore_ascii_case("x-forwarded-");
-            if drop.contains(name)
-                || forwarded
-                || (name.eq_ignore_ascii_case("authorization") && is_registry_token(value))
-            {
+            if drop.contains(name) || is_forwarding_claim(name) {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("authorization") && is_registry_token(value) {
                 continue;
             }
             if let (Ok(name), Ok(value)) = (
@@ -559,6 +573,22 @@ impl Forwarder {
         out.insert(FORWARDED_HEADER, hyper::header::HeaderValue::from_static("1"));
         out
     }
+}
+
+/// Whether a client header claims something about the connection that only the proxy may
+/// state: `X-Forwarded-*`, `Forwarded` (RFC 7239) and `X-Real-IP`, however spelled
+/// (`X_Forwarded_Host`: some frameworks read underscores as dashes).
+fn is_forwarding_claim(name: &str) -> bool {
+    let normal = |b: u8| if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+    let is = |prefix: &str, whole: bool| {
+        let n = name.as_bytes();
+        (if whole {
+            n.len() == prefix.len()
+        } else {
+            n.len() >= prefix.len()
+        }) && n.iter().zip(prefix.bytes()).all(|(a, b)| normal(*a) == b)
+    };
+    is("x-forwarded-", false) || is("forwarded", true) || is("x-real-ip", true)
 }
 
 /// TLS to upstreams: rustls with ring, the system's CA certificates as roots.
@@ -629,9 +659,11 @@ async fn relay(
         head.extend_from_slice(b"\r\n");
     }
     let chunked = !bodiless && exact.is_none() && !request.http10;
+    // A HEAD or 304 answer keeps the length the upstream announced; a 1xx or 204 has none
+    // (RFC 9110 section 8.6).
+    let announced = (request.method == "HEAD" && status >= 200 && status != 204) || status == 304;
     if bodiless {
-        // A HEAD answer keeps the length the upstream announced.
-        if let Some(length) = parts.headers.get("content-length") {
+        if let Some(length) = parts.headers.get("content-length").filter(|_| announced) {
             head.extend_from_slice(b"content-length: ");
             head.extend_from_slice(length.as_bytes());
             head.extend_from_slice(b"\r\n");

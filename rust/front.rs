@@ -51,6 +51,8 @@ const LISTEN_BACKLOG: u32 = 4096;
 const LINGER: Duration = Duration::from_secs(5);
 const LINGER_MAX_BYTES: usize = 256 << 20;
 const MAX_CHUNK_LINE: usize = 1024;
+/// How long a connection sits idle before its read buffer is given back.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"];
 
 /// What the gate lets through.
@@ -69,6 +71,10 @@ pub struct Limits {
     /// Body bytes held in memory at once across all connections (bodies are buffered
     /// before they are forwarded; past this, new bodies wait).
     pub buffered_bodies: usize,
+    /// Client connections held at once on this port; past it a new one gets a 503 and is
+    /// closed. 0: derived from the descriptor limit (a connection may hold three: the
+    /// client's, one to the workers and one upstream).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -80,6 +86,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             buffered_bodies: 256 << 20,
+            max_connections: 0,
         }
     }
 }
@@ -267,22 +274,87 @@ struct Gate {
 
 /// What to do with the next request of a connection.
 enum Next {
-    /// Send it to the workers (head and re-framed body).
-    Forward(Vec<u8>),
+    /// Send it to the workers (head and re-framed body), and whether it is the
+    /// connection's last (`Connection: close`, or HTTP/1.0 without keep-alive).
+    Forward(Vec<u8>, bool),
     /// Answered here: the response, and whether to close after it.
     Answer(Vec<u8>, Arc<Vec<u8>>, bool),
     /// A request to `/<slug>/...` for the gate's proxy (its body not read yet).
     Proxy(Head),
+    /// No request came within the idle timeout: close once the responses under way are out.
+    Idle,
+}
+
+/// The connection cap when none is given: a third of the descriptors this process may
+/// open, less some for the store, logs and the workers' own sockets.
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given and nothing else.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    (soft.saturating_sub(256) / 3).clamp(64, 100_000)
+}
+
+/// Refusals past the connection cap that wait for the client's request before closing
+/// (so that the close does not reset the connection before the 503 is read); past this
+/// many at once, the refusal is written and the connection dropped at once.
+const REFUSALS_LINGERING: usize = 64;
+
+fn refuse_connection(stream: TcpStream, refusal: &[u8], lingering: &Arc<Semaphore>) {
+    let Ok(permit) = Arc::clone(lingering).try_acquire_owned() else {
+        let _ = stream.try_write(refusal);
+        return;
+    };
+    let refusal = refusal.to_vec();
+    tokio::spawn(async move {
+        let (mut rd, mut wr) = stream.into_split();
+        if wr.write_all(&refusal).await.is_ok() {
+            let _ = wr.shutdown().await;
+            let mut sink = [0u8; 4096];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, rd.read(&mut sink)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        drop(permit);
+    });
 }
 
 async fn accept_loop(listener: TcpListener, gate: Arc<Gate>, mut stopped: watch::Receiver<bool>) {
+    let cap = match gate.limits.max_connections {
+        0 => default_max_connections(),
+        n => n,
+    };
+    let open = Arc::new(Semaphore::new(cap));
+    let lingering = Arc::new(Semaphore::new(REFUSALS_LINGERING));
+    let full = Refusal::new(
+        503,
+        format!("this port holds {cap} connections already (the most it takes); retry later"),
+    )
+    .response_with(&[("retry-after", "1")]);
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(held) = Arc::clone(&open).try_acquire_owned() else {
+                        refuse_connection(stream, &full, &lingering);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(Arc::clone(&gate).serve(stream, peer));
+                    let gate = Arc::clone(&gate);
+                    tokio::spawn(async move {
+                        gate.serve(stream, peer).await;
+                        drop(held);
+                    });
                 }
                 // Out of descriptors and the like: back off instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -310,6 +382,15 @@ impl Refusal {
     pub fn response(&self) -> Vec<u8> {
         error_response(self.status, &self.message, true)
     }
+
+    /// The same with extra headers (`retry-after`).
+    fn response_with(&self, headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = self.response();
+        let at = find(&out, b"\r\n").map_or(0, |end| end + 2);
+        let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+        out.splice(at..at, extra.into_bytes());
+        out
+    }
 }
 
 /// `{"error": message}` with `status`, closing the connection after it when `close`.
@@ -332,6 +413,7 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Payload Too Large",
         415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -387,6 +469,7 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
     if !METHODS.contains(&method.as_str()) {
         return Err(Refusal::new(405, format!("{method} is not allowed on {path}")));
     }
+    check_target(&path)?;
     let mut lengths: Vec<&[u8]> = Vec::new();
     let mut codings: Vec<String> = Vec::new();
     let mut authorization = None;
@@ -501,6 +584,29 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
     })
 }
 
+/// Only the origin form (`/path?query`) is served. The absolute form (`http://host/path`)
+/// is for forward proxies, and routing it by its path would need every check of that route
+/// applied to a second spelling; `*` (OPTIONS) asks about a server, not a resource. A raw
+/// byte outside ASCII must be percent-encoded (RFC 3986).
+fn check_target(path: &str) -> Result<(), Refusal> {
+    if !path.starts_with('/') {
+        return Err(Refusal::new(
+            400,
+            format!(
+                "request target '{}': only a path starting with '/' is served (no absolute form, no '*')",
+                path.escape_default()
+            ),
+        ));
+    }
+    if !path.is_ascii() {
+        return Err(Refusal::new(
+            400,
+            "request target: a byte outside ASCII must be percent-encoded",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `path` is one of the registry's own routes rather than a slug to proxy.
 fn registry_route(path: &str) -> bool {
     let first = path
@@ -523,8 +629,10 @@ struct Incoming {
 
 enum HeadRead {
     Head(Vec<u8>),
-    /// The client closed (or went idle) between requests.
+    /// The client closed its side.
     Gone,
+    /// The client sent nothing for the idle timeout.
+    Idle,
 }
 
 impl Incoming {
@@ -535,26 +643,59 @@ impl Incoming {
         self.rd.read_buf(&mut self.buf).await
     }
 
+    /// Waits until the client sends something (or closes) within `until`; a connection
+    /// idle for a while gives its buffer back first, so that idle connections hold only
+    /// their task and socket (the next request on a busy one finds its buffer still there).
+    async fn arrival(&mut self, until: tokio::time::Instant) -> Option<HeadRead> {
+        let soon = tokio::time::Instant::now() + IDLE_RELEASE;
+        if soon < until && self.buf.is_empty() {
+            if let Ok(ready) = tokio::time::timeout_at(soon, self.rd.readable()).await {
+                return ready.is_err().then_some(HeadRead::Gone);
+            }
+            self.buf = Vec::new();
+        }
+        match tokio::time::timeout_at(until, self.rd.readable()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(HeadRead::Gone),
+            Err(_) => Some(HeadRead::Idle),
+        }
+    }
+
     async fn head(&mut self, limits: &Limits) -> Result<HeadRead, Refusal> {
         // Idle between requests: wait for a first byte (tolerating stray CRLFs).
+        let until = tokio::time::Instant::now() + limits.idle_timeout;
         loop {
-            while self.buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
-                self.buf.remove(0);
-            }
+            let stray = self.buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+            self.buf.drain(..stray);
             if !self.buf.is_empty() {
                 break;
             }
-            match tokio::time::timeout(limits.idle_timeout, self.fill()).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(HeadRead::Gone),
-                Ok(Ok(_)) => {}
+            if let Some(gone) = self.arrival(until).await {
+                return Ok(gone);
+            }
+            self.buf.reserve(16 << 10);
+            match self.rd.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(HeadRead::Gone),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Ok(HeadRead::Gone),
             }
         }
         let deadline = tokio::time::Instant::now() + limits.request_timeout;
+        let mut scanned = 0;
         loop {
-            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+            let end = find_head_end(&self.buf, scanned)?;
+            scanned = self.buf.len().saturating_sub(3);
+            if let Some(end) = end {
+                if end > limits.max_head {
+                    return Err(Refusal::new(
+                        431,
+                        format!("request head over {} bytes", limits.max_head),
+                    ));
+                }
                 // The buffer keeps its room for the next request.
-                let head = self.buf[..end + 4].to_vec();
-                self.buf.drain(..end + 4);
+                let head = self.buf[..end].to_vec();
+                self.buf.drain(..end);
                 return Ok(HeadRead::Head(head));
             }
             if self.buf.len() > limits.max_head {
@@ -604,9 +745,7 @@ impl Incoming {
     /// dropped, up to the blank line.
     async fn chunk_size(&mut self) -> Result<u64, Refusal> {
         let line = self.line().await?;
-        let size_text = line.split(|b| *b == b';').next().unwrap_or_default();
-        let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
-        let size = u64::from_str_radix(size_text, 16).map_err(|_| Refusal::new(400, "malformed chunked body"))?;
+        let size = parse_chunk_size(&line).ok_or_else(|| Refusal::new(400, "malformed chunked body"))?;
         if size == 0 {
             while !self.line().await?.is_empty() {}
         }
@@ -621,7 +760,8 @@ impl Incoming {
             if size == 0 {
                 return Ok(body);
             }
-            let total = body.len() as u64 + size;
+            // The size comes from the wire: saturating, so that a huge one cannot wrap the total.
+            let total = (body.len() as u64).saturating_add(size);
             if total > limit {
                 return Err(too_large(total, limit));
             }
@@ -633,9 +773,52 @@ impl Incoming {
     }
 }
 
+/// The size on a chunk's line (RFC 9112 section 7.1: `1*HEXDIG`, then optional
+/// `;extensions`): no sign, no spaces before it, at most 16 digits (a u64). None when it is
+/// anything else.
+pub fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = &line[digits..];
+    // Whitespace may stand before the extensions (BWS), nothing else.
+    let rest = match rest.iter().position(|b| *b != b' ' && *b != b'\t') {
+        Some(at) => &rest[at..],
+        None => &[][..],
+    };
+    if !rest.is_empty() && rest[0] != b';' {
+        return None;
+    }
+    let text = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(text, 16).ok()
+}
+
 /// The client went away mid-request: nothing to answer.
 fn gone() -> Refusal {
     Refusal::new(0, "client gone")
+}
+
+/// Where the head in `buf` ends (after its blank line), looking from `from` on (the bytes
+/// before it were looked at already). A line feed without its carriage return is refused:
+/// parsers disagree on where such a head ends (a front proxy could be made to see one
+/// request where the gate sees two), so RFC 9112 section 2.2's leniency is not taken.
+fn find_head_end(buf: &[u8], from: usize) -> Result<Option<usize>, Refusal> {
+    let mut at = from;
+    while let Some(offset) = buf[at..].iter().position(|b| *b == b'\n') {
+        let lf = at + offset;
+        if lf == 0 || buf[lf - 1] != b'\r' {
+            return Err(Refusal::new(
+                400,
+                "malformed request: a line of the head ends in a bare LF (CRLF is required)",
+            ));
+        }
+        if lf >= 3 && &buf[lf - 3..=lf] == b"\r\n\r\n" {
+            return Ok(Some(lf + 1));
+        }
+        at = lf + 1;
+    }
+    Ok(None)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -677,11 +860,18 @@ impl Gate {
         loop {
             let direct = matches!(responses, Responses::Direct(_));
             match self.next_request(&mut incoming, client_ip, direct).await {
-                Ok(Some(Next::Forward(request))) => {
+                Ok(Some(Next::Forward(request, close))) => {
                     self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
                     match self.forward(responses, request).await {
                         Ok(next) => responses = next,
                         Err(_) => return, // the client went away, or was already answered
+                    }
+                    if close {
+                        // The client reads to the close: no further request is read.
+                        if let Some(mut client) = responses.finish().await {
+                            let _ = client.shutdown().await;
+                        }
+                        return;
                     }
                 }
                 Ok(Some(Next::Proxy(head))) => {
@@ -721,10 +911,25 @@ impl Gate {
                         return;
                     }
                 }
-                Ok(None) => {
-                    // The client is done: let the relayed responses finish, then close.
+                Ok(Some(Next::Idle)) => {
                     if let Some(mut client) = responses.finish().await {
                         let _ = client.shutdown().await;
+                    }
+                    return;
+                }
+                Ok(None) => {
+                    // The client closed its side. A response still
+                    // under way is abandoned, as nginx does when a client goes away: the
+                    // connection to the workers is dropped with it, so a blocking query
+                    // held for this client holds no descriptor of the gate's any more.
+                    match responses {
+                        Responses::Direct(mut client) => {
+                            let _ = client.shutdown().await;
+                        }
+                        Responses::Relayed { upstream, task } => {
+                            task.abort();
+                            drop(upstream);
+                        }
                     }
                     return;
                 }
@@ -750,6 +955,7 @@ impl Gate {
         let raw = match incoming.head(&self.limits).await? {
             HeadRead::Head(raw) => raw,
             HeadRead::Gone => return Ok(None),
+            HeadRead::Idle => return Ok(Some(Next::Idle)),
         };
         let head = check_head(&raw, &self.limits)?;
         if self.role == Role::Data {
@@ -805,7 +1011,7 @@ impl Gate {
         }
         request.extend_from_slice(format!("{CLIENT_ADDR_HEADER}: {client_ip}\r\n\r\n").as_bytes());
         request.extend_from_slice(&body);
-        Ok(Some(Next::Forward(request)))
+        Ok(Some(Next::Forward(request, head.close)))
     }
 
     /// Sends one request to the workers, connecting (and starting the relay of their

@@ -345,3 +345,147 @@ fn access_stamps_are_utc_like_pythons() {
         "2000-02-29T00:00:00.000Z"
     );
 }
+
+#[test]
+fn a_huge_chunk_size_cannot_wrap_the_body_limit() {
+    // One byte, then a size that wraps a u64 total to 0 when added unchecked: the gate
+    // must refuse it by the limit, not read what follows into memory.
+    let up = upstream();
+    let gate = front(&up);
+    let mut data = b"PUT /registry-svc/instance HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n".to_vec();
+    data.extend_from_slice(&[b'x'; 4096]);
+    let (out, closed) = exchange(&gate, &data);
+    assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+    assert!(closed);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 0, "nothing reached the workers");
+}
+
+#[test]
+fn chunk_sizes_are_hex_digits_and_nothing_else() {
+    use crate::front::parse_chunk_size;
+    assert_eq!(parse_chunk_size(b"1a"), Some(26));
+    assert_eq!(parse_chunk_size(b"5;ext=1"), Some(5));
+    assert_eq!(parse_chunk_size(b"5 ;ext"), Some(5));
+    assert_eq!(parse_chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
+    for bad in [
+        &b"+3"[..],
+        b" 3",
+        b"-1",
+        b"",
+        b"0x3",
+        b"3 x",
+        b"10000000000000000",
+        b"g",
+    ] {
+        assert_eq!(parse_chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
+    }
+    let up = upstream();
+    let gate = front(&up);
+    let data =
+        b"PUT /registry-svc/instance HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n+3\r\nabc\r\n0\r\n\r\n";
+    let (out, closed) = exchange(&gate, data);
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    assert!(out.contains("malformed chunked body"), "{out}");
+    assert!(closed);
+}
+
+#[test]
+fn bare_lf_heads_are_refused_at_once() {
+    let up = upstream();
+    let gate = front(&up);
+    for data in [
+        &b"GET /health HTTP/1.1\nHost: x\n\n"[..],
+        b"GET /health HTTP/1.1\r\nHost: x\nX: y\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let started = std::time::Instant::now();
+        let (out, closed) = exchange(&gate, data);
+        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+        assert!(out.contains("bare LF"), "{out}");
+        assert_eq!(
+            out.matches("HTTP/1.1").count(),
+            1,
+            "the request after it is not served: {out}"
+        );
+        assert!(closed);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_head_over_the_limit_is_a_431_even_in_one_read() {
+    let up = upstream();
+    let gate = front(&up);
+    let mut data = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    data.extend_from_slice(&[b'a'; 40 << 10]);
+    data.extend_from_slice(b"\r\n\r\n");
+    let mut stream = TcpStream::connect(gate.local_addr()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    stream.write_all(&data).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+}
+
+#[test]
+fn only_origin_form_targets_are_served() {
+    let limits = Limits::default();
+    for target in ["http://x/registry-svc/tokens", "https://x/metrics", "*", "x/y"] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let refused = check_head(raw.as_bytes(), &limits).unwrap_err();
+        assert_eq!(refused.status, 400, "{target}");
+        assert!(refused.response().ends_with(b"}"), "a JSON error");
+    }
+    assert!(check_head(b"GET /health HTTP/1.1\r\n\r\n", &limits).is_ok());
+}
+
+#[test]
+fn connection_close_ends_a_forwarded_exchange() {
+    let up = upstream();
+    let gate = front(&up);
+    let mut stream = TcpStream::connect(gate.local_addr()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .write_all(b"GET /registry-svc/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).unwrap(); // an Err here is the 5 s read timeout: not closed
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200 "));
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn connections_past_the_cap_get_a_503() {
+    let up = upstream();
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let gate = Front::start(
+        "127.0.0.1:0".parse().unwrap(),
+        up.addr,
+        limits,
+        1,
+        None,
+        Role::Api,
+        None,
+        Options::default(),
+    )
+    .unwrap();
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(gate.local_addr()).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (out, closed) = exchange(&gate, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+    assert!(out.contains("retry-after: 1\r\n"), "{out}");
+    assert!(closed);
+    drop(held);
+    let answered = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        exchange(&gate, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .0
+            .starts_with("HTTP/1.1 200 ")
+    });
+    assert!(answered, "a freed slot takes a new connection");
+}

@@ -61,12 +61,34 @@ fn loopbacks() -> [Net; 2] {
     ["127.0.0.0/8", "::1/128"].map(|n| Net::parse(n).expect("a CIDR"))
 }
 
-/// An IPv4-mapped IPv6 address as the IPv4 address it maps.
-fn unmapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
+/// An IPv6 address that carries an IPv4 address, as that IPv4 address: IPv4-mapped
+/// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated but still routed by some
+/// stacks), NAT64's well-known prefix (`64:ff9b::/96`, RFC 6052) and 6to4 (`2002:AABB:CCDD::/48`,
+/// RFC 3056). Every check looks at the IPv4 address, so no spelling reaches what the plain
+/// one may not.
+pub fn unmapped(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else { return ip };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
     }
+    let s = v6.segments();
+    let low = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    // `::` and `::1` are IPv6's own unspecified and loopback addresses, not IPv4-compatible.
+    if s[..6] == [0; 6] && u32::from(low) > 1 {
+        return IpAddr::V4(low);
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return IpAddr::V4(low);
+    }
+    if s[0] == 0x2002 {
+        return IpAddr::V4(std::net::Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
+    }
+    ip
 }
 
 pub fn is_sensitive(ip: IpAddr) -> bool {
@@ -201,6 +223,11 @@ mod tests {
         let meta: IpAddr = "169.254.169.254".parse().unwrap();
         assert!(!wide.allows(meta));
         assert!(!wide.allows("::ffff:169.254.169.254".parse().unwrap()));
+        let both = policy(&["0.0.0.0/0", "::/0"]);
+        for spelling in ["64:ff9b::a9fe:a9fe", "::169.254.169.254", "2002:a9fe:a9fe::1"] {
+            assert!(!both.allows(spelling.parse().unwrap()), "{spelling}");
+        }
+        assert_eq!(unmapped("::1".parse().unwrap()), "::1".parse::<IpAddr>().unwrap());
         assert!(wide.allows("8.8.8.8".parse().unwrap()));
         assert!(policy(&["0.0.0.0/0", "169.254.169.254/32"]).allows(meta));
     }

@@ -530,7 +530,8 @@ impl PyFront {
     #[new]
     #[pyo3(signature = (
         host, port, upstream_port, api_body_limit = 1 << 20, proxy_body_limit = 16 << 20, threads = 2, store = None,
-        data_plane = false, proxy_networks = None, proxy_timeout = 60.0, answer_reads = true, access_log = false
+        data_plane = false, proxy_networks = None, proxy_timeout = 60.0, answer_reads = true, access_log = false,
+        max_connections = 0
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -547,6 +548,7 @@ impl PyFront {
         proxy_timeout: f64,
         answer_reads: bool,
         access_log: bool,
+        max_connections: usize,
     ) -> PyResult<Self> {
         use std::net::ToSocketAddrs;
         let listen = (host, port)
@@ -558,6 +560,7 @@ impl PyFront {
         let limits = Limits {
             api_body: api_body_limit,
             proxy_body: proxy_body_limit,
+            max_connections,
             ..Limits::default()
         };
         let registry = store.map(|s| Arc::clone(&s.registry));
@@ -641,10 +644,21 @@ fn http_post<'py>(
     }
 }
 
+/// The IPv4 address an IPv6 spelling carries (IPv4-mapped, IPv4-compatible, NAT64, 6to4),
+/// or the address itself: the fence's one rule for spellings (`netguard.rs`).
+#[pyfunction]
+fn unmapped_address(address: &str) -> PyResult<String> {
+    let ip: std::net::IpAddr = address
+        .parse()
+        .map_err(|_| PyValueError::new_err(format!("'{address}' is not an IP address")))?;
+    Ok(crate::netguard::unmapped(ip).to_string())
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(http_post, m)?)?;
+    m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;
     m.add_class::<PyStore>()?;
     m.add_class::<PyFront>()?;
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };

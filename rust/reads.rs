@@ -133,6 +133,11 @@ pub enum Read<'a> {
 
 /// Which read `route` (a path without its query) is, if any.
 pub fn read_of(route: &str) -> Option<Read<'_>> {
+    // One trailing slash names the same route (the workers' router treats it so).
+    let route = match route.strip_suffix('/') {
+        Some(bare) if bare.len() > "/registry-svc".len() => bare,
+        _ => route,
+    };
     match route {
         "/registry-svc/instances" => Some(Read::List),
         "/registry-svc/instance/pick" => Some(Read::Pick),

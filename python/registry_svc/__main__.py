@@ -89,6 +89,14 @@ def parser() -> argparse.ArgumentParser:
         help="how long the proxy waits for an upstream's response, and between two pieces of a body (default 60)",
     )
     s.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="client connections each port holds at once; a new one past it gets 503 and is closed "
+        "(default: a third of the open-files limit)",
+    )
+    s.add_argument(
         "--log-level",
         default=os.environ.get("OB_LOG_LEVEL", "info"),
         choices=LOG_LEVELS,
@@ -183,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.1 <= args.proxy_timeout_seconds <= 3600:
         print("registry-svc: --proxy-timeout-seconds must be between 0.1 and 3600", file=sys.stderr)
         return 2
+    if args.max_connections < 0:
+        print("registry-svc: --max-connections must be 0 (derived) or more", file=sys.stderr)
+        return 2
     if not 0.1 <= args.eject_seconds <= 3600:
         print("registry-svc: --eject-seconds must be between 0.1 and 3600", file=sys.stderr)
         return 2
@@ -202,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"registry-svc: --etcd: {e}", file=sys.stderr)
             return 2
-    if not args.etcd_prefix.startswith("/") or not args.etcd_prefix.endswith("/"):
-        print(f"registry-svc: --etcd-prefix must start and end with '/', got '{args.etcd_prefix}'", file=sys.stderr)
+    if problem := cluster.prefix_problem(args.etcd_prefix):
+        print(f"registry-svc: --etcd-prefix {problem}", file=sys.stderr)
         return 2
     try:
         settings = settings_mod.resolve(
@@ -227,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             log_format=args.log_format,
             metrics=args.metrics,
             data_port=args.data_port,
+            max_connections=args.max_connections,
         )
     except UrlError as e:
         print(f"registry-svc: OB_SELF_URL: {e}", file=sys.stderr)

@@ -7,6 +7,10 @@ from typing import Self
 __build__: str
 """The extension's crate version and build profile, e.g. "registry-svc-core 0.1.0 (release)"."""
 
+def unmapped_address(address: str) -> str:
+    """The IPv4 address an IPv6 spelling carries (IPv4-mapped, IPv4-compatible, NAT64
+    `64:ff9b::/96`, 6to4 `2002::/16`), or the address itself. ValueError for a non-address."""
+
 def http_post(
     endpoint: str,
     path: str,
@@ -172,6 +176,7 @@ class Front:
         proxy_timeout: float = 60.0,
         answer_reads: bool = True,
         access_log: bool = False,
+        max_connections: int = 0,
     ) -> None:
         """With `store`, instance lookups, one instance and picks with a valid token and a
         well-formed query are answered by the gate itself, without the workers

@@ -185,7 +185,10 @@ def write_secret_file(path: os.PathLike[str] | str, secret: str) -> None:
     token_file = Path(path)
     token_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = token_file.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A leftover (or planted) tmp file is removed, not followed: a symlink there would
+    # send the secret wherever it points.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     os.replace(tmp, token_file)

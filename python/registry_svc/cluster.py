@@ -52,6 +52,16 @@ REPLICA_STATE = "replica"
 STALE_AFTER_S = 3.0
 
 
+def prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot hold a registry's keys, or None: it must start and end with
+    '/' and name something below the root (the root is every other tenant's key space)."""
+    if not prefix.startswith("/") or not prefix.endswith("/"):
+        return f"must start and end with '/', got '{prefix}'"
+    if prefix == "/":
+        return "must name a prefix below '/' (e.g. /registry-svc/), not the root of etcd's key space"
+    return None
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where each thing lives in etcd."""

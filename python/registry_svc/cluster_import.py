@@ -10,7 +10,17 @@ import orjson
 
 from registry_svc import _core
 from registry_svc.auth import TOKENS, hash_secret, holds_valid_token, new_token_record, write_secret_file
-from registry_svc.cluster import COLLECTIONS, EtcdStore, Layout, cmp_absent, op_get, op_put, range_kv, record_ops
+from registry_svc.cluster import (
+    COLLECTIONS,
+    EtcdStore,
+    Layout,
+    cmp_absent,
+    op_get,
+    op_put,
+    prefix_problem,
+    range_kv,
+    record_ops,
+)
 from registry_svc.etcd import Client, EtcdError, EtcdUnavailable, parse_endpoints, prefix_end, unb64
 
 log = logging.getLogger("registry_svc")
@@ -72,6 +82,9 @@ def import_store(store: _core.Store, client: Client, layout: Layout, admin_token
 def main(data_dir: str, endpoints: str, prefix: str) -> int:
     """`registry-svc cluster import`."""
     source = Path(data_dir).expanduser()
+    if problem := prefix_problem(prefix):
+        log.error("registry-svc: --etcd-prefix %s", problem)
+        return 2
     if not (source / "store" / "data.mdb").exists():
         log.error("registry-svc: %s holds no store (expected %s)", source, source / "store" / "data.mdb")
         return 2
@@ -80,7 +93,11 @@ def main(data_dir: str, endpoints: str, prefix: str) -> int:
     except ValueError as e:
         log.error("registry-svc: --etcd: %s", e)
         return 2
-    store = _core.Store(str(source / "store"))
+    try:
+        store = _core.Store(str(source / "store"))
+    except (_core.StoreError, OSError) as e:
+        log.error("registry-svc: %s is not a registry-svc store (LMDB) it can open: %s", source / "store", e)
+        return 2
     try:
         if store.state("replica"):
             log.error("registry-svc: %s is a cluster replica, not a single-machine store", source)

@@ -57,6 +57,8 @@ FreeText = Annotated[str, Strict(), StringConstraints(max_length=256, pattern=NO
 Value = Annotated[str, Strict(), StringConstraints(max_length=1024, pattern=NO_CONTROL)]
 RecordId = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Slug = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=63, pattern=SLUG_PATTERN)]
+# The most EDS resource names one request may ask for (Envoy asks for its clusters: a few).
+MAX_RESOURCE_NAMES = 1000
 Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 Policy = Literal["round_robin", "random", "weighted", "least_request", "consistent_hash"]
 Status = Literal["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]
@@ -345,7 +347,10 @@ class DiscoveryRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     version_info: Annotated[str, Strict()] | None = None
-    resource_names: list[Slug] | None = Field(default=None, description="EDS: the slugs (cluster names) wanted")
+    resource_names: Annotated[list[Slug], Field(max_length=MAX_RESOURCE_NAMES)] | None = Field(
+        default=None,
+        description=f"EDS: the slugs (cluster names) wanted, at most {MAX_RESOURCE_NAMES}; repeats count once",
+    )
     node: EnvoyNode | None = None
 
     @property

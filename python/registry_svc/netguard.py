@@ -26,7 +26,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from registry_svc import urls
+from registry_svc import _core, urls
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _LOOPBACKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -64,7 +64,11 @@ def is_sensitive(address: str) -> bool:
 
 
 def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+    """The IPv4 address an IPv6 spelling carries (mapped, compatible, NAT64, 6to4): the
+    Rust fence's rule (`netguard.rs` `unmapped`), not a second copy of it."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip
+    return ipaddress.ip_address(_core.unmapped_address(str(ip)))
 
 
 def _names_sensitive(network: IPNetwork) -> bool:

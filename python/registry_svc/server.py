@@ -70,7 +70,10 @@ class ProcessState:
 def error_for(route: Route, err: Exception) -> Response:
     """The response for an exception a handler raised."""
     if isinstance(err, ApiError):
-        return error_response(err.status, err.message)
+        response = error_response(err.status, err.message)
+        for name, value in err.headers.items():
+            response.headers.set(name, value)
+        return response
     if isinstance(err, _core.StoreError):
         return store_error_response(err)
     log.error("unhandled error in %s %s", route.method.upper(), route.path, exc_info=err)

@@ -60,6 +60,9 @@ class Settings:
     # The data plane's port (lookups, picks, the proxy; every process holds it with
     # SO_REUSEPORT): None = the API port + 1 when that is free, 0 = none.
     data_port: int | None = None
+    # Client connections each gate holds at once (503 past it); 0 = a third of the
+    # process's descriptor limit.
+    max_connections: int = 0
 
     @property
     def clustered(self) -> bool:
@@ -92,6 +95,7 @@ class Settings:
             self.host, port, workers_port, MAX_API_BODY, self.max_proxy_body_bytes,
             threads=threads, store=store, data_plane=data_plane, answer_reads=data_plane or not json_log,
             access_log=json_log, proxy_networks=list(self.proxy_networks), proxy_timeout=self.proxy_timeout_seconds,
+            max_connections=self.max_connections,
         )  # fmt: skip
 
     def open_store(self) -> _core.Store:
@@ -173,6 +177,7 @@ def resolve(
     log_format: str = "text",
     metrics: str = "open",
     data_port: int | None = None,
+    max_connections: int = 0,
 ) -> Settings:
     """Builds the settings from flags and the `OB_*` variables.
 
@@ -210,4 +215,5 @@ def resolve(
         log_format=log_format,
         metrics=metrics,
         data_port=data_port,
+        max_connections=max_connections,
     )

@@ -20,6 +20,7 @@ import os
 import resource
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -84,6 +85,9 @@ def claim_data_port(settings: Settings) -> Settings:
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # Past the TIME_WAIT leftovers of connections the last run closed (sidecars
+            # held many); a live listener still makes the bind fail.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((settings.host, port))
     except OSError as e:
         if explicit:
@@ -169,10 +173,28 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
         return
 
 
+def unsafe_data_dir(path: Path) -> str | None:
+    """Why the data dir cannot be trusted with the admin secret and the store, or None.
+    Like sshd and PostgreSQL: it must belong to the user the server runs as and be
+    writable by no one else (another user could plant files or links in it)."""
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        return (
+            f"it belongs to uid {info.st_uid}, not to this server's user (uid {os.geteuid()}); chown it or pick another"
+        )
+    if info.st_mode & 0o022:
+        return f"it is writable by group or others (mode {stat.S_IMODE(info.st_mode):o}); chmod go-w it (700 is usual)"
+    return None
+
+
 def serve(settings: Settings) -> int:
     """Runs the server until SIGTERM/SIGINT or until the workers die. Returns the exit code."""
     _raise_open_files_limit()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    unsafe = unsafe_data_dir(Path(settings.data_dir))
+    if unsafe:
+        log.error("registry-svc: --data-dir %s: %s", settings.data_dir, unsafe)
+        return 1
     metrics.prepare(settings.data_dir, settings.port)  # before any process imports prometheus_client
     # The processes' shared load-balancing state starts empty with each server.
     settings.balancer_state_path.unlink(missing_ok=True)

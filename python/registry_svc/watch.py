@@ -16,9 +16,12 @@ the watchers of every process. Idle watchers cost one read per tick in all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from registry_svc import _core
 from registry_svc.errors import ApiError, field_error
@@ -32,7 +35,22 @@ _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
 _INDEX = re.compile(r"[0-9]{1,19}")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
+# Blocking queries one process holds at once for one token, and for one client address
+# (Consul's default is 200 connections per client); past either, a 429.
+MAX_HELD_PER_TOKEN = 2000
+MAX_HELD_PER_CLIENT = 256
+TOKENS = "tokens"
+
 Stamp = Callable[[], int]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a blocking query: the token's id ("" without one) and the client's
+    address as the gate saw it."""
+
+    token_id: str
+    client: str
 
 
 def parse_index(text: str | None) -> int | None:
@@ -73,16 +91,53 @@ class WatchHub:
         self.replica = replica
         self._waiters: list[tuple[Stamp, int, asyncio.Future[None]]] = []
         self._poller: asyncio.Task[None] | None = None
+        self._by_token: Counter[str] = Counter()
+        self._by_client: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def _held(self, holder: Holder | None) -> Iterator[None]:
+        """Counts a held query against its token and client; a 429 past either cap."""
+        if holder is None:
+            yield
+            return
+        for counts, key, cap, what in (
+            (self._by_token, holder.token_id, MAX_HELD_PER_TOKEN, "this token"),
+            (self._by_client, holder.client, MAX_HELD_PER_CLIENT, f"client {holder.client}"),
+        ):
+            if key and counts[key] >= cap:
+                raise ApiError(
+                    429,
+                    f"index: {what} holds {cap} blocking queries on this server process already (the most it may); "
+                    "retry when one has answered",
+                    {"retry-after": "1"},
+                )
+        self._by_token[holder.token_id] += 1
+        self._by_client[holder.client] += 1
+        try:
+            yield
+        finally:
+            for counts, key in ((self._by_token, holder.token_id), (self._by_client, holder.client)):
+                counts[key] -= 1
+                if counts[key] <= 0:
+                    del counts[key]
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def wait_past(self, stamp: Stamp, index: int, timeout: float) -> None:
+    async def wait_past(self, stamp: Stamp, index: int, timeout: float, holder: Holder | None = None) -> None:
         """Returns once `stamp()` passes `index`, or after `timeout` seconds. On a replica,
         first waits (at most `CATCH_UP_S`, or `timeout` if longer) until it has applied
         revision `index`, so that a client can read on any server what it wrote on
-        another; a 504 names the revision it is at when it cannot."""
+        another; a 504 names the revision it is at when it cannot. With a `holder`, the
+        wait counts against its caps (429 past them), and a token revoked meanwhile gets
+        a 401 instead of the answer."""
+        with self._held(holder):
+            await self._wait_past(stamp, index, timeout)
+        if holder is not None and holder.token_id and self.store.get(TOKENS, holder.token_id) is None:
+            raise ApiError(401, "token revoked while the query waited")
+
+    async def _wait_past(self, stamp: Stamp, index: int, timeout: float) -> None:
         if self.replica and self.store.index() < index:
             catch_up = max(CATCH_UP_S, timeout)
             started = asyncio.get_running_loop().time()
@@ -147,9 +202,9 @@ def record_stamp(store: _core.Store, collection: str, record_id: str) -> Stamp:
     return stamp
 
 
-async def wait_if_asked(hub: WatchHub, params: dict[str, list[str]], stamp: Stamp) -> None:
+async def wait_if_asked(hub: WatchHub, params: dict[str, list[str]], stamp: Stamp, holder: Holder) -> None:
     """Waits as the query's `index` and `wait` ask (not at all for a plain query). Takes
     them out of `params`, so what remains are the endpoint's own parameters."""
     blocking = take_blocking(params)
     if blocking is not None:
-        await hub.wait_past(stamp, *blocking)
+        await hub.wait_past(stamp, *blocking, holder=holder)

@@ -9,9 +9,10 @@ from pydantic import BaseModel
 from robyn import Request, Response
 
 from registry_svc import _core
+from registry_svc.access import CLIENT_ADDR_HEADER
 from registry_svc.auth import Authenticator, Caller
 from registry_svc.settings import Settings
-from registry_svc.watch import WatchHub
+from registry_svc.watch import Holder, WatchHub
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class Call:
     request: Request
     caller: Caller
     ctx: Context
+
+    @property
+    def holder(self) -> Holder:
+        """Who a blocking query of this call is held for (its caps, its token's recheck)."""
+        return Holder(self.caller.token_id, self.request.headers.get(CLIENT_ADDR_HEADER) or "")
 
 
 Handler = Callable[[Call], Response]

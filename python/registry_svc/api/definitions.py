@@ -29,7 +29,7 @@ def save_definition(call: Call) -> Response:
 
 async def list_definitions(call: Call) -> Response:
     stamp = watch.collection_stamp(call.ctx.store, DEFINITIONS)
-    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp, call.holder)
     index, body = call.ctx.store.list_json(DEFINITIONS, [], DEFINITIONS)
     return raw_json(200, body, index)
 
@@ -37,7 +37,7 @@ async def list_definitions(call: Call) -> Response:
 async def get_definition(call: Call) -> Response:
     definition_id = path_param(call.request, "id")
     stamp = watch.record_stamp(call.ctx.store, DEFINITIONS, definition_id)
-    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp, call.holder)
     found = call.ctx.store.get(DEFINITIONS, definition_id)
     if found is None:
         raise ApiError(404, f"definition '{definition_id}' not found")

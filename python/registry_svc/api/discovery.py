@@ -28,6 +28,7 @@ import orjson
 from robyn import Request, Response
 
 from registry_svc import auth, models, replies, watch
+from registry_svc.access import CLIENT_ADDR_HEADER
 from registry_svc.api import Call, Context, Doc, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, query_params, raw_json, read_json_object
@@ -100,15 +101,17 @@ async def xds(ctx: Context, request: Request) -> Response:
         body = models.parse(models.DiscoveryRequest, read_json_object(request, allow_empty=True))
         caller = xds_caller(ctx, request, body)
         caller.require(auth.INSTANCE_VIEW)
+        holder = watch.Holder(caller.token_id, request.headers.get(CLIENT_ADDR_HEADER) or "")
         if request.url.path.endswith(":clusters"):
-            return await clusters(ctx, caller, body)
-        return await endpoints(ctx, caller, body)
+            return await clusters(ctx, caller, body, holder)
+        return await endpoints(ctx, caller, body, holder)
     except ApiError as e:
         return error_response(e.status, e.message)
 
 
-async def endpoints(ctx: Context, caller: auth.Caller, body: models.DiscoveryRequest) -> Response:
-    names = body.resource_names or []
+async def endpoints(ctx: Context, caller: auth.Caller, body: models.DiscoveryRequest, holder: watch.Holder) -> Response:
+    # Repeats count once: each slug's assignment is built, and sent, once.
+    names = dict.fromkeys(body.resource_names or [])
     slugs = [n for n in names if caller.sees_every_slug or n == caller.slug]
 
     def version() -> int:
@@ -116,7 +119,7 @@ async def endpoints(ctx: Context, caller: auth.Caller, body: models.DiscoveryReq
 
     known = watch.parse_index(body.version_info)
     if known is not None and known >= version():
-        await ctx.watch.wait_past(version, known, XDS_HOLD_S)
+        await ctx.watch.wait_past(version, known, XDS_HOLD_S, holder)
         if version() <= known:
             return Response(status_code=304, headers={}, description=b"")
     current = version()
@@ -135,7 +138,7 @@ def clusters_version(slugs: list[str], registry: str) -> str:
     return hashlib.sha256(orjson.dumps([registry, slugs])).hexdigest()[:16]
 
 
-async def clusters(ctx: Context, caller: auth.Caller, body: models.DiscoveryRequest) -> Response:
+async def clusters(ctx: Context, caller: auth.Caller, body: models.DiscoveryRequest, holder: watch.Holder) -> Response:
     registry = body.metadata.registry_cluster or "registry"
     stamp = watch.collection_stamp(ctx.store, INSTANCES)
     known = body.version_info or ""
@@ -149,7 +152,7 @@ async def clusters(ctx: Context, caller: auth.Caller, body: models.DiscoveryRequ
             break
         if left <= 0:
             return Response(status_code=304, headers={}, description=b"")
-        await ctx.watch.wait_past(stamp, seen, left)
+        await ctx.watch.wait_past(stamp, seen, left, holder)
     resources = [
         {
             "@type": CDS_TYPE,

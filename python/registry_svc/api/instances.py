@@ -8,6 +8,7 @@ a lost update.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,7 +229,7 @@ def refuse_unsafe_address(fields: dict[str, Any], field: str, settings: Settings
     metadata address unless the proxy networks name it (see `netguard.py`)."""
     address = fields["ip"] or fields["host"]
     own_ports = {settings.port, settings.data_port} - {None, 0}
-    if fields["port"] in own_ports and address in own_addresses(settings):
+    if fields["port"] in own_ports and is_own_address(address, settings):
         raise field_error(field, f"'{fields['url']}' is this registry's own address; requests to it would loop")
     ip = fields["ip"]
     if (
@@ -244,6 +245,26 @@ def refuse_unsafe_address(fields: dict[str, Any], field: str, settings: Settings
 
 
 _own_addresses: dict[tuple[str, str], frozenset[str]] = {}
+
+
+def is_own_address(address: str, settings: Settings) -> bool:
+    """Whether `address` (a host or an IP in any spelling: `[::ffff:127.0.0.1]`, `0.0.0.0`,
+    which connects to this machine) reaches this registry on its port."""
+    if (ip := _ip_or_none(address)) is not None:
+        unmapped = ipaddress.ip_address(_core.unmapped_address(str(ip)))
+        if unmapped.is_unspecified:
+            return True
+        if unmapped.is_loopback and settings.host in ("0.0.0.0", "::", ""):
+            return True
+        address = str(unmapped)
+    return address in own_addresses(settings)
+
+
+def _ip_or_none(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None
 
 
 def own_addresses(settings: Settings) -> frozenset[str]:
@@ -289,7 +310,7 @@ async def list_instances(call: Call) -> Response:
         filters.append(("slug", call.caller.slug or ""))
     store = call.ctx.store
     if blocking is not None:
-        await call.ctx.watch.wait_past(instances_stamp(store, filters), *blocking)
+        await call.ctx.watch.wait_past(instances_stamp(store, filters), *blocking, holder=call.holder)
     index, body = store.list_json(INSTANCES, filters, INSTANCES)
     return raw_json(200, body, index)
 
@@ -316,7 +337,7 @@ def visible(call: Call, instance_id: str) -> tuple[int, bytes]:
 async def get_instance(call: Call) -> Response:
     instance_id = path_param(call.request, "id")
     stamp = watch.record_stamp(call.ctx.store, INSTANCES, instance_id)
-    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp, call.holder)
     version, body = visible(call, instance_id)
     return raw_json(200, b'{"instance":' + body + b"}", version)
 

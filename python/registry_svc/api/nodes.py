@@ -28,7 +28,7 @@ def _matches(node: dict[str, Any], filters: dict[str, Any]) -> bool:
 
 async def list_nodes(call: Call) -> Response:
     stamp = watch.collection_stamp(call.ctx.store, nodes.NODES)
-    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp, call.holder)
     body = models.parse(models.NodeFilter, read_json_object(call.request, allow_empty=True))
     filters: dict[str, Any] = body.model_dump(exclude_none=True)
     if "ids" in filters:
@@ -46,7 +46,7 @@ async def list_nodes(call: Call) -> Response:
 
 async def node_self(call: Call) -> Response:
     stamp = watch.collection_stamp(call.ctx.store, nodes.NODES)
-    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp, call.holder)
     found = nodes.find_by_url(call.ctx.store, call.ctx.settings.self_url)
     if found is None:
         raise ApiError(

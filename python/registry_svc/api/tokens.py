@@ -26,7 +26,7 @@ def create_token(call: Call) -> Response:
 
 async def list_tokens(call: Call) -> Response:
     stamp = watch.collection_stamp(call.ctx.store, auth.TOKENS)
-    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp)
+    await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp, call.holder)
     index = call.ctx.store.collection_index(auth.TOKENS)  # read first: never older than the list
     _, records = call.ctx.store.list(auth.TOKENS)
     tokens = [auth.public_info(orjson.loads(r)) for r in records]
