@@ -162,7 +162,16 @@ pub struct Outgoing<'a> {
     pub client_ip: IpAddr,
     /// The client spoke HTTP/1.0 (no chunked responses).
     pub http10: bool,
+    /// Served on the dashboard's origin (the API port): the answer is sandboxed, so that
+    /// a proxied page runs in an opaque origin and cannot read the dashboard's token.
+    pub sandboxed: bool,
 }
+
+/// Sent with every proxied answer on the API port: scripts, forms and popups work, but
+/// without `allow-same-origin` the page is not of the registry's origin (no access to the
+/// dashboard's storage, and its requests to the registry are cross-origin).
+pub const SANDBOX_POLICY: &str =
+    "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads allow-popups-to-escape-sandbox";
 
 /// The body of the request being forwarded.
 pub enum Payload {
@@ -672,6 +681,11 @@ async fn relay(
         head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
     } else if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if request.sandboxed {
+        head.extend_from_slice(b"content-security-policy: ");
+        head.extend_from_slice(SANDBOX_POLICY.as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
     // Without a length an HTTP/1.0 client learns the end by the close.
     let keep = bodiless || exact.is_some() || chunked;

@@ -1023,8 +1023,13 @@ impl Gate {
                 let stream = match TcpStream::connect(self.upstream).await {
                     Ok(stream) => stream,
                     Err(e) => {
-                        let refusal = Refusal::new(502, format!("the server's workers are not reachable: {e}"));
-                        let _ = client.write_all(&refusal.response()).await;
+                        // Starting (the gate listens before the workers answer), or the
+                        // workers are being restarted: a retry shortly will be answered.
+                        let refusal = Refusal::new(
+                            503,
+                            format!("the server is starting: its workers do not answer yet ({e}); retry shortly"),
+                        );
+                        let _ = client.write_all(&refusal.response_with(&[("retry-after", "1")])).await;
                         let _ = client.shutdown().await;
                         return Err(gone());
                     }
@@ -1033,6 +1038,10 @@ impl Gate {
                 let (mut upstream_rd, upstream_wr) = stream.into_split();
                 let task = tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut upstream_rd, &mut client).await;
+                    // The workers closed (a worker died, or they end the connection): no
+                    // answer can come on it any more, so the client is told by the close
+                    // rather than left waiting for the idle timeout.
+                    let _ = client.shutdown().await;
                     client
                 });
                 (upstream_wr, task)
@@ -1077,6 +1086,7 @@ impl Gate {
             headers: &head.headers,
             client_ip,
             http10: head.http10,
+            sandboxed: self.role == Role::Api,
         };
         let timeout = self.limits.request_timeout;
         if head.expect_continue && head.framing != Framing::None {

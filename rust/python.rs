@@ -233,6 +233,12 @@ impl PyStore {
             .map_err(to_py)
     }
 
+    /// Takes the in-flight requests of server processes that died (a crashed worker) out
+    /// of the shared counts; returns how many were forgotten.
+    fn reap_dead_processes(&self, py: Python<'_>) -> u64 {
+        py.detach(|| self.registry.selector.reap_dead_processes())
+    }
+
     fn get<'py>(
         &self,
         py: Python<'py>,

@@ -437,6 +437,11 @@ impl Selector {
         self.shared.in_flight(id)
     }
 
+    /// Forgets the in-flight requests of processes that died (`SharedState::reap_dead`).
+    pub fn reap_dead_processes(&self) -> u64 {
+        self.shared.reap_dead()
+    }
+
     /// Whether `id` is ejected at `now`.
     pub fn is_ejected(&self, id: &str, now: Instant) -> bool {
         self.shared.is_ejected(id, ms_at(now))

@@ -11,18 +11,28 @@
 //! blocking a pick. Times are CLOCK_MONOTONIC milliseconds, which every process of the
 //! machine shares. Without a file (tests, an in-process store) the same table lives on the
 //! heap and is private to the process.
+//!
+//! In-flight counts belong to the process that began them: after the slots, a table of
+//! process ids (a process claims an entry at its first count) and, per entry, a column of
+//! that process's counts beside the sums the picks read. When a process dies mid-request
+//! (a crashed worker), `reap_dead` takes its column out of the sums, so a least-request
+//! pick does not shun an instance for requests nobody is waiting on any more.
 
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use crate::select::fnv1a64;
 
-const MAGIC: u64 = 0x7273_765f_6c62_0001; // "rsv_lb" v1
+const MAGIC: u64 = 0x7273_765f_6c62_0002; // "rsv_lb" v2: per-process columns
 const SLOTS: usize = 1 << 15;
 const PROBES: usize = 32;
 const HEADER_BYTES: usize = 64;
+/// Processes whose counts are kept apart; a process past them counts in the sums only
+/// (its counts are then not reaped if it dies).
+pub const PROCESSES: usize = 64;
 
 /// One instance's shared record.
 #[repr(C)]
@@ -54,17 +64,22 @@ enum Region {
 /// The table, mapped from a file or private.
 pub struct SharedState {
     region: Region,
+    /// This process's entry in the process table (None: none was free).
+    column: OnceLock<Option<usize>>,
 }
 
 const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
-const TABLE_BYTES: usize = HEADER_BYTES + SLOTS * SLOT_BYTES;
+const PIDS_OFFSET: usize = HEADER_BYTES + SLOTS * SLOT_BYTES;
+const COLUMNS_OFFSET: usize = PIDS_OFFSET + PROCESSES * 8;
+const TABLE_BYTES: usize = COLUMNS_OFFSET + PROCESSES * SLOTS * 4;
 
 impl SharedState {
     /// A table private to this process.
     pub fn private() -> SharedState {
-        let words = (0..TABLE_BYTES / 8).map(|_| AtomicU64::new(0)).collect();
+        let words = (0..PIDS_OFFSET / 8).map(|_| AtomicU64::new(0)).collect();
         let state = SharedState {
             region: Region::Heap(words),
+            column: OnceLock::new(),
         };
         state.init();
         state
@@ -88,6 +103,7 @@ impl SharedState {
         let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
         let state = SharedState {
             region: Region::File(map),
+            column: OnceLock::new(),
         };
         let header = state.header();
         if header.magic.load(Ordering::Acquire) != MAGIC || header.slots.load(Ordering::Acquire) != SLOTS as u64 {
@@ -114,15 +130,86 @@ impl SharedState {
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: the region is at least TABLE_BYTES long, 8-aligned (a page or a u64
+        // SAFETY: the region is at least PIDS_OFFSET long, 8-aligned (a page or a u64
         // vector), and Header is three u64 atomics.
         unsafe { &*self.base().cast::<Header>() }
     }
 
     fn slots(&self) -> &[Slot] {
-        // SAFETY: as in `header`; the slots follow the 64-byte header, each 32 bytes of
-        // atomics, and every bit pattern is a valid atomic.
+        // SAFETY: as in `header` (a private table holds the header and slots only); the
+        // slots follow the 64-byte header, each 32 bytes of atomics, and every bit pattern
+        // is a valid atomic.
         unsafe { std::slice::from_raw_parts(self.base().add(HEADER_BYTES).cast::<Slot>(), SLOTS) }
+    }
+
+    /// The process table: each entry a pid (0 = free).
+    fn pids(&self) -> &[AtomicI64] {
+        // SAFETY: as in `slots`; PROCESSES 8-byte atomics at an 8-aligned offset.
+        unsafe { std::slice::from_raw_parts(self.base().add(PIDS_OFFSET).cast::<AtomicI64>(), PROCESSES) }
+    }
+
+    /// Process entry `p`'s in-flight counts, one per slot.
+    fn column(&self, p: usize) -> &[AtomicU32] {
+        // SAFETY: as in `slots`; column p is SLOTS 4-byte atomics inside the region.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base().add(COLUMNS_OFFSET + p * SLOTS * 4).cast::<AtomicU32>(),
+                SLOTS,
+            )
+        }
+    }
+
+    fn is_shared(&self) -> bool {
+        matches!(self.region, Region::File(_))
+    }
+
+    /// This process's column, claimed on first use (none in a private table: its counts
+    /// die with the process anyway).
+    fn own_column(&self) -> Option<&[AtomicU32]> {
+        if !self.is_shared() {
+            return None;
+        }
+        let p = (*self.column.get_or_init(|| {
+            let pid = i64::from(std::process::id());
+            let pids = self.pids();
+            if let Some(p) = pids.iter().position(|e| e.load(Ordering::Acquire) == pid) {
+                return Some(p);
+            }
+            pids.iter()
+                .position(|e| e.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).is_ok())
+        }))?;
+        Some(self.column(p))
+    }
+
+    fn index_of(&self, slot: &Slot) -> usize {
+        (slot as *const Slot as usize - self.slots().as_ptr() as usize) / SLOT_BYTES
+    }
+
+    /// Takes the counts of processes that are gone out of the sums and frees their
+    /// entries. Returns the requests so forgotten.
+    pub fn reap_dead(&self) -> u64 {
+        let mut forgotten = 0u64;
+        if !self.is_shared() {
+            return 0;
+        }
+        for (p, entry) in self.pids().iter().enumerate() {
+            let pid = entry.load(Ordering::Acquire);
+            if pid == 0 || process_alive(pid) {
+                continue;
+            }
+            let slots = self.slots();
+            for (i, count) in self.column(p).iter().enumerate() {
+                let n = count.swap(0, Ordering::AcqRel);
+                if n > 0 {
+                    forgotten += u64::from(n);
+                    let _ = slots[i]
+                        .in_flight
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some(c.saturating_sub(n)));
+                }
+            }
+            let _ = entry.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
+        forgotten
     }
 
     /// The slot of `id`, claiming one when `claim` (None: untracked).
@@ -164,16 +251,28 @@ impl SharedState {
         None
     }
 
-    /// One more request in flight to `id`.
+    /// One more request in flight to `id`, from this process.
     pub fn begin(&self, id: &str) {
         if let Some(slot) = self.slot(id, true) {
+            if let Some(column) = self.own_column() {
+                column[self.index_of(slot)].fetch_add(1, Ordering::AcqRel);
+            }
             slot.in_flight.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    /// One request fewer in flight to `id` (never below zero).
+    /// One request fewer in flight to `id` (never below zero), from this process.
     pub fn end(&self, id: &str) {
         if let Some(slot) = self.slot(id, false) {
+            if let Some(column) = self.own_column() {
+                let own = &column[self.index_of(slot)];
+                if own
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_err()
+                {
+                    return; // reaped, or never counted here: the sum no longer holds it
+                }
+            }
             let _ = slot
                 .in_flight
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
@@ -245,6 +344,15 @@ impl Slot {
     }
 }
 
+/// Whether process `pid` exists (a signal 0 reaches it, or it is another user's).
+fn process_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() != libc::ESRCH }
+}
+
 /// CLOCK_MONOTONIC in milliseconds: the same clock in every process of the machine.
 pub fn now_ms() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -295,6 +403,31 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let d = SharedState::open(&path).unwrap();
         assert_eq!(d.in_flight("i-1"), 0);
+    }
+
+    #[test]
+    fn a_dead_process_s_counts_are_reaped_and_a_live_one_s_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("balancer.state");
+        let mine = SharedState::open(&path).unwrap();
+        mine.begin("i-1");
+        // Another process's entry: a pid that cannot exist, holding two requests.
+        let other = SharedState::open(&path).unwrap();
+        let dead = i64::from(i32::MAX);
+        other.pids()[1].store(dead, Ordering::Release);
+        other.column.set(Some(1)).unwrap();
+        other.begin("i-1");
+        other.begin("i-1");
+        assert_eq!(mine.in_flight("i-1"), 3);
+        assert_eq!(mine.reap_dead(), 2);
+        assert_eq!(mine.in_flight("i-1"), 1);
+        assert_eq!(mine.pids()[1].load(Ordering::Acquire), 0, "the entry is free again");
+        // The dead process's late `end` (it cannot come, but a reused entry might) does
+        // not take this process's count.
+        other.end("i-1");
+        assert_eq!(mine.in_flight("i-1"), 1);
+        mine.end("i-1");
+        assert_eq!(mine.in_flight("i-1"), 0);
     }
 
     #[test]

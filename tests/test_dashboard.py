@@ -237,3 +237,42 @@ def test_admins_drain_and_deregister_from_the_service_page(srv: Server, driver: 
     driver.switch_to.alert.accept()
     wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, row), "the instance to go")
     assert srv.call("GET", f"/registry-svc/instance/{inst['id']}").status == 404
+
+
+def test_a_proxied_page_cannot_read_the_dashboard_s_token(srv: Server, driver: WebDriver) -> None:
+    """A page served under `/<slug>/...` shares the dashboard's origin on the API port: it
+    is sandboxed there (an opaque origin), so its script cannot read the signed-in token."""
+    import http.server
+    import threading
+
+    page = (
+        b"<!doctype html><title>loading</title><script>let r; try { r = sessionStorage.getItem('registry-svc-token')"
+        b" || 'none'; } catch (e) { r = 'blocked'; } document.title = 'read:' + r;</script>"
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        srv.register({"url": url, "slug": "nosy", "status": "Healthy", "healthCheck": NO_CHECK})
+        sign_in(driver, srv, srv.admin_token)
+        driver.get(f"{srv.url}/nosy/page")
+        wait_for(driver, lambda d: d.title.startswith("read:"), "the proxied page's script")
+        assert driver.title == "read:blocked", driver.title
+        # The dashboard itself keeps its token.
+        driver.get(f"{srv.url}/ui")
+        assert driver.execute_script("return window.sessionStorage.getItem('registry-svc-token')") == srv.admin_token
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -18,7 +18,7 @@ import orjson
 import psutil
 import pytest
 
-from conftest import NO_CHECK, Server, wait_for
+from conftest import NO_CHECK, Server, free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +321,7 @@ def test_a_client_that_goes_away_frees_the_gates_descriptors(srv: Server) -> Non
     conns = []
     for _ in range(50):
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
-        conn.putrequest("GET", f"/registry-svc/definitions?index={index + 10**9}&wait=60s")
+        conn.putrequest("GET", f"/registry-svc/definitions?index={index + 10**9}&wait=10s")
         conn.putheader("Authorization", f"Bearer {srv.admin_token}")
         conn.endheaders()
         conns.append(conn)
@@ -333,28 +333,40 @@ def test_a_client_that_goes_away_frees_the_gates_descriptors(srv: Server) -> Non
     json.dumps(None)
 
 
-def test_held_blocking_queries_are_capped_per_client_with_a_429(srv: Server) -> None:
-    """1 (the workers' half): one client cannot hold more than its share of waiters."""
+def test_held_blocking_queries_are_capped_per_client_with_a_429(fresh_server: Server) -> None:
+    """1 (the workers' half): one client cannot hold more than its share of waiters. (A
+    query whose client went away still holds its waiter until its wait ends: Robyn does
+    not tell a handler that its connection closed; the cap bounds what that costs.)"""
+    srv = fresh_server
     from registry_svc.watch import MAX_HELD_PER_CLIENT
 
+    extra = 10
     index = srv.call("GET", "/registry-svc/definitions").index
     conns = []
     try:
-        for _ in range(MAX_HELD_PER_CLIENT):
-            conn = socket.create_connection(("127.0.0.1", srv.port))
+        for _ in range(MAX_HELD_PER_CLIENT + extra):
+            conn = socket.create_connection(("127.0.0.1", srv.port), timeout=0.01)
             conn.sendall(
-                f"GET /registry-svc/definitions?index={index + 10**9}&wait=30s HTTP/1.1\r\nHost: x\r\n"
+                f"GET /registry-svc/definitions?index={index + 10**9}&wait=8s HTTP/1.1\r\nHost: x\r\n"
                 f"Authorization: Bearer {srv.admin_token}\r\n\r\n".encode()
             )
             conns.append(conn)
-        over = wait_for(
-            lambda: (
-                (r := srv.call("GET", f"/registry-svc/definitions?index={index + 10**9}&wait=30s")).status == 429 and r
-            ),
-            15,
-            "the 429 past the cap",
-        )
-        assert over.headers["retry-after"] == "1" and "blocking queries" in over.json["error"]
+        answered: dict[int, bytes] = {}
+
+        def refused() -> bool:
+            for n, conn in enumerate(conns):
+                if n not in answered:
+                    with contextlib.suppress(TimeoutError):
+                        answered[n] = conn.recv(65536)
+            return len(answered) >= extra
+
+        wait_for(refused, 20, f"{extra} queries past the cap answered")
+        assert len(answered) == extra, answered
+        for got in answered.values():
+            assert status_of(got) == 429 and b"retry-after: 1" in got.lower(), got
+            assert "blocking queries" in json_body(got)["error"]
+        over = srv.call("GET", f"/registry-svc/definitions?index={index + 10**9}&wait=1s", timeout=10)
+        assert over.status == 429, over.body
         # Plain reads and writes are not held, and go on.
         assert srv.call("GET", "/health", token=None).status == 200
         assert srv.call("GET", "/registry-svc/definitions").status == 200
@@ -424,6 +436,15 @@ def test_a_planted_tmp_link_is_not_followed(tmp_path: Any) -> None:
     assert oct((data / "admin.token").stat().st_mode & 0o777) == oct(0o600)
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class DefaultDataPort(Server):
     """A server left to take its default data port (the API port + 1)."""
 
@@ -439,6 +460,7 @@ def test_a_restart_succeeds_while_the_last_run_s_data_port_connections_linger(tm
     them at once, on an explicit data port and on the default one."""
     server = Server(tmp_path / "data") if explicit else DefaultDataPort(tmp_path / "data")
     if not explicit:
+        server.port = next(p for p in iter(free_port, None) if p < 65535 and port_is_free(p + 1))
         server.data_port = server.port + 1
     server.start()
     try:
@@ -485,3 +507,139 @@ def test_cluster_import_refuses_what_it_cannot_use_in_one_line(
     assert done.returncode == 2, done.stderr
     assert said in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+class HoldingBackend(RawBackend):
+    """Answers each request once `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        super().__init__(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def _one(self, conn: socket.socket) -> None:
+        self.release.wait(30)
+        super()._one(conn)
+
+
+def test_a_crashed_worker_s_in_flight_counts_are_forgotten(tmp_path: Any) -> None:
+    """7: least_request no longer shuns an instance for requests a dead worker held."""
+    server = Server(tmp_path / "data", processes=2, args=["--slug-policy", "lr=least_request"]).start()
+    slow, other = HoldingBackend(), RawBackend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    held: list[socket.socket] = []
+    try:
+        slow_id = server.register({"url": slow.url, "slug": "lr", "status": "Healthy", "healthCheck": NO_CHECK}).json[
+            "instance"
+        ]["id"]
+        server.register({"url": other.url, "slug": "lr", "status": "Healthy", "healthCheck": NO_CHECK})
+        # Requests to the slow instance, spread over both workers' shares of the data port.
+        for _ in range(16):
+            s = socket.create_connection(("127.0.0.1", server.data_port))
+            s.sendall(b"GET /lr/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            held.append(s)
+
+        def holders() -> list[psutil.Process]:
+            return [
+                p
+                for p in server.worker_processes()
+                if any(c.raddr and c.raddr.port == slow.port for c in p.net_connections("tcp"))
+            ]
+
+        victims = wait_for(holders, 10, "a worker proxying to the slow instance")
+        victims[0].kill()
+        victims[0].wait(10)
+        slow.release.set()  # the live worker's requests end; the dead one's never will
+
+        def picks() -> set[str]:
+            return {
+                server.call("GET", "/registry-svc/instance/pick?slug=lr&policy=least_request").json["instance"]["id"]
+                for _ in range(30)
+            }
+
+        wait_for(lambda: slow_id in picks(), 15, "the slow instance picked again once its dead counts are reaped")
+        assert "forgot" in server.log_path.read_text()
+    finally:
+        for s in held:
+            s.close()
+        slow.close()
+        other.close()
+        server.kill9()
+
+
+def test_a_crashed_worker_is_replaced_and_reported(tmp_path: Any) -> None:
+    """8: the workers come back, the log and /metrics say so, and a request the dead
+    worker held is answered by a close instead of hanging."""
+    server = Server(tmp_path / "data", processes=2).start()
+    try:
+        before = {p.pid for p in server.worker_processes()}
+        index = server.call("GET", "/registry-svc/definitions").index
+        held = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+        held.sendall(
+            f"GET /registry-svc/definitions?index={index + 10**9}&wait=5m HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {server.admin_token}\r\n\r\n".encode()
+        )
+        holding = wait_for(server.workers_holding_connections, 10, "a worker holding the query")
+        victim = psutil.Process(next(iter(holding)))
+        victim.kill()
+        started = time.monotonic()
+        try:  # closed (or reset) at once, rather than held for the 5 minutes asked
+            got = held.recv(65536)
+        except ConnectionResetError:
+            got = b""
+        assert got == b"", got
+        assert time.monotonic() - started < 15
+        wait_for(lambda: "workers restarted" in server.log_path.read_text(), 30, "the restart in the log")
+        after = {p.pid for p in server.worker_processes()}
+        assert after and not after & before, (before, after)
+        assert server.call("GET", "/health", token=None).status == 200
+        assert server.call("GET", "/health", token=None, data_port=True).status == 200
+        assert "died; restarting the workers" in server.log_path.read_text()
+        metrics = server.call("GET", "/metrics").body.decode()
+        assert "registry_worker_restarts_total 1.0" in metrics, metrics[-2000:]
+    finally:
+        server.kill9()
+
+
+def test_a_fresh_cluster_server_without_etcd_exits_naming_etcd(tmp_path: Any) -> None:
+    """12: no empty replica served as if all were well."""
+
+    server = Server(tmp_path / "data", args=["--etcd", f"http://127.0.0.1:{free_port()}"])
+    with pytest.raises(RuntimeError, match=r"cannot reach etcd at 127\.0\.0\.1:") as raised:
+        server.start(timeout=40)
+    assert "holds no replica" in str(raised.value)
+    assert server.proc is not None and server.proc.returncode == 1
+    assert "admin token (existing)" not in server.log_path.read_text()
+
+
+def test_a_replica_of_another_etcd_cluster_is_refused(tmp_path: Any) -> None:
+    """11: same prefix, another cluster: refused at start like another prefix, not served
+    with a dead admin token."""
+    from etcd_cluster import EtcdCluster
+
+    first = EtcdCluster(tmp_path / "etcd-a", size=1).start()
+    data = tmp_path / "data"
+    try:
+        server = Server(data, args=["--etcd", f"http://{first.endpoints[0]}"]).start()
+
+        def knows_cluster() -> bool:
+            import lmdb
+
+            env = lmdb.open(str(data / "store"), readonly=True, lock=False, max_dbs=8, subdir=True)
+            try:
+                with env.begin() as txn:
+                    meta = env.open_db(b"meta", txn=txn, create=False)
+                    return any(b'"clusterId":"' in bytes(v) for _, v in txn.cursor(db=meta))
+            finally:
+                env.close()
+
+        wait_for(knows_cluster, 10, "the replica state naming its cluster")
+        server.kill9()
+    finally:
+        first.stop()
+    second = EtcdCluster(tmp_path / "etcd-b", size=1).start()
+    try:
+        again = Server(data, args=["--etcd", f"http://{second.endpoints[0]}"])
+        with pytest.raises(RuntimeError, match="another cluster with the same prefix"):
+            again.start(timeout=30)
+        assert again.proc is not None and again.proc.returncode == 1
+    finally:
+        second.stop()

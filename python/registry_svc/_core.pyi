@@ -90,6 +90,9 @@ class Store:
     ) -> tuple[str, str]:
         """(id, url) of a pick with the default policy (same errors as `pick`): the lightest
         answer, for an in-process resolver."""
+    def reap_dead_processes(self) -> int:
+        """Takes the in-flight requests of server processes that died (a crashed worker)
+        out of the shared balancer counts; returns how many were forgotten."""
     def release(self, slug: str, id: str, outcome: str) -> bool:
         """Ends a tracked pick: "success", "failure" (connect error or 5xx) or "abandoned".
         True when this outcome ejected the instance (outlier detection)."""

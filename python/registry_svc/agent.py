@@ -42,6 +42,8 @@ from registry_svc.settings import Settings
 log = logging.getLogger("registry_svc")
 
 MISSED_HEARTBEATS = 3
+# How often the balancer counts of dead worker processes are looked for.
+REAP_INTERVAL_S = 1.0
 
 
 def checker_of(instance_id: str, node_ids: list[str]) -> str | None:
@@ -98,7 +100,18 @@ class NodeAgent:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._ready.set()
-        await asyncio.gather(self._heartbeat_loop(self._stop), self.checker.run(self._stop))
+        await asyncio.gather(
+            self._heartbeat_loop(self._stop), self.checker.run(self._stop), self._reap_loop(self._stop)
+        )
+
+    async def _reap_loop(self, stop: asyncio.Event) -> None:
+        """Every second, the in-flight counts of worker processes that died are taken out of
+        the balancer's shared state (a crashed worker's requests are nobody's any more)."""
+        while not stop.is_set():
+            forgotten = self.store.reap_dead_processes()
+            if forgotten:
+                log.warning("forgot %d in-flight proxied request(s) of server processes that died", forgotten)
+            await pause(stop, REAP_INTERVAL_S)
 
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         """Heartbeats every interval; in a cluster, sweeps twice per interval in between, so

@@ -74,6 +74,9 @@ class _Metrics:
         self.batches = Counter("registry_store_commit_batches", "LMDB transactions committed (group commits)")
         self.probes = Counter("registry_health_probes", "Health probes run, by result", ["type", "result"])
         self.upstream = Counter("registry_proxy_upstream_requests", "Proxied requests, by outcome", ["outcome"])
+        self.worker_restarts = Counter(
+            "registry_worker_restarts", "Times the supervisor restarted the workers after one of them died"
+        )
         self.ejections = Counter(
             "registry_proxy_ejections", "Instances the proxy ejected after consecutive failures (outlier detection)"
         )
@@ -175,6 +178,12 @@ def request(route: str, method: str, status: int, seconds: float) -> None:
     if _metrics is not None:
         with _pending_lock:
             _pending_requests.setdefault((route, method, status), []).append(seconds)
+
+
+def worker_restarted() -> None:
+    """Counts a restart of the workers (the supervisor's, after one died)."""
+    if _metrics is not None:
+        _metrics.worker_restarts.inc()
 
 
 def probe(check_type: str, ok: bool) -> None:

@@ -113,6 +113,18 @@ class Replicator:
             raise ReplicaError(
                 f"this data dir replicates etcd prefix '{previous.get('prefix')}', not '{self.layout.prefix}'; use a new --data-dir"
             )
+        known = previous.get("clusterId")
+        if known is None:
+            return
+        try:
+            header = self.client.range(self.layout.bootstrap, count_only=True, timeout=PING_TIMEOUT_S)["header"]
+        except (EtcdUnavailable, EtcdError, OSError):
+            return  # etcd away: the replica is served read-only, and the ping loop checks again
+        if header.get("cluster_id") != known:
+            raise ReplicaError(
+                f"this data dir replicates etcd cluster {known}, but the etcd at {','.join(self.client.endpoints)} is cluster "
+                f"{header.get('cluster_id')} (another cluster with the same prefix); use a new --data-dir"
+            )
 
     def start(self) -> None:
         self._lock_path.parent.mkdir(parents=True, exist_ok=True)

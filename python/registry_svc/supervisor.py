@@ -28,6 +28,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 from registry_svc import _core, cluster_import, metrics, nodes, telemetry
 from registry_svc.agent import NodeAgent
 from registry_svc.auth import ensure_admin_token
@@ -45,6 +47,10 @@ READY_TIMEOUT_S = 30.0
 # How long a cluster server waits at start for its replica's first sync with etcd.
 SYNC_TIMEOUT_S = 10.0
 STOP_GRACE_S = 2.0
+# Workers restarted after one died: more than MAX_RESTARTS in RESTART_WINDOW_S and the
+# server exits non-zero instead (something kills them; a supervisor like systemd decides).
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60
 # Tokio threads of the gate: it only parses heads and copies bytes, so one per two cores
 # (on 2 cores a second thread measured slower: it competes with the workers).
 FRONT_THREADS = max(1, (os.cpu_count() or 2) // 2)
@@ -123,6 +129,9 @@ def start_replica(settings: Settings, store: EtcdStore) -> Replicator | None:
     """Starts the replicator and waits for its first sync with etcd. None (after logging
     why) when the server cannot start; with etcd away but a replica on disk, the server
     starts and serves it read-only until etcd is back."""
+    # A replica worth serving is one that heard from etcd at least once: the replicator
+    # writes its state (connected: false) before any contact too.
+    had_replica = bool(replica_state(store).get("contact"))
     replicator = Replicator(store, store.etcd, store.layout, settings.data_dir)
     try:
         replicator.check_data_dir()
@@ -131,9 +140,9 @@ def start_replica(settings: Settings, store: EtcdStore) -> Replicator | None:
         log.error("registry-svc: %s", e)
         return None
     if not replicator.wait_synced(SYNC_TIMEOUT_S):
-        if not replica_state(store):
-            log.error("registry-svc: cannot reach etcd at %s: %s", ",".join(settings.etcd_endpoints),
-                      replicator.state.get("lastError"))  # fmt: skip
+        if not had_replica:
+            log.error("registry-svc: cannot reach etcd at %s, and this data dir holds no replica to serve until it is "
+                      "back: %s", ",".join(settings.etcd_endpoints), replicator.state.get("lastError"))  # fmt: skip
             replicator.stop()
             return None
         log.warning("registry-svc: etcd is unreachable; serving the replica at revision %d read-only until it is back",
@@ -154,6 +163,34 @@ def _wait_ready(settings: Settings, child: subprocess.Popen[bytes]) -> bool:
             pass
         time.sleep(0.05)
     return False
+
+
+class WorkerWatch:
+    """The processes of the worker group (Robyn's forks, or the group leader alone), to
+    notice one that died while the group leader lives on."""
+
+    def __init__(self, child: subprocess.Popen[bytes]) -> None:
+        self._leader = psutil.Process(child.pid)
+        self._known: dict[int, psutil.Process] = {}
+        self._next = 0.0
+
+    def dead(self) -> str | None:
+        """The pid (and how it ended) of a known worker that is gone, checked once a second."""
+        if time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + 1.0
+        with contextlib.suppress(psutil.Error):
+            for p in self._leader.children(recursive=True):
+                if p.pid not in self._known and p.status() != psutil.STATUS_ZOMBIE:
+                    self._known[p.pid] = p
+        for pid, p in self._known.items():
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    continue
+            except psutil.Error:
+                pass
+            return str(pid)
+        return None
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
@@ -246,7 +283,11 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
         "--log-level", "WARN", "--disable-openapi",
     ]  # fmt: skip
     env = {**os.environ, **settings.to_env(), SUPERVISOR_PID_ENV: str(os.getpid())}
-    child = subprocess.Popen(argv, env=env, start_new_session=True)
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, env=env, start_new_session=True)
+
+    child = spawn()
     membership = (
         Membership(store.etcd, store.layout, settings.heartbeat_seconds) if isinstance(store, EtcdStore) else None
     )
@@ -265,11 +306,34 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
                 f"data plane on port {settings.data_port}" if settings.data_port else "no data port",
                 settings.store_path, token_note, settings.admin_token_path,
             )  # fmt: skip
+        workers = WorkerWatch(child)
+        restarts: list[float] = []
         while not stopping:
             code = child.poll()
             if code is not None:
                 log.error("registry-svc: the server exited with code %d", code)
                 return code or 1
+            dead = workers.dead()
+            if dead:
+                # A worker that died took its share of the data port and the requests it
+                # held; the group is started again, or the server exits when they keep dying.
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
+                if len(restarts) > MAX_RESTARTS:
+                    log.error(
+                        "registry-svc: worker process %s died, the %d. time in %ds; exiting", dead, len(restarts),
+                        RESTART_WINDOW_S,
+                    )  # fmt: skip
+                    return 1
+                log.error("registry-svc: worker process %s died; restarting the workers", dead)
+                metrics.worker_restarted()
+                _stop(child)
+                child = spawn()
+                if not _wait_ready(settings, child) and not stopping:
+                    log.error("registry-svc: the restarted workers did not become ready (exit code %s)", child.poll())
+                    return 1
+                log.warning("registry-svc: workers restarted")
+                workers = WorkerWatch(child)
             time.sleep(0.1)
         log.warning("registry-svc: stopping (signal %d)", stopping[0])
         return 0

@@ -98,7 +98,10 @@ const VIEWS = {
         const counts = bySlug.get(slug);
         const total = STATUSES.reduce((sum, s) => sum + counts[s], 0);
         const name = slug === NO_SLUG ? '<span class="muted">(no slug)</span>' : esc(slug);
-        const policy = routing.slugPolicies[slug] || `${routing.defaultPolicy} <span class="muted">(default)</span>`;
+        // Own keys only: a slug named "constructor" is not the object's prototype's.
+        const policy = Object.hasOwn(routing.slugPolicies, slug)
+          ? esc(routing.slugPolicies[slug])
+          : `${esc(routing.defaultPolicy)} <span class="muted">(default)</span>`;
         const cells = STATUSES.map((s) => `<td class="num">${counts[s] ? countBadge(s, counts[s]) : '<span class="muted">0</span>'}</td>`);
         return `<tr data-slug="${esc(slug)}"><td><a href="#/service/${encodeURIComponent(slug)}">${name}</a></td>`
           + `<td class="num">${total}</td>${cells.join("")}`
