@@ -832,6 +832,9 @@ enum Responses {
     Relayed {
         upstream: OwnedWriteHalf,
         task: JoinHandle<OwnedWriteHalf>,
+        /// Set when the gate itself ends the exchange with the workers (`finish`): the
+        /// client is then still the gate's to answer or close.
+        finishing: Arc<std::sync::atomic::AtomicBool>,
     },
 }
 
@@ -840,7 +843,12 @@ impl Responses {
     async fn finish(self) -> Option<OwnedWriteHalf> {
         match self {
             Responses::Direct(client) => Some(client),
-            Responses::Relayed { mut upstream, task } => {
+            Responses::Relayed {
+                mut upstream,
+                task,
+                finishing,
+            } => {
+                finishing.store(true, Ordering::Release);
                 let _ = upstream.shutdown().await;
                 task.await.ok()
             }
@@ -926,7 +934,7 @@ impl Gate {
                         Responses::Direct(mut client) => {
                             let _ = client.shutdown().await;
                         }
-                        Responses::Relayed { upstream, task } => {
+                        Responses::Relayed { upstream, task, .. } => {
                             task.abort();
                             drop(upstream);
                         }
@@ -1018,7 +1026,11 @@ impl Gate {
     /// responses) on the first one.
     async fn forward(&self, responses: Responses, request: Vec<u8>) -> Result<Responses, Refusal> {
         let mut relayed = match responses {
-            Responses::Relayed { upstream, task } => (upstream, task),
+            Responses::Relayed {
+                upstream,
+                task,
+                finishing,
+            } => (upstream, task, finishing),
             Responses::Direct(mut client) => {
                 let stream = match TcpStream::connect(self.upstream).await {
                     Ok(stream) => stream,
@@ -1036,15 +1048,19 @@ impl Gate {
                 };
                 let _ = stream.set_nodelay(true);
                 let (mut upstream_rd, upstream_wr) = stream.into_split();
+                let finishing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let ours = Arc::clone(&finishing);
                 let task = tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut upstream_rd, &mut client).await;
-                    // The workers closed (a worker died, or they end the connection): no
-                    // answer can come on it any more, so the client is told by the close
-                    // rather than left waiting for the idle timeout.
-                    let _ = client.shutdown().await;
+                    if !ours.load(Ordering::Acquire) {
+                        // The workers closed on their own (a worker died, or they end the
+                        // connection): no answer can come on it any more, so the client is
+                        // told by the close rather than left waiting for the idle timeout.
+                        let _ = client.shutdown().await;
+                    }
                     client
                 });
-                (upstream_wr, task)
+                (upstream_wr, task, finishing)
             }
         };
         if relayed.0.write_all(&request).await.is_err() {
@@ -1053,6 +1069,7 @@ impl Gate {
         Ok(Responses::Relayed {
             upstream: relayed.0,
             task: relayed.1,
+            finishing: relayed.2,
         })
     }
 }

@@ -489,3 +489,28 @@ fn connections_past_the_cap_get_a_503() {
     });
     assert!(answered, "a freed slot takes a new connection");
 }
+
+#[test]
+fn workers_that_do_not_answer_yet_get_a_503_with_retry_after() {
+    // The gate listens before the workers do (start-up, a restart of the workers).
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gate = Front::start(
+        "127.0.0.1:0".parse().unwrap(),
+        closed,
+        Limits::default(),
+        1,
+        None,
+        Role::Api,
+        None,
+        Options::default(),
+    )
+    .unwrap();
+    let (out, closed) = exchange(
+        &gate,
+        b"PUT /registry-svc/instance HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+    assert!(out.contains("retry-after: 1\r\n"), "{out}");
+    assert!(out.contains("starting"), "{out}");
+    assert!(closed);
+}

@@ -524,3 +524,74 @@ def test_a_token_created_on_one_server_works_on_another_read_with_its_index(clus
         c.heal()
     # Without an index, an unknown token is still refused at once.
     assert c.server.call("GET", "/registry-svc/instances", token="rsv_not-a-token").status == 401
+
+
+def test_an_etcd_election_without_quorum_declares_no_live_node_gone(tmp_path: Path) -> None:
+    """The hardening issue's item 4: with heartbeats of 2 s, etcd's leader killed and
+    another member paused for 8 s (no quorum: nobody can heartbeat) under registrations.
+    Once etcd is back, no running server is declared gone, and every acknowledged
+    instance is as it was registered (Healthy, `type: none`: no probe would bring it back)."""
+    root = tmp_path
+    etcd = EtcdCluster(root / "etcd").start()
+    servers: list[Server] = []
+    acknowledged: dict[str, str] = {}
+    stop = threading.Event()
+    try:
+        endpoints = ",".join(f"http://{e}" for e in etcd.endpoints)
+        first = Server(root / "a", args=["--etcd", endpoints, "--heartbeat-seconds", "2"]).start()
+        servers.append(first)
+        for name in ("b", "c"):
+            (root / name).mkdir()
+            shutil.copy(first.data_dir / "admin.token", root / name / "admin.token")
+            servers.append(Server(root / name, args=["--etcd", endpoints, "--heartbeat-seconds", "2"]).start())
+        wait_for(
+            lambda: len(first.call("POST", "/registry-svc/nodes").json["nodes"]) == 3, 20, "three live nodes"
+        )
+
+        def register_load() -> None:
+            n = 0
+            while not stop.is_set() and n < 2000:
+                server = servers[n % 3]
+                body = {**instance_body(30000 + n, "quorum"), "status": "Healthy"}
+                try:
+                    reply = server.call("PUT", "/registry-svc/instance", body, timeout=5)
+                except OSError:
+                    reply = None
+                if reply is not None and reply.status in (200, 201):
+                    acknowledged[reply.json["instance"]["id"]] = server.url
+                n += 1
+                time.sleep(0.02)
+
+        loader = threading.Thread(target=register_load)
+        loader.start()
+        time.sleep(2)
+        leader = wait_for(etcd.leader, 10, "an etcd leader")
+        paused = next(m for m in etcd.members if m is not leader)
+        leader.kill9()
+        assert paused.proc is not None
+        paused.proc.send_signal(signal.SIGSTOP)
+        time.sleep(8)  # no quorum: four heartbeats missed by everyone
+        paused.proc.send_signal(signal.SIGCONT)
+        etcd.restart(leader)
+        wait_for(etcd.leader, 20, "a new etcd leader")
+        time.sleep(8)  # the sweeper's judgement time, and the nodes' next heartbeats
+        stop.set()
+        loader.join()
+        assert len(acknowledged) > 100, len(acknowledged)
+        for server in servers:
+            log = server.log_path.read_text()
+            assert "marking its instances Unhealthy" not in log, log[-3000:]
+        nodes = first.call("POST", "/registry-svc/nodes").json["nodes"]
+        assert sorted(n["status"] for n in nodes) == ["Healthy"] * 3, nodes
+        listed = {i["id"]: i for i in first.call("GET", "/registry-svc/instances?slug=quorum").json["instances"]}
+        assert set(acknowledged) <= set(listed), "an acknowledged registration was lost"
+        wrong = {i: listed[i]["statusReason"] for i in acknowledged if listed[i]["status"] != "Healthy"}
+        assert not wrong, wrong
+    finally:
+        stop.set()
+        for server in servers:
+            server.kill9()
+        for member in etcd.members:
+            if member.proc is not None and member.proc.poll() is None:
+                member.proc.send_signal(signal.SIGCONT)
+        etcd.stop()

@@ -643,3 +643,33 @@ def test_a_replica_of_another_etcd_cluster_is_refused(tmp_path: Any) -> None:
         assert again.proc is not None and again.proc.returncode == 1
     finally:
         second.stop()
+
+
+def test_a_node_s_return_gives_its_instances_back_what_its_absence_took(tmp_path: Any) -> None:
+    """4 (a node's return): `type: none` instances have no probe to bring them back."""
+    fast = ["--heartbeat-seconds", "0.5"]
+    data = tmp_path / "data"
+    one = Server(data, args=fast, env={"OB_NODE_ID": "node-1"}).start()
+    two_env = {"OB_NODE_ID": "node-2", "OB_SELF_URL": "http://node2.cluster.local:11337"}
+    two = Server(data, args=fast, env=two_env).start()
+    try:
+        body = {"slug": "n2", "nodeUrl": two_env["OB_SELF_URL"], "healthCheck": NO_CHECK}
+        up = one.register({**body, "url": "http://on-node-2:80", "status": "Healthy"}).json["instance"]
+        starting = one.register({**body, "url": "http://on-node-2:81", "status": "Starting"}).json["instance"]
+        down = one.register({**body, "url": "http://on-node-2:82", "status": "Unhealthy"}).json["instance"]
+
+        def instance(i: dict[str, Any]) -> dict[str, Any]:
+            return dict(one.call("GET", f"/registry-svc/instance/{i['id']}").json["instance"])
+
+        two.kill9()
+        lost = wait_for(lambda: (i := instance(up))["status"] == "Unhealthy" and i, 15, "the cascade")
+        assert lost["statusReason"].startswith("node node-2 (") and lost["statusReason"].endswith("; was Healthy")
+        wait_for(lambda: instance(starting)["status"] == "Unhealthy", 5, "the cascade on Starting")
+        two.start()
+        wait_for(lambda: instance(up)["status"] == "Healthy", 15, "the node's return")
+        assert instance(up)["statusReason"] == "node node-2 is heartbeating again"
+        wait_for(lambda: instance(starting)["status"] == "Starting", 5, "Starting given back")
+        assert instance(down)["status"] == "Unhealthy"  # it was before, and stays so
+    finally:
+        one.kill9()
+        two.kill9()

@@ -68,6 +68,15 @@ class NodeAgent:
         self._live_node_urls: set[str] = set()
         self._healthy_ids: list[str] = []
         self._own_id: str | None = None
+        # Cluster mode: since when etcd took this node's writes again after it could not
+        # (silence before that counts against no node: nobody could heartbeat), and since
+        # when this node is the sweeper (a fresh one waits a lease before judging).
+        self._etcd_ok_since = time.time()
+        self._etcd_failing = False
+        self._sweeper_since: float | None = None
+        # The node's instances that its absence made Unhealthy are given back once, at the
+        # first heartbeat (a restart), and whenever the node was not Healthy before one.
+        self._restore_due = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="registry-node-agent", daemon=True)
@@ -125,9 +134,13 @@ class NodeAgent:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + interval - tick / 4
                     await loop.run_in_executor(None, self.heartbeat)
+                    if self._etcd_failing:
+                        self._etcd_failing = False
+                        self._etcd_ok_since = time.time()
                 else:
                     await loop.run_in_executor(None, self.refresh_nodes)
             except (EtcdUnavailable, EtcdError, _core.StoreError) as e:
+                self._etcd_failing = True
                 log.warning("node heartbeat failed: %s", e)
             except Exception:
                 log.exception("node heartbeat failed")
@@ -138,10 +151,34 @@ class NodeAgent:
         sweeps for silent nodes."""
         usage = telemetry.usage_sample(self.settings.data_dir)
         gpus = self.gpus.sample(self.settings.self_url)
+        before = nodes.find_by_url(self.store, self.settings.self_url)
         record = nodes.upsert_self(self.store, self.settings, usage, gpus)
         if self.membership is not None:
+            was_sweeper = self.membership.sweeper
             self.membership.beat(record["id"])
+            if self.membership.sweeper and not was_sweeper:
+                self._sweeper_since = time.monotonic()
+        if self._restore_due or (before is not None and before[1].get("status") != "Healthy"):
+            self.restore_instances(record["id"])
+            self._restore_due = False
         self.refresh_nodes()
+
+    def restore_instances(self, node_id: str) -> None:
+        """Gives this node's instances back what its absence took (`status.after_node_returned`)."""
+        for instance_id in self.store.ids_by("instances", "nodeUrl", self.settings.self_url):
+            write_status(
+                self.store, instance_id, lambda current: status.after_node_returned(current, node_id), alive=False
+            )
+
+    def judging(self) -> bool:
+        """Whether this node sweeps now: always on a single machine; in a cluster, when it
+        holds the sweeper election and has held it for a full lease (a node whose lease
+        lapsed under the previous sweeper is then gone for it too)."""
+        if self.membership is None:
+            return True
+        if self._etcd_failing or not self.membership.sweeper or self._sweeper_since is None:
+            return False
+        return time.monotonic() - self._sweeper_since >= self.membership.ttl
 
     def refresh_nodes(self) -> None:
         """Marks nodes that missed their heartbeats Unhealthy (with their instances) and
@@ -149,13 +186,15 @@ class NodeAgent:
         now = time.time()
         _, raws = self.store.list(nodes.NODES)
         node_records = [orjson.loads(raw) for raw in raws]
-        sweeps = self.membership is None or self.membership.sweeper
+        sweeps = self.judging()
         leased = self.membership.live_node_ids() if self.membership is not None and sweeps else None
+        # In a cluster, silence while etcd took no writes is nobody's fault.
+        counted_from = self._etcd_ok_since if self.membership is not None else 0.0
         for node in node_records:
             if not sweeps or node["url"] == self.settings.self_url or node.get("status") != "Healthy":
                 continue
             interval = float(node.get("heartbeatIntervalSeconds") or 10)
-            silent = now - parse_time(node["lastHeartbeat"]).timestamp()
+            silent = now - max(parse_time(node["lastHeartbeat"]).timestamp(), counted_from)
             lease_gone = leased is not None and node["id"] not in leased and silent > interval
             if silent > MISSED_HEARTBEATS * interval or lease_gone:
                 self.mark_node_unhealthy(node, silent, "its lease expired" if lease_gone else None)

@@ -14,8 +14,9 @@ Transitions:
   (heartbeat or re-registration) or an admin changes it.
 - `ttl`: `Unhealthy` when no heartbeat came within `intervalSeconds`; a heartbeat without
   a status makes it `Healthy` again. `none`: never probed.
-- The node an instance runs on stopped heartbeating: `Unhealthy`, until a live node's
-  checker probes it back (see `agent.py`).
+- The node an instance runs on stopped heartbeating: `Unhealthy` (its reason keeps the
+  status it had), until a live node's checker probes it back (see `agent.py`), or the node
+  heartbeats again and gives it back the status it had (`type: none` has no probe to do it).
 """
 
 from __future__ import annotations
@@ -81,11 +82,31 @@ def after_heartbeat(instance: dict[str, Any], requested: str | None) -> Transiti
     return None
 
 
+# Appended to the reason of an instance the loss of its node made Unhealthy, with the
+# status it had: the node's return gives it back (`after_node_returned`).
+_WAS = "; was "
+
+
 def after_node_lost(instance: dict[str, Any], reason: str) -> Transition | None:
-    """The node running the instance stopped heartbeating."""
-    if instance.get("status") == "Stopping":
+    """The node running the instance stopped heartbeating. An instance Unhealthy already
+    keeps its own reason; the others remember their status in the reason."""
+    current = instance.get("status")
+    if current in ("Stopping", "Unhealthy"):
         return None
-    return Transition("Unhealthy", short(reason))
+    return Transition("Unhealthy", short(reason)[: MAX_REASON_CHARS - 20] + f"{_WAS}{current}")
+
+
+def after_node_returned(instance: dict[str, Any], node_id: str) -> Transition | None:
+    """The instance's node heartbeats again: what its loss took is given back (the status
+    the instance had before), for an instance nothing else changed since. A checked
+    instance is probed on as ever from there."""
+    reason = str(instance.get("statusReason") or "")
+    if instance.get("status") != "Unhealthy" or not reason.startswith(f"node {node_id} (") or _WAS not in reason:
+        return None
+    before = reason.rsplit(_WAS, 1)[1]
+    if before not in STATUSES or before == "Unhealthy":
+        return None
+    return Transition(before, f"node {node_id} is heartbeating again")
 
 
 def apply(record: dict[str, Any], transition: Transition | None) -> bool:
