@@ -544,9 +544,7 @@ def test_an_etcd_election_without_quorum_declares_no_live_node_gone(tmp_path: Pa
             (root / name).mkdir()
             shutil.copy(first.data_dir / "admin.token", root / name / "admin.token")
             servers.append(Server(root / name, args=["--etcd", endpoints, "--heartbeat-seconds", "2"]).start())
-        wait_for(
-            lambda: len(first.call("POST", "/registry-svc/nodes").json["nodes"]) == 3, 20, "three live nodes"
-        )
+        wait_for(lambda: len(first.call("POST", "/registry-svc/nodes").json["nodes"]) == 3, 20, "three live nodes")
 
         def register_load() -> None:
             n = 0
