@@ -1333,7 +1333,8 @@ async fn refuse(refusal: Refusal, client: Option<OwnedWriteHalf>, mut incoming: 
         return;
     }
     let _ = client.shutdown().await;
-    let mut sink = [0u8; 64 << 10];
+    // On the heap, and only here: as an array it would sit in every connection's future.
+    let mut sink = vec![0u8; 64 << 10];
     let mut dropped = 0usize;
     let deadline = tokio::time::Instant::now() + LINGER;
     while dropped < LINGER_MAX_BYTES {

@@ -673,3 +673,34 @@ def test_a_node_s_return_gives_its_instances_back_what_its_absence_took(tmp_path
     finally:
         one.kill9()
         two.kill9()
+
+
+def test_idle_and_slow_connections_cost_little_and_do_not_block_others(fresh_server: Server) -> None:
+    """23: 2,000 idle keep-alive connections (each after one answered request) and 1,000
+    slowloris heads; the server answers at once, and the gate's memory per connection stays
+    small (an array in the connection's future made each cost over 100 KiB)."""
+    srv = fresh_server
+    gate = psutil.Process(srv.proc.pid)  # type: ignore[union-attr]
+    time.sleep(0.5)
+    base = gate.memory_info().rss
+    idle = []
+    try:
+        for _ in range(2000):
+            conn = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            idle.append(conn)
+        for conn in idle:
+            assert status_of(conn.recv(4096)) == 200
+        per_connection = (gate.memory_info().rss - base) / len(idle)
+        slow = []
+        for _ in range(1000):
+            conn = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            conn.sendall(b"GET /health HTTP/1.1\r\nHo")
+            slow.append(conn)
+        idle += slow
+        assert srv.call("GET", "/health", token=None, timeout=5).status == 200
+        assert srv.call("GET", "/registry-svc/instances").status == 200
+        assert per_connection < 64 << 10, f"{per_connection / 1024:.1f} KiB per idle connection"
+    finally:
+        for conn in idle:
+            conn.close()
