@@ -60,31 +60,21 @@ fn front(up: &Upstream) -> Front {
         proxy_body: 4096,
         ..Limits::default()
     };
-    Front::start(
-        "127.0.0.1:0".parse().unwrap(),
-        up.addr,
-        limits,
-        1,
-        None,
-        Role::Api,
-        None,
-        Options::default(),
-    )
-    .unwrap()
+    api_gate(up.addr, limits)
 }
 
 /// A gate of `role` on `listen` with default limits, no registry and no proxy.
 fn gate_on(listen: SocketAddr, up: &Upstream, role: Role) -> std::io::Result<Front> {
-    Front::start(
-        listen,
-        up.addr,
-        Limits::default(),
-        1,
-        None,
-        role,
-        None,
-        Options::default(),
-    )
+    gate_to(listen, up.addr, Limits::default(), role)
+}
+
+/// An API gate on a free port in front of `workers`, with `limits`.
+fn api_gate(workers: SocketAddr, limits: Limits) -> Front {
+    gate_to("127.0.0.1:0".parse().unwrap(), workers, limits, Role::Api).unwrap()
+}
+
+fn gate_to(listen: SocketAddr, workers: SocketAddr, limits: Limits, role: Role) -> std::io::Result<Front> {
+    Front::start(listen, workers, limits, 1, None, role, None, Options::default())
 }
 
 /// Sends `data`, then reads until the gate closes or 2 s pass without a byte.
@@ -463,17 +453,7 @@ fn connections_past_the_cap_get_a_503() {
         max_connections: 2,
         ..Limits::default()
     };
-    let gate = Front::start(
-        "127.0.0.1:0".parse().unwrap(),
-        up.addr,
-        limits,
-        1,
-        None,
-        Role::Api,
-        None,
-        Options::default(),
-    )
-    .unwrap();
+    let gate = api_gate(up.addr, limits);
     let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(gate.local_addr()).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(200));
     let (out, closed) = exchange(&gate, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -494,17 +474,7 @@ fn connections_past_the_cap_get_a_503() {
 fn workers_that_do_not_answer_yet_get_a_503_with_retry_after() {
     // The gate listens before the workers do (start-up, a restart of the workers).
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let gate = Front::start(
-        "127.0.0.1:0".parse().unwrap(),
-        closed,
-        Limits::default(),
-        1,
-        None,
-        Role::Api,
-        None,
-        Options::default(),
-    )
-    .unwrap();
+    let gate = api_gate(closed, Limits::default());
     let (out, closed) = exchange(
         &gate,
         b"PUT /registry-svc/instance HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",

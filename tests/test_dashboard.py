@@ -276,3 +276,14 @@ def test_a_proxied_page_cannot_read_the_dashboard_s_token(srv: Server, driver: W
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_slug_named_like_an_object_property_shows_its_policy(srv: Server, driver: WebDriver) -> None:
+    """The routing column looked slugs up on a plain object: `constructor` showed the
+    source of Object's constructor function."""
+    srv.register({"url": "http://ctor-1:80", "slug": "constructor", "status": "Healthy", "healthCheck": NO_CHECK})
+    sign_in(driver, srv, srv.admin_token)
+    row = "tr[data-slug='constructor']"
+    wait_for(driver, lambda d: text_of(d, row), "the constructor row")
+    assert "round_robin (default)" in text_of(driver, row), text_of(driver, row)
+    assert "function" not in text_of(driver, row) and "native code" not in text_of(driver, row)

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import psutil
 import pytest
+from test_hardening import raw_http
 
 from conftest import NO_CHECK, Server, free_port, wait_for
 
@@ -31,15 +32,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[bytes, bool]:
     """Sends raw bytes; what came back, and whether the server closed (False: still open
     after `timeout` without a byte)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except TimeoutError:
-            return out, False
-    return out, True
+    out = raw_http(port, data, timeout)
+    return out.removesuffix(b"<open>"), not out.endswith(b"<open>")
 
 
 def status_of(response: bytes) -> int:
@@ -92,6 +86,17 @@ class RawBackend:
 def route(srv: Server, slug: str, backend: RawBackend) -> None:
     reply = srv.register({"url": backend.url, "slug": slug, "healthCheck": NO_CHECK})
     assert reply.status in (200, 201), reply.body
+
+
+@contextlib.contextmanager
+def routed(srv: Server, slug: str, answer: bytes) -> Iterator[RawBackend]:
+    """A `RawBackend` answering `answer`, routed as `slug`, closed afterwards."""
+    backend = RawBackend(answer)
+    try:
+        route(srv, slug, backend)
+        yield backend
+    finally:
+        backend.close()
 
 
 # --- 3. absolute-form targets ---------------------------------------------------------
@@ -234,37 +239,31 @@ def test_a_trailing_slash_gets_one_answer_on_both_ports(srv: Server) -> None:
 # --- 5, 6, 17, 22. the proxy -----------------------------------------------------------
 
 
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
 @pytest.mark.parametrize("data_port", [False, True])
 def test_an_unsolicited_101_from_an_upstream_is_a_502(srv: Server, data_port: bool) -> None:
-    backend = RawBackend(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-    try:
-        route(srv, "switcher", backend)
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    with routed(srv, "switcher", switch):
         port = srv.data_port if data_port else srv.port
         out, _ = exchange(
             port, b"GET /switcher/x HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n", 3
         )
         assert status_of(out) == 502 and "101" in json_body(out.split(b"HTTP/1.1 200")[0])["error"], out
         assert b"HTTP/1.1 101" not in out and b"HTTP/1.1 200 OK" in out  # the connection stays HTTP
-    finally:
-        backend.close()
 
 
 @pytest.mark.parametrize("tail", ["..;/admin", "%2e%2e;x=1/admin", ".;/x", "a/..;jsessionid=1"])
 def test_dot_segments_with_parameters_are_refused(srv: Server, tail: str) -> None:
-    backend = RawBackend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    try:
-        route(srv, "servlet", backend)
+    with routed(srv, "servlet", OK) as backend:
         out, _ = exchange(srv.port, f"GET /servlet/{tail} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         assert status_of(out) == 400 and json_body(out)["error"].startswith("path: "), out
         assert backend.heads == []
-    finally:
-        backend.close()
 
 
 def test_forwarded_claims_in_any_spelling_do_not_reach_the_upstream(srv: Server) -> None:
-    backend = RawBackend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    try:
-        route(srv, "claims", backend)
+    with routed(srv, "claims", OK) as backend:
         out, _ = exchange(
             srv.port,
             b"GET /claims/x HTTP/1.1\r\nHost: x\r\nForwarded: for=1.2.3.4;host=bank.example;proto=https\r\n"
@@ -274,19 +273,13 @@ def test_forwarded_claims_in_any_spelling_do_not_reach_the_upstream(srv: Server)
         head = backend.heads[0].lower()
         assert b"bank.example" not in head and b"1.2.3.4" not in head, head
         assert b"\r\nx-forwarded-host: x\r\n" in head
-    finally:
-        backend.close()
 
 
 def test_a_204_is_relayed_without_content_length(srv: Server) -> None:
-    backend = RawBackend(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-Kept: 1\r\n\r\n")
-    try:
-        route(srv, "nocontent", backend)
+    with routed(srv, "nocontent", b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-Kept: 1\r\n\r\n"):
         out, _ = exchange(srv.port, b"GET /nocontent/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert status_of(out) == 204 and b"x-kept: 1" in out.lower()
         assert b"content-length" not in out.lower(), out
-    finally:
-        backend.close()
 
 
 # --- 18. the registry's own address, and metadata, in other spellings -----------------
@@ -321,7 +314,7 @@ def test_a_client_that_goes_away_frees_the_gates_descriptors(srv: Server) -> Non
     conns = []
     for _ in range(50):
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
-        conn.putrequest("GET", f"/registry-svc/definitions?index={index + 10**9}&wait=10s")
+        conn.putrequest("GET", f"/registry-svc/definitions?index={index + 10**9}&wait=60s")
         conn.putheader("Authorization", f"Bearer {srv.admin_token}")
         conn.endheaders()
         conns.append(conn)
@@ -514,7 +507,7 @@ class HoldingBackend(RawBackend):
 
     def __init__(self) -> None:
         self.release = threading.Event()
-        super().__init__(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        super().__init__(OK)
 
     def _one(self, conn: socket.socket) -> None:
         self.release.wait(30)
@@ -524,7 +517,7 @@ class HoldingBackend(RawBackend):
 def test_a_crashed_worker_s_in_flight_counts_are_forgotten(tmp_path: Any) -> None:
     """7: least_request no longer shuns an instance for requests a dead worker held."""
     server = Server(tmp_path / "data", processes=2, args=["--slug-policy", "lr=least_request"]).start()
-    slow, other = HoldingBackend(), RawBackend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    slow, other = HoldingBackend(), RawBackend(OK)
     held: list[socket.socket] = []
     try:
         slow_id = server.register({"url": slow.url, "slug": "lr", "status": "Healthy", "healthCheck": NO_CHECK}).json[
