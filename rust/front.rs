@@ -45,6 +45,12 @@ use crate::registry::Registry;
 
 /// The header carrying the client's address to the workers.
 pub const CLIENT_ADDR_HEADER: &str = "x-registry-client-addr";
+/// The header naming a blocking query (`?index=`) to the workers, so that the gate can
+/// tell them when its client went away (`shared.rs`'s ring of abandoned queries).
+pub const QUERY_HEADER: &str = "x-registry-query";
+/// Blocking queries of one connection remembered for cancelling (pipelined ones beyond
+/// this are rare; the oldest are answered already or will run out their wait).
+const QUERIES_KEPT: usize = 16;
 const MAX_HEADERS: usize = 100;
 const LISTEN_BACKLOG: u32 = 4096;
 /// How long, and how much, a refused client's leftover input is read and dropped.
@@ -213,6 +219,7 @@ impl Front {
             reads: registry.map(|r| (r, Tokens::default())),
             role,
             options,
+            queries: std::sync::atomic::AtomicU32::new(0),
         });
         runtime.spawn(accept_loop(listener, gate, stopped));
         Ok(Front {
@@ -270,13 +277,16 @@ struct Gate {
     /// The proxy; None: proxied paths go to the workers.
     forwarder: Option<Arc<Forwarder>>,
     options: Options,
+    /// Blocking queries forwarded so far (their ids' low half).
+    queries: std::sync::atomic::AtomicU32,
 }
 
 /// What to do with the next request of a connection.
 enum Next {
-    /// Send it to the workers (head and re-framed body), and whether it is the
-    /// connection's last (`Connection: close`, or HTTP/1.0 without keep-alive).
-    Forward(Vec<u8>, bool),
+    /// Send it to the workers (head and re-framed body), whether it is the connection's
+    /// last (`Connection: close`, or HTTP/1.0 without keep-alive), and its id when it is a
+    /// blocking query.
+    Forward(Vec<u8>, bool, Option<u64>),
     /// Answered here: the response, and whether to close after it.
     Answer(Vec<u8>, Arc<Vec<u8>>, bool),
     /// A request to `/<slug>/...` for the gate's proxy (its body not read yet).
@@ -490,7 +500,7 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
                     .map(|c| c.trim().to_ascii_lowercase())
                     .filter(|c| !c.is_empty()),
             );
-        } else if !name.eq_ignore_ascii_case(CLIENT_ADDR_HEADER) {
+        } else if !name.eq_ignore_ascii_case(CLIENT_ADDR_HEADER) && !name.eq_ignore_ascii_case(QUERY_HEADER) {
             if name.eq_ignore_ascii_case("authorization") {
                 authorization = std::str::from_utf8(header.value).ok().map(str::to_owned);
             } else if name.eq_ignore_ascii_case("connection") {
@@ -605,6 +615,12 @@ fn check_target(path: &str) -> Result<(), Refusal> {
         ));
     }
     Ok(())
+}
+
+/// Whether the query of `path` asks to block (`index=`): the workers hold such reads.
+fn is_blocking(path: &str) -> bool {
+    path.split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|pair| pair.split('=').next() == Some("index")))
 }
 
 /// Whether `path` is one of the registry's own routes rather than a slug to proxy.
@@ -861,6 +877,8 @@ impl Gate {
         let (rd, wr) = stream.into_split();
         let mut incoming = Incoming { rd, buf: Vec::new() };
         let mut responses = Responses::Direct(wr);
+        // The blocking queries this connection sent to the workers, newest last.
+        let mut queries: Vec<u64> = Vec::new();
         let client_ip = match peer.ip() {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
@@ -868,8 +886,14 @@ impl Gate {
         loop {
             let direct = matches!(responses, Responses::Direct(_));
             match self.next_request(&mut incoming, client_ip, direct).await {
-                Ok(Some(Next::Forward(request, close))) => {
+                Ok(Some(Next::Forward(request, close, query))) => {
                     self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    if let Some(id) = query {
+                        if queries.len() == QUERIES_KEPT {
+                            queries.remove(0);
+                        }
+                        queries.push(id);
+                    }
                     match self.forward(responses, request).await {
                         Ok(next) => responses = next,
                         Err(_) => return, // the client went away, or was already answered
@@ -937,6 +961,7 @@ impl Gate {
                         Responses::Relayed { upstream, task, .. } => {
                             task.abort();
                             drop(upstream);
+                            self.abandon(&queries);
                         }
                     }
                     return;
@@ -1017,9 +1042,28 @@ impl Gate {
         if head.framing != Framing::None {
             request.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
         }
+        let query = (head.method == "GET" && is_blocking(&head.path)).then(|| self.next_query_id());
+        if let Some(id) = query {
+            request.extend_from_slice(format!("{QUERY_HEADER}: {id}\r\n").as_bytes());
+        }
         request.extend_from_slice(format!("{CLIENT_ADDR_HEADER}: {client_ip}\r\n\r\n").as_bytes());
         request.extend_from_slice(&body);
-        Ok(Some(Next::Forward(request, head.close)))
+        Ok(Some(Next::Forward(request, head.close, query)))
+    }
+
+    /// A blocking query's id, unique over the server's processes: this process's id, then
+    /// a count.
+    fn next_query_id(&self) -> u64 {
+        (u64::from(std::process::id()) << 32) | u64::from(self.queries.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Tells the workers that the blocking queries `ids` lost their client.
+    fn abandon(&self, ids: &[u64]) {
+        if let Some((registry, _)) = &self.reads {
+            for id in ids {
+                registry.selector.shared().cancel_query(*id);
+            }
+        }
     }
 
     /// Sends one request to the workers, connecting (and starting the relay of their

@@ -239,6 +239,12 @@ impl PyStore {
         py.detach(|| self.registry.selector.reap_dead_processes())
     }
 
+    /// The blocking queries the gates saw abandoned since `seen` (0 at first), and the
+    /// count to pass next time (`front.rs` `QUERY_HEADER`).
+    fn cancelled_queries(&self, seen: u64) -> (u64, Vec<u64>) {
+        self.registry.selector.shared().cancelled_since(seen)
+    }
+
     fn get<'py>(
         &self,
         py: Python<'py>,

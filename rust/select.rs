@@ -442,6 +442,11 @@ impl Selector {
         self.shared.reap_dead()
     }
 
+    /// The shared table (in-flight counts, ejections, abandoned queries).
+    pub fn shared(&self) -> &SharedState {
+        &self.shared
+    }
+
     /// Whether `id` is ejected at `now`.
     pub fn is_ejected(&self, id: &str, now: Instant) -> bool {
         self.shared.is_ejected(id, ms_at(now))

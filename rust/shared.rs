@@ -17,6 +17,10 @@
 //! that process's counts beside the sums the picks read. When a process dies mid-request
 //! (a crashed worker), `reap_dead` takes its column out of the sums, so a least-request
 //! pick does not shun an instance for requests nobody is waiting on any more.
+//!
+//! Last, a ring of abandoned blocking queries: a gate whose client went away while the
+//! workers held its `?index=` query writes the query's id there, and the worker holding
+//! it drops the waiter (Robyn does not tell a handler that its connection closed).
 
 use std::fs::OpenOptions;
 use std::path::Path;
@@ -71,7 +75,11 @@ pub struct SharedState {
 const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 const PIDS_OFFSET: usize = HEADER_BYTES + SLOTS * SLOT_BYTES;
 const COLUMNS_OFFSET: usize = PIDS_OFFSET + PROCESSES * 8;
-const TABLE_BYTES: usize = COLUMNS_OFFSET + PROCESSES * SLOTS * 4;
+const CANCELLED_OFFSET: usize = COLUMNS_OFFSET + PROCESSES * SLOTS * 4;
+/// Abandoned queries remembered; a worker that falls further behind than this (it looks
+/// every few milliseconds while it holds queries) lets the rest run out their wait.
+const CANCELLED: usize = 4096;
+const TABLE_BYTES: usize = CANCELLED_OFFSET + 8 + CANCELLED * 8;
 
 impl SharedState {
     /// A table private to this process.
@@ -183,6 +191,43 @@ impl SharedState {
 
     fn index_of(&self, slot: &Slot) -> usize {
         (slot as *const Slot as usize - self.slots().as_ptr() as usize) / SLOT_BYTES
+    }
+
+    /// The ring of abandoned queries: its count of pushes, then its entries.
+    fn cancelled(&self) -> (&AtomicU64, &[AtomicU64]) {
+        // SAFETY: as in `slots`; 1 + CANCELLED 8-byte atomics at an 8-aligned offset.
+        unsafe {
+            let at = self.base().add(CANCELLED_OFFSET);
+            (
+                &*at.cast::<AtomicU64>(),
+                std::slice::from_raw_parts(at.add(8).cast::<AtomicU64>(), CANCELLED),
+            )
+        }
+    }
+
+    /// Says that blocking query `id` was abandoned by its client (a shared table only).
+    pub fn cancel_query(&self, id: u64) {
+        if !self.is_shared() {
+            return;
+        }
+        let (count, ring) = self.cancelled();
+        let at = count.fetch_add(1, Ordering::AcqRel);
+        ring[(at % CANCELLED as u64) as usize].store(id, Ordering::Release);
+    }
+
+    /// The queries abandoned since `seen` (a count this returned before; 0 at first), and
+    /// the count to pass next time.
+    pub fn cancelled_since(&self, seen: u64) -> (u64, Vec<u64>) {
+        if !self.is_shared() {
+            return (seen, Vec::new());
+        }
+        let (count, ring) = self.cancelled();
+        let now = count.load(Ordering::Acquire);
+        let from = seen.max(now.saturating_sub(CANCELLED as u64));
+        let ids = (from..now)
+            .map(|i| ring[(i % CANCELLED as u64) as usize].load(Ordering::Acquire))
+            .collect();
+        (now, ids)
     }
 
     /// Takes the counts of processes that are gone out of the sums and frees their
@@ -428,6 +473,28 @@ mod tests {
         assert_eq!(mine.in_flight("i-1"), 1);
         mine.end("i-1");
         assert_eq!(mine.in_flight("i-1"), 0);
+    }
+
+    #[test]
+    fn abandoned_queries_reach_every_mapping_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("balancer.state");
+        let gate = SharedState::open(&path).unwrap();
+        let worker = SharedState::open(&path).unwrap();
+        let (seen, ids) = worker.cancelled_since(0);
+        assert!(ids.is_empty());
+        gate.cancel_query(7);
+        gate.cancel_query(9);
+        let (seen, ids) = worker.cancelled_since(seen);
+        assert_eq!(ids, vec![7, 9]);
+        assert!(worker.cancelled_since(seen).1.is_empty());
+        // A reader that fell behind by more than the ring sees the newest only.
+        for id in 0..(CANCELLED as u64 + 10) {
+            gate.cancel_query(id + 100);
+        }
+        let (_, ids) = worker.cancelled_since(seen);
+        assert_eq!(ids.len(), CANCELLED);
+        assert_eq!(ids.last(), Some(&(CANCELLED as u64 + 109)));
     }
 
     #[test]

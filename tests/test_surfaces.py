@@ -326,39 +326,43 @@ def test_a_client_that_goes_away_frees_the_gates_descriptors(srv: Server) -> Non
     json.dumps(None)
 
 
-def test_held_blocking_queries_are_capped_per_client_with_a_429(fresh_server: Server) -> None:
-    """1 (the workers' half): one client cannot hold more than its share of waiters. (A
-    query whose client went away still holds its waiter until its wait ends: Robyn does
-    not tell a handler that its connection closed; the cap bounds what that costs.)"""
-    srv = fresh_server
+def hold_past_the_cap(srv: Server, path: str, extra: int) -> tuple[list[socket.socket], dict[int, bytes]]:
+    """Opens the per-client cap of blocking queries of `path` plus `extra`, one connection
+    each, and waits until the `extra` beyond the cap are answered (so all were counted):
+    the connections, and those answers by connection."""
     from registry_svc.watch import MAX_HELD_PER_CLIENT
 
+    conns = []
+    for _ in range(MAX_HELD_PER_CLIENT + extra):
+        conn = socket.create_connection(("127.0.0.1", srv.port), timeout=0.01)
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv.admin_token}\r\n\r\n".encode())
+        conns.append(conn)
+    answered: dict[int, bytes] = {}
+
+    def refused() -> bool:
+        for n, conn in enumerate(conns):
+            if n not in answered:
+                with contextlib.suppress(TimeoutError):
+                    answered[n] = conn.recv(65536)
+        return len(answered) >= extra
+
+    wait_for(refused, 20, f"{extra} queries past the cap answered")
+    return conns, answered
+
+
+def test_held_blocking_queries_are_capped_per_client_with_a_429(fresh_server: Server) -> None:
+    """1 (the workers' half): one client cannot hold more than its share of waiters."""
+    srv = fresh_server
     extra = 10
     index = srv.call("GET", "/registry-svc/definitions").index
-    conns = []
+    query = f"/registry-svc/definitions?index={index + 10**9}"
+    conns, answered = hold_past_the_cap(srv, f"{query}&wait=8s", extra)
     try:
-        for _ in range(MAX_HELD_PER_CLIENT + extra):
-            conn = socket.create_connection(("127.0.0.1", srv.port), timeout=0.01)
-            conn.sendall(
-                f"GET /registry-svc/definitions?index={index + 10**9}&wait=8s HTTP/1.1\r\nHost: x\r\n"
-                f"Authorization: Bearer {srv.admin_token}\r\n\r\n".encode()
-            )
-            conns.append(conn)
-        answered: dict[int, bytes] = {}
-
-        def refused() -> bool:
-            for n, conn in enumerate(conns):
-                if n not in answered:
-                    with contextlib.suppress(TimeoutError):
-                        answered[n] = conn.recv(65536)
-            return len(answered) >= extra
-
-        wait_for(refused, 20, f"{extra} queries past the cap answered")
         assert len(answered) == extra, answered
         for got in answered.values():
             assert status_of(got) == 429 and b"retry-after: 1" in got.lower(), got
             assert "blocking queries" in json_body(got)["error"]
-        over = srv.call("GET", f"/registry-svc/definitions?index={index + 10**9}&wait=1s", timeout=10)
+        over = srv.call("GET", f"{query}&wait=1s", timeout=10)
         assert over.status == 429, over.body
         # Plain reads and writes are not held, and go on.
         assert srv.call("GET", "/health", token=None).status == 200
@@ -366,11 +370,6 @@ def test_held_blocking_queries_are_capped_per_client_with_a_429(fresh_server: Se
     finally:
         for conn in conns:
             conn.close()
-    wait_for(
-        lambda: srv.call("GET", f"/registry-svc/definitions?index={index}&wait=10ms").status == 200,
-        40,
-        "the cap freed as the held queries end",
-    )
 
 
 def test_a_token_revoked_during_a_blocking_query_gets_a_401(srv: Server) -> None:
@@ -697,3 +696,19 @@ def test_idle_and_slow_connections_cost_little_and_do_not_block_others(fresh_ser
     finally:
         for conn in idle:
             conn.close()
+
+
+def test_a_blocking_query_whose_client_went_away_is_dropped_in_the_worker(fresh_server: Server) -> None:
+    """1: the waiter goes with its client (the gate tells the worker through the shared
+    ring of abandoned queries): a client that dropped its queries can hold new ones at
+    once, instead of meeting its cap until the old ones' wait ends (5 minutes here)."""
+    srv = fresh_server
+    index = srv.call("GET", "/registry-svc/definitions").index
+    query = f"/registry-svc/definitions?index={index + 10**9}"
+    conns, _ = hold_past_the_cap(srv, f"{query}&wait=5m", 10)
+    assert srv.call("GET", f"{query}&wait=1s", timeout=10).status == 429
+    for conn in conns:
+        conn.close()
+    wait_for(lambda: srv.call("GET", f"{query}&wait=1s", timeout=10).status == 200, 10, "the abandoned queries dropped")
+    log = srv.log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]

@@ -90,6 +90,9 @@ class Store:
     ) -> tuple[str, str]:
         """(id, url) of a pick with the default policy (same errors as `pick`): the lightest
         answer, for an in-process resolver."""
+    def cancelled_queries(self, seen: int) -> tuple[int, list[int]]:
+        """The blocking queries whose clients went away since `seen` (0 at first), as the
+        gates' `x-registry-query` ids, and the count to pass next time."""
     def reap_dead_processes(self) -> int:
         """Takes the in-flight requests of server processes that died (a crashed worker)
         out of the shared balancer counts; returns how many were forgotten."""

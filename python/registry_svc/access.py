@@ -15,6 +15,7 @@ from registry_svc.auth import Caller
 
 log = logging.getLogger("registry_svc.access")
 CLIENT_ADDR_HEADER = "x-registry-client-addr"  # set by the gate (rust/front.rs)
+QUERY_HEADER = "x-registry-query"  # a blocking query's id, set by the gate (rust/front.rs)
 
 
 class JsonFormatter(logging.Formatter):

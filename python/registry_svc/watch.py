@@ -51,6 +51,13 @@ class Holder:
 
     token_id: str
     client: str
+    # The gate's id of the query (`x-registry-query`; 0: none), to drop the waiter when
+    # the gate says its client went away.
+    query: int = 0
+
+
+class ClientGone(Exception):
+    """The gate said the client of a held query went away."""
 
 
 def parse_index(text: str | None) -> int | None:
@@ -90,6 +97,9 @@ class WatchHub:
         # Cluster mode: the store is a replica of etcd, and an index may be ahead of it.
         self.replica = replica
         self._waiters: list[tuple[Stamp, int, asyncio.Future[None]]] = []
+        # Held queries by the gate's id, and how far the ring of abandoned ones was read.
+        self._by_query: dict[int, asyncio.Future[None]] = {}
+        self._cancels_seen = store.cancelled_queries(0)[0]
         self._poller: asyncio.Task[None] | None = None
         self._by_token: Counter[str] = Counter()
         self._by_client: Counter[str] = Counter()
@@ -133,15 +143,18 @@ class WatchHub:
         wait counts against its caps (429 past them), and a token revoked meanwhile gets
         a 401 instead of the answer."""
         with self._held(holder):
-            await self._wait_past(stamp, index, timeout)
+            try:
+                await self._wait_past(stamp, index, timeout, holder.query if holder is not None else 0)
+            except ClientGone:
+                raise ApiError(499, "the client went away while its query waited") from None
         if holder is not None and holder.token_id and self.store.get(TOKENS, holder.token_id) is None:
             raise ApiError(401, "token revoked while the query waited")
 
-    async def _wait_past(self, stamp: Stamp, index: int, timeout: float) -> None:
+    async def _wait_past(self, stamp: Stamp, index: int, timeout: float, query: int) -> None:
         if self.replica and self.store.index() < index:
             catch_up = max(CATCH_UP_S, timeout)
             started = asyncio.get_running_loop().time()
-            await self._wait(self.store.index, index - 1, catch_up)
+            await self._wait(self.store.index, index - 1, catch_up, query)
             applied = self.store.index()
             if applied < index:
                 raise ApiError(
@@ -150,7 +163,7 @@ class WatchHub:
                     "etcd may be unreachable from it (see /health); retry or read another server",
                 )
             timeout = max(0.0, timeout - (asyncio.get_running_loop().time() - started))
-        await self._wait(stamp, index, timeout)
+        await self._wait(stamp, index, timeout, query)
 
     async def catch_up(self, index: int) -> bool:
         """Whether this store has applied revision `index`, after waiting at most
@@ -161,12 +174,14 @@ class WatchHub:
             await self._wait(self.store.index, index - 1, CATCH_UP_S)
         return self.store.index() >= index
 
-    async def _wait(self, stamp: Stamp, index: int, timeout: float) -> None:
+    async def _wait(self, stamp: Stamp, index: int, timeout: float, query: int = 0) -> None:
         if stamp() > index:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = (stamp, index, future)
         self._waiters.append(waiter)
+        if query:
+            self._by_query[query] = future
         if self._poller is None or self._poller.done():
             self._poller = asyncio.ensure_future(self._poll())
         try:
@@ -175,10 +190,17 @@ class WatchHub:
             pass
         finally:
             self._waiters.remove(waiter)
+            if query:
+                self._by_query.pop(query, None)
 
     async def _poll(self) -> None:
         seen = -1
         while self._waiters:
+            self._cancels_seen, gone = self.store.cancelled_queries(self._cancels_seen)
+            for query in gone:
+                future = self._by_query.get(query)
+                if future is not None and not future.done():
+                    future.set_exception(ClientGone())
             now = self.store.index()
             if now != seen:
                 seen = now

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from robyn import Request, Response
 
 from registry_svc import _core
-from registry_svc.access import CLIENT_ADDR_HEADER
+from registry_svc.access import CLIENT_ADDR_HEADER, QUERY_HEADER
 from registry_svc.auth import Authenticator, Caller
 from registry_svc.settings import Settings
 from registry_svc.watch import Holder, WatchHub
@@ -37,7 +37,9 @@ class Call:
     @property
     def holder(self) -> Holder:
         """Who a blocking query of this call is held for (its caps, its token's recheck)."""
-        return Holder(self.caller.token_id, self.request.headers.get(CLIENT_ADDR_HEADER) or "")
+        headers = self.request.headers
+        query = headers.get(QUERY_HEADER) or ""
+        return Holder(self.caller.token_id, headers.get(CLIENT_ADDR_HEADER) or "", int(query) if query.isdigit() else 0)
 
 
 Handler = Callable[[Call], Response]
