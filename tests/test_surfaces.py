@@ -712,3 +712,39 @@ def test_a_blocking_query_whose_client_went_away_is_dropped_in_the_worker(fresh_
     wait_for(lambda: srv.call("GET", f"{query}&wait=1s", timeout=10).status == 200, 10, "the abandoned queries dropped")
     log = srv.log_path.read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_a_worker_s_short_lived_helper_is_not_taken_for_a_dead_worker() -> None:
+    """8: only forks of the group leader are workers; a worker's `git` (for `/version`)
+    ending is no crash (a restart of every worker for it would cut their clients)."""
+    import subprocess
+    import sys
+
+    from registry_svc.supervisor import WorkerWatch
+
+    script = (
+        "import os, subprocess, sys, time\n"
+        "if os.fork() == 0:\n"  # a worker: the same command line as the leader
+        "    time.sleep(30); sys.exit(0)\n"
+        "for _ in range(30):\n"
+        "    subprocess.run(['sleep', '0.2'])\n"  # helpers coming and going
+        "time.sleep(30)\n"
+    )
+    leader = psutil.Popen([sys.executable, "-c", script])
+    try:
+        watch = WorkerWatch(leader)
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert watch.dead() is None
+            time.sleep(0.3)
+        worker = next(p for p in leader.children() if p.cmdline() == leader.cmdline())
+        worker.kill()
+        watch._next = 0.0
+        assert wait_for(lambda: setattr(watch, "_next", 0.0) or watch.dead(), 5, "the killed worker") == str(worker.pid)
+    finally:
+        for p in leader.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        leader.kill()
+        leader.wait()
+        subprocess.run(["true"], check=False)

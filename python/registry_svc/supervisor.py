@@ -167,10 +167,16 @@ def _wait_ready(settings: Settings, child: subprocess.Popen[bytes]) -> bool:
 
 class WorkerWatch:
     """The processes of the worker group (Robyn's forks, or the group leader alone), to
-    notice one that died while the group leader lives on."""
+    notice one that died while the group leader lives on. Only forks of the leader count
+    (the same command line): a short-lived helper a worker runs (`git` for `/version`) is
+    not a worker."""
 
-    def __init__(self, child: subprocess.Popen[bytes]) -> None:
+    def __init__(self, child: subprocess.Popen[bytes] | psutil.Popen) -> None:
         self._leader = psutil.Process(child.pid)
+        try:
+            self._command = self._leader.cmdline()
+        except psutil.Error:
+            self._command = []
         self._known: dict[int, psutil.Process] = {}
         self._next = 0.0
 
@@ -181,8 +187,11 @@ class WorkerWatch:
         self._next = time.monotonic() + 1.0
         with contextlib.suppress(psutil.Error):
             for p in self._leader.children(recursive=True):
-                if p.pid not in self._known and p.status() != psutil.STATUS_ZOMBIE:
-                    self._known[p.pid] = p
+                if p.pid in self._known:
+                    continue
+                with contextlib.suppress(psutil.Error):
+                    if p.status() != psutil.STATUS_ZOMBIE and p.cmdline() == self._command:
+                        self._known[p.pid] = p
         for pid, p in self._known.items():
             try:
                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
