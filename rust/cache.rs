@@ -167,7 +167,7 @@ impl ResponseCache {
 
     /// (entries, bytes) held now.
     pub fn usage(&self) -> (usize, usize) {
-        let entries = self.entries.read().expect("cache lock");
+        let entries = self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         (entries.len(), entries.bytes())
     }
 
@@ -184,7 +184,12 @@ impl ResponseCache {
     ) -> Result<(u64, Arc<Vec<u8>>)> {
         let partition = partition_of(coll, filters);
         let cache_key = cache_key(coll, filters, key);
-        if let Some(entry) = self.entries.read().expect("cache lock").get(&cache_key) {
+        if let Some(entry) = self
+            .entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&cache_key)
+        {
             if entry.stamp.is_current(store, coll, partition)? {
                 return Ok((entry.stamp.token, Arc::clone(&entry.body)));
             }
@@ -194,14 +199,17 @@ impl ResponseCache {
         let index = stamp.token;
         let body = Arc::new(body);
         let size = cache_key.len() + body.len();
-        self.entries.write().expect("cache lock").insert(
-            cache_key,
-            Entry {
-                stamp,
-                body: Arc::clone(&body),
-            },
-            size,
-        );
+        self.entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                cache_key,
+                Entry {
+                    stamp,
+                    body: Arc::clone(&body),
+                },
+                size,
+            );
         Ok((index, body))
     }
 }

@@ -91,7 +91,7 @@ impl From<heed::Error> for StoreError {
     fn from(e: heed::Error) -> Self {
         match e {
             heed::Error::Mdb(MdbError::MapFull) => {
-                StoreError::Full("the LMDB map size is exhausted; restart with a larger --map-size".into())
+                StoreError::Full("the LMDB map size is exhausted; restart with a larger --map-size-mib".into())
             }
             other => StoreError::Lmdb(other.to_string()),
         }

@@ -7,11 +7,12 @@
 //! selector's in-flight and ejection state is shared by the server's processes
 //! (`shared.rs`), so a pick here skips an instance the proxy of any process ejected. The
 //! gate answers only
-//! what it can answer exactly as the workers would: a valid token and a well-formed query
-//! with plain filters. Anything else (a missing or unknown token, an unknown parameter, a
-//! filter that needs canonical forms such as `nodeUrl`, `host` or `ip`, an over-long value)
-//! is declined and goes to the workers, whose answer (often a 4xx naming the field) is the
-//! one the client gets.
+//! what it can answer exactly as the workers would: a valid token and a well-formed query.
+//! `host`, `ip` and `nodeUrl` filters are answered when the value is already in the form
+//! the store holds. Anything else (a missing or unknown token, an unknown parameter, a
+//! value that needs canonicalising such as `ip=0:0::1`, an over-long value) is declined and
+//! goes to the workers, whose answer (often a 4xx naming the field) is the one the client
+//! gets.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

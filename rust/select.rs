@@ -219,8 +219,12 @@ impl Selector {
         ejection: EjectionConfig,
         shared: SharedState,
     ) -> Selector {
-        let seed =
-            Instant::now().elapsed().as_nanos() as u64 ^ (std::process::id() as u64) << 32 ^ 0x9E37_79B9_7F4A_7C15;
+        // The wall clock's nanoseconds and the pid: a new sequence at every start (the
+        // time since `Instant::now()` is about zero, which made it the same each time).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seed = (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) ^ 0x9E37_79B9_7F4A_7C15;
         Selector {
             default_policy,
             slug_policies,
@@ -234,7 +238,12 @@ impl Selector {
 
     /// The candidates of `slug`, from the cache while no write touched the slug.
     pub fn candidates(&self, store: &Store, slug: &str) -> Result<Arc<SlugCandidates>> {
-        if let Some(hit) = self.cache.read().expect("cache lock").get(slug) {
+        if let Some(hit) = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(slug)
+        {
             if hit.stamp.is_current(store, &INSTANCES, Some(slug))? {
                 return Ok(Arc::clone(&hit.candidates));
             }
@@ -253,14 +262,17 @@ impl Selector {
                 .iter()
                 .map(|c| c.body.len() + c.url.len() + c.id.len())
                 .sum::<usize>();
-        self.cache.write().expect("cache lock").insert(
-            slug.to_owned(),
-            CachedSlug {
-                stamp,
-                candidates: Arc::clone(&built),
-            },
-            size,
-        );
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                slug.to_owned(),
+                CachedSlug {
+                    stamp,
+                    candidates: Arc::clone(&built),
+                },
+                size,
+            );
         Ok(built)
     }
 
@@ -334,10 +346,18 @@ impl Selector {
     }
 
     fn policy_state(&self, slug: &str) -> Arc<PolicyState> {
-        if let Some(state) = self.policy_state.read().expect("policy lock").get(slug) {
+        if let Some(state) = self
+            .policy_state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(slug)
+        {
             return Arc::clone(state);
         }
-        let mut states = self.policy_state.write().expect("policy lock");
+        let mut states = self
+            .policy_state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(states.entry(slug.to_owned()).or_default())
     }
 
@@ -365,7 +385,10 @@ impl Selector {
             Policy::Random => usable[(self.random() % n as u64) as usize],
             Policy::Weighted => {
                 let state = state();
-                let mut current = state.smooth_weights.lock().expect("weights lock");
+                let mut current = state
+                    .smooth_weights
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 smooth_weighted(&mut current, usable)
             }
             Policy::LeastRequest => {

@@ -409,10 +409,13 @@ def test_a_data_dir_others_can_write_is_refused(tmp_path: Any, mode: int) -> Non
     data.chmod(mode)
     (data / "admin.tmp").symlink_to(tmp_path / "stolen")
     server = Server(data)
-    with pytest.raises(RuntimeError, match="writable by group or others"):
-        server.start(timeout=20)
-    assert server.proc is not None and server.proc.returncode == 1
-    assert not (tmp_path / "stolen").exists()
+    try:
+        with pytest.raises(RuntimeError, match="writable by group or others"):
+            server.start(timeout=20)
+        assert server.proc is not None and server.proc.returncode == 1
+        assert not (tmp_path / "stolen").exists()
+    finally:
+        server.kill9()
 
 
 def test_a_planted_tmp_link_is_not_followed(tmp_path: Any) -> None:
@@ -593,13 +596,15 @@ def test_a_crashed_worker_is_replaced_and_reported(tmp_path: Any) -> None:
 
 def test_a_fresh_cluster_server_without_etcd_exits_naming_etcd(tmp_path: Any) -> None:
     """12: no empty replica served as if all were well."""
-
     server = Server(tmp_path / "data", args=["--etcd", f"http://127.0.0.1:{free_port()}"])
-    with pytest.raises(RuntimeError, match=r"cannot reach etcd at 127\.0\.0\.1:") as raised:
-        server.start(timeout=40)
-    assert "holds no replica" in str(raised.value)
-    assert server.proc is not None and server.proc.returncode == 1
-    assert "admin token (existing)" not in server.log_path.read_text()
+    try:
+        with pytest.raises(RuntimeError, match=r"cannot reach etcd at 127\.0\.0\.1:") as raised:
+            server.start(timeout=40)
+        assert "holds no replica" in str(raised.value)
+        assert server.proc is not None and server.proc.returncode == 1
+        assert "admin token (existing)" not in server.log_path.read_text()
+    finally:
+        server.kill9()
 
 
 def test_a_replica_of_another_etcd_cluster_is_refused(tmp_path: Any) -> None:
@@ -634,9 +639,12 @@ def test_a_replica_of_another_etcd_cluster_is_refused(tmp_path: Any) -> None:
     second = EtcdCluster(tmp_path / "etcd-b", size=1).start()
     try:
         again = Server(data, args=["--etcd", f"http://{second.endpoints[0]}"])
-        with pytest.raises(RuntimeError, match="another cluster with the same prefix"):
-            again.start(timeout=30)
-        assert again.proc is not None and again.proc.returncode == 1
+        try:
+            with pytest.raises(RuntimeError, match="another cluster with the same prefix"):
+                again.start(timeout=30)
+            assert again.proc is not None and again.proc.returncode == 1
+        finally:
+            again.kill9()  # a server that did start (the bug) must not outlive the test
     finally:
         second.stop()
 

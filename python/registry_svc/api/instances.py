@@ -356,7 +356,8 @@ def heartbeat(call: Call) -> Response:
         return current
 
     applied = records.update(call.ctx.store, INSTANCES, instance_id, change, "the instance")
-    assert applied.record is not None
+    if applied.record is None:  # `change` always returns a record or raises; no assert on a request path
+        raise ApiError(404, f"instance '{instance_id}' not found")
     status.log_transition(applied.record, (applied.previous or {}).get("status"))
     return json_response(200, {"instance": applied.record}, applied.index)
 
