@@ -18,7 +18,7 @@ use crate::model::{self, CollectionSpec};
 use crate::netguard::NetPolicy;
 use crate::registry::Registry;
 use crate::replica::{Mode, ReplicaChange};
-use crate::select::{EjectionConfig, Outcome, PickRequest, Picked, Policy, Selector};
+use crate::select::{EjectionConfig, PickRequest, Picked, Policy, Selector};
 use crate::shared::SharedState;
 use crate::store::{self, Expect, StoreError};
 
@@ -146,10 +146,7 @@ impl PyStore {
 
     /// Picks an instance of `slug`: (id, url, `{"instance": ...}` body).
     /// The GIL stays held: a pick never blocks (LMDB readers do not wait for writers).
-    #[pyo3(signature = (
-        slug, policy_name = None, zone = None, key = None, tags = Vec::new(), track = false, exclude = Vec::new()
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (slug, policy_name = None, zone = None, key = None, tags = Vec::new()))]
     fn pick<'py>(
         &self,
         py: Python<'py>,
@@ -158,8 +155,6 @@ impl PyStore {
         zone: Option<&str>,
         key: Option<&str>,
         tags: Vec<String>,
-        track: bool,
-        exclude: Vec<String>,
     ) -> PyResult<(String, String, Bound<'py, PyBytes>)> {
         let policy = policy_name.map(policy).transpose()?;
         let request = PickRequest {
@@ -168,8 +163,7 @@ impl PyStore {
             zone,
             key,
             tags: &tags,
-            track,
-            exclude: &exclude,
+            ..PickRequest::default()
         };
         let chosen = self.picked(slug, &request)?;
         Ok((chosen.id.clone(), chosen.url.clone(), PyBytes::new(py, &chosen.body)))
@@ -218,19 +212,6 @@ impl PyStore {
         };
         let chosen = self.picked(slug, &request)?;
         Ok((PyString::new(py, &chosen.id), PyString::new(py, &chosen.url)))
-    }
-
-    /// Ends a tracked pick: `outcome` is "success", "failure" (connect error or 5xx) or
-    /// "abandoned"; failures feed outlier ejection. True when this outcome ejected it.
-    fn release(&self, py: Python<'_>, slug: &str, id: &str, outcome: &str) -> PyResult<bool> {
-        let outcome = match outcome {
-            "success" => Outcome::Success,
-            "failure" => Outcome::Failure,
-            "abandoned" => Outcome::Abandoned,
-            other => return Err(PyValueError::new_err(format!("unknown outcome '{other}'"))),
-        };
-        py.detach(|| self.registry.selector.release(&self.registry.store, slug, id, outcome))
-            .map_err(to_py)
     }
 
     /// Takes the in-flight requests of server processes that died (a crashed worker) out

@@ -71,8 +71,6 @@ class Store:
         zone: str | None = None,
         key: str | None = None,
         tags: builtins.list[str] = ...,
-        track: bool = False,
-        exclude: builtins.list[str] = ...,
     ) -> tuple[str, str, bytes]:
         """(id, url, `{"instance": ...}` body); NotFoundError for an unknown slug,
         NoRoutableError when no instance is routable, ValueError for an unknown policy."""
@@ -96,9 +94,6 @@ class Store:
     def reap_dead_processes(self) -> int:
         """Takes the in-flight requests of server processes that died (a crashed worker)
         out of the shared balancer counts; returns how many were forgotten."""
-    def release(self, slug: str, id: str, outcome: str) -> bool:
-        """Ends a tracked pick: "success", "failure" (connect error or 5xx) or "abandoned".
-        True when this outcome ejected the instance (outlier detection)."""
     def get(self, collection_name: str, id: str) -> tuple[int, bytes] | None: ...
     def list(
         self, collection_name: str, filters: builtins.list[tuple[str, str]] = ...

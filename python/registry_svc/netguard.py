@@ -149,14 +149,3 @@ class NetworkPolicy:
         except OSError as e:
             raise Refused(f"cannot resolve host '{host}': {e.strerror or e}") from None
         return self._filter(host, infos)  # type: ignore[arg-type]
-
-    def resolve_blocking(self, host: str, port: int) -> list[str]:
-        """`resolve` for threads without an event loop."""
-        known = self._literal(host)
-        if known is not None:
-            return known
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as e:
-            raise Refused(f"cannot resolve host '{host}': {e.strerror or e}") from None
-        return self._filter(host, infos)  # type: ignore[arg-type]
