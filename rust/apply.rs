@@ -1,4 +1,5 @@
-//! The apply path: every change to the store goes through here.
+//! The apply path: every change to a record of the local store goes through here (a
+//! cluster replica's batches and the state values commit on their caller's thread).
 //!
 //! Writes are queued to one writer thread per process, which commits whatever is pending
 //! in one LMDB transaction (group commit) and syncs it once. Each write's checks run before

@@ -168,18 +168,12 @@ struct PolicyState {
 pub struct SlugCandidates {
     pub all: Vec<Arc<Candidate>>,
     default_routable: Vec<Arc<Candidate>>,
-    /// The slug's policy state, resolved once per build instead of once per pick.
-    policy_state: Option<Arc<PolicyState>>,
 }
 
 impl SlugCandidates {
     pub fn new(all: Vec<Arc<Candidate>>) -> SlugCandidates {
         let default_routable = routable(&all, &[], None).into_iter().cloned().collect();
-        SlugCandidates {
-            all,
-            default_routable,
-            policy_state: None,
-        }
+        SlugCandidates { all, default_routable }
     }
 }
 
@@ -289,11 +283,7 @@ impl Selector {
                 return Picked::NoneRoutable;
             }
             let routable: Vec<&Arc<Candidate>> = candidates.default_routable.iter().collect();
-            return self.finish(
-                req,
-                self.without_ejected(routable, now),
-                candidates.policy_state.as_ref(),
-            );
+            return self.finish(req, self.without_ejected(routable, now));
         }
         self.pick_from(&candidates.all, req, now)
     }
@@ -311,16 +301,16 @@ impl Selector {
             routable.retain(|c| !req.exclude.contains(&c.id));
         }
         let usable = self.without_ejected(routable, now);
-        self.finish(req, usable, None)
+        self.finish(req, usable)
     }
 
     /// Applies the policy to the usable instances and records a tracked pick.
-    fn finish(&self, req: &PickRequest<'_>, usable: Vec<&Arc<Candidate>>, state: Option<&Arc<PolicyState>>) -> Picked {
+    fn finish(&self, req: &PickRequest<'_>, usable: Vec<&Arc<Candidate>>) -> Picked {
         let policy = req
             .policy
             .or_else(|| self.slug_policies.get(req.slug).copied())
             .unwrap_or(self.default_policy);
-        let chosen = Arc::clone(self.choose(req.slug, state, &usable, policy, req.key));
+        let chosen = Arc::clone(self.choose(req.slug, &usable, policy, req.key));
         if req.track {
             self.shared.begin(&chosen.id);
         }
@@ -370,7 +360,6 @@ impl Selector {
     fn choose<'c>(
         &self,
         slug: &str,
-        state: Option<&Arc<PolicyState>>,
         usable: &[&'c Arc<Candidate>],
         policy: Policy,
         key: Option<&str>,
@@ -379,7 +368,7 @@ impl Selector {
         if n == 1 {
             return usable[0];
         }
-        let state = || state.cloned().unwrap_or_else(|| self.policy_state(slug));
+        let state = || self.policy_state(slug);
         match policy {
             Policy::RoundRobin => usable[state().next.fetch_add(1, Ordering::Relaxed) % n],
             Policy::Random => usable[(self.random() % n as u64) as usize],

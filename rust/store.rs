@@ -1,7 +1,9 @@
 //! The registry store: records as JSON bytes in LMDB (via heed), secondary indexes kept in
-//! the same transaction as the records, and the reads. Every write goes through the apply
-//! path in `apply.rs` ([`Store::write`], [`Store::submit`]). Several processes may open the
-//! same directory: LMDB serializes their writers.
+//! the same transaction as the records, and the reads. Every write of a record goes
+//! through the apply path in `apply.rs` ([`Store::write`], [`Store::submit`]); a replica's
+//! batches (`apply_replica`) and the small state values (`set_state`) commit on the
+//! caller's thread. Several processes may open the same directory: LMDB serializes their
+//! writers.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

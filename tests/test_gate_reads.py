@@ -1,6 +1,7 @@
-"""Instance lookups answered by the API port's gate in Rust (rust/reads.rs), without the
-Python workers, and exactly as the workers answer them. Everything else (picks included,
-see reads.rs) is the workers' answer, on both kinds of connection."""
+"""Instance lookups, one instance and picks answered by the API port's gate in Rust
+(rust/reads.rs), without the Python workers, and exactly as the workers answer them.
+Everything else (errors, `?index=`, values to canonicalise, see reads.rs) is the workers'
+answer, on both kinds of connection."""
 
 from __future__ import annotations
 
