@@ -744,6 +744,9 @@ def test_a_worker_s_short_lived_helper_is_not_taken_for_a_dead_worker() -> None:
     )
     leader = psutil.Popen([sys.executable, "-c", script])
     try:
+        # As the supervisor does (after the workers answer): once the leader runs its own
+        # program (right after the fork, /proc shows the parent's command line).
+        wait_for(lambda: "-c" in leader.cmdline(), 10, "the leader's exec")
         watch = WorkerWatch(leader)
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
