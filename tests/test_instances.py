@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,3 +171,27 @@ def test_reads_carry_the_registry_index(server: Server) -> None:
     write = server.register({"url": "http://idx:1", "slug": "idx"})
     assert write.index > before
     assert server.call("GET", "/registry-svc/instances").index >= write.index
+
+
+def test_an_admin_gives_a_slug_to_an_instance_registered_without_one(tmp_path: Path) -> None:
+    """An instance registered the product page's way (no slug) gets one when an admin
+    re-registers it with a slug; moving it between slugs stays a conflict, and neither the
+    message nor the log ever says Python's None."""
+    server = Server(tmp_path / "data").start()
+    try:
+        url = "http://127.0.0.1:9/lb"
+        first = server.register({"url": url, "healthCheck": {"type": "none"}})
+        assert first.status == 201 and first.json["instance"]["slug"] is None
+        given = server.register({"url": url, "slug": "lbsvc", "healthCheck": {"type": "none"}})
+        assert given.status == 200 and given.json["instance"]["slug"] == "lbsvc", given.body
+        assert given.json["instance"]["id"] == first.json["instance"]["id"]
+        moved = server.register({"url": url, "slug": "other", "healthCheck": {"type": "none"}})
+        assert moved.status == 409, moved.body
+        assert "slug 'lbsvc'" in moved.json["error"] and "slug 'other'" in moved.json["error"]
+        assert "None" not in moved.json["error"]
+        # A null slug keeps the instance's slug (absent and null alike, as documented).
+        kept = server.call("PUT", "/registry-svc/instance", {"url": url, "slug": None, "healthCheck": {"type": "none"}})
+        assert kept.status == 200 and kept.json["instance"]["slug"] == "lbsvc", kept.body
+        assert "(None)" not in server.log_path.read_text()
+    finally:
+        server.kill9()

@@ -129,11 +129,12 @@ def apply(record: dict[str, Any], transition: Transition | None) -> bool:
 def log_transition(record: dict[str, Any], before: str | None) -> None:
     """One log line for a written status change of an instance (nothing if unchanged)."""
     if record.get("status") != before:
+        reason = record.get("statusReason")
         log.info(
-            "instance %s (%s): %s -> %s (%s)",
+            "instance %s (%s): %s -> %s%s",
             record.get("id"),
             record.get("url"),
             before or "new",
             record.get("status"),
-            record.get("statusReason"),
+            f" ({reason})" if reason else "",
         )

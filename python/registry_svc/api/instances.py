@@ -127,6 +127,11 @@ def owning_slug(call: Call, requested: str | None) -> str | None:
     return requested
 
 
+def slug_name(slug: str | None) -> str:
+    """`slug 'web'`, or `no slug`: never Python's None in a message."""
+    return "no slug" if slug is None else f"slug '{slug}'"
+
+
 def ordered(record: dict[str, Any]) -> dict[str, Any]:
     return {key: record.get(key) for key in FIELD_ORDER}
 
@@ -192,12 +197,18 @@ def plan_registration(call: Call, fields: dict[str, Any]) -> Plan:
     existing = current[1] if current else None
     requested = fields.get("slug", existing.get("slug") if existing and call.caller.role != "service" else None)
     slug = owning_slug(call, requested)
-    if existing is not None and existing.get("slug") != slug:
+    # An admin may give a slug to an instance that has none (registered the product page's
+    # way, without one); moving an instance between slugs stays a conflict.
+    gives_a_slug = existing is not None and existing.get("slug") is None and call.caller.role == "admin"
+    if existing is not None and existing.get("slug") != slug and not gives_a_slug:
         if not can_see(call.caller, existing):
             taken = f"instance id '{existing['id']}'" if "id" in fields else f"url '{fields['url']}'"
             raise ApiError(409, f"{taken} is already registered")
-        owner = existing.get("slug")
-        raise ApiError(409, f"instance '{existing['id']}' ({existing['url']}) belongs to slug '{owner}', not '{slug}'")
+        raise ApiError(
+            409,
+            f"instance '{existing['id']}' ({existing['url']}) is registered under {slug_name(existing.get('slug'))}; "
+            f"it cannot move to {slug_name(slug)} (deregister it first)",
+        )
     instance_id = existing["id"] if existing else fields.get("id") or new_instance_id()
     record = merge(existing, fields, instance_id, slug, call.ctx.settings.self_url)
     previous = existing.get("status") if existing else None
