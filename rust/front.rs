@@ -617,6 +617,24 @@ fn check_target(path: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Whether a request to forward (its raw head first) is `GET` or `HEAD /health`.
+fn is_health_check(request: &[u8]) -> bool {
+    [&b"GET /health"[..], b"HEAD /health"]
+        .iter()
+        .any(|start| request.starts_with(start) && matches!(request.get(start.len()), Some(b' ' | b'?')))
+}
+
+/// `/health` while the workers do not answer yet: not ok, and when to ask again (a 503
+/// with the health shape, `{"status":"starting"}`, rather than an error).
+fn starting_health() -> Vec<u8> {
+    let body = r#"{"status":"starting"}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Whether the query of `path` asks to block (`index=`): the workers hold such reads.
 fn is_blocking(path: &str) -> bool {
     path.split_once('?')
@@ -1081,11 +1099,16 @@ impl Gate {
                     Err(e) => {
                         // Starting (the gate listens before the workers answer), or the
                         // workers are being restarted: a retry shortly will be answered.
-                        let refusal = Refusal::new(
-                            503,
-                            format!("the server is starting: its workers do not answer yet ({e}); retry shortly"),
-                        );
-                        let _ = client.write_all(&refusal.response_with(&[("retry-after", "1")])).await;
+                        let answer = if is_health_check(&request) {
+                            starting_health()
+                        } else {
+                            Refusal::new(
+                                503,
+                                format!("the server is starting: its workers do not answer yet ({e}); retry shortly"),
+                            )
+                            .response_with(&[("retry-after", "1")])
+                        };
+                        let _ = client.write_all(&answer).await;
                         let _ = client.shutdown().await;
                         return Err(gone());
                     }

@@ -483,4 +483,9 @@ fn workers_that_do_not_answer_yet_get_a_503_with_retry_after() {
     assert!(out.contains("retry-after: 1\r\n"), "{out}");
     assert!(out.contains("starting"), "{out}");
     assert!(closed);
+    // `/health` says so in its own shape.
+    let (out, _) = exchange(&gate, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+    assert!(out.contains("retry-after: 1\r\n"), "{out}");
+    assert!(out.ends_with(r#"{"status":"starting"}"#), "{out}");
 }
