@@ -108,23 +108,30 @@ pub enum Role {
     Data,
 }
 
-/// What the data port answers to a registry route it does not serve (None: served). Paths
-/// that are not registry routes are the proxy's.
-pub fn data_port_refusal(method: &str, path: &str) -> Option<Refusal> {
+/// What the data port answers to a registry route it does not serve (None: served): a
+/// write is a 405, a read of another route a 404, each naming the API port (`api_port`, 0
+/// when unknown). Paths that are not registry routes are the proxy's.
+pub fn data_port_refusal(method: &str, path: &str, api_port: u16) -> Option<Refusal> {
     if !registry_route(path) {
         return None;
     }
     let route = path.split('?').next().unwrap_or_default();
-    if route != "/health" && reads::read_of(route).is_none() {
-        return Some(Refusal::new(
-            404,
-            format!("{method} {route} is not served on the data port (instance lookups, picks and the proxy are); use the API port"),
-        ));
-    }
+    let api = match api_port {
+        0 => "use the API port".to_owned(),
+        port => format!("use the API port ({port})"),
+    };
     if method != "GET" && method != "HEAD" {
         return Some(Refusal::new(
             405,
-            format!("{method} is not allowed on {route} on the data port, which serves reads; use the API port"),
+            format!("{method} is not allowed on {route} on the data port, which serves reads; {api}"),
+        ));
+    }
+    if route != "/health" && reads::read_of(route).is_none() {
+        return Some(Refusal::new(
+            404,
+            format!(
+                "{method} {route} is not served on the data port (instance lookups, picks and the proxy are); {api}"
+            ),
         ));
     }
     None
@@ -138,6 +145,8 @@ pub struct Options {
     /// Write a JSON access line to stderr for each request the proxy forwards, in the
     /// workers' format (`access.py`).
     pub access_log: bool,
+    /// The API port, named in the data port's refusals (0: unknown).
+    pub api_port: u16,
 }
 
 impl Default for Options {
@@ -145,6 +154,7 @@ impl Default for Options {
         Options {
             answer_reads: true,
             access_log: false,
+            api_port: 0,
         }
     }
 }
@@ -1010,7 +1020,7 @@ impl Gate {
         };
         let head = check_head(&raw, &self.limits)?;
         if self.role == Role::Data {
-            if let Some(refusal) = data_port_refusal(&head.method, &head.path) {
+            if let Some(refusal) = data_port_refusal(&head.method, &head.path, self.options.api_port) {
                 return Err(refusal);
             }
         }

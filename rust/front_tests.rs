@@ -283,7 +283,7 @@ fn data_ports_share_their_port_and_refuse_what_they_do_not_serve() {
     assert!(gate_on(first.local_addr(), &up, Role::Api).is_err());
     let (out, closed) = exchange(
         &second,
-        b"POST /registry-svc/tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"GET /registry-svc/tokens HTTP/1.1\r\nHost: x\r\n\r\n",
     );
     assert!(out.starts_with("HTTP/1.1 404 ") && closed, "{out}");
     assert!(out.contains("not served on the data port"), "{out}");
@@ -297,13 +297,13 @@ fn data_ports_share_their_port_and_refuse_what_they_do_not_serve() {
 
 #[test]
 fn the_data_port_serves_reads_health_and_the_proxy_only() {
-    assert_eq!(data_port_refusal("GET", "/registry-svc/instances?slug=a"), None);
-    assert_eq!(data_port_refusal("HEAD", "/registry-svc/instance/i-1"), None);
-    assert_eq!(data_port_refusal("GET", "/registry-svc/instance/pick?slug=a"), None);
-    assert_eq!(data_port_refusal("GET", "/health"), None);
-    assert_eq!(data_port_refusal("POST", "/orders/new"), None); // the proxy
+    assert_eq!(data_port_refusal("GET", "/registry-svc/instances?slug=a", 0), None);
+    assert_eq!(data_port_refusal("HEAD", "/registry-svc/instance/i-1", 0), None);
+    assert_eq!(data_port_refusal("GET", "/registry-svc/instance/pick?slug=a", 0), None);
+    assert_eq!(data_port_refusal("GET", "/health", 0), None);
+    assert_eq!(data_port_refusal("POST", "/orders/new", 0), None); // the proxy
     assert_eq!(
-        data_port_refusal("DELETE", "/registry-svc/instance/i-1")
+        data_port_refusal("DELETE", "/registry-svc/instance/i-1", 0)
             .unwrap()
             .status,
         405
@@ -314,8 +314,12 @@ fn the_data_port_serves_reads_health_and_the_proxy_only() {
         "/metrics",
         "/v3/discovery:clusters",
     ] {
-        assert_eq!(data_port_refusal("GET", path).unwrap().status, 404, "{path}");
+        assert_eq!(data_port_refusal("GET", path, 0).unwrap().status, 404, "{path}");
     }
+    // A write is a 405 wherever it goes, naming the API port.
+    let write = data_port_refusal("POST", "/registry-svc/tokens", 11337).unwrap();
+    assert_eq!(write.status, 405);
+    assert!(write.message.ends_with("use the API port (11337)"), "{}", write.message);
 }
 
 #[test]

@@ -524,7 +524,7 @@ impl PyFront {
     #[pyo3(signature = (
         host, port, upstream_port, api_body_limit = 1 << 20, proxy_body_limit = 16 << 20, threads = 2, store = None,
         data_plane = false, proxy_networks = None, proxy_timeout = 60.0, answer_reads = true, access_log = false,
-        max_connections = 0
+        max_connections = 0, api_port = 0
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -542,6 +542,7 @@ impl PyFront {
         answer_reads: bool,
         access_log: bool,
         max_connections: usize,
+        api_port: u16,
     ) -> PyResult<Self> {
         use std::net::ToSocketAddrs;
         let listen = (host, port)
@@ -561,6 +562,7 @@ impl PyFront {
         let options = Options {
             answer_reads,
             access_log,
+            api_port,
         };
         // With the networks it may reach, the gate proxies `/<slug>/...` itself.
         let proxy_timeout =

@@ -127,7 +127,7 @@ def test_auth_on_the_data_port(plane: Server) -> None:
 
 def test_the_data_port_serves_reads_only(plane: Server) -> None:
     reply = plane.call("POST", "/registry-svc/tokens", {"role": "admin"}, data_port=True)
-    assert reply.status == 404 and "use the API port" in reply.json["error"], reply.body
+    assert reply.status == 405 and f"use the API port ({plane.port})" in reply.json["error"], reply.body
     reply = plane.call("DELETE", f"/registry-svc/instance/{SLUG}-1", data_port=True)
     assert reply.status == 405 and "use the API port" in reply.json["error"], reply.body
     assert plane.call("GET", f"/registry-svc/instance/{SLUG}-1").status == 200  # untouched

@@ -178,6 +178,7 @@ class Front:
         answer_reads: bool = True,
         access_log: bool = False,
         max_connections: int = 0,
+        api_port: int = 0,
     ) -> None:
         """With `store`, instance lookups, one instance and picks with a valid token and a
         well-formed query are answered by the gate itself, without the workers

@@ -95,7 +95,7 @@ class Settings:
             self.host, port, workers_port, MAX_API_BODY, self.max_proxy_body_bytes,
             threads=threads, store=store, data_plane=data_plane, answer_reads=data_plane or not json_log,
             access_log=json_log, proxy_networks=list(self.proxy_networks), proxy_timeout=self.proxy_timeout_seconds,
-            max_connections=self.max_connections,
+            max_connections=self.max_connections, api_port=self.port,
         )  # fmt: skip
 
     def open_store(self) -> _core.Store:
