@@ -281,10 +281,7 @@ fn data_ports_share_their_port_and_refuse_what_they_do_not_serve() {
     let second = gate_on(first.local_addr(), &up, Role::Data).unwrap();
     // The API port's gate does not share.
     assert!(gate_on(first.local_addr(), &up, Role::Api).is_err());
-    let (out, closed) = exchange(
-        &second,
-        b"GET /registry-svc/tokens HTTP/1.1\r\nHost: x\r\n\r\n",
-    );
+    let (out, closed) = exchange(&second, b"GET /registry-svc/tokens HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(out.starts_with("HTTP/1.1 404 ") && closed, "{out}");
     assert!(out.contains("not served on the data port"), "{out}");
     // Reads the gate declines go on to the workers, as on the API port.
