@@ -336,13 +336,7 @@ fn refuse_connection(stream: TcpStream, refusal: &[u8], lingering: &Arc<Semaphor
         let (mut rd, mut wr) = stream.into_split();
         if wr.write_all(&refusal).await.is_ok() {
             let _ = wr.shutdown().await;
-            let mut sink = [0u8; 4096];
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, rd.read(&mut sink)).await {
-                if n == 0 {
-                    break;
-                }
-            }
+            drain(&mut rd, Duration::from_secs(1), 64 << 10, 4096).await;
         }
         drop(permit);
     });
@@ -405,20 +399,27 @@ impl Refusal {
 
     /// The same with extra headers (`retry-after`).
     fn response_with(&self, headers: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = self.response();
-        let at = find(&out, b"\r\n").map_or(0, |end| end + 2);
-        let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
-        out.splice(at..at, extra.into_bytes());
-        out
+        json_answer(
+            self.status,
+            &serde_json::json!({ "error": self.message }).to_string(),
+            headers,
+            true,
+        )
     }
 }
 
 /// `{"error": message}` with `status`, closing the connection after it when `close`.
 fn error_response(status: u16, message: &str, close: bool) -> Vec<u8> {
-    let body = serde_json::json!({ "error": message }).to_string();
+    json_answer(status, &serde_json::json!({ "error": message }).to_string(), &[], close)
+}
+
+/// A JSON answer of the gate's own: `status`, `headers` (`retry-after`), `body`, and
+/// `connection: close` when `close`.
+fn json_answer(status: u16, body: &str, headers: &[(&str, &str)], close: bool) -> Vec<u8> {
+    let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
     let connection = if close { "connection: close\r\n" } else { "" };
     format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n{body}",
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n{connection}\r\n{body}",
         reason(status),
         body.len(),
     )
@@ -637,12 +638,7 @@ fn is_health_check(request: &[u8]) -> bool {
 /// `/health` while the workers do not answer yet: not ok, and when to ask again (a 503
 /// with the health shape, `{"status":"starting"}`, rather than an error).
 fn starting_health() -> Vec<u8> {
-    let body = r#"{"status":"starting"}"#;
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    json_answer(503, r#"{"status":"starting"}"#, &[("retry-after", "1")], true)
 }
 
 /// Whether the query of `path` asks to block (`index=`): the workers hold such reads.
@@ -1410,12 +1406,19 @@ async fn refuse(refusal: Refusal, client: Option<OwnedWriteHalf>, mut incoming: 
         return;
     }
     let _ = client.shutdown().await;
-    // On the heap, and only here: as an array it would sit in every connection's future.
-    let mut sink = vec![0u8; 64 << 10];
+    drain(&mut incoming.rd, LINGER, LINGER_MAX_BYTES, 64 << 10).await;
+}
+
+/// Reads what the client still sends and drops it, for at most `time` and `most` bytes,
+/// `piece` bytes a read (a lingering close: closing with unread input would reset the
+/// connection before the client reads our answer). The scratch buffer is on the heap: as
+/// an array it would sit in every connection's future.
+async fn drain(rd: &mut OwnedReadHalf, time: Duration, most: usize, piece: usize) {
+    let mut sink = vec![0u8; piece];
     let mut dropped = 0usize;
-    let deadline = tokio::time::Instant::now() + LINGER;
-    while dropped < LINGER_MAX_BYTES {
-        match tokio::time::timeout_at(deadline, incoming.rd.read(&mut sink)).await {
+    let deadline = tokio::time::Instant::now() + time;
+    while dropped < most {
+        match tokio::time::timeout_at(deadline, rd.read(&mut sink)).await {
             Ok(Ok(n)) if n > 0 => dropped += n,
             _ => return,
         }

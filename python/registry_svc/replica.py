@@ -117,7 +117,7 @@ class Replicator:
         if known is None:
             return
         try:
-            header = self.client.range(self.layout.bootstrap, count_only=True, timeout=PING_TIMEOUT_S)["header"]
+            header = self._ping()
         except (EtcdUnavailable, EtcdError, OSError):
             return  # etcd away: the replica is served read-only, and the ping loop checks again
         if header.get("cluster_id") != known:
@@ -125,6 +125,10 @@ class Replicator:
                 f"this data dir replicates etcd cluster {known}, but the etcd at {','.join(self.client.endpoints)} is cluster "
                 f"{header.get('cluster_id')} (another cluster with the same prefix); use a new --data-dir"
             )
+
+    def _ping(self) -> dict[str, Any]:
+        """etcd's response header (cluster id, revision) for one cheap read."""
+        return dict(self.client.range(self.layout.bootstrap, count_only=True, timeout=PING_TIMEOUT_S)["header"])
 
     def start(self) -> None:
         self._lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,8 +278,7 @@ class Replicator:
         last_check = time.monotonic()
         while not self._stop.wait(self.ping_seconds):
             try:
-                answer = self.client.range(self.layout.bootstrap, count_only=True, timeout=PING_TIMEOUT_S)
-                header = answer["header"]
+                header = self._ping()
                 cluster_id = header.get("cluster_id")
                 if self.state.get("clusterId") not in (None, cluster_id):
                     log.error(

@@ -181,7 +181,7 @@ class WorkerWatch:
         self._next = 0.0
 
     def dead(self) -> str | None:
-        """The pid (and how it ended) of a known worker that is gone, checked once a second."""
+        """The pid of a known worker that is gone (checked once a second), or None."""
         if time.monotonic() < self._next:
             return None
         self._next = time.monotonic() + 1.0

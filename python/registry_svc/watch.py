@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from registry_svc import _core
+from registry_svc.auth import TOKENS
 from registry_svc.errors import ApiError, field_error
 
 DEFAULT_WAIT_S = 300.0
@@ -39,7 +40,6 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 # (Consul's default is 200 connections per client); past either, a 429.
 MAX_HELD_PER_TOKEN = 2000
 MAX_HELD_PER_CLIENT = 256
-TOKENS = "tokens"
 
 Stamp = Callable[[], int]
 

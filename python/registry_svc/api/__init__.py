@@ -37,9 +37,14 @@ class Call:
     @property
     def holder(self) -> Holder:
         """Who a blocking query of this call is held for (its caps, its token's recheck)."""
-        headers = self.request.headers
-        query = headers.get(QUERY_HEADER) or ""
-        return Holder(self.caller.token_id, headers.get(CLIENT_ADDR_HEADER) or "", int(query) if query.isdigit() else 0)
+        return holder_of(self.caller, self.request)
+
+
+def holder_of(caller: Caller, request: Request) -> Holder:
+    """Who a blocking query is held for: the caller's token, the client's address and the
+    query's id as the gate sent them (`x-registry-client-addr`, `x-registry-query`)."""
+    query = request.headers.get(QUERY_HEADER) or ""
+    return Holder(caller.token_id, request.headers.get(CLIENT_ADDR_HEADER) or "", int(query) if query.isdigit() else 0)
 
 
 Handler = Callable[[Call], Response]

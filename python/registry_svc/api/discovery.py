@@ -28,8 +28,7 @@ import orjson
 from robyn import Request, Response
 
 from registry_svc import auth, models, replies, watch
-from registry_svc.access import CLIENT_ADDR_HEADER
-from registry_svc.api import Call, Context, Doc, Route
+from registry_svc.api import Call, Context, Doc, Route, holder_of
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, query_params, raw_json, read_json_object
 
@@ -101,7 +100,7 @@ async def xds(ctx: Context, request: Request) -> Response:
         body = models.parse(models.DiscoveryRequest, read_json_object(request, allow_empty=True))
         caller = xds_caller(ctx, request, body)
         caller.require(auth.INSTANCE_VIEW)
-        holder = watch.Holder(caller.token_id, request.headers.get(CLIENT_ADDR_HEADER) or "")
+        holder = holder_of(caller, request)
         if request.url.path.endswith(":clusters"):
             return await clusters(ctx, caller, body, holder)
         return await endpoints(ctx, caller, body, holder)

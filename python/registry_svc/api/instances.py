@@ -261,21 +261,14 @@ _own_addresses: dict[tuple[str, str], frozenset[str]] = {}
 def is_own_address(address: str, settings: Settings) -> bool:
     """Whether `address` (a host or an IP in any spelling: `[::ffff:127.0.0.1]`, `0.0.0.0`,
     which connects to this machine) reaches this registry on its port."""
-    if (ip := _ip_or_none(address)) is not None:
-        unmapped = ipaddress.ip_address(_core.unmapped_address(str(ip)))
+    if urls.is_ip(address):
+        unmapped = ipaddress.ip_address(_core.unmapped_address(address))
         if unmapped.is_unspecified:
             return True
         if unmapped.is_loopback and settings.host in ("0.0.0.0", "::", ""):
             return True
         address = str(unmapped)
     return address in own_addresses(settings)
-
-
-def _ip_or_none(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(address)
-    except ValueError:
-        return None
 
 
 def own_addresses(settings: Settings) -> frozenset[str]:
