@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 ABS_VENV := $(abspath $(VENV))
 DEPS    := $(VENV)/.deps-installed
 EXT     := $(VENV)/.extension-built
-RUST_SRC := Cargo.toml Cargo.lock $(wildcard rust/*.rs)
+RUST_SRC := Cargo.toml Cargo.lock $(wildcard rust/*.rs rust/*/*.rs)
 ARGS    ?=
 
 .PHONY: run test test-rust test-python build lint fmt fuzz bench bench-tools browser-tools loadtest cluster clean
@@ -56,7 +56,7 @@ fmt: $(DEPS)
 # wrk, nginx and etcd (the benchmark's load generator and baselines; etcd runs the cluster
 # tests too) and Prometheus (the discovery test), from Debian's packages.
 bench-tools:
-	@missing=""; for t in wrk:wrk nginx:nginx-light etcd:etcd-server prometheus:prometheus; do \
+	@missing=""; for t in wrk:wrk nginx:nginx-light etcd:etcd-server prometheus:prometheus dig:bind9-dnsutils dnsperf:dnsperf nsd:nsd; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \

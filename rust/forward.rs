@@ -223,14 +223,27 @@ impl Body for ChannelBody {
 
 /// An instance URL in parts (`scheme://netloc/path`); the port stays in `netloc`, which
 /// the request's URI carries.
-struct Upstream<'u> {
-    scheme: &'u str,
-    netloc: &'u str,
-    host: &'u str,
-    path: &'u str,
+pub(crate) struct Upstream<'u> {
+    pub scheme: &'u str,
+    pub netloc: &'u str,
+    /// As written in the URL: an IPv6 address keeps its brackets.
+    pub host: &'u str,
+    pub path: &'u str,
 }
 
-fn split_url(url: &str) -> Option<Upstream<'_>> {
+impl Upstream<'_> {
+    /// The port: the URL's, or its scheme's default.
+    pub fn port(&self) -> u16 {
+        let written = self.netloc.len() > self.host.len();
+        let default = if self.scheme == "https" { 443 } else { 80 };
+        written
+            .then(|| self.netloc[self.host.len() + 1..].parse().ok())
+            .flatten()
+            .unwrap_or(default)
+    }
+}
+
+pub(crate) fn split_url(url: &str) -> Option<Upstream<'_>> {
     let (scheme, rest) = url.split_once("://")?;
     if scheme != "http" && scheme != "https" {
         return None;

@@ -8,6 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod apply;
 pub mod cache;
+pub mod dns;
 mod error;
 pub mod etcd_http;
 pub mod forward;
@@ -23,6 +24,8 @@ pub mod store;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod python_dns;
 
 #[cfg(test)]
 mod front_tests;

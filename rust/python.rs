@@ -93,7 +93,7 @@ fn policy(name: &str) -> PyResult<Policy> {
 /// Safe to share between threads.
 #[pyclass(frozen, subclass, name = "Store", module = "registry_svc._core")]
 pub struct PyStore {
-    registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
 }
 
 #[pymethods]
@@ -656,6 +656,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;
     m.add_class::<PyStore>()?;
     m.add_class::<PyFront>()?;
+    m.add_class::<crate::python_dns::PyDns>()?;
+    m.add_function(wrap_pyfunction!(crate::python_dns::check_dns_options, m)?)?;
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     m.add(
         "__build__",

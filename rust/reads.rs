@@ -169,7 +169,7 @@ pub fn answer(registry: &Registry, tokens: &Tokens, path: &str, authorization: O
 
 /// Whether this is a cluster replica that has not heard from etcd lately: its reads are
 /// then left to the workers, which add the staleness header.
-fn replica_is_stale(registry: &Registry) -> bool {
+pub(crate) fn replica_is_stale(registry: &Registry) -> bool {
     if !registry.store.is_replica() {
         return false;
     }

@@ -304,6 +304,13 @@ impl Selector {
         self.finish(req, usable)
     }
 
+    /// The instances of `candidates` a pick could choose right now (routable, outliers
+    /// ejected within the panic threshold), in id order: what DNS answers list.
+    pub fn usable(&self, candidates: &[Arc<Candidate>], now: Instant) -> Vec<Arc<Candidate>> {
+        let routable = routable(candidates, &[], None);
+        self.without_ejected(routable, now).into_iter().cloned().collect()
+    }
+
     /// Applies the policy to the usable instances and records a tracked pick.
     fn finish(&self, req: &PickRequest<'_>, usable: Vec<&Arc<Candidate>>) -> Picked {
         let policy = req
@@ -351,7 +358,7 @@ impl Selector {
         Arc::clone(states.entry(slug.to_owned()).or_default())
     }
 
-    fn random(&self) -> u64 {
+    pub(crate) fn random(&self) -> u64 {
         // splitmix64 over an atomic counter: lock-free and good enough for balancing.
         let x = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         mix64(x)

@@ -108,6 +108,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_dns_port() -> int:
+    """A loopback port free over both TCP and UDP."""
+    while True:
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 def is_loopback_target(body: dict[str, Any]) -> bool:
     """Whether a registration body addresses this machine."""
     target = str(body.get("url") or body.get("ip") or body.get("host") or "").lower()

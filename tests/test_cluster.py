@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.query
 import orjson
 import pytest
 
-from conftest import NO_CHECK, Backend, Server, free_port, wait_for
+from conftest import NO_CHECK, Backend, Server, free_dns_port, free_port, wait_for
 from etcd_cluster import EtcdCluster, FaultProxy, replica_records
 from registry_svc import _core
 from registry_svc.cluster import Layout
@@ -33,6 +35,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 HEARTBEAT_S = 1.0
+C_DNS_PORT = free_dns_port()
 
 
 @dataclass
@@ -62,7 +65,7 @@ class Cluster:
         self.etcd = EtcdCluster(root / "etcd").start()
         self.nodes: list[Node] = []
 
-    def add(self, name: str, admin_from: Server | None = None) -> Node:
+    def add(self, name: str, admin_from: Server | None = None, args: tuple[str, ...] = ()) -> Node:
         proxies = [FaultProxy(endpoint) for endpoint in self.etcd.endpoints]
         data_dir = self.root / name
         if admin_from is not None:
@@ -70,7 +73,7 @@ class Cluster:
             data_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy(admin_from.data_dir / "admin.token", data_dir / "admin.token")
         etcd = ",".join(f"http://{p.endpoint}" for p in proxies)
-        server = Server(data_dir, args=["--etcd", etcd, "--heartbeat-seconds", str(HEARTBEAT_S)]).start()
+        server = Server(data_dir, args=["--etcd", etcd, "--heartbeat-seconds", str(HEARTBEAT_S), *args]).start()
         node = Node(server, proxies)
         self.nodes.append(node)
         return node
@@ -114,7 +117,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         first = c.add("a")
         c.add("b", admin_from=first.server)
-        c.add("c", admin_from=first.server)
+        # C answers DNS too (from its replica), with answers cached for 30 s while fresh.
+        c.add("c", admin_from=first.server, args=("--dns-port", str(C_DNS_PORT), "--dns-ttl", "30"))
         yield c
     finally:
         c.stop()
@@ -356,6 +360,31 @@ def test_a_server_cut_from_etcd_serves_stale_reads_refuses_writes_and_converges(
     assert ids == {kept.json["instance"]["id"], added.json["instance"]["id"]}
     # The relist is published just after its apply: wait for the count rather than race it.
     wait_for(lambda: c.health()["relists"] == relists + 1, 5, "C's relist to show in /health")
+
+
+def test_dns_answers_from_the_replica_and_a_stale_replica_answers_uncached(cluster: Cluster) -> None:
+    a, c = cluster.nodes[0], cluster.nodes[2]
+    made = a.server.register(instance_body(free_port(), "dns-svc", status="Healthy"))
+    assert made.status == 201
+    question = dns.message.make_query("dns-svc.service.registry.", "A")
+
+    def answer() -> dns.message.Message:
+        return dns.query.udp(question, "127.0.0.1", port=C_DNS_PORT, timeout=3)
+
+    fresh = wait_for(lambda: (r := answer()).answer and r, 10, "C's DNS to answer what A registered")
+    assert [r.to_text() for r in fresh.answer[0]] == ["127.0.0.1"] and fresh.answer[0].ttl == 30
+    c.cut("blackhole")
+    wait_for(lambda: c.health()["staleSeconds"], 15, "C to notice it lost etcd")
+    stale = answer()
+    # Still answered from the replica, as the data port does, but not to be cached.
+    assert [r.to_text() for r in stale.answer[0]] == ["127.0.0.1"] and stale.answer[0].ttl == 0
+    # The data port of C's workers says so too (it answered by itself, without the header,
+    # before the workers followed the replica's freshness).
+    lookup = c.server.call("GET", "/registry-svc/instances?slug=dns-svc", data_port=True)
+    assert lookup.status == 200 and float(lookup.headers["x-registry-stale-seconds"]) > 0
+    c.heal()
+    wait_for(lambda: c.health()["staleSeconds"] is None, 15, "C to reconnect")
+    assert answer().answer[0].ttl == 30
 
 
 def test_a_reset_connection_to_etcd_is_resumed_without_a_relist(cluster: Cluster) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 
-from registry_svc import about, cluster, cluster_import, etcd, netguard
+from registry_svc import _core, about, cluster, cluster_import, etcd, netguard
 from registry_svc import settings as settings_mod
 from registry_svc.supervisor import serve
 from registry_svc.urls import UrlError
@@ -95,6 +96,32 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="client connections each port holds at once; a new one past it gets 503 and is closed "
         "(default: a third of the open-files limit)",
+    )
+    s.add_argument(
+        "--dns-port",
+        type=int,
+        default=0,
+        help="serve DNS on this UDP and TCP port: <slug>.service.<domain> and the other Consul-style names, "
+        "answered by every process from the store (default 0: off)",
+    )
+    s.add_argument("--dns-domain", default="registry.", help="the DNS domain answered for (default registry.)")
+    s.add_argument(
+        "--dns-ttl", type=int, default=0, help="TTL of DNS answers in seconds (default 0: not cached, as Consul)"
+    )
+    s.add_argument(
+        "--dns-rate-limit",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="UDP answers per second per client address (IPv6: per /64); past it every second answer is an empty "
+        "truncated one (the client retries over TCP) and the rest are dropped (default 1000; 0: no limit)",
+    )
+    s.add_argument(
+        "--dns-rate-exempt",
+        default=",".join(settings_mod.LOOPBACK_NETWORKS),
+        metavar="CIDR[,CIDR...]",
+        help="clients not rate limited (default 127.0.0.0/8,::1/128: a forged loopback source cannot arrive from "
+        "the network; '' for none)",
     )
     s.add_argument(
         "--log-level",
@@ -194,6 +221,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_connections < 0:
         print("registry-svc: --max-connections must be 0 (derived) or more", file=sys.stderr)
         return 2
+    if not 0 <= args.dns_port <= 65535 or (args.dns_port and args.dns_port == args.port):
+        print(
+            f"registry-svc: --dns-port must be 0 (off) or 1-65535 and not --port, got {args.dns_port}", file=sys.stderr
+        )
+        return 2
+    if not 0 <= args.dns_ttl <= 2**31 - 1 or args.dns_rate_limit < 0:
+        print("registry-svc: --dns-ttl must be 0 to 2147483647 and --dns-rate-limit 0 or more", file=sys.stderr)
+        return 2
+    dns_exempt = tuple(n.strip() for n in args.dns_rate_exempt.split(",") if n.strip())
+    try:
+        dns_domain = _core.check_dns_options(args.dns_domain, list(dns_exempt))
+    except ValueError as e:
+        print(f"registry-svc: {e}", file=sys.stderr)
+        return 2
     if not 0.1 <= args.eject_seconds <= 3600:
         print("registry-svc: --eject-seconds must be between 0.1 and 3600", file=sys.stderr)
         return 2
@@ -243,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     except UrlError as e:
         print(f"registry-svc: OB_SELF_URL: {e}", file=sys.stderr)
         return 2
+    settings = dataclasses.replace(
+        settings,
+        dns_port=args.dns_port,
+        dns_domain=dns_domain,
+        dns_ttl=args.dns_ttl,
+        dns_rate_limit=args.dns_rate_limit,
+        dns_rate_exempt=dns_exempt,
+    )
     return serve(settings)
 
 

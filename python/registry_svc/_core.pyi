@@ -192,3 +192,30 @@ class Front:
     def port(self) -> int: ...
     def close(self) -> None:
         """Stops listening and drops every connection."""
+
+class Dns:
+    """The DNS interface of one process (rust/dns/): UDP and TCP on `host:port` (SO_REUSEPORT:
+    every process joins), authoritative for `domain`, answering from `store`. OSError when
+    the port cannot be bound, ValueError for a bad domain or exempt network."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        store: Store,
+        domain: str = "registry.",
+        ttl: int = 0,
+        rate_limit: int = 1000,
+        rate_exempt: list[str] = ...,
+        threads: int = 1,
+    ) -> None: ...
+    def stats(self) -> list[tuple[str, int]]:
+        """Questions by outcome (answered, nodata, nxdomain, refused, failed, rate_limited)."""
+    @property
+    def port(self) -> int: ...
+    def close(self) -> None:
+        """Stops answering."""
+
+def check_dns_options(domain: str, rate_exempt: list[str]) -> str:
+    """The domain in canonical form (lowercase, ending in a dot); ValueError naming the
+    flag (`--dns-domain`, `--dns-rate-exempt`) whose value the DNS server would refuse."""

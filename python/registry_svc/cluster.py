@@ -186,6 +186,24 @@ def staleness(state: dict[str, Any], now: float | None = None) -> float | None:
     return age if age > STALE_AFTER_S else None
 
 
+def fresh_until(state: dict[str, Any]) -> int:
+    """Until when (unix ms) a replica in `state` counts as fresh: the Rust readers (the
+    gates, DNS) answer by themselves only until then. 0 while it is not connected."""
+    return int((float(state.get("contact") or 0) + STALE_AFTER_S) * 1000) if state.get("connected") else 0
+
+
+def follow_freshness(store: _core.Store, every: float = 0.25) -> None:
+    """In a worker: keeps the store's freshness (read by this process's data port and DNS
+    server) in step with what the supervisor's replicator publishes. Returns when the
+    store closes."""
+    while True:
+        try:
+            store.set_fresh_until(fresh_until(replica_state(store)))
+        except _core.StoreError:
+            return
+        time.sleep(every)
+
+
 def health(store: EtcdStore) -> dict[str, Any]:
     """`/health` of a cluster server: the mode, the replica's revision, etcd's state."""
     state = store.replica()

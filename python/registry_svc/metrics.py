@@ -80,6 +80,10 @@ class _Metrics:
         self.ejections = Counter(
             "registry_proxy_ejections", "Instances the proxy ejected after consecutive failures (outlier detection)"
         )
+        self.dns = Counter(
+            "registry_dns_queries", "DNS questions, by outcome (answered, nodata, nxdomain, refused, failed, "
+            "rate_limited)", ["outcome"],
+        )  # fmt: skip
         self.cache_bytes = Gauge(
             "registry_response_cache_bytes", "Bytes held by the response caches", multiprocess_mode="livesum"
         )
@@ -89,7 +93,9 @@ _metrics: _Metrics | None = None
 _lock = threading.Lock()
 
 
-def setup(store: _core.Store, front: _core.Front | None = None, port: str = "api") -> None:
+def setup(
+    store: _core.Store, front: _core.Front | None = None, port: str = "api", dns: _core.Dns | None = None
+) -> None:
     """Creates this process's metrics and starts folding the Rust-side counts into them.
     Needs `ENV` set (by `prepare`, inherited by the workers)."""
     global _metrics
@@ -98,10 +104,10 @@ def setup(store: _core.Store, front: _core.Front | None = None, port: str = "api
     with _lock:
         if _metrics is None:
             _metrics = _Metrics()
-    threading.Thread(target=_sync, args=(store, front, port), name="metrics-sync", daemon=True).start()
+    threading.Thread(target=_sync, args=(store, front, port, dns), name="metrics-sync", daemon=True).start()
 
 
-def _sync(store: _core.Store, front: _core.Front | None, port: str) -> None:
+def _sync(store: _core.Store, front: _core.Front | None, port: str, dns: _core.Dns | None) -> None:
     """Folds the counts kept in Rust, and the requests counted since the last time, into
     this process's metrics, every SYNC_S."""
     m = _metrics
@@ -117,6 +123,9 @@ def _sync(store: _core.Store, front: _core.Front | None, port: str) -> None:
         """The metric a Rust-side count folds into; the proxy's (rust/forward.rs) outcome
         names come with their counts, as `upstream:<outcome>` and `upstream:ejections`."""
         if name not in counters:
+            if name.startswith("dns:"):
+                counters[name] = m.dns.labels(name.removeprefix("dns:"))
+                return counters[name]
             outcome = name.removeprefix("upstream:")
             counters[name] = m.ejections if outcome == "ejections" else m.upstream.labels(outcome)
         return counters[name]
@@ -127,6 +136,8 @@ def _sync(store: _core.Store, front: _core.Front | None, port: str) -> None:
             if front is not None:
                 now.update(zip(("answered", "forwarded", "refused", "proxied"), front.stats(), strict=True))
                 now.update((f"upstream:{name}", count) for name, count in front.proxy_stats())
+            if dns is not None:
+                now.update((f"dns:{name}", count) for name, count in dns.stats())
             m.cache_bytes.set(store.cache_usage()[1])
         except _core.StoreError:
             return  # the store closed: the process is stopping

@@ -33,7 +33,7 @@ from typing import IO, Any
 import orjson
 
 from registry_svc import _core
-from registry_svc.cluster import COLLECTIONS, REPLICA_STATE, STALE_AFTER_S, Layout, replica_state
+from registry_svc.cluster import COLLECTIONS, REPLICA_STATE, Layout, fresh_until, replica_state
 from registry_svc.etcd import Client, Compacted, EtcdError, EtcdUnavailable, KeyValue, Watch, WatchMessage, prefix_end
 
 log = logging.getLogger("registry_svc")
@@ -366,6 +366,6 @@ class Replicator:
         self._published = (now, connected)
         state = {**self.state, "appliedRevision": self.store.index()}
         self.store.set_state(REPLICA_STATE, orjson.dumps(state))
-        fresh = int((float(state["contact"]) + STALE_AFTER_S) * 1000) if state["connected"] else 0
-        # The gate (in this process) leaves reads to the workers once this passes.
-        self.store.set_fresh_until(fresh)
+        # The gate (in this process) leaves reads to the workers once this passes; the
+        # workers follow it (cluster.follow_freshness).
+        self.store.set_fresh_until(fresh_until(state))

@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,8 @@ class ProcessState:
     writes: ThreadPoolExecutor | None = None
     # This process's share of the data port.
     data_plane: _core.Front | None = None
+    # This process's share of the DNS port.
+    dns: _core.Dns | None = None
 
 
 def error_for(route: Route, err: Exception) -> Response:
@@ -219,6 +222,8 @@ def build_app(settings: Settings) -> Robyn:
         state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=hub)
         if isinstance(store, EtcdStore):
             http.replica_staleness = lambda: cluster.staleness(store.replica())
+            # This process's data port and DNS answer by themselves only while fresh.
+            threading.Thread(target=cluster.follow_freshness, args=(store,), name="freshness", daemon=True).start()
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
         if settings.data_port:
             # The data plane of this process (rust/front.rs, Role::Data): its own Tokio
@@ -227,12 +232,16 @@ def build_app(settings: Settings) -> Robyn:
             state.data_plane = settings.open_gate(
                 store, settings.data_port, settings.internal_port, threads, data_plane=True
             )
-        metrics.setup(store, state.data_plane, port="data")
+        # DNS (rust/dns/), like the data port: every process answers its share.
+        state.dns = settings.open_dns(store, max(1, DATA_THREADS_TOTAL // settings.processes))
+        metrics.setup(store, state.data_plane, port="data", dns=state.dns)
 
     @app.shutdown_handler
     def close_store() -> None:
         if state.data_plane is not None:
             state.data_plane.close()
+        if state.dns is not None:
+            state.dns.close()
         if state.ctx is not None:
             state.ctx.store.close()
 

@@ -63,6 +63,14 @@ class Settings:
     # Client connections each gate holds at once (503 past it); 0 = a third of the
     # process's descriptor limit.
     max_connections: int = 0
+    # The DNS interface (rust/dns/): UDP and TCP port (0 = off; every process holds it with
+    # SO_REUSEPORT), its domain, answers' TTL, and UDP answers per second per client with
+    # the networks that are not limited.
+    dns_port: int = 0
+    dns_domain: str = "registry."
+    dns_ttl: int = 0
+    dns_rate_limit: int = 1000
+    dns_rate_exempt: tuple[str, ...] = LOOPBACK_NETWORKS
 
     @property
     def clustered(self) -> bool:
@@ -96,6 +104,15 @@ class Settings:
             threads=threads, store=store, data_plane=data_plane, answer_reads=data_plane or not json_log,
             access_log=json_log, proxy_networks=list(self.proxy_networks), proxy_timeout=self.proxy_timeout_seconds,
             max_connections=self.max_connections, api_port=self.port,
+        )  # fmt: skip
+
+    def open_dns(self, store: _core.Store, threads: int) -> _core.Dns | None:
+        """This process's share of the DNS port (rust/dns/), or None when it is off."""
+        if not self.dns_port:
+            return None
+        return _core.Dns(
+            self.host, self.dns_port, store, domain=self.dns_domain, ttl=self.dns_ttl,
+            rate_limit=self.dns_rate_limit, rate_exempt=list(self.dns_rate_exempt), threads=threads,
         )  # fmt: skip
 
     def open_store(self) -> _core.Store:
@@ -132,7 +149,13 @@ class Settings:
             f"proxy_networks={','.join(self.proxy_networks)} max_proxy_body_mib={self.max_proxy_body_bytes >> 20} "
             f"proxy_timeout_seconds={self.proxy_timeout_seconds:g} "
             f"log_level={self.log_level} log_format={self.log_format} metrics={self.metrics} "
-            f"data_port={self.data_port if self.data_port is not None else 'default'}"
+            f"data_port={self.data_port if self.data_port is not None else 'default'} "
+            + (
+                f"dns_port={self.dns_port} dns_domain={self.dns_domain} dns_ttl={self.dns_ttl} "
+                f"dns_rate_limit={self.dns_rate_limit} dns_rate_exempt={','.join(self.dns_rate_exempt) or '-'}"
+                if self.dns_port
+                else "dns_port=off"
+            )
             + (f" etcd={','.join(self.etcd_endpoints)} etcd_prefix={self.etcd_prefix}" if self.clustered else "")
         )
 
@@ -151,7 +174,7 @@ class Settings:
         if raw is None:
             raise RuntimeError(f"{_CHILD_ENV} is not set: start the server with `registry-svc serve`")
         fields = orjson.loads(raw)
-        for key in ("probe_networks", "proxy_networks", "etcd_endpoints"):
+        for key in ("probe_networks", "proxy_networks", "etcd_endpoints", "dns_rate_exempt"):
             fields[key] = tuple(fields[key])
         return cls(**fields)
 

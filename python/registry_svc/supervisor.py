@@ -103,6 +103,23 @@ def claim_data_port(settings: Settings) -> Settings:
     return dataclasses.replace(settings, data_port=port)
 
 
+def check_dns_port(settings: Settings) -> None:
+    """The workers bind the DNS port with SO_REUSEPORT (each answers its share), which
+    would let a second server join a taken port silently: it is bound here first without,
+    over UDP and TCP, so a taken port is an OSError naming it."""
+    if not settings.dns_port:
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    for kind, name in ((socket.SOCK_DGRAM, "UDP"), (socket.SOCK_STREAM, "TCP")):
+        try:
+            with socket.socket(family, kind) as probe:
+                if kind == socket.SOCK_STREAM:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((settings.host, settings.dns_port))
+        except OSError as e:
+            raise OSError(e.errno, f"the DNS port {settings.dns_port} ({name}): {e.strerror or e}") from e
+
+
 def bootstrap(store: _core.Store, settings: Settings, gpus: GpuSampler) -> bool:
     """Creates the admin token (if needed) and this node's first record.
     Returns True when a new admin token was written."""
@@ -249,6 +266,7 @@ def serve(settings: Settings) -> int:
     store = settings.open_store()
     try:
         settings = claim_data_port(settings)
+        check_dns_port(settings)
         front, settings = open_front(settings, store)
     except OSError as e:
         store.close()
@@ -312,7 +330,8 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
             log.warning(
                 "registry-svc listening on http://%s:%d (%d process(es) x %d worker(s)); %s; data in %s; admin token (%s) in %s",
                 settings.host, settings.port, settings.processes, settings.workers,
-                f"data plane on port {settings.data_port}" if settings.data_port else "no data port",
+                (f"data plane on port {settings.data_port}" if settings.data_port else "no data port")
+                + (f", DNS on port {settings.dns_port} for {settings.dns_domain}" if settings.dns_port else ""),
                 settings.store_path, token_note, settings.admin_token_path,
             )  # fmt: skip
         workers = WorkerWatch(child)
