@@ -54,7 +54,8 @@ fmt: $(DEPS)
 	$(VENV)/bin/ruff check --fix python tests loadtest
 
 # wrk, nginx and etcd (the benchmark's load generator and baselines; etcd runs the cluster
-# tests too) and Prometheus (the discovery test), from Debian's packages.
+# tests too), Prometheus (the discovery test), dig (the DNS tests), dnsperf and NSD (the
+# DNS benchmark's load generator and baseline), from Debian's packages.
 bench-tools:
 	@missing=""; for t in wrk:wrk nginx:nginx-light etcd:etcd-server prometheus:prometheus dig:bind9-dnsutils dnsperf:dnsperf nsd:nsd; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
@@ -82,6 +83,7 @@ bench: build bench-tools
 	$(PY) -m loadtest.bench --seconds 10 --out BENCHMARKS.md
 	$(PY) -m loadtest.cluster_bench --seconds 10 --append BENCHMARKS.md
 	$(PY) -m loadtest.watch_bench --append BENCHMARKS.md
+	$(PY) -m loadtest.dns_bench --append BENCHMARKS.md
 
 # Locust scenarios (sidecars, services, operators) against a fresh server; CSV in loadtest/out/.
 loadtest: build

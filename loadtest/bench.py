@@ -59,6 +59,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def publish(lines: list[str], append: Path | None) -> None:
+    """Prints a benchmark's section, and appends it to `append` (BENCHMARKS.md) when given."""
+    text = "\n".join(lines)
+    print(text)
+    if append:
+        with append.open("a") as f:
+            f.write("\n" + text)
+        print(f"appended to {append}")
+
+
 def wait_http(url: str, timeout: float = 30.0, headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from loadtest.bench import Bench, wait_http
+from loadtest.bench import Bench, publish, wait_http
 from loadtest.etcd_cluster import EtcdCluster, free_port
 from registry_svc.cluster import Layout, cmp_absent, cmp_mod, op_put
 
@@ -267,13 +267,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=200, help="registration-to-visible samples")
     p.add_argument("--append", type=Path, default=None, help="append the section to this file (BENCHMARKS.md)")
     a = p.parse_args()
-    lines = run(a.seconds, a.repeats, a.samples)
-    text = "\n".join(lines)
-    print(text)
-    if a.append:
-        with a.append.open("a") as f:
-            f.write("\n" + text)
-        print(f"appended to {a.append}")
+    publish(run(a.seconds, a.repeats, a.samples), a.append)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 import psutil
 
-from loadtest.bench import wait_http
+from loadtest.bench import publish, wait_http
 from loadtest.etcd_cluster import free_port
 from registry_svc.client import Resolver
 
@@ -185,11 +185,7 @@ def main() -> None:
     p.add_argument("--picks", type=int, default=200_000)
     p.add_argument("--append", type=Path, default=None)
     a = p.parse_args()
-    text = "\n".join(run(a.idle, a.samples, a.seconds, a.picks))
-    print(text)
-    if a.append:
-        with a.append.open("a") as f:
-            f.write("\n" + text)
+    publish(run(a.idle, a.samples, a.seconds, a.picks), a.append)
 
 
 if __name__ == "__main__":

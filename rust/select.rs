@@ -54,11 +54,34 @@ pub enum Health {
     Excluded,
 }
 
+/// Where an instance is, from its URL: an address (IPv4-mapped ones unmapped), or the
+/// host name it was registered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(std::net::IpAddr),
+    Name(String),
+}
+
+/// The host and port of an instance's (or a node's) URL.
+pub fn host_and_port(url: &str) -> Option<(Host, u16)> {
+    let parts = crate::forward::split_url(url)?;
+    let bare = parts.host.trim_start_matches('[').trim_end_matches(']');
+    let host = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => Host::Ip(crate::netguard::unmapped(ip)),
+        Err(_) => Host::Name(bare.to_owned()),
+    };
+    Some((host, parts.port()))
+}
+
 /// One instance as selection sees it.
 #[derive(Debug)]
 pub struct Candidate {
     pub id: String,
     pub url: String,
+    /// The URL's host and port (the scheme's default when it names none), parsed once
+    /// when the slug's candidates are read (DNS answers with them).
+    pub host: Option<Host>,
+    pub port: u16,
     pub health: Health,
     pub weight: u32,
     pub zone: Option<String>,
@@ -83,13 +106,17 @@ impl Candidate {
             .and_then(Value::as_array)
             .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
             .unwrap_or_default();
+        let url = text("url")?;
+        let (host, port) = host_and_port(&url).map_or((None, 0), |(h, p)| (Some(h), p));
         let mut body = Vec::with_capacity(json.len() + 13);
         body.extend_from_slice(b"{\"instance\":");
         body.extend_from_slice(json);
         body.push(b'}');
         Some(Candidate {
             id: text("id")?,
-            url: text("url")?,
+            host,
+            port,
+            url,
             health,
             weight: value
                 .get("weight")

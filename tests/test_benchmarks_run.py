@@ -91,3 +91,14 @@ def test_watch_benchmark_runs_in_a_tiny_mode() -> None:
     text = "\n".join(watch_bench.run(idle=20, samples=3, seconds=0.5, picks=1000))
     for row in ("change-to-watcher latency p99", "server CPU, 20 idle watchers", "`Resolver.pick()` in process"):
         assert row in text
+
+
+def test_dns_benchmark_runs_in_a_tiny_mode() -> None:
+    """Our DNS port and NSD with the same records, under dnsperf; every row is reported."""
+    from loadtest import dns_bench
+
+    missing = [t for t in ("dnsperf", "nsd", "dig") if shutil.which(t) is None]
+    assert not missing, f"{missing} missing: run `make bench-tools` (CI does)"
+    text = "\n".join(dns_bench.run(seconds=0.5, repeats=1, rate=2000, slugs=3))
+    assert "| registry-svc DNS |" in text and "| NSD 4.6, static zone |" in text
+    assert "Queries/s vs NSD" in text and "p99 vs NSD" in text

@@ -11,10 +11,9 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
 
 use super::names::{self, Subject};
-use crate::forward::split_url;
 use crate::model::{INSTANCES, NODES};
 use crate::registry::Registry;
-use crate::select::Candidate;
+use crate::select::{self, Candidate};
 use crate::store::Result;
 
 /// The zone we are authoritative for.
@@ -83,7 +82,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn of(found: Found) -> Reply {
+    pub fn nothing(found: Found) -> Reply {
         Reply {
             found,
             answers: Vec::new(),
@@ -117,17 +116,27 @@ struct Endpoint {
     port: u16,
 }
 
-fn endpoint(url: &str) -> Option<Endpoint> {
-    let parts = split_url(url)?;
-    let bare = parts.host.trim_start_matches('[').trim_end_matches(']');
-    let host = match bare.parse::<IpAddr>() {
-        Ok(ip) => Host::Ip(crate::netguard::unmapped(ip)),
-        Err(_) => Host::Name(Name::from_ascii(format!("{bare}.")).ok()?),
-    };
-    Some(Endpoint {
-        host,
-        port: parts.port(),
-    })
+impl Endpoint {
+    /// None for a host that is no DNS name.
+    fn new(host: &select::Host, port: u16) -> Option<Endpoint> {
+        let host = match host {
+            select::Host::Ip(ip) => Host::Ip(*ip),
+            select::Host::Name(name) => Host::Name(Name::from_ascii(format!("{name}.")).ok()?),
+        };
+        Some(Endpoint { host, port })
+    }
+}
+
+/// A candidate's endpoint, from the parts selection parsed once.
+fn endpoint_of(candidate: &Candidate) -> Option<Endpoint> {
+    Endpoint::new(candidate.host.as_ref()?, candidate.port)
+}
+
+/// The endpoint of a stored record's URL (a node's, or one instance's).
+fn endpoint(json: &[u8]) -> Option<Endpoint> {
+    let value: Value = serde_json::from_slice(json).ok()?;
+    let (host, port) = select::host_and_port(value.get("url").and_then(Value::as_str)?)?;
+    Endpoint::new(&host, port)
 }
 
 /// The answer to `qtype` for the name `labels` (below the domain, lowercase) at `qname`.
@@ -140,11 +149,7 @@ pub fn reply(
     ttl: u32,
 ) -> Result<Reply> {
     let Some(subject) = names::subject(labels) else {
-        return Ok(Reply::of(Found::NxDomain));
-    };
-    let url_of = |json: &[u8]| {
-        let value: Value = serde_json::from_slice(json).ok()?;
-        value.get("url").and_then(Value::as_str).and_then(endpoint)
+        return Ok(Reply::nothing(Found::NxDomain));
     };
     Ok(match subject {
         Subject::Apex => {
@@ -170,12 +175,12 @@ pub fn reply(
             ttl,
         )?,
         Subject::Instance(id) => match registry.store.get(&INSTANCES, &id)? {
-            Some(record) => one_host(url_of(&record.json), qname, qtype, ttl),
-            None => Reply::of(Found::NxDomain),
+            Some(record) => one_host(endpoint(&record.json), qname, qtype, ttl),
+            None => Reply::nothing(Found::NxDomain),
         },
         Subject::Node(id) => match registry.store.get(&NODES, &id)? {
-            Some(record) => one_host(url_of(&record.json), qname, qtype, ttl),
-            None => Reply::of(Found::NxDomain),
+            Some(record) => one_host(endpoint(&record.json), qname, qtype, ttl),
+            None => Reply::nothing(Found::NxDomain),
         },
         Subject::Addr(ip) => one_host(
             Some(Endpoint {
@@ -221,7 +226,7 @@ fn service(
 ) -> Result<Reply> {
     let candidates = registry.selector.candidates(&registry.store, slug)?;
     if candidates.all.is_empty() {
-        return Ok(Reply::of(Found::NxDomain));
+        return Ok(Reply::nothing(Found::NxDomain));
     }
     // DNS compares names without case: so do the tag and zone labels.
     let same = |label: &str, value: &str| label.eq_ignore_ascii_case(value);
@@ -236,13 +241,13 @@ fn service(
     let ordered = by_weight(usable, || registry.selector.random());
     let endpoints: Vec<(&Candidate, Endpoint)> = ordered
         .iter()
-        .filter_map(|c| endpoint(&c.url).map(|e| (c.as_ref(), e)))
+        .filter_map(|c| endpoint_of(c).map(|e| (c.as_ref(), e)))
         .collect();
     if qtype == RecordType::SRV {
         return Ok(srv(zone, &endpoints, qname, ttl));
     }
     if !matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
-        return Ok(Reply::of(Found::NoData));
+        return Ok(Reply::nothing(Found::NoData));
     }
     let any_address = endpoints.iter().any(|(_, e)| matches!(e.host, Host::Ip(_)));
     let answers: Vec<Record> = if any_address {
@@ -342,10 +347,11 @@ mod tests {
 
     #[test]
     fn endpoints_keep_addresses_and_host_names_apart() {
-        let e = endpoint("http://[::ffff:127.0.0.1]:81/x").unwrap();
+        let e = endpoint(br#"{"url":"http://[::ffff:127.0.0.1]:81/x"}"#).unwrap();
         assert!(matches!(e.host, Host::Ip(ip) if ip == IpAddr::from([127, 0, 0, 1])));
         assert_eq!(e.port, 81);
-        let e = endpoint("https://user-service").unwrap();
+        let json = br#"{"id":"a","url":"https://user-service","status":"Healthy"}"#;
+        let e = endpoint_of(&Candidate::from_json(json).unwrap()).unwrap();
         assert!(matches!(e.host, Host::Name(ref n) if n.to_ascii() == "user-service."));
         assert_eq!(e.port, 443);
     }

@@ -53,11 +53,13 @@ impl Limiter {
         })
     }
 
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Verdict {
+    /// The verdict on one more answer to `ip`; `now` is read only for a counted client.
+    pub fn check(&self, ip: IpAddr, now: impl FnOnce() -> Instant) -> Verdict {
         let ip = unmapped(ip);
         if self.rate == 0 || self.exempt.iter().any(|net| net.contains(ip)) {
             return Verdict::Answer;
         }
+        let now = now();
         let key = match ip {
             IpAddr::V4(v4) => u128::from(u32::from(v4)),
             IpAddr::V6(v6) => (u128::from(v6) >> 64) << 64 | 1,
@@ -100,26 +102,26 @@ mod tests {
         let limiter = Limiter::new(10, &[]).unwrap();
         let now = Instant::now();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!((0..10).all(|_| limiter.check(ip, now) == Verdict::Answer));
-        let over: Vec<Verdict> = (0..4).map(|_| limiter.check(ip, now)).collect();
+        assert!((0..10).all(|_| limiter.check(ip, || now) == Verdict::Answer));
+        let over: Vec<Verdict> = (0..4).map(|_| limiter.check(ip, || now)).collect();
         assert_eq!(
             over,
             [Verdict::Truncate, Verdict::Drop, Verdict::Truncate, Verdict::Drop]
         );
         // Another client is not affected; a tenth of a second later one more answer.
-        assert_eq!(limiter.check("192.0.2.2".parse().unwrap(), now), Verdict::Answer);
+        assert_eq!(limiter.check("192.0.2.2".parse().unwrap(), || now), Verdict::Answer);
         let later = now + Duration::from_millis(100);
-        assert_eq!(limiter.check(ip, later), Verdict::Answer);
-        assert_ne!(limiter.check(ip, later), Verdict::Answer);
+        assert_eq!(limiter.check(ip, || later), Verdict::Answer);
+        assert_ne!(limiter.check(ip, || later), Verdict::Answer);
     }
 
     #[test]
     fn an_ipv6_client_is_its_64_and_exempt_networks_are_not_counted() {
         let limiter = Limiter::new(1, &["127.0.0.0/8".into()]).unwrap();
         let now = Instant::now();
-        assert_eq!(limiter.check("2001:db8::1".parse().unwrap(), now), Verdict::Answer);
-        assert_ne!(limiter.check("2001:db8::2".parse().unwrap(), now), Verdict::Answer);
-        assert!((0..100).all(|_| limiter.check("127.0.0.1".parse().unwrap(), now) == Verdict::Answer));
+        assert_eq!(limiter.check("2001:db8::1".parse().unwrap(), || now), Verdict::Answer);
+        assert_ne!(limiter.check("2001:db8::2".parse().unwrap(), || now), Verdict::Answer);
+        assert!((0..100).all(|_| limiter.check("127.0.0.1".parse().unwrap(), || now) == Verdict::Answer));
         assert!(Limiter::new(1, &["nope".into()]).is_err());
     }
 }
