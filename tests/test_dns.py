@@ -226,6 +226,12 @@ def test_only_reads_are_served_and_malformed_questions_get_formerr(served: Dns) 
         raw.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ab", ("127.0.0.1", served.port))
         answer = raw.recv(512)
     assert answer[:2] == b"\x12\x34" and answer[3] & 0x0F == dns.rcode.FORMERR
+    # A question over the 4 KiB limit (a real one, padded) is refused as malformed.
+    padded = dns.message.make_query(served.fqdn("ro.service"), "A").to_wire() + bytes(5000)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        raw.settimeout(3)
+        raw.sendto(padded, ("127.0.0.1", served.port))
+        assert raw.recv(512)[3] & 0x0F == dns.rcode.FORMERR
     # A DNS response sent to us is not answered (answering could start a loop between servers).
     response = dns.message.make_response(dns.message.make_query("ro.service.registry.", "A"))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:

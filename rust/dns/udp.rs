@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,7 +15,7 @@ use hickory_server::server::Request;
 
 use super::handler::Handler;
 
-/// The largest question read; a longer datagram is cut there and so fails to parse.
+/// The largest question answered; a longer datagram gets FORMERR.
 const MAX_QUESTION: usize = 4096;
 /// How often a blocked thread looks whether the server is stopping.
 const STOP_CHECK: Duration = Duration::from_millis(200);
@@ -52,9 +53,18 @@ fn answer_loop(socket: &UdpSocket, handler: &Handler, stop: &AtomicBool) {
         answers.clear();
         for i in 0..count {
             let (question, source) = batch.question(i);
-            if let Some(source) = source {
-                if let Some(bytes) = answer(handler, question, source) {
-                    answers.push((i, bytes));
+            let Some(source) = source else { continue };
+            // A bug that panics costs its question, not the socket: this thread is the
+            // only reader of its share of the clients.
+            let answered = std::panic::catch_unwind(AssertUnwindSafe(|| match question {
+                Some(question) => answer(handler, question, source),
+                None => malformed(&batch.buffers[i]), // over the size limit
+            }));
+            match answered {
+                Ok(Some(bytes)) => answers.push((i, bytes)),
+                Ok(None) => {}
+                Err(_) => {
+                    handler.stats.failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -126,10 +136,13 @@ impl Batch {
         Some(count)
     }
 
-    /// The `i`th question received, and where it came from.
-    fn question(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
-        let length = (self.headers[i].msg_len as usize).min(MAX_QUESTION);
-        (&self.buffers[i][..length], socket_addr(&self.sources[i]))
+    /// The `i`th question received (None when it was longer than `MAX_QUESTION`), and
+    /// where it came from.
+    fn question(&self, i: usize) -> (Option<&[u8]>, Option<SocketAddr>) {
+        let header = &self.headers[i];
+        let length = (header.msg_len as usize).min(MAX_QUESTION);
+        let whole = header.msg_hdr.msg_flags & libc::MSG_TRUNC == 0;
+        (whole.then(|| &self.buffers[i][..length]), socket_addr(&self.sources[i]))
     }
 
     /// Sends each answer to the source of its question.
