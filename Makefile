@@ -9,7 +9,7 @@ EXT     := $(VENV)/.extension-built
 RUST_SRC := Cargo.toml Cargo.lock $(wildcard rust/*.rs rust/*/*.rs)
 ARGS    ?=
 
-.PHONY: run test test-rust test-python build lint fmt fuzz bench bench-tools browser-tools loadtest cluster clean
+.PHONY: run install-cli test test-rust test-python build lint fmt fuzz bench bench-tools browser-tools loadtest cluster clean
 
 $(DEPS): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,13 +21,23 @@ $(DEPS): pyproject.toml
 # Release build of the Rust extension, installed into the venv (editable Python sources).
 $(EXT): $(DEPS) $(RUST_SRC)
 	rm -f python/registry_svc/_core*.so
-	VIRTUAL_ENV=$(ABS_VENV) PATH=$(ABS_VENV)/bin:$$PATH maturin develop --release --quiet
+	@echo "building the Rust extension (release; minutes the first time); its output goes to $(VENV)/build.log"
+	@VIRTUAL_ENV=$(ABS_VENV) PATH=$(ABS_VENV)/bin:$$PATH maturin develop --release --quiet >$(VENV)/build.log 2>&1 \
+	  || { tail -n 60 $(VENV)/build.log; exit 1; }
 	touch $@
 
 build: $(EXT)
 
 run: build
+	@echo "registry-svc: the command line is .venv/bin/oo: '. .venv/bin/activate', or 'make install-cli' to link it into ~/.local/bin"
 	$(PY) -m registry_svc serve $(ARGS)
+
+# `oo` on PATH without activating the venv: a link in ~/.local/bin (on PATH in most shells).
+install-cli: build
+	mkdir -p $(HOME)/.local/bin
+	ln -sf $(ABS_VENV)/bin/oo $(HOME)/.local/bin/oo
+	@case ":$$PATH:" in *":$(HOME)/.local/bin:"*) echo "oo is on PATH: $(HOME)/.local/bin/oo";; \
+	  *) echo "linked $(HOME)/.local/bin/oo; add $(HOME)/.local/bin to PATH";; esac
 
 test: test-rust test-python
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import http.client
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import NO_CHECK, Server
+from conftest import NO_CHECK, Server, wait_for
+from registry_svc.clock import parse_time
 
 # (method, path, body, permission named in the 403)
 ENDPOINTS = [
@@ -116,9 +118,56 @@ def test_token_api_create_list_revoke(server: Server) -> None:
     assert server.call("DELETE", f"/registry-svc/token/{info['id']}").status == 404
 
 
+@pytest.fixture
+def quick_sweeps(tmp_path: Path) -> Iterator[Server]:
+    """A server whose node agent (and so the expired-token sweep) runs twice a second."""
+    srv = Server(tmp_path / "data", args=["--heartbeat-seconds", "0.5"]).start()
+    yield srv
+    srv.kill9()
+
+
+def test_a_token_with_a_ttl_expires_on_both_ports_and_is_then_removed(quick_sweeps: Server) -> None:
+    srv = quick_sweeps
+    created = srv.call("POST", "/registry-svc/tokens", {"role": "proxy", "ttl": "2s"})
+    assert created.status == 201
+    secret, info = created.json["token"], created.json["info"]
+    lived = parse_time(info["expiresAt"]) - parse_time(info["createdAt"])
+    assert lived.total_seconds() == 2
+    lookup = "/registry-svc/instances?slug=ttl"
+    # Answered by the gates (in Rust) on both ports, and by the workers, while it lives.
+    assert srv.call("GET", lookup, token=secret).status == 200
+    assert srv.call("GET", lookup, token=secret, data_port=True).status == 200
+    assert srv.call("POST", "/registry-svc/nodes", token=secret).status == 200
+
+    def refused(data_port: bool) -> bool:
+        reply = srv.call("GET", lookup, token=secret, data_port=data_port)
+        return reply.status == 401 and "expired at " + info["expiresAt"] in reply.json["error"]
+
+    wait_for(lambda: refused(False) and refused(True), 10, "the token to be refused as expired")
+    assert srv.call("POST", "/registry-svc/nodes", token=secret).status == 401  # the workers' cache too
+    # Kept about as long as it lived, so that its holder reads "expired"; then swept.
+    wait_for(
+        lambda: info["id"] not in {t["id"] for t in srv.call("GET", "/registry-svc/tokens").json["tokens"]},
+        15, "the expired token to be removed",
+    )  # fmt: skip
+    assert "unknown or revoked" in srv.call("GET", lookup, token=secret).json["error"]
+    assert f"token {info['id']} expired and was removed" in srv.log_path.read_text()
+
+
+def test_an_expired_admin_token_does_not_count_as_the_last_admin(quick_sweeps: Server) -> None:
+    srv = quick_sweeps
+    short = srv.call("POST", "/registry-svc/tokens", {"role": "admin", "ttl": "1s"}).json["info"]
+    original = next(t for t in srv.call("GET", "/registry-svc/tokens").json["tokens"] if t["id"] != short["id"])
+    wait_for(lambda: parse_time(short["expiresAt"]).timestamp() < time.time(), 5, "the short token to expire")
+    # Revoking the only working admin is refused, though an (expired) admin token remains.
+    assert srv.call("DELETE", f"/registry-svc/token/{original['id']}").status == 409
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"role": "root"}, "role"), ({"role": "service"}, "slug"), ({"role": "proxy", "slug": "x"}, "slug"),
+    [({"role": "proxy", "ttl": "0s"}, "ttl"), ({"role": "proxy", "ttl": "3651d"}, "ttl"),
+     ({"role": "proxy", "ttl": "5y"}, "ttl"), ({"role": "proxy", "ttl": 60}, "ttl"),
+     ({"role": "root"}, "role"), ({"role": "service"}, "slug"), ({"role": "proxy", "slug": "x"}, "slug"),
      ({"role": "service", "slug": ""}, "slug"), ({"role": "admin", "extra": 1}, "extra")],
 )  # fmt: skip
 def test_token_creation_errors_name_the_field(server: Server, body: dict[str, object], field: str) -> None:

@@ -387,6 +387,20 @@ def test_dns_answers_from_the_replica_and_a_stale_replica_answers_uncached(clust
     wait_for(lambda: answer().answer[0].ttl == 30, 15, "C's DNS to cache again once C reconnected")
 
 
+def test_a_token_s_expiry_holds_on_every_server(cluster: Cluster) -> None:
+    a, c = cluster.nodes[0], cluster.nodes[2]
+    created = a.server.call("POST", "/registry-svc/tokens", {"role": "proxy", "ttl": "3s"})
+    assert created.status == 201
+    secret = created.json["token"]
+
+    def status_on_c(data_port: bool = False) -> int:
+        return c.server.call("GET", "/registry-svc/instances", token=secret, data_port=data_port).status
+
+    wait_for(lambda: status_on_c() == 200, 10, "C to know the token")
+    wait_for(lambda: status_on_c() == 401 and status_on_c(data_port=True) == 401, 10, "C to refuse it once expired")
+    assert "expired" in c.server.call("GET", "/registry-svc/instances", token=secret).json["error"]
+
+
 def test_a_reset_connection_to_etcd_is_resumed_without_a_relist(cluster: Cluster) -> None:
     a, b = cluster.nodes[0], cluster.nodes[1]
     relists = b.health()["relists"]

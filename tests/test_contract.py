@@ -44,7 +44,7 @@ OPERATIONS = {
     ("get", "/registry-svc/echo"), ("post", "/registry-svc/echo"), ("put", "/registry-svc/echo"),
     ("get", "/registry-svc/routing"), ("get", "/registry-svc/discovery/prometheus"),
     ("post", "/v3/discovery:endpoints"), ("post", "/v3/discovery:clusters"),
-    ("get", "/ui"), ("get", "/ui/{name}"),
+    ("get", "/ui"), ("get", "/ui/{name}"), ("get", "/favicon.ico"),
     ("get", "/{slug}/{path}"), ("post", "/{slug}/{path}"), ("put", "/{slug}/{path}"), ("delete", "/{slug}/{path}"),
 }  # fmt: skip
 
@@ -88,7 +88,7 @@ def test_every_operation_names_its_permission_and_the_statuses_it_can_answer(ser
     assert public == {
         ("get", "/health"), ("get", "/version"), ("get", "/metrics"), ("get", "/registry-svc/openapi.json"),
         ("get", "/registry-svc/node/self"), ("get", "/registry-svc/echo"), ("post", "/registry-svc/echo"),
-        ("put", "/registry-svc/echo"), ("get", "/ui"), ("get", "/ui/{name}"),
+        ("put", "/registry-svc/echo"), ("get", "/ui"), ("get", "/ui/{name}"), ("get", "/favicon.ico"),
         *((m, "/{slug}/{path}") for m in ("get", "post", "put", "delete")),
     }  # fmt: skip
 

@@ -85,6 +85,8 @@ def sign_in(driver: WebDriver, server: Server, token: str) -> None:
         lambda d: d.find_element(By.ID, "token") if d.find_element(By.ID, "token").is_displayed() else None,
         "the sign-in form",
     )
+    # The navigation belongs to a signed-in page (CSS once showed it over the sign-in form).
+    assert not driver.find_element(By.ID, "nav").is_displayed()
     field.send_keys(token)  # type: ignore[attr-defined]
     driver.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
     wait_for(driver, lambda d: "Live: updated" in d.find_element(By.ID, "status").text, "the first refresh")
@@ -218,6 +220,8 @@ def test_ui_files_are_served_with_a_strict_content_security_policy(srv: Server) 
     assert script.status == 200 and b"fetch(" in script.body
     assert srv.call("GET", "/ui/../settings.py", token=None).status == 404
     assert srv.call("GET", "/ui/nope.js", token=None).status == 404
+    icon = srv.call("GET", "/favicon.ico", token=None)  # every browser asks for it
+    assert icon.status == 200 and icon.headers["content-type"] == "image/svg+xml" and icon.body.startswith(b"<svg")
     routing = srv.call("GET", "/registry-svc/routing").json
     assert routing == {"defaultPolicy": "round_robin", "slugPolicies": {}}
 

@@ -70,6 +70,23 @@ def test_the_product_pages_node_connectivity_script_runs_verbatim(srv: Server, u
     assert "✅ Node responds" in done.stdout and "✅ Registry API accessible" in done.stdout, done.stdout
 
 
+def test_make_install_cli_links_oo_onto_the_path(tmp_path: Path) -> None:
+    """`oo` lives in the venv; `make install-cli` links it into ~/.local/bin."""
+    repo = Path(__file__).resolve().parent.parent
+    home = tmp_path / "home"
+    env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    # -o build: the extension is built already (rebuilding it under running tests would not do).
+    done = subprocess.run(
+        ["make", "-s", "-o", "build", "install-cli"], cwd=repo, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "add " + str(home / ".local/bin") + " to PATH" in done.stdout
+    linked = home / ".local" / "bin" / "oo"
+    assert linked.resolve() == Path(OO).resolve()
+    version = subprocess.run([str(linked), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("oo "), version.stdout + version.stderr
+
+
 def test_node_self_is_public_and_other_node_endpoints_are_not(srv: Server) -> None:
     own = srv.call("GET", "/registry-svc/node/self", token=None)
     assert own.status == 200 and own.json["node"]["url"] == srv.url
@@ -178,6 +195,11 @@ def test_instance_verbs_register_get_heartbeat_drain_and_pick(tmp_path: Path, sr
         backend.stop()
 
 
+def test_the_register_file_format_is_shown_in_the_help(user: User) -> None:
+    shown = ok(user.oo("i", "register", "--help")).out
+    assert "  url: http://127.0.0.1:8081\n" in shown and "healthCheck: {type: http" in shown, shown
+
+
 def test_definition_verbs_get_stdin_and_dry_run(tmp_path: Path, srv: Server, user: User) -> None:
     good = "id: dry-svc\nimage:\n  name: nginx:1.27\n  internalPorts: [80]\n"
     checked = ok(user.oo("def", "save", "--dry-run", "-", stdin=good))
@@ -187,6 +209,20 @@ def test_definition_verbs_get_stdin_and_dry_run(tmp_path: Path, srv: Server, use
     bad.write_text("id: bad-svc\nimage:\n  name: nginx\n  internalPorts: [70000]\n")
     run = user.oo("def", "save", "--dry-run", str(bad))
     assert run.code == 1 and re.search(rf"{re.escape(str(bad))}: image\.internalPorts\[0\]: ", run.err), run.err
+    # Every problem of every document, each with its field, not just the first one.
+    several = tmp_path / "several.yaml"
+    several.write_text(
+        "id: Bad_Id\nimage:\n  name: nginx\n  internalPorts: [70000, 0]\n---\n"
+        "id: fine-svc\nimage:\n  name: nginx\n---\nid: worse-svc\nimage: {}\n"
+    )
+    run = user.oo("def", "save", "--dry-run", str(several))
+    assert run.code == 1, run
+    problems = [line for line in run.err.splitlines() if line.startswith(f"{several} (document")]
+    assert any("(document 1): id: " in p for p in problems), run.err
+    assert any("(document 1): image.internalPorts[0]: " in p for p in problems), run.err
+    assert any("(document 1): image.internalPorts[1]: " in p for p in problems), run.err
+    assert any("(document 3): image.name: " in p for p in problems), run.err
+    assert "valid definition fine-svc" in run.out and "2 definition(s) refused" in run.err
     ok(user.oo("def", "save", "-", stdin=good))
     shown = ok(user.oo("def", "get", "dry-svc")).out
     assert shown.startswith("id: dry-svc") and "nginx:1.27" in shown
@@ -275,5 +311,6 @@ def test_log_level_warning_keeps_info_out(tmp_path: Path) -> None:
         time.sleep(0.3)
         log = quiet.log_path.read_text()
         assert "configuration:" not in log and "created (role" not in log
+        assert "listening on" not in log  # a start is news, not a warning
     finally:
         quiet.kill9()

@@ -137,6 +137,35 @@ def test_get_and_delete_with_404_for_unknown_ids(server: Server) -> None:
     assert server.call("GET", "/registry-svc/instances?slug=del").json["instances"] == []
 
 
+def test_a_partial_health_check_or_metadata_merges_into_what_is_stored(server: Server) -> None:
+    """A JSON merge patch (RFC 7396) on re-registration: sent members replace, a null member
+    goes back to its default, a null object to all defaults; absent members are kept."""
+    url = "http://127.0.0.1:29"
+    check = {"type": "http", "path": "/ready", "intervalSeconds": 2, "unhealthyThreshold": 5}
+    first = server.register({"url": url, "slug": "merge", "healthCheck": check, "metadata": {"a": "1", "b": "2"}})
+    assert first.status == 201
+    again = server.register(
+        {"url": url, "healthCheck": {"type": "http", "path": "/live"}, "metadata": {"b": None, "c": "3"}}
+    ).json["instance"]
+    assert again["healthCheck"]["path"] == "/live"
+    assert again["healthCheck"]["intervalSeconds"] == 2  # was reset to 10
+    assert again["healthCheck"]["unhealthyThreshold"] == 5
+    assert again["metadata"] == {"a": "1", "c": "3"}
+    reset = server.register({"url": url, "healthCheck": {"unhealthyThreshold": None}}).json["instance"]
+    assert reset["healthCheck"]["unhealthyThreshold"] == 3 and reset["healthCheck"]["path"] == "/live"
+    # A shorter interval takes the timeout down with it unless the timeout was sent.
+    short = server.register({"url": url, "healthCheck": {"intervalSeconds": 1}}).json["instance"]["healthCheck"]
+    assert (short["intervalSeconds"], short["timeoutSeconds"]) == (1, 1)
+    refused = server.register({"url": url, "healthCheck": {"timeoutSeconds": 3}})
+    assert refused.status == 400 and "healthCheck.timeoutSeconds" in refused.json["error"]
+    longer = server.register({"url": url, "healthCheck": {"intervalSeconds": 30}}).json["instance"]
+    assert server.register({"url": url, "healthCheck": {"timeoutSeconds": 20}}).status == 200
+    assert longer["healthCheck"]["path"] == "/live"
+    cleared = server.register({"url": url, "healthCheck": None, "metadata": None}).json["instance"]
+    assert cleared["healthCheck"]["type"] == "tcp" and cleared["healthCheck"]["intervalSeconds"] == 10
+    assert cleared["metadata"] == {}
+
+
 def test_status_tags_metadata_weight_and_health_check_round_trip(server: Server) -> None:
     body = {
         "url": "http://127.0.0.1:9", "slug": "rt", "status": "Starting", "tags": ["dev", "user-service", "dev"],

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from registry_svc import _core, nodes, records, status, telemetry
+from registry_svc import _core, auth, nodes, records, status, telemetry
 from registry_svc.clock import parse_time
 from registry_svc.etcd import EtcdError, EtcdUnavailable
 from registry_svc.gpu import GpuSampler
@@ -162,6 +162,9 @@ class NodeAgent:
             self.restore_instances(record["id"])
             self._restore_due = False
         self.refresh_nodes()
+        if self.judging():  # in a cluster, the sweeper alone
+            for token_id in auth.sweep_expired(self.store):
+                log.info("token %s expired and was removed", token_id)
 
     def restore_instances(self, node_id: str) -> None:
         """Gives this node's instances back what its absence took (`status.after_node_returned`)."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from registry_svc import _core
-from registry_svc.clock import utc_now
+from registry_svc.clock import format_time, parse_time
 from registry_svc.errors import ApiError
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ class Caller:
     token_id: str
     role: str
     slug: str | None
+    # Unix seconds after which the token is refused; None: it does not expire.
+    expires: float | None = None
 
     def require(self, permission: str) -> None:
         """Raises 403 naming `permission` unless the caller's role grants it."""
@@ -92,18 +96,29 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_token_record(role: str, slug: str | None, description: str) -> tuple[str, dict[str, Any]]:
-    """A fresh secret and the record to store for it (which holds only its hash)."""
+def new_token_record(
+    role: str, slug: str | None, description: str, ttl_seconds: int | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A fresh secret and the record to store for it (which holds only its hash); with
+    `ttl_seconds`, an `expiresAt` that long after its creation."""
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    now = datetime.now(UTC)
     record = {
         "id": "tok_" + secrets.token_hex(8),
         "role": role,
         "slug": slug,
         "description": description,
-        "createdAt": utc_now(),
+        "createdAt": format_time(now),
+        "expiresAt": None if ttl_seconds is None else format_time(now + timedelta(seconds=ttl_seconds)),
         "secretHash": hash_secret(secret),
     }
     return secret, record
+
+
+def expired(record: dict[str, Any], now: float | None = None) -> bool:
+    """Whether a token record's `expiresAt` has passed (never for one without)."""
+    at = record.get("expiresAt")
+    return at is not None and parse_time(at).timestamp() <= (time.time() if now is None else now)
 
 
 def public_info(record: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +151,9 @@ class Authenticator:
             if len(self._cache) >= MAX_CACHED_HEADERS:
                 self._cache = {}
             self._cache[header] = caller
+        elif caller.expires is not None and caller.expires <= time.time():
+            del self._cache[header]
+            return self._lookup(hash_secret(bearer_secret(header)))  # the 401 that says so
         return caller
 
     def authenticate_optional(self, request: Request) -> Caller:
@@ -151,8 +169,43 @@ class Authenticator:
             found = self._store.get(TOKENS, token_id)
             if found is not None:
                 record = orjson.loads(found[1])
-                return Caller(token_id=record["id"], role=record["role"], slug=record.get("slug"))
+                if expired(record):
+                    raise ApiError(401, f"token {record['id']} expired at {record['expiresAt']}")
+                at = record.get("expiresAt")
+                return Caller(
+                    token_id=record["id"], role=record["role"], slug=record.get("slug"),
+                    expires=None if at is None else parse_time(at).timestamp(),
+                )  # fmt: skip
         raise ApiError(401, "unknown or revoked token")
+
+
+# An expired token is kept this long (or as long as it lived, if shorter), so that its
+# holder is told "expired" rather than "unknown", then removed by the node agent.
+EXPIRED_KEPT_S = 3600.0
+
+
+def sweep_expired(store: _core.Store, now: float | None = None) -> list[str]:
+    """Deletes the tokens whose expiry passed more than their keeping time ago; returns
+    their ids. A token changed or deleted meanwhile is left to the next sweep."""
+    now = time.time() if now is None else now
+    removed = []
+    for raw in store.list(TOKENS)[1]:
+        record = orjson.loads(raw)
+        if record.get("expiresAt") is None:
+            continue
+        expires = parse_time(record["expiresAt"]).timestamp()
+        lived = expires - parse_time(record["createdAt"]).timestamp()
+        if now < expires + min(EXPIRED_KEPT_S, max(lived, 0.0)):
+            continue
+        found = store.get(TOKENS, record["id"])
+        if found is None:
+            continue
+        try:
+            store.delete(TOKENS, record["id"], found[0])
+        except (_core.NotFoundError, _core.VersionMismatchError):
+            continue
+        removed.append(record["id"])
+    return removed
 
 
 def bearer_secret(header: str) -> str:
@@ -175,7 +228,13 @@ def holds_valid_token(store: _core.Store, path: os.PathLike[str] | str) -> bool:
     if not token_file.exists():
         return False
     secret = token_file.read_text().strip()
-    return bool(secret) and bool(store.ids_by(TOKENS, "secretHash", hash_secret(secret)))
+    if not secret:
+        return False
+    for token_id in store.ids_by(TOKENS, "secretHash", hash_secret(secret)):
+        found = store.get(TOKENS, token_id)
+        if found is not None and not expired(orjson.loads(found[1])):
+            return True
+    return False
 
 
 def write_secret_file(path: os.PathLike[str] | str, secret: str) -> None:

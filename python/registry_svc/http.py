@@ -60,9 +60,10 @@ def no_content(index: int | None = None) -> Response:
     return Response(status_code=204, headers=headers, description=b"")
 
 
-def error_response(status: int, message: str) -> Response:
-    """The one error shape of the API: `{"error": message}`."""
-    return json_response(status, {"error": message})
+def error_response(status: int, message: str, errors: list[str] | None = None) -> Response:
+    """The one error shape of the API: `{"error": message}`, and `errors` (every problem,
+    `message` first) when a body had several."""
+    return json_response(status, {"error": message} if not errors else {"error": message, "errors": errors})
 
 
 _STORE_ERROR_STATUS: list[tuple[type[Exception], int]] = [

@@ -174,9 +174,12 @@ class HealthCheck(Model):
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> HealthCheck:
         if self.timeoutSeconds > self.intervalSeconds:
-            if "timeoutSeconds" in self.model_fields_set:
+            if "timeoutSeconds" not in self.model_fields_set:
+                self.timeoutSeconds = self.intervalSeconds  # the default follows a short interval
+            elif "intervalSeconds" in self.model_fields_set:
                 raise field_problem("timeoutSeconds", "must not exceed intervalSeconds")
-            self.timeoutSeconds = self.intervalSeconds  # the default follows a short interval
+            # A timeout sent alone is checked against the stored interval once merged
+            # (api/instances.merged_objects).
         return self
 
 
@@ -292,15 +295,32 @@ class SaveDefinition(Model):
 # -- Tokens and nodes ------------------------------------------------------------------
 
 
+TTL_PATTERN = r"^[0-9]{1,9}[smhd]$"
+TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 class CreateToken(Model):
     """`POST /registry-svc/tokens`. A service token carries the slug it may act for."""
 
     role: Role
     slug: Slug | None = Field(default=None, description="required for a service token, refused for the others")
     description: FreeText = ""
+    ttl: Annotated[str, Strict(), StringConstraints(pattern=TTL_PATTERN)] | None = Field(
+        default=None,
+        description="the token expires this long after its creation: seconds, minutes, hours or days "
+        "(`90s`, `30m`, `24h`, `7d`; at most 3650d); never by default",
+    )
+
+    @property
+    def ttl_seconds(self) -> int | None:
+        if self.ttl is None:
+            return None
+        return int(self.ttl[:-1]) * TTL_UNITS[self.ttl[-1]]
 
     @model_validator(mode="after")
     def _slug_for_services(self) -> CreateToken:
+        if self.ttl_seconds is not None and not 1 <= self.ttl_seconds <= 3650 * 86400:
+            raise field_problem("ttl", "must be between 1s and 3650d")
         if self.role == "service" and self.slug is None:
             raise field_problem("slug", "required for a service token")
         if self.role != "service" and self.slug is not None:
@@ -445,12 +465,14 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def parse(model: type[M], data: dict[str, Any], *, query: bool = False) -> M:
-    """`data` checked against `model`; a 400 naming the first bad field otherwise (the
-    parameter alone for a `query`, where the position of a repeated value means nothing)."""
+    """`data` checked against `model`; otherwise a 400 naming the first bad field, with
+    every problem found in `errors` when there are several (the parameter alone for a
+    `query`, where the position of a repeated value means nothing)."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ApiError(400, describe(e.errors(include_url=False)[0], query=query)) from None
+        problems = list(dict.fromkeys(describe(error, query=query) for error in e.errors(include_url=False)))
+        raise ApiError(400, problems[0], errors=problems if len(problems) > 1 else None) from None
 
 
 def parse_query(model: type[M], params: dict[str, list[str]], repeatable: frozenset[str] = frozenset()) -> M:

@@ -24,6 +24,9 @@ class Error(Reply):
     """Every refusal: a message naming the bad field or what is wrong (`port: must be ...`)."""
 
     error: str
+    errors: list[str] | None = Field(
+        default=None, description="every problem found, each naming its field, when a body had several"
+    )
 
 
 class Instance(Reply):
@@ -134,6 +137,7 @@ class TokenInfo(Reply):
     slug: str | None = None
     description: str = ""
     createdAt: str | None = None
+    expiresAt: str | None = Field(default=None, description="RFC 3339 UTC; the token is refused (401) after it")
 
 
 class CreatedToken(Reply):

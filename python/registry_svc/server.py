@@ -73,7 +73,7 @@ class ProcessState:
 def error_for(route: Route, err: Exception) -> Response:
     """The response for an exception a handler raised."""
     if isinstance(err, ApiError):
-        response = error_response(err.status, err.message)
+        response = error_response(err.status, err.message, err.errors)
         for name, value in err.headers.items():
             response.headers.set(name, value)
         return response

@@ -327,7 +327,7 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
         if not stopping:
             log.info("registry-svc configuration: %s", settings.describe())
             token_note = "new" if created else "existing"
-            log.warning(
+            log.info(
                 "registry-svc listening on http://%s:%d (%d process(es) x %d worker(s)); %s; data in %s; admin token (%s) in %s",
                 settings.host, settings.port, settings.processes, settings.workers,
                 (f"data plane on port {settings.data_port}" if settings.data_port else "no data port")

@@ -89,9 +89,40 @@ def address_fields(endpoint: urls.Endpoint, ip: str | None) -> dict[str, Any]:
     }
 
 
+# Objects a re-registration merges into what is stored (RFC 7396), rather than replaces.
+MERGED = {"healthCheck": models.HEALTH_CHECK_DEFAULTS, "metadata": {}}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396: `patch` applied to `target`. An object merges member by member, a null
+    member removes that member, and anything else replaces the target."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def _without_nulls(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, set[str]]]:
+    """The body with the null members of the merged objects taken out (for validation),
+    and those members' names."""
+    removed: dict[str, set[str]] = {}
+    for key in MERGED:
+        if isinstance(raw.get(key), dict):
+            removed[key] = {k for k, v in raw[key].items() if v is None}
+            raw = {**raw, key: {k: v for k, v in raw[key].items() if v is not None}}
+    return raw, removed
+
+
 def parse_registration(raw: dict[str, Any]) -> dict[str, Any]:
     """The writable fields the body sets (address fields always), validated. A null is
-    the field's default, except for fields that are null when unset."""
+    the field's default, except for fields that are null when unset. `healthCheck` and
+    `metadata` are merge patches (RFC 7396), applied to what is stored by `merge`."""
+    raw, removed = _without_nulls(raw)
     body = models.parse(models.InstanceRegistration, raw)
     fields = parse_address(body)
     sent = body.model_fields_set
@@ -107,14 +138,37 @@ def parse_registration(raw: dict[str, Any]) -> dict[str, Any]:
     if "tags" in sent:
         fields["tags"] = body.tags or []
     if "metadata" in sent:
-        fields["metadata"] = body.metadata or {}
+        patch = None if body.metadata is None else dict(body.metadata)
+        fields["metadata"] = None if patch is None else {**patch, **dict.fromkeys(removed.get("metadata", ()))}
     if "weight" in sent:
         fields["weight"] = 100 if body.weight is None else body.weight
     if body.status is not None:
         fields["status"] = body.status
     if "healthCheck" in sent:
-        fields["healthCheck"] = (body.healthCheck or models.HealthCheck()).model_dump()
+        check = body.healthCheck
+        patch = None if check is None else check.model_dump(include=check.model_fields_set)
+        fields["healthCheck"] = None if patch is None else {**patch, **dict.fromkeys(removed.get("healthCheck", ()))}
     return fields
+
+
+def merged_objects(record: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Applies the merge patches of `fields` to `record`'s `healthCheck` and `metadata`:
+    a sent member replaces the stored one, a null member goes back to its default, and a
+    null object to all defaults. A check's timeout that no longer fits a shorter interval
+    follows it (as when omitted); one sent that does not fit is a 400."""
+    for key, defaults in MERGED.items():
+        if key not in fields:
+            continue
+        patch = fields[key]
+        stored = {**defaults, **(record.get(key) or {})} if key == "healthCheck" else record.get(key) or {}
+        value = dict(defaults) if patch is None else merge_patch(stored, patch)
+        if key == "healthCheck":
+            value = {**defaults, **value}
+            if value["timeoutSeconds"] > value["intervalSeconds"]:
+                if patch and patch.get("timeoutSeconds") is not None:
+                    raise field_error("healthCheck.timeoutSeconds", "must not exceed intervalSeconds")
+                value["timeoutSeconds"] = min(defaults["timeoutSeconds"], value["intervalSeconds"])
+        record[key] = value
 
 
 def owning_slug(call: Call, requested: str | None) -> str | None:
@@ -145,7 +199,8 @@ def merge(
         "tags": [], "metadata": {}, "weight": 100, "status": "Unknown", "nodeUrl": node_url,
         "healthCheck": dict(models.HEALTH_CHECK_DEFAULTS), "registeredAt": now,
     }  # fmt: skip
-    record.update(fields)
+    record.update({k: v for k, v in fields.items() if k not in MERGED})
+    merged_objects(record, fields)
     record["id"] = instance_id
     record["slug"] = slug
     record["lastHeartbeat"] = now

@@ -18,9 +18,10 @@ log = logging.getLogger("registry_svc")
 def create_token(call: Call) -> Response:
     body = models.parse(models.CreateToken, read_json_object(call.request))
     role, slug = body.role, body.slug
-    secret, record = auth.new_token_record(role, slug, body.description)
+    secret, record = auth.new_token_record(role, slug, body.description, body.ttl_seconds)
     index = call.ctx.store.put(auth.TOKENS, record["id"], orjson.dumps(record), 0)
-    log.info("token %s created (role %s%s)", record["id"], role, f", slug {slug}" if slug else "")
+    expiry = f", expires {record['expiresAt']}" if record["expiresAt"] else ""
+    log.info("token %s created (role %s%s%s)", record["id"], role, f", slug {slug}" if slug else "", expiry)
     return json_response(201, {"token": secret, "info": auth.public_info(record)}, index)
 
 
@@ -46,8 +47,12 @@ def revoke_token(call: Call) -> Response:
         found = store.get(auth.TOKENS, token_id)
         if found is None:
             raise ApiError(404, f"token '{token_id}' not found")
-        if orjson.loads(found[1])["role"] == "admin":
-            admins = [r for r in store.list(auth.TOKENS)[1] if orjson.loads(r)["role"] == "admin"]
+        revoked = orjson.loads(found[1])
+        if revoked["role"] == "admin" and not auth.expired(revoked):
+            # Expired admin tokens open nothing: they do not count.
+            admins = [
+                r for r in map(orjson.loads, store.list(auth.TOKENS)[1]) if r["role"] == "admin" and not auth.expired(r)
+            ]
             if len(admins) <= 1:
                 raise ApiError(409, "cannot revoke the last admin token; create another admin token first")
         try:

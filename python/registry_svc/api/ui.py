@@ -51,6 +51,11 @@ def ui_file(call: Call) -> Response:
     return serve(path_param(call.request, "name"))
 
 
+def favicon(call: Call) -> Response:
+    """Browsers ask every origin for `/favicon.ico`: the dashboard's icon (SVG)."""
+    return serve("favicon.svg")
+
+
 def routing(call: Call) -> Response:
     """The default load-balancing policy and the per-slug ones (`--policy`, `--slug-policy`)."""
     settings = call.ctx.settings
@@ -65,6 +70,9 @@ ROUTES = [
     Route("get", "/ui/:name", ui_file, auth.PUBLIC, Doc(
         "A file of the dashboard", {200: None}, errors=(404,),
         content_types=("text/html", "text/javascript", "text/css", "image/svg+xml"),
+    )),
+    Route("get", "/favicon.ico", favicon, auth.PUBLIC, Doc(
+        "The dashboard's icon (SVG), where browsers look for it", {200: None}, content_types=("image/svg+xml",)
     )),
     Route("get", "/registry-svc/routing", routing, auth.INSTANCE_VIEW, Doc(
         "The load-balancing policies: the default and the per-slug ones", {200: replies.Routing}

@@ -33,11 +33,15 @@ EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 class CliError(Exception):
     """A failure to report on stderr, with the exit code to leave with."""
 
-    def __init__(self, message: str, code: int = EXIT_ERROR, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, code: int = EXIT_ERROR, status: int | None = None, errors: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.status = status  # the HTTP status, for an HTTP error
+        # Every problem the server found (its `errors`), when it found several.
+        self.errors = errors or []
 
 
 def config_path() -> Path:
@@ -156,7 +160,7 @@ class Client:
         if resp.status == 401:
             raise CliError(f"HTTP 401: {_error_message(reply)}\n{login_hint(self.server, self.token)}")
         if resp.status >= 400:
-            raise CliError(f"HTTP {resp.status}: {_error_message(reply)}", status=resp.status)
+            raise CliError(f"HTTP {resp.status}: {_error_message(reply)}", status=resp.status, errors=_errors(reply))
         return reply
 
 
@@ -173,6 +177,16 @@ def _reason(err: Exception) -> str:
     """The OS-level reason inside urllib3's wrapping (e.g. "Connection refused")."""
     match = re.search(r"\[Errno -?\d+\] ([^'\)]+)", str(err))
     return match.group(1).strip() if match else str(err)
+
+
+def _errors(reply: Reply) -> list[str]:
+    """The server's list of every problem in a refused body (none when it found one)."""
+    try:
+        data = reply.json()
+    except ValueError:
+        return []
+    found = data.get("errors") if isinstance(data, dict) else None
+    return [str(e) for e in found] if isinstance(found, list) else []
 
 
 def _error_message(reply: Reply) -> str:

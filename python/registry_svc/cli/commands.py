@@ -328,7 +328,19 @@ def read_documents(source: str) -> list[tuple[str, Any]]:
 @click.option("-f", "--file", "source", required=True, help="YAML or JSON file of one or many instances; - for stdin")
 @pass_session
 def instances_register(session: Session, source: str) -> None:
-    """Register (or re-register) instances from a file or stdin."""
+    """Register (or re-register) instances from a file or stdin.
+
+    The file holds one instance, a list of them, or several YAML documents; each is a
+    registration body as `PUT /registry-svc/instance` takes it (`{"instance": {...}}`,
+    as `oo i get -o json` prints, works too). For example, instance.yaml:
+
+    \b
+      url: http://127.0.0.1:8081
+      slug: web
+      tags: [v2, eu]
+      weight: 100
+      healthCheck: {type: http, path: /health, intervalSeconds: 5}
+    """
     for where, doc in read_documents(source):
         items = doc if isinstance(doc, list) else [doc]
         for body in items:
@@ -491,7 +503,10 @@ def definitions_get(session: Session, definition_id: str, output: str) -> None:
 @click.option("--dry-run", is_flag=True, help="validate on the server without saving")
 @pass_session
 def definitions_save(session: Session, files: tuple[str, ...], dry_run: bool) -> None:
-    """Save definitions from YAML or JSON files, or stdin (-); several YAML documents per file."""
+    """Save definitions from YAML or JSON files, or stdin (-); several YAML documents per file.
+    Every problem of a refused definition is reported, each naming its field; with
+    --dry-run every document is checked, and the exit status is 1 if any was refused."""
+    refused = 0
     for source in files:
         for where, doc in read_documents(source):
             wrapped = isinstance(doc, dict) and set(doc) == {"definition"}
@@ -502,15 +517,23 @@ def definitions_save(session: Session, files: tuple[str, ...], dry_run: bool) ->
             try:
                 reply = session.client.request("PUT", path, {"definition": definition})
             except CliError as e:
+                if e.status != 400:
+                    raise CliError(f"{where}: {e.message}", e.code) from None
                 # The server names fields from the request's top (`definition.ports[0]...`);
                 # say them as the file has them (without `definition.` unless it wraps).
-                message = e.message.removeprefix("HTTP 400: ")
-                if message != e.message and not wrapped:
-                    message = message.removeprefix("definition.")
-                raise CliError(f"{where}: {message}", e.code) from None
+                problems = e.errors or [e.message.removeprefix("HTTP 400: ")]
+                problems = [p if wrapped else p.removeprefix("definition.") for p in problems]
+                if not dry_run:
+                    raise CliError("\n".join(f"{where}: {p}" for p in problems), e.code) from None
+                for problem in problems:
+                    click.echo(f"{where}: {problem}", err=True)
+                refused += 1
+                continue
             saved = reply.json()["definition"]["id"]
             verb = "valid" if dry_run else ("created" if reply.status == 201 else "updated")
             click.echo(f"{verb} definition {saved}" + (f" ({where})" if dry_run else ""))
+    if refused:
+        raise CliError(f"{refused} definition(s) refused")
 
 
 @definitions.command(
@@ -570,23 +593,29 @@ def tokens() -> None:
     """API tokens (admin): create, list, revoke."""
 
 
-@tokens.command("create", epilog="\b\nExamples:\n  oo tokens create --role service --slug user-svc\n  oo tokens create --role proxy --description sidecars")  # fmt: skip
+@tokens.command("create", epilog="\b\nExamples:\n  oo tokens create --role service --slug user-svc\n  oo tokens create --role proxy --description sidecars\n  oo tokens create --role admin --ttl 24h")  # fmt: skip
 @click.option("--role", type=click.Choice(["admin", "service", "proxy"]), required=True)
 @click.option("--slug", help="the service's slug (service tokens)")
 @click.option("--description", default="", help="what the token is for")
+@click.option("--ttl", help="expire this long after creation: 90s, 30m, 24h, 7d (default: never)")
 @OUTPUT
 @pass_session
-def tokens_create(session: Session, role: str, slug: str | None, description: str, output: str) -> None:
+def tokens_create(
+    session: Session, role: str, slug: str | None, description: str, ttl: str | None, output: str
+) -> None:
     """Create a token; its secret is shown only now."""
     body: dict[str, Any] = {"role": role, "description": description}
     if slug:
         body["slug"] = slug
+    if ttl:
+        body["ttl"] = ttl
     data = session.client.request("POST", "/registry-svc/tokens", body).json()
     if output == "json":
         print_json(data)
         return
     click.echo(data["token"])  # alone on stdout, for `TOKEN=$(oo tokens create ...)`
-    warning = f"token {data['info']['id']} ({role}): the secret above is shown only once; store it now"
+    expiry = f", expires {data['info']['expiresAt']}" if data["info"].get("expiresAt") else ""
+    warning = f"token {data['info']['id']} ({role}{expiry}): the secret above is shown only once; store it now"
     click.echo(warning, err=not sys.stdout.isatty())
 
 
@@ -597,9 +626,17 @@ def tokens_list(session: Session, output: str) -> None:
     """List tokens (never their secrets)."""
     data = session.client.request("GET", "/registry-svc/tokens").json()
     rows = [
-        [t["id"], t["role"], t.get("slug") or "", t.get("description") or "", t["createdAt"]] for t in data["tokens"]
+        [
+            t["id"],
+            t["role"],
+            t.get("slug") or "",
+            t.get("description") or "",
+            t["createdAt"],
+            t.get("expiresAt") or "never",
+        ]
+        for t in data["tokens"]
     ]
-    show(data, output, ["ID", "ROLE", "SLUG", "DESCRIPTION", "CREATED"], rows, "no tokens")
+    show(data, output, ["ID", "ROLE", "SLUG", "DESCRIPTION", "CREATED", "EXPIRES"], rows, "no tokens")
 
 
 @tokens.command("remove", epilog="\b\nExamples:\n  oo tokens rm tok_0123456789abcdef")
