@@ -5,7 +5,7 @@
 //! candidate carries its ready-made `{"instance": ...}` response body.
 //!
 //! Routable: `Healthy` instances; `Unknown` ones only while none is Healthy; never
-//! `Unhealthy`, `Starting` or `Stopping`. Tags filter first, then zone preference, then
+//! `Unhealthy`, `Starting` or `Stopping`, nor one in maintenance. Tags filter first, then zone preference, then
 //! passive outlier ejection (never more than half of the slug), then the policy.
 
 use std::collections::HashMap;
@@ -96,7 +96,10 @@ impl Candidate {
     pub fn from_json(json: &[u8]) -> Option<Candidate> {
         let value: Value = serde_json::from_slice(json).ok()?;
         let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+        // In maintenance: never routed, whatever its checks say (they go on meanwhile).
+        let in_maintenance = value.get("maintenance").is_some_and(|m| !m.is_null());
         let health = match value.get("status").and_then(Value::as_str) {
+            _ if in_maintenance => Health::Excluded,
             Some("Healthy") => Health::Healthy,
             Some("Unknown") | None => Health::Unknown,
             Some(_) => Health::Excluded,

@@ -300,7 +300,9 @@ def test_the_log_has_transitions_tokens_and_configuration_and_no_secret(srv: Ser
     assert "registry-svc configuration: processes=1" in log and "probe_networks=127.0.0.0/8,::1/128" in log
     assert f"token {created['info']['id']} created (role proxy)" in log
     assert f"token {created['info']['id']} revoked" in log
-    assert f"instance {inst['id']} (http://logged:1): Unknown -> Stopping (set by heartbeat)" in log
+    # A drain says who drained it (by token id, never the secret).
+    drained = rf"instance {inst['id']} \(http://logged:1\): Unknown -> Stopping \(drained by token tok_[0-9a-f]{{16}}\)"
+    assert re.search(drained, log), log[-2000:]
     assert created["token"] not in log and srv.admin_token not in log
 
 

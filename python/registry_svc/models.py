@@ -211,6 +211,7 @@ class InstanceRegistration(Model):
     healthCheck: HealthCheck | None = None
     statusReason: Any = Field(default=None, json_schema_extra={"readOnly": True})
     details: Any = Field(default=None, json_schema_extra={"readOnly": True})
+    maintenance: Any = Field(default=None, json_schema_extra={"readOnly": True})
     lastHeartbeat: Any = Field(default=None, json_schema_extra={"readOnly": True})
     registeredAt: Any = Field(default=None, json_schema_extra={"readOnly": True})
 
@@ -219,6 +220,22 @@ class Heartbeat(Model):
     """`PUT /registry-svc/instance/{id}/heartbeat`: renew; optionally set the status."""
 
     status: Status | None = None
+
+
+class Maintenance(Model):
+    """`PUT /registry-svc/instance/{id}/maintenance`: take an instance out of routing (its
+    checks go on), or put it back with `enable: false`."""
+
+    enable: Annotated[bool, Strict()] = True
+    reason: FreeText | None = Field(default=None, description="why, shown with the instance")
+
+
+class NodeMaintenance(Maintenance):
+    """`PUT /registry-svc/node/maintenance`: maintenance for every instance on a node."""
+
+    node: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=2048, pattern=NO_CONTROL)] = Field(
+        description="the node's id or URL"
+    )
 
 
 # -- Definitions -----------------------------------------------------------------------

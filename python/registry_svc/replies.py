@@ -29,6 +29,15 @@ class Error(Reply):
     )
 
 
+class MaintenanceInfo(Reply):
+    """An instance taken out of routing by an operator; its checks go on."""
+
+    reason: str | None = None
+    since: str = Field(description="RFC 3339, UTC")
+    by: str | None = Field(default=None, description="the id of the token that set it")
+    node: str | None = Field(default=None, description="set for the whole node (its id)")
+
+
 class Instance(Reply):
     """An instance as stored: its address, owner, routing data and health."""
 
@@ -52,6 +61,15 @@ class Instance(Reply):
     lastHeartbeat: str | None = Field(default=None, description="RFC 3339, UTC")
     registeredAt: str | None = None
     healthCheck: HealthCheck | None = None
+    maintenance: MaintenanceInfo | None = Field(
+        default=None, description="set while in maintenance: never routed, whatever its status"
+    )
+
+
+class NodeMaintenanceReply(Reply):
+    node: str = Field(description="the node's id")
+    maintenance: bool
+    instances: list[str] = Field(description="the instances whose maintenance this changed")
 
 
 class InstanceReply(Reply):

@@ -72,8 +72,11 @@ def after_ttl_check(instance: dict[str, Any], now_wall: float) -> Transition | N
     return Transition("Unhealthy", f"no heartbeat for {int(age)}s") if age > interval else None
 
 
-def after_heartbeat(instance: dict[str, Any], requested: str | None) -> Transition | None:
-    """A heartbeat's change: the status it names, or Healthy for a ttl instance."""
+def after_heartbeat(instance: dict[str, Any], requested: str | None, by: str | None = None) -> Transition | None:
+    """A heartbeat's change: the status it names (Stopping: a drain, which says who drained
+    it, by token id), or Healthy for a ttl instance."""
+    if requested == "Stopping" and by:
+        return Transition(requested, f"drained by token {by}")
     if requested is not None:
         return Transition(requested, "set by heartbeat")
     check_type = (instance.get("healthCheck") or {}).get("type")

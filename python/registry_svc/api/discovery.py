@@ -4,9 +4,9 @@
 Envoy polls `POST /v3/discovery:endpoints` with a DiscoveryRequest naming clusters (our
 slugs); the answer maps each slug's instances to endpoints with their weight, zone and
 health. Routing follows the registry's own rule (never Starting, Unhealthy or Stopping;
-Unknown only when nothing is Healthy): Healthy is HEALTHY, Unknown is DEGRADED (Envoy uses
-degraded hosts only when healthy ones are lacking), Stopping is DRAINING, the rest is
-UNHEALTHY. `version_info` is the largest partition index of the requested slugs; a request
+Unknown only when nothing is Healthy; never an instance in maintenance): Healthy is
+HEALTHY, Unknown is DEGRADED (Envoy uses degraded hosts only when healthy ones are
+lacking), Stopping and maintenance are DRAINING, the rest is UNHEALTHY. `version_info` is the largest partition index of the requested slugs; a request
 that already has it is held (long poll) until a slug changes or `XDS_HOLD_S` passes, then
 answered 304 Not Modified. `POST /v3/discovery:clusters` gives one EDS cluster per slug,
 fed from the registry cluster the Envoy names in its node metadata.
@@ -41,9 +41,11 @@ XDS_PATHS = ("/v3/discovery:endpoints", "/v3/discovery:clusters")
 
 
 def routable(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The instances the registry routes to: Healthy ones, else Unknown ones."""
-    healthy = [i for i in instances if i.get("status") == "Healthy"]
-    return healthy or [i for i in instances if i.get("status") == "Unknown"]
+    """The instances the registry routes to: Healthy ones, else Unknown ones; never one in
+    maintenance."""
+    candidates = [i for i in instances if not i.get("maintenance")]
+    healthy = [i for i in candidates if i.get("status") == "Healthy"]
+    return healthy or [i for i in candidates if i.get("status") == "Unknown"]
 
 
 def slug_instances(ctx: Context, slug: str) -> list[dict[str, Any]]:
@@ -61,7 +63,10 @@ def address(instance: dict[str, Any]) -> str:
 def load_assignment(slug: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
     by_zone: dict[str, list[dict[str, Any]]] = {}
     for instance in instances:
-        health = ENVOY_HEALTH.get(str(instance.get("status")), "UNHEALTHY")
+        # An instance in maintenance drains, whatever its checks say.
+        health = (
+            "DRAINING" if instance.get("maintenance") else ENVOY_HEALTH.get(str(instance.get("status")), "UNHEALTHY")
+        )
         by_zone.setdefault(str(instance.get("zone") or ""), []).append(
             {
                 "endpoint": {

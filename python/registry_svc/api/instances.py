@@ -9,6 +9,7 @@ a lost update.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +25,12 @@ from registry_svc.http import json_response, no_content, path_param, put_async, 
 from registry_svc.settings import Settings
 
 INSTANCES = "instances"
+log = logging.getLogger("registry_svc")
 RESERVED_SLUGS = frozenset({"registry-svc", "health", "metrics", "version", "ui"})
 FIELD_ORDER = (
     "id", "url", "slug", "scheme", "host", "ip", "port", "path", "deploymentId", "nodeUrl", "tags",
     "metadata", "weight", "zone", "status", "statusReason", "details", "lastHeartbeat", "registeredAt",
-    "healthCheck",
+    "healthCheck", "maintenance",
 )  # fmt: skip
 # Query parameter -> indexed field of the store.
 FILTERS = {
@@ -410,7 +412,7 @@ def heartbeat(call: Call) -> Response:
     def change(current: dict[str, Any] | None) -> dict[str, Any]:
         if current is None or not can_see(call.caller, current):
             raise ApiError(404, f"instance '{instance_id}' not found")
-        status.apply(current, status.after_heartbeat(current, requested))
+        status.apply(current, status.after_heartbeat(current, requested, call.caller.token_id or None))
         current["lastHeartbeat"] = utc_now()
         return current
 
@@ -418,6 +420,43 @@ def heartbeat(call: Call) -> Response:
     if applied.record is None:  # `change` always returns a record or raises; no assert on a request path
         raise ApiError(404, f"instance '{instance_id}' not found")
     status.log_transition(applied.record, (applied.previous or {}).get("status"))
+    return json_response(200, {"instance": applied.record}, applied.index)
+
+
+def maintenance_of(call: Call, on: bool, reason: str | None, node: str | None = None) -> dict[str, Any] | None:
+    """The `maintenance` value an operator's request sets."""
+    if not on:
+        return None
+    return {"reason": reason, "since": utc_now(), "by": call.caller.token_id or None, "node": node}
+
+
+def log_maintenance(record: dict[str, Any]) -> None:
+    held = record.get("maintenance")
+    if held:
+        where = f" (node {held['node']})" if held.get("node") else ""
+        log.info(
+            "instance %s (%s): maintenance on%s: %s", record["id"], record["url"], where, held.get("reason") or "-"
+        )
+    else:
+        log.info("instance %s (%s): maintenance off; status %s", record["id"], record["url"], record.get("status"))
+
+
+def set_maintenance(call: Call) -> Response:
+    """Takes an instance out of routing (pick, the proxy, DNS, EDS), or puts it back. Its
+    checks go on meanwhile, so it returns to what they say, not to a forced Healthy."""
+    instance_id = path_param(call.request, "id")
+    body = models.parse(models.Maintenance, read_json_object(call.request, allow_empty=True))
+
+    def change(current: dict[str, Any] | None) -> dict[str, Any]:
+        if current is None or not can_see(call.caller, current):
+            raise ApiError(404, f"instance '{instance_id}' not found")
+        current["maintenance"] = maintenance_of(call, body.enable, body.reason)
+        return current
+
+    applied = records.update(call.ctx.store, INSTANCES, instance_id, change, "the instance")
+    if applied.record is None:
+        raise ApiError(404, f"instance '{instance_id}' not found")
+    log_maintenance(applied.record)
     return json_response(200, {"instance": applied.record}, applied.index)
 
 
@@ -445,6 +484,10 @@ ROUTES = [
     Route("put", "/registry-svc/instance/:id/heartbeat", heartbeat, auth.INSTANCE_EDIT, Doc(
         "Renew an instance's heartbeat; optionally set its status", {200: replies.InstanceReply},
         body=models.Heartbeat, body_optional=True, errors=(404,),
+    )),
+    Route("put", "/registry-svc/instance/:id/maintenance", set_maintenance, auth.INSTANCE_EDIT, Doc(
+        "Maintenance: out of routing with a reason (`enable: false` puts it back); its checks go on",
+        {200: replies.InstanceReply}, body=models.Maintenance, body_optional=True, errors=(404,),
     )),
     Route("delete", "/registry-svc/instance/:id", delete_instance, auth.INSTANCE_DELETE, Doc(
         "Deregister an instance", {204: None}, errors=(404,),

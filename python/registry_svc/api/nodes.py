@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 from robyn import Response
 
-from registry_svc import auth, models, nodes, replies, watch
+from registry_svc import auth, models, nodes, records, replies, watch
 from registry_svc.api import Call, Doc, Route
+from registry_svc.api.instances import INSTANCES, log_maintenance, maintenance_of
 from registry_svc.errors import ApiError
 from registry_svc.http import json_response, no_content, path_param, query_params, raw_json, read_json_object
 
@@ -56,6 +57,40 @@ async def node_self(call: Call) -> Response:
     return json_response(200, {"node": found[1]}, found[0])
 
 
+def node_maintenance(call: Call) -> Response:
+    """Maintenance for every instance on a node (by the node's id or URL). Turning it off
+    clears what the node's maintenance set, not an instance's own."""
+    body = models.parse(models.NodeMaintenance, read_json_object(call.request))
+    store = call.ctx.store
+    by_id = store.get(nodes.NODES, body.node)
+    found = (by_id[0], orjson.loads(by_id[1])) if by_id is not None else nodes.find_by_url(store, body.node)
+    if found is None:
+        raise ApiError(404, f"no node with id or url '{body.node}'")
+    node = found[1]
+    changed = []
+    index = store.collection_index(INSTANCES)
+    for instance_id in store.ids_by(INSTANCES, "nodeUrl", node["url"]):
+
+        def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if current is None:
+                return None
+            held = current.get("maintenance")
+            if body.enable and not held:
+                current["maintenance"] = maintenance_of(call, True, body.reason, node["id"])
+            elif not body.enable and held and held.get("node") == node["id"]:
+                current["maintenance"] = None
+            else:
+                return None  # nothing to change
+            return current
+
+        applied = records.update(store, INSTANCES, instance_id, change, "the instance")
+        if applied.wrote and applied.record is not None and applied.index is not None:
+            index = max(index, applied.index)
+            changed.append(applied.record["id"])
+            log_maintenance(applied.record)
+    return json_response(200, {"node": node["id"], "maintenance": body.enable, "instances": changed}, index)
+
+
 def delete_node(call: Call) -> Response:
     url = _MERGED_SCHEME.sub(r"\1://", path_param(call.request, "url"))
     found = nodes.find_by_url(call.ctx.store, url)
@@ -74,6 +109,10 @@ ROUTES = [
     # client that can reach the port learns anyway; other nodes need node:view.
     Route("get", "/registry-svc/node/self", node_self, auth.PUBLIC, Doc(
         "This server's own node", {200: replies.NodeReply}, errors=(404,), blocking=True,
+    )),
+    Route("put", "/registry-svc/node/maintenance", node_maintenance, auth.ADMIN, Doc(
+        "Maintenance for every instance on a node (`enable: false` clears what this set)",
+        {200: replies.NodeMaintenanceReply}, body=models.NodeMaintenance, errors=(404,),
     )),
     Route("delete", "/registry-svc/node/*url", delete_node, auth.NODE_DELETE, Doc(
         "Remove a node by its URL (it comes back at its next heartbeat if it still runs)", {204: None},

@@ -161,7 +161,10 @@ def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
 # --- instances --------------------------------------------------------------------------
 
 
-@cli.group(cls=AliasedGroup, aliases={"ls": "list", "rm": "remove", "reg": "register", "hb": "heartbeat"})
+@cli.group(
+    cls=AliasedGroup,
+    aliases={"ls": "list", "rm": "remove", "reg": "register", "hb": "heartbeat", "maint": "maintenance"},
+)
 def instances() -> None:
     """Service instances: list, get, register, heartbeat, drain, remove."""
 
@@ -200,7 +203,8 @@ def instances_list(
     query: list[tuple[str, str]] = [(k, v) for k, v in filters.items() if v]
     query += [("tag", t.strip()) for value in tags for t in value.split(",") if t.strip()]
     data = session.client.request("GET", "/registry-svc/instances" + (f"?{urlencode(query)}" if query else "")).json()
-    rows = [[i["id"], i["url"], i["status"], shorten(i.get("statusReason"), 40), i.get("slug") or "",
+    rows = [[i["id"], i["url"], i["status"] + (" (maintenance)" if i.get("maintenance") else ""),
+             shorten((i.get("maintenance") or {}).get("reason") or i.get("statusReason"), 40), i.get("slug") or "",
              ",".join(i.get("tags") or []), i.get("nodeUrl") or "", ago(i.get("lastHeartbeat"))]
             for i in data["instances"]]  # fmt: skip
     headers = ["ID", "URL", "STATUS", "REASON", "SLUG", "TAGS", "NODE", "LAST HEARTBEAT"]
@@ -372,6 +376,23 @@ def instances_heartbeat(session: Session, instance_id: str, status: str | None) 
 def instances_drain(session: Session, instance_id: str) -> None:
     """Mark an instance Stopping: pick and the proxy stop sending it traffic."""
     _heartbeat(session, instance_id, "Stopping")
+
+
+@instances.command("maintenance", epilog="\b\nExamples:\n  oo instances maintenance inst_12345 --reason 'kernel upgrade'\n  oo i maint inst_12345 --off")  # fmt: skip
+@click.argument("instance_id")
+@click.option("--reason", help="why (shown in oo i ls and the dashboard)")
+@click.option("--off", is_flag=True, help="end the maintenance: back to what its checks say")
+@pass_session
+def instances_maintenance(session: Session, instance_id: str, reason: str | None, off: bool) -> None:
+    """Take an instance out of routing (pick, the proxy, DNS, Envoy) while its checks go on,
+    or put it back with --off."""
+    body: dict[str, Any] = {"enable": not off}
+    if reason:
+        body["reason"] = reason
+    path = f"/registry-svc/instance/{quote(instance_id, safe='')}/maintenance"
+    inst = session.client.request("PUT", path, body).json()["instance"]
+    state = "in maintenance" if inst.get("maintenance") else "out of maintenance"
+    click.echo(f"instance {inst['id']}: {state} ({inst['status']})")
 
 
 def _heartbeat(session: Session, instance_id: str, status: str | None) -> None:
@@ -549,7 +570,7 @@ def definitions_remove(session: Session, ids: tuple[str, ...]) -> None:
 # --- nodes ------------------------------------------------------------------------------
 
 
-@cli.group(cls=AliasedGroup, aliases={"ls": "list", "rm": "remove"})
+@cli.group(cls=AliasedGroup, aliases={"ls": "list", "rm": "remove", "maint": "maintenance"})
 def nodes() -> None:
     """Cluster nodes: list and remove."""
 
@@ -566,6 +587,21 @@ def nodes_list(session: Session, output: str) -> None:
             for n in data["nodes"]]  # fmt: skip
     headers = ["ID", "URL", "STATUS", "REGION", "ZONE", "CPU%", "MEM%", "GPUS", "LAST HEARTBEAT"]
     show(data, output, headers, rows, "no nodes")
+
+
+@nodes.command("maintenance", epilog="\b\nExamples:\n  oo nodes maintenance node_0a1b2c3d4e5f --reason 'kernel upgrade'\n  oo n maint http://127.0.0.1:11337 --off")  # fmt: skip
+@click.argument("node")
+@click.option("--reason", help="why (shown with each instance)")
+@click.option("--off", is_flag=True, help="end the node's maintenance (an instance's own stays)")
+@pass_session
+def nodes_maintenance(session: Session, node: str, reason: str | None, off: bool) -> None:
+    """Maintenance for every instance on NODE (its id or URL)."""
+    body: dict[str, Any] = {"node": node, "enable": not off}
+    if reason:
+        body["reason"] = reason
+    data = session.client.request("PUT", "/registry-svc/node/maintenance", body).json()
+    state = "in maintenance" if data["maintenance"] else "out of maintenance"
+    click.echo(f"node {data['node']}: {len(data['instances'])} instance(s) {state}")
 
 
 @nodes.command("remove", epilog="\b\nExamples:\n  oo nodes remove http://node2.example.com:11337\n  oo n rm http://node2.example.com:11337")  # fmt: skip
