@@ -371,7 +371,10 @@ def test_dns_answers_from_the_replica_and_a_stale_replica_answers_uncached(clust
     def answer() -> dns.message.Message:
         return dns.query.udp(question, "127.0.0.1", port=C_DNS_PORT, timeout=3)
 
-    fresh = wait_for(lambda: (r := answer()).answer and r, 10, "C's DNS to answer what A registered")
+    # Fresh: answered and cacheable (the workers follow the replica's freshness every 0.25 s).
+    fresh = wait_for(
+        lambda: (r := answer()).answer and r.answer[0].ttl == 30 and r, 10, "C's DNS to answer what A registered"
+    )
     assert [r.to_text() for r in fresh.answer[0]] == ["127.0.0.1"] and fresh.answer[0].ttl == 30
     c.cut("blackhole")
     wait_for(lambda: c.health()["staleSeconds"], 15, "C to notice it lost etcd")

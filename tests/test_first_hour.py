@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from test_cli import OO, Run, ok
 from test_health import Backend, wait_until
 
@@ -193,6 +194,60 @@ def test_instance_verbs_register_get_heartbeat_drain_and_pick(tmp_path: Path, sr
         assert iid not in again
     finally:
         backend.stop()
+
+
+def test_yaml_output_tags_and_the_service_detail_view(srv: Server, user: User) -> None:
+    srv.register({"url": "http://127.0.0.61:8080", "slug": "verbs-y", "tags": ["gpu", "v2"], "healthCheck": NO_CHECK})
+    srv.register({"url": "http://127.0.0.62:8080", "slug": "verbs-y", "tags": ["v2"], "healthCheck": NO_CHECK})
+    srv.call("PUT", "/registry-svc/definition", {"definition": {"id": "verbs-y", "image": {"name": "nginx:1.27"}}})
+    for args in (("i", "ls", "--slug", "verbs-y"), ("services",), ("tokens", "ls"), ("tags",)):
+        as_json = json.loads(ok(user.oo(*args, "-o", "json")).out)
+        assert yaml.safe_load(ok(user.oo(*args, "-o", "yaml")).out) == as_json, args
+    tags = {t["tag"]: t for t in json.loads(ok(user.oo("tags", "-o", "json")).out)["tags"]}
+    assert tags["v2"]["instances"] >= 2 and "verbs-y" in tags["v2"]["slugs"] and tags["gpu"]["instances"] >= 1
+    assert re.search(r"^gpu\s+\d+\s+\S*verbs-y", ok(user.oo("tags")).out, re.MULTILINE)
+    detail = ok(user.oo("services", "verbs-y")).out
+    assert "policy:      round_robin (the default)" in detail and "definition:  verbs-y (image nginx:1.27)" in detail
+    assert "instances:   2" in detail and "http://127.0.0.61:8080" in detail and "none every 10s" in detail
+    data = json.loads(ok(user.oo("services", "verbs-y", "-o", "json")).out)
+    assert data["policy"] == "round_robin" and len(data["instances"]) == 2 and data["definition"]["id"] == "verbs-y"
+    assert user.oo("services", "no-such-svc").code == 1
+
+
+def test_bulk_removal_lists_then_needs_a_yes(srv: Server, user: User) -> None:
+    bad = srv.register(
+        {"url": "http://127.0.0.71:80", "slug": "verbs-rm", "healthCheck": NO_CHECK, "status": "Unhealthy"}
+    )
+    good = srv.register(
+        {"url": "http://127.0.0.72:80", "slug": "verbs-rm", "healthCheck": NO_CHECK, "status": "Healthy"}
+    )
+    bad_id, good_id = bad.json["instance"]["id"], good.json["instance"]["id"]
+    refused = user.oo("i", "rm", "--slug", "verbs-rm", "--status", "Unhealthy")  # no terminal to ask on
+    assert refused.code == 1 and bad_id in refused.out and "--yes" in refused.err, refused
+    assert srv.call("GET", f"/registry-svc/instance/{bad_id}").status == 200  # nothing removed
+    done = ok(user.oo("i", "rm", "--slug", "verbs-rm", "--status", "Unhealthy", "--yes"))
+    assert f"removed instance {bad_id}" in done.out
+    assert srv.call("GET", f"/registry-svc/instance/{bad_id}").status == 404
+    assert srv.call("GET", f"/registry-svc/instance/{good_id}").status == 200
+    assert user.oo("i", "rm").code == 1 and user.oo("i", "rm", good_id, "--slug", "x").code == 1
+
+
+def test_ls_watch_prints_the_table_again_when_it_changes(srv: Server, user: User) -> None:
+    proc = subprocess.Popen(
+        [OO, "i", "ls", "-w", "--slug", "verbs-w"], env=user.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("-- ")  # the first table
+        assert proc.stdout.readline().strip() == "no instances match"
+        srv.register({"url": "http://127.0.0.81:8080", "slug": "verbs-w", "healthCheck": NO_CHECK})
+        assert proc.stdout.readline().startswith("-- ")
+        assert proc.stdout.readline().startswith("ID ")
+        assert "http://127.0.0.81:8080" in proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def test_the_register_file_format_is_shown_in_the_help(user: User) -> None:

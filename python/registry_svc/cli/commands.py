@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -26,7 +27,7 @@ from registry_svc.cli.client import (
     resolve_token,
     save_token,
 )  # fmt: skip
-from registry_svc.cli.output import ago, percent, print_json, shorten, table
+from registry_svc.cli.output import ago, percent, print_data, print_json, shorten, table
 from registry_svc.status import STATUSES
 
 # A blocking query waits at most 10 minutes, plus jitter, on the server.
@@ -83,7 +84,9 @@ class Session:
 
 pass_session = click.make_pass_decorator(Session)
 STATUS_CHOICE = click.Choice(list(STATUSES))
-OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", help="table or raw JSON")
+OUTPUT = click.option(
+    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", help="table, raw JSON, or YAML"
+)
 
 
 def delete_each(session: Session, resource: str, keys: tuple[str, ...], done: str) -> None:
@@ -94,9 +97,10 @@ def delete_each(session: Session, resource: str, keys: tuple[str, ...], done: st
 
 
 def show(data: Any, output: str, headers: list[str], rows: list[list[Any]], empty: str = "nothing") -> None:
-    """The raw JSON with `-o json`, else the table (or `empty` when there are no rows)."""
-    if output == "json":
-        print_json(data)
+    """The raw JSON with `-o json` (YAML with `-o yaml`), else the table (or `empty` when
+    there are no rows)."""
+    if output in ("json", "yaml"):
+        print_data(data, output)
     elif not rows:
         click.echo(empty)
     else:
@@ -179,6 +183,7 @@ def instances() -> None:
 @click.option("--zone", help="only this zone")
 @click.option("--scheme", type=click.Choice(["http", "https"]), help="only this scheme")
 @click.option("--tag", "--tags", "tags", multiple=True, help="only instances with this tag (repeatable, or a,b)")
+@click.option("-w", "--watch", "follow", is_flag=True, help="print the table again whenever it changes (until Ctrl-C)")
 @OUTPUT
 @pass_session
 def instances_list(
@@ -192,6 +197,7 @@ def instances_list(
     zone: str | None,
     scheme: str | None,
     tags: tuple[str, ...],
+    follow: bool,
     output: str,
 ) -> None:
     """List service instances."""
@@ -202,13 +208,50 @@ def instances_list(
                "nodeUrl": node, "zone": zone, "scheme": scheme}  # fmt: skip
     query: list[tuple[str, str]] = [(k, v) for k, v in filters.items() if v]
     query += [("tag", t.strip()) for value in tags for t in value.split(",") if t.strip()]
+    if follow:
+        for data in following(session, query, "5m"):
+            if sys.stdout.isatty():
+                click.echo("\x1b[H\x1b[2J", nl=False)  # a terminal: redraw in place
+            click.echo(f"-- {time.strftime('%H:%M:%S')}, index {data['index']} --")
+            instances_table(data, output, query)
+            sys.stdout.flush()
+        return
     data = session.client.request("GET", "/registry-svc/instances" + (f"?{urlencode(query)}" if query else "")).json()
+    instances_table(data, output, query)
+
+
+def instances_table(data: dict[str, Any], output: str, query: list[tuple[str, str]]) -> None:
     rows = [[i["id"], i["url"], i["status"] + (" (maintenance)" if i.get("maintenance") else ""),
              shorten((i.get("maintenance") or {}).get("reason") or i.get("statusReason"), 40), i.get("slug") or "",
              ",".join(i.get("tags") or []), i.get("nodeUrl") or "", ago(i.get("lastHeartbeat"))]
             for i in data["instances"]]  # fmt: skip
     headers = ["ID", "URL", "STATUS", "REASON", "SLUG", "TAGS", "NODE", "LAST HEARTBEAT"]
-    show(data, output, headers, rows, "no instances" + (" match" if query else ""))
+    show({"instances": data["instances"]}, output, headers, rows, "no instances" + (" match" if query else ""))
+
+
+def following(session: Session, query: list[tuple[str, str]], wait: str) -> Iterator[dict[str, Any]]:
+    """The instances matching `query`, now and after each change (blocking queries), as
+    `{"instances": [...], "index": N}`. If the server goes away (or is starting), it
+    retries and resumes from the last index it saw, so no change in between is lost."""
+    index: int | None = None
+    backoff = 0.5
+    while True:
+        params = query + ([("index", str(index)), ("wait", wait)] if index is not None else [])
+        path = "/registry-svc/instances" + (f"?{urlencode(params)}" if params else "")
+        try:
+            reply = session.client.request("GET", path, read_timeout=MAX_WATCH_S)
+        except CliError as e:
+            if e.code != EXIT_UNREACHABLE and e.status not in (502, 503, 504):
+                raise
+            click.echo(f"oo: {e.message}; retrying, from index {index}", err=True)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            continue
+        backoff = 0.5
+        changed = index is None or reply.index != index
+        index = reply.index if reply.index is not None else index
+        if changed:
+            yield {"instances": reply.json()["instances"], "index": index or 0}
 
 
 @instances.command("get", epilog="\b\nExamples:\n  oo instances get inst_12345\n  oo i get inst_12345 -o json")
@@ -247,6 +290,11 @@ def print_change(event: str, inst: dict[str, Any], old: dict[str, Any] | None, i
     if output == "json":
         click.echo(json.dumps({"event": event, "index": index, "instance": inst}, separators=(",", ":")), nl=True)
         return
+    if output == "yaml":  # a YAML document per change
+        click.echo(
+            "---\n" + yaml.safe_dump({"event": event, "index": index, "instance": inst}, sort_keys=False).rstrip()
+        )
+        return
     status = (
         f"{old['status']} -> {inst['status']}" if old and old.get("status") != inst.get("status") else inst["status"]
     )
@@ -281,25 +329,10 @@ def instances_watch(
     query: list[tuple[str, str]] = [(k, v) for k, v in (("slug", slug), ("status", status), ("zone", zone)) if v]
     query += [("tag", t.strip()) for value in tags for t in value.split(",") if t.strip()]
     known: dict[str, dict[str, Any]] | None = None
-    index: int | None = None
     seen = 0
-    backoff = 0.5
-    while True:
-        params = query + ([("index", str(index)), ("wait", wait)] if index is not None else [])
-        path = "/registry-svc/instances" + (f"?{urlencode(params)}" if params else "")
-        try:
-            reply = session.client.request("GET", path, read_timeout=MAX_WATCH_S)
-        except CliError as e:
-            # No server, or one still starting (its workers not up yet): wait and resume.
-            if e.code != EXIT_UNREACHABLE and e.status not in (502, 503, 504):
-                raise
-            click.echo(f"oo: {e.message}; retrying, from index {index}", err=True)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
-            continue
-        backoff = 0.5
-        current = {i["id"]: i for i in reply.json()["instances"]}
-        index = reply.index if reply.index is not None else index
+    for data in following(session, query, wait):
+        current = {i["id"]: i for i in data["instances"]}
+        index = data["index"]
         if known is None:
             for inst in current.values():
                 print_change("present", inst, None, index or 0, output)
@@ -402,11 +435,38 @@ def _heartbeat(session: Session, instance_id: str, status: str | None) -> None:
     click.echo(f"instance {inst['id']}: {inst['status']}")
 
 
-@instances.command("remove", epilog="\b\nExamples:\n  oo instances remove inst_12345\n  oo i rm inst_12345")
-@click.argument("ids", nargs=-1, required=True)
+@instances.command("remove", epilog="\b\nExamples:\n  oo instances remove inst_12345\n  oo i rm inst_12345\n  oo i rm --slug user-svc --status Unhealthy\n  oo i rm --slug old-svc --yes")  # fmt: skip
+@click.argument("ids", nargs=-1)
+@click.option("--slug", help="every instance of this slug (with the other filters)")
+@click.option("--status", type=STATUS_CHOICE, help="only those with this status")
+@click.option("--tag", "tags", multiple=True, help="only those with this tag")
+@click.option("--yes", is_flag=True, help="do not ask before removing what the filters match")
 @pass_session
-def instances_remove(session: Session, ids: tuple[str, ...]) -> None:
-    """Remove service instances by id."""
+def instances_remove(
+    session: Session, ids: tuple[str, ...], slug: str | None, status: str | None, tags: tuple[str, ...], yes: bool
+) -> None:
+    """Remove service instances by id, or every one the filters match (listed, then removed
+    once you confirm; --yes to skip the question)."""
+    if ids and (slug or status or tags):
+        raise CliError("give instance ids or filters (--slug, --status, --tag), not both")
+    if not ids:
+        if not (slug or status or tags):
+            raise CliError("give instance ids, or filters (--slug, --status, --tag) to remove what they match")
+        query = [(k, v) for k, v in (("slug", slug), ("status", status)) if v] + [("tag", t) for t in tags]
+        found = session.client.request("GET", f"/registry-svc/instances?{urlencode(query)}").json()["instances"]
+        if not found:
+            click.echo("no instances match")
+            return
+        click.echo(
+            table(
+                ["ID", "URL", "STATUS", "SLUG"], [[i["id"], i["url"], i["status"], i.get("slug") or ""] for i in found]
+            )
+        )
+        if not yes:
+            if not sys.stdin.isatty():
+                raise CliError(f"{len(found)} instance(s) match; add --yes to remove them without a terminal to ask on")
+            click.confirm(f"remove these {len(found)} instance(s)?", abort=True)
+        ids = tuple(i["id"] for i in found)
     delete_each(session, "/registry-svc/instance", ids, "removed instance")
 
 
@@ -416,11 +476,34 @@ def instances_remove(session: Session, ids: tuple[str, ...]) -> None:
 STATUS_COLUMNS = ("Healthy", "Unhealthy", "Unknown", "Starting", "Stopping")
 
 
-@cli.command("services", epilog="\b\nExamples:\n  oo services\n  oo services -o json | jq '.services[] | select(.Healthy == 0)'")  # fmt: skip
+@cli.command("tags", epilog="\b\nExamples:\n  oo tags\n  oo tags -o json")
 @OUTPUT
 @pass_session
-def services(session: Session, output: str) -> None:
-    """One row per slug with its instance counts by status (like `consul catalog services`)."""
+def tags_in_use(session: Session, output: str) -> None:
+    """The tags in use, with how many instances carry each and of which slugs."""
+    found = session.client.request("GET", "/registry-svc/instances").json()["instances"]
+    counts: Counter[str] = Counter()
+    slugs: dict[str, set[str]] = {}
+    for inst in found:
+        for tag in inst.get("tags") or []:
+            counts[tag] += 1
+            slugs.setdefault(tag, set()).add(inst.get("slug") or "(none)")
+    ordered = sorted(counts.items())
+    summary = [{"tag": t, "instances": n, "slugs": sorted(slugs[t])} for t, n in ordered]
+    rows = [[t, n, ",".join(sorted(slugs[t]))] for t, n in ordered]
+    show({"tags": summary}, output, ["TAG", "INSTANCES", "SLUGS"], rows, "no tags in use")
+
+
+@cli.command("services", epilog="\b\nExamples:\n  oo services\n  oo services user-svc\n  oo services -o json | jq '.services[] | select(.Healthy == 0)'")  # fmt: skip
+@click.argument("slug", required=False)
+@OUTPUT
+@pass_session
+def services(session: Session, slug: str | None, output: str) -> None:
+    """One row per slug with its instance counts by status (like `consul catalog services`);
+    with SLUG, that service in detail: instances, checks, maintenance, definition, routing."""
+    if slug is not None:
+        service_detail(session, slug, output)
+        return
     instances_data = session.client.request("GET", "/registry-svc/instances").json()["instances"]
     by_slug: dict[str, Counter[str]] = {}
     for inst in instances_data:
@@ -430,6 +513,51 @@ def services(session: Session, output: str) -> None:
     rows = [[row["slug"], row["instances"], *(row[s] for s in STATUS_COLUMNS)] for row in summary]
     headers = ["SLUG", "INSTANCES", *(s.upper() for s in STATUS_COLUMNS)]
     show({"services": summary}, output, headers, rows, "no services")
+
+
+def service_detail(session: Session, slug: str, output: str) -> None:
+    found = session.client.request("GET", f"/registry-svc/instances?{urlencode([('slug', slug)])}").json()["instances"]
+    routing = session.client.request("GET", "/registry-svc/routing").json()
+    policy = routing["slugPolicies"].get(slug, routing["defaultPolicy"])
+    try:
+        path = f"/registry-svc/definition/{quote(slug, safe='')}"
+        definition = session.client.request("GET", path).json()["definition"]
+    except CliError as e:
+        if e.status not in (403, 404):
+            raise
+        definition = None
+    if not found and definition is None:
+        raise CliError(f"no instances and no definition for slug '{slug}'")
+    detail = {"slug": slug, "policy": policy, "instances": found, "definition": definition}
+    if output in ("json", "yaml"):
+        print_data(detail, output)
+        return
+    click.echo(f"slug:        {slug}")
+    click.echo(f"policy:      {policy}" + ("" if slug in routing["slugPolicies"] else " (the default)"))
+    image = ((definition or {}).get("image") or {}).get("name")
+    click.echo(
+        "definition:  "
+        + (
+            f"{definition['id']} (image {image})"
+            if definition and image
+            else definition["id"]
+            if definition
+            else "none"
+        )
+    )
+    click.echo(f"instances:   {len(found)}")
+    if not found:
+        return
+
+    def check(inst: dict[str, Any]) -> str:
+        hc = inst.get("healthCheck") or {}
+        what = hc.get("type", "tcp") + (f" {hc.get('path')}" if hc.get("type") == "http" else "")
+        return f"{what} every {hc.get('intervalSeconds', 10)}s"
+
+    rows = [[i["id"], i["url"], i["status"] + (" (maintenance)" if i.get("maintenance") else ""),
+             shorten((i.get("maintenance") or {}).get("reason") or i.get("statusReason"), 40), check(i),
+             i.get("zone") or "", i.get("weight", 100), ",".join(i.get("tags") or [])] for i in found]  # fmt: skip
+    click.echo(table(["ID", "URL", "STATUS", "REASON", "CHECK", "ZONE", "WEIGHT", "TAGS"], rows))
 
 
 @cli.command("pick", epilog="\b\nExamples:\n  oo pick user-svc\n  oo pick user-svc --policy consistent_hash --key user-42\n  oo pick user-svc -o json | jq -r .instance.url")  # fmt: skip
@@ -646,8 +774,8 @@ def tokens_create(
     if ttl:
         body["ttl"] = ttl
     data = session.client.request("POST", "/registry-svc/tokens", body).json()
-    if output == "json":
-        print_json(data)
+    if output in ("json", "yaml"):
+        print_data(data, output)
         return
     click.echo(data["token"])  # alone on stdout, for `TOKEN=$(oo tokens create ...)`
     expiry = f", expires {data['info']['expiresAt']}" if data["info"].get("expiresAt") else ""

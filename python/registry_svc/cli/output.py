@@ -17,6 +17,16 @@ def print_json(data: Any) -> None:
         print(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
 
 
+def print_data(data: Any, output: str) -> None:
+    """`data` as JSON (`output` "json") or as YAML."""
+    if output == "json":
+        print_json(data)
+    else:
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Columns padded to their widest cell plus three spaces (like Go's tabwriter in 1Backend)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
