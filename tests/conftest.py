@@ -154,6 +154,12 @@ class Server:
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
+    def __post_init__(self) -> None:
+        # Two free_port() calls may return the same port (each socket closes before the
+        # next bind): the server would refuse --data-port equal to --port.
+        while self.data_port == self.port:
+            self.data_port = free_port()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
