@@ -9,7 +9,9 @@ EXT     := $(VENV)/.extension-built
 RUST_SRC := Cargo.toml Cargo.lock $(wildcard rust/*.rs rust/*/*.rs)
 ARGS    ?=
 
-.PHONY: run install-cli test test-rust test-python build lint fmt fuzz bench bench-tools browser-tools loadtest cluster clean
+WHEEL_DIR ?= dist
+
+.PHONY: run install-cli wheel test test-rust test-python build lint fmt fuzz bench bench-tools browser-tools loadtest cluster clean
 
 $(DEPS): pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,6 +40,13 @@ install-cli: build
 	ln -sf $(ABS_VENV)/bin/oo $(HOME)/.local/bin/oo
 	@case ":$$PATH:" in *":$(HOME)/.local/bin:"*) echo "oo is on PATH: $(HOME)/.local/bin/oo";; \
 	  *) echo "linked $(HOME)/.local/bin/oo; add $(HOME)/.local/bin to PATH";; esac
+
+# An installable wheel (the package with its Rust extension) in $(WHEEL_DIR), for a service
+# in its own virtualenv: pip install dist/registry_svc-*.whl. It reuses the release build.
+wheel: build
+	@VIRTUAL_ENV=$(ABS_VENV) PATH=$(ABS_VENV)/bin:$$PATH maturin build --release --quiet -o $(WHEEL_DIR) >>$(VENV)/build.log 2>&1 \
+	  || { tail -n 60 $(VENV)/build.log; exit 1; }
+	@ls -1 $(WHEEL_DIR)/registry_svc-*.whl
 
 test: test-rust test-python
 

@@ -46,6 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::netguard::NetPolicy;
 use crate::registry::Registry;
+use crate::route::SlugRoute;
 use crate::select::{Outcome, PickRequest, Picked};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -390,10 +391,14 @@ impl Forwarder {
             );
         }
         let headers = self.upstream_headers(request);
+        let route = SlugRoute::read(&registry.store, slug);
+        let timeout = route.timeout.unwrap_or(self.timeout);
+        let forwarded_target = route.upstream_target(request.target);
         let retryable = IDEMPOTENT.contains(&request.method) && matches!(payload, Payload::Kept(_));
+        let tries = if retryable { 1 + route.retries } else { 1 };
         let mut tried: Vec<String> = Vec::new();
         let mut last_error = String::new();
-        for _ in 0..(if retryable { 2 } else { 1 }) {
+        for _ in 0..tries {
             let pick = PickRequest {
                 slug,
                 track: true,
@@ -468,7 +473,7 @@ impl Forwarder {
             };
             let uri = format!(
                 "{}://{}{}{}",
-                upstream.scheme, upstream.netloc, upstream.path, request.target
+                upstream.scheme, upstream.netloc, upstream.path, forwarded_target
             );
             let built = hyper::Request::builder()
                 .method(request.method)
@@ -487,7 +492,7 @@ impl Forwarder {
             };
             let deadline = async {
                 let _ = body_sent.await;
-                tokio::time::sleep(self.timeout).await;
+                tokio::time::sleep(timeout).await;
             };
             let answered = tokio::select! {
                 answered = self.client.request(outgoing) => Ok(answered),
@@ -519,7 +524,7 @@ impl Forwarder {
                         504,
                         format!(
                             "upstream {url} of '{slug}' did not answer within {}s",
-                            self.timeout.as_secs_f64()
+                            timeout.as_secs_f64()
                         ),
                     );
                 }
@@ -544,7 +549,7 @@ impl Forwarder {
                 release(Outcome::Success);
                 self.stats.success.fetch_add(1, Ordering::Relaxed);
             }
-            return relay(answer, request, client, self.timeout).await;
+            return relay(answer, request, client, timeout).await;
         }
         Forwarded::Error(502, last_error)
     }

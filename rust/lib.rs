@@ -18,6 +18,7 @@ pub mod netguard;
 pub mod reads;
 pub mod registry;
 pub mod replica;
+pub mod route;
 pub mod select;
 pub mod shared;
 pub mod store;
@@ -26,6 +27,8 @@ pub mod store;
 mod python;
 #[cfg(feature = "python")]
 mod python_dns;
+#[cfg(feature = "python")]
+mod python_route;
 
 #[cfg(test)]
 mod front_tests;

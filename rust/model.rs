@@ -102,7 +102,16 @@ pub static TOKENS: CollectionSpec = CollectionSpec {
     scanned: &[],
 };
 
-pub static COLLECTIONS: [&CollectionSpec; 4] = [&INSTANCES, &DEFINITIONS, &NODES, &TOKENS];
+/// A slug's proxy settings (`route.rs`), keyed by the slug.
+pub static ROUTES: CollectionSpec = CollectionSpec {
+    name: "routes",
+    tag: 5,
+    indexes: &[],
+    partition: None,
+    scanned: &[],
+};
+
+pub static COLLECTIONS: [&CollectionSpec; 5] = [&INSTANCES, &DEFINITIONS, &NODES, &TOKENS, &ROUTES];
 
 /// Longest id the store accepts; keeps every LMDB key under its 511-byte limit.
 pub const MAX_ID_LEN: usize = 128;

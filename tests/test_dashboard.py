@@ -223,7 +223,12 @@ def test_ui_files_are_served_with_a_strict_content_security_policy(srv: Server) 
     icon = srv.call("GET", "/favicon.ico", token=None)  # every browser asks for it
     assert icon.status == 200 and icon.headers["content-type"] == "image/svg+xml" and icon.body.startswith(b"<svg")
     routing = srv.call("GET", "/registry-svc/routing").json
-    assert routing == {"defaultPolicy": "round_robin", "slugPolicies": {}}
+    assert routing == {
+        "defaultPolicy": "round_robin",
+        "slugPolicies": {},
+        "proxyTimeoutSeconds": 60.0,
+        "slugRoutes": {},
+    }
 
 
 def test_admins_drain_and_deregister_from_the_service_page(srv: Server, driver: WebDriver) -> None:

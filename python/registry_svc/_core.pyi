@@ -219,3 +219,7 @@ class Dns:
 def check_dns_options(domain: str, rate_exempt: list[str]) -> str:
     """The domain in canonical form (lowercase, ending in a dot); ValueError naming the
     flag (`--dns-domain`, `--dns-rate-exempt`) whose value the DNS server would refuse."""
+
+def route_record(slug: str, body: bytes) -> str:
+    """The record to store for `slug`'s proxy settings `body` (JSON; rust/route.rs), every
+    field given or defaulted; ValueError(field, message) for the first bad field."""

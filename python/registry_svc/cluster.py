@@ -39,7 +39,7 @@ from registry_svc.etcd import Client, EtcdError, EtcdUnavailable, b64, unb64
 log = logging.getLogger("registry_svc")
 
 DEFAULT_PREFIX = "/registry-svc/"
-COLLECTIONS = ("instances", "definitions", "nodes", "tokens")
+COLLECTIONS = ("instances", "definitions", "nodes", "tokens", "routes")
 # Fields at most one record of the collection may hold (the Rust store's unique indexes).
 UNIQUE: dict[str, tuple[str, ...]] = {"instances": ("url",), "nodes": ("url",), "tokens": ("secretHash",)}
 # Collections whose deletes may be guarded on "nothing else changed" (the last admin token).

@@ -180,9 +180,39 @@ class Health(Reply):
     status: str
 
 
+class SlugRouteBody(BaseModel):
+    """`PUT /registry-svc/routing/{slug}` (checked by the gates' own rules, `rust/route.rs`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stripPrefix: bool | None = Field(default=None, description="cut /<slug> from the forwarded path (default false)")
+    retries: int | None = Field(
+        default=None, ge=0, le=5, description="tries on other instances after one cannot be reached (default 1)"
+    )
+    timeoutSeconds: float | None = Field(
+        default=None, gt=0, le=3600, description="how long an upstream may take (default --proxy-timeout-seconds)"
+    )
+
+
+class SlugRouting(Reply):
+    slug: str
+    policy: Policy
+    ownPolicy: bool = Field(description="the slug's policy is its own (--slug-policy), not the default")
+    stripPrefix: bool
+    retries: int
+    timeoutSeconds: float
+    custom: bool = Field(description="the slug has settings of its own (else these are the defaults)")
+
+
+class SlugRoutingReply(Reply):
+    routing: SlugRouting
+
+
 class Routing(Reply):
     defaultPolicy: Policy
     slugPolicies: dict[str, Policy]
+    proxyTimeoutSeconds: float
+    slugRoutes: dict[str, SlugRouting]
 
 
 class TargetGroup(Reply):

@@ -35,6 +35,7 @@ from registry_svc.api import (
     meta,
     nodes,
     pick,
+    routing,
     tokens,
     ui,
 )  # fmt: skip
@@ -50,7 +51,7 @@ log = logging.getLogger("registry_svc")
 
 # `pick` comes before `instance/:id`; Robyn prefers static segments anyway.
 ROUTES: list[Route] = [
-    *pick.ROUTES, *instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES, *meta.ROUTES, *ui.ROUTES,
+    *pick.ROUTES, *instances.ROUTES, *definitions.ROUTES, *nodes.ROUTES, *tokens.ROUTES, *meta.ROUTES, *ui.ROUTES, *routing.ROUTES,
     *discovery.ROUTES,
 ]  # fmt: skip
 # Methods the JSON fallback answers (404/405). Robyn cannot route extension methods

@@ -1,7 +1,7 @@
 """The web dashboard (`/ui`): plain HTML, CSS and JavaScript shipped in the package
 (`registry_svc/ui/`), no build step, no external fonts or CDNs. The files need no token;
 the page asks for one and calls the API with it, so it shows only what that token may
-see. Also `GET /registry-svc/routing`, the load-balancing policies the page shows."""
+see."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 from robyn import Response
 
-from registry_svc import auth, replies
+from registry_svc import auth
 from registry_svc.api import Call, Doc, Route
 from registry_svc.errors import ApiError
-from registry_svc.http import json_response, path_param
+from registry_svc.http import path_param
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -56,15 +56,6 @@ def favicon(call: Call) -> Response:
     return serve("favicon.svg")
 
 
-def routing(call: Call) -> Response:
-    """The default load-balancing policy and the per-slug ones (`--policy`, `--slug-policy`)."""
-    settings = call.ctx.settings
-    policies = settings.slug_policies
-    if not call.caller.sees_every_slug:
-        policies = {slug: p for slug, p in policies.items() if slug == call.caller.slug}
-    return json_response(200, {"defaultPolicy": settings.default_policy, "slugPolicies": policies})
-
-
 ROUTES = [
     Route("get", "/ui", index, auth.PUBLIC, Doc("The dashboard", {200: None}, content_types=("text/html",))),
     Route("get", "/ui/:name", ui_file, auth.PUBLIC, Doc(
@@ -73,8 +64,5 @@ ROUTES = [
     )),
     Route("get", "/favicon.ico", favicon, auth.PUBLIC, Doc(
         "The dashboard's icon (SVG), where browsers look for it", {200: None}, content_types=("image/svg+xml",)
-    )),
-    Route("get", "/registry-svc/routing", routing, auth.INSTANCE_VIEW, Doc(
-        "The load-balancing policies: the default and the per-slug ones", {200: replies.Routing}
     )),
 ]  # fmt: skip

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from registry_svc.cli import routing as _routing  # noqa: F401  (registers `oo routing`)
 from registry_svc.cli.client import EXIT_ERROR, EXIT_OK, CliError
 from registry_svc.cli.commands import cli
 

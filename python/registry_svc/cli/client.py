@@ -1,30 +1,20 @@
-"""The `oo` command's connection: which server, which token, and HTTP with clear failures.
-
-Server order: `--url`, `OB_SERVER_URL`, the server of the last `oo login` (the current
-context), then http://127.0.0.1:11337. Token order: `--token`, `OB_TOKEN`, the token saved
-by `oo login` for this server, and, for a server on this machine, the local admin token
-file (`~/.registry-svc/admin.token`, or `$REGISTRY_SVC_DATA_DIR/admin.token`). Server URLs
-are normalised (`http://` added, `localhost` is 127.0.0.1, no trailing '/'), so every
-spelling of one server finds its saved token.
+"""The `oo` command's connection: HTTP with clear failures. Which server and which token
+it calls is `registry_svc.client.config`'s answer, the one the Python client gives too.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import urllib3
 
+from registry_svc.client.config import login_hint
+
 # Library warnings (TLS, deprecations) are not for an `oo` user's terminal.
 urllib3.disable_warnings()
-
-DEFAULT_SERVER = "http://127.0.0.1:11337"
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 # Exit codes scripts can rely on.
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
@@ -42,81 +32,6 @@ class CliError(Exception):
         self.status = status  # the HTTP status, for an HTTP error
         # Every problem the server found (its `errors`), when it found several.
         self.errors = errors or []
-
-
-def config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "registry-svc" / "cli.json"
-
-
-def load_config() -> dict[str, Any]:
-    try:
-        data = json.loads(config_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def normalize_server(url: str) -> str:
-    """`localhost:11337`, `http://LOCALHOST:11337/` and `http://127.0.0.1:11337` are one server."""
-    text = url.strip().rstrip("/")
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    host = (parts.hostname or "").lower()
-    if host == "localhost":
-        host = "127.0.0.1"
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return f"{parts.scheme.lower()}://{netloc}{parts.path}"
-
-
-def current_server() -> str | None:
-    """The server of the last `oo login`."""
-    server = load_config().get("current")
-    return str(server) if server else None
-
-
-def save_token(server: str, token: str) -> Path:
-    """Saves `token` for `server` in the user's config (readable by the user only) and makes
-    that server the current context."""
-    config = load_config()
-    config.setdefault("tokens", {})[server] = token
-    config["current"] = server
-    path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(config, f, indent=2)
-    path.chmod(0o600)
-    return path
-
-
-def local_admin_token() -> str | None:
-    try:
-        return admin_token_path().read_text().strip() or None
-    except OSError:
-        return None
-
-
-def admin_token_path() -> Path:
-    return (
-        Path(os.environ.get("REGISTRY_SVC_DATA_DIR") or str(Path.home() / ".registry-svc")).expanduser() / "admin.token"
-    )
-
-
-def resolve_token(server: str, flag: str | None) -> str | None:
-    if flag:
-        return flag
-    if os.environ.get("OB_TOKEN"):
-        return os.environ["OB_TOKEN"]
-    saved = load_config().get("tokens", {}).get(server)
-    if saved:
-        return str(saved)
-    if (urlsplit(server).hostname or "") in LOCAL_HOSTS:
-        return local_admin_token()
-    return None
 
 
 @dataclass
@@ -158,23 +73,16 @@ class Client:
         index = resp.headers.get("x-registry-index")
         reply = Reply(resp.status, resp.data, int(index) if index and index.isdigit() else None)
         if resp.status == 401:
-            raise CliError(f"HTTP 401: {_error_message(reply)}\n{login_hint(self.server, self.token)}")
+            raise CliError(f"HTTP 401: {_error_message(reply)}\n  {login_hint(self.server, self.token)}")
         if resp.status >= 400:
             raise CliError(f"HTTP {resp.status}: {_error_message(reply)}", status=resp.status, errors=_errors(reply))
         return reply
 
 
-def login_hint(server: str, token: str | None) -> str:
-    """How to get past a 401."""
-    sent = "the token sent was refused" if token else "no token was sent"
-    return (
-        f"  ({sent}) give a token with `oo login TOKEN` (saved for {server}), the OB_TOKEN variable, "
-        f"or --token TOKEN; on the server's machine the admin token is in {admin_token_path()}"
-    )
-
-
 def _reason(err: Exception) -> str:
     """The OS-level reason inside urllib3's wrapping (e.g. "Connection refused")."""
+    if "RemoteDisconnected" in str(err):
+        return "the server closed the connection without an answer (stopping or restarting?)"
     match = re.search(r"\[Errno -?\d+\] ([^'\)]+)", str(err))
     return match.group(1).strip() if match else str(err)
 
@@ -196,4 +104,6 @@ def _error_message(reply: Reply) -> str:
         return reply.body.decode(errors="replace").strip() or "(no body)"
     if isinstance(data, dict) and "error" in data:
         return str(data["error"])
+    if isinstance(data, dict) and data.get("status") == "starting":  # /health before the workers answer
+        return "the server is starting; retry shortly"
     return reply.body.decode(errors="replace")

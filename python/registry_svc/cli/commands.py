@@ -17,17 +17,9 @@ import click
 import yaml
 
 from registry_svc import about, urls
-from registry_svc.cli.client import (
-    DEFAULT_SERVER,
-    EXIT_UNREACHABLE,
-    Client,
-    CliError,
-    current_server,
-    normalize_server,
-    resolve_token,
-    save_token,
-)  # fmt: skip
+from registry_svc.cli.client import EXIT_UNREACHABLE, Client, CliError
 from registry_svc.cli.output import ago, percent, print_data, print_json, shorten, table
+from registry_svc.client.config import normalize_server, resolve_server, resolve_token, save_token
 from registry_svc.status import STATUSES
 
 # A blocking query waits at most 10 minutes, plus jitter, on the server.
@@ -71,7 +63,7 @@ class Session:
     """The server and token chosen by the global options, and a client made on first use."""
 
     def __init__(self, server: str | None, token: str | None) -> None:
-        self.server = normalize_server(server or current_server() or DEFAULT_SERVER)
+        self.server = resolve_server(server)
         self.token_flag = token
         self._client: Client | None = None
 
@@ -515,10 +507,19 @@ def services(session: Session, slug: str | None, output: str) -> None:
     show({"services": summary}, output, headers, rows, "no services")
 
 
+def describe_routing(routing: dict[str, Any]) -> str:
+    """`strip prefix: yes, retries: 3, timeout: 7.5s` (and whose settings they are)."""
+    text = (
+        f"strip prefix: {'yes' if routing['stripPrefix'] else 'no'}, retries: {routing['retries']}, "
+        f"timeout: {routing['timeoutSeconds']:g}s"
+    )
+    return text + ("" if routing.get("custom") else " (the defaults)")
+
+
 def service_detail(session: Session, slug: str, output: str) -> None:
     found = session.client.request("GET", f"/registry-svc/instances?{urlencode([('slug', slug)])}").json()["instances"]
-    routing = session.client.request("GET", "/registry-svc/routing").json()
-    policy = routing["slugPolicies"].get(slug, routing["defaultPolicy"])
+    routing = session.client.request("GET", f"/registry-svc/routing/{quote(slug, safe='')}").json()["routing"]
+    policy = routing["policy"]
     try:
         path = f"/registry-svc/definition/{quote(slug, safe='')}"
         definition = session.client.request("GET", path).json()["definition"]
@@ -528,12 +529,13 @@ def service_detail(session: Session, slug: str, output: str) -> None:
         definition = None
     if not found and definition is None:
         raise CliError(f"no instances and no definition for slug '{slug}'")
-    detail = {"slug": slug, "policy": policy, "instances": found, "definition": definition}
+    detail = {"slug": slug, "policy": policy, "routing": routing, "instances": found, "definition": definition}
     if output in ("json", "yaml"):
         print_data(detail, output)
         return
     click.echo(f"slug:        {slug}")
-    click.echo(f"policy:      {policy}" + ("" if slug in routing["slugPolicies"] else " (the default)"))
+    click.echo(f"policy:      {policy}" + ("" if routing["ownPolicy"] else " (the default)"))
+    click.echo(f"proxy:       {describe_routing(routing)}")
     image = ((definition or {}).get("image") or {}).get("name")
     click.echo(
         "definition:  "

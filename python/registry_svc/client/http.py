@@ -4,12 +4,13 @@ thread, the token on every request, JSON in and out, errors as `RegistryError`."
 from __future__ import annotations
 
 import http.client
-import os
 import threading
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+
+from registry_svc.client.config import login_hint, resolve_server, resolve_token
 
 
 class RegistryError(Exception):
@@ -23,18 +24,20 @@ class RegistryError(Exception):
 
 
 class RegistryClient:
-    """Calls one registry server. `url` defaults to `OB_REGISTRY_URL` (else
-    http://127.0.0.1:11337), `token` to `OB_TOKEN`."""
+    """Calls one registry server. `url` and `token` are found the way `oo` finds them
+    (`registry_svc.client.config`): `OB_SERVER_URL`, the last `oo login`, then
+    http://127.0.0.1:11337; `OB_TOKEN`, the token `oo login` saved for that server, then
+    (for a server on this machine) the local admin token file."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 10.0) -> None:
-        url = url or os.environ.get("OB_REGISTRY_URL") or "http://127.0.0.1:11337"
-        parts = urlsplit(url if "://" in url else f"http://{url}")
+        server = resolve_server(url)
+        parts = urlsplit(server)
         if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"registry url must be http://host:port, got '{url}'")
+            raise ValueError(f"registry url must be http://host:port, got '{url or server}'")
         self.host = parts.hostname
         self.port = parts.port or 80
         self.url = f"http://{parts.netloc}"
-        self.token = token if token is not None else os.environ.get("OB_TOKEN")
+        self.token = resolve_token(server, token)
         self.timeout = timeout
         self._local = threading.local()
 
@@ -64,8 +67,10 @@ class RegistryClient:
                     raise RegistryError(0, f"{self.url}: {e or type(e).__name__}") from None
         answer = orjson.loads(raw) if raw else None
         if response.status >= 400:
-            message = answer.get("error", "") if isinstance(answer, dict) else raw.decode(errors="replace")
-            raise RegistryError(response.status, str(message))
+            message = str(answer.get("error", "") if isinstance(answer, dict) else raw.decode(errors="replace"))
+            if response.status == 401:
+                message += "; " + login_hint(self.url, self.token, "RegistryClient(token=...)")
+            raise RegistryError(response.status, message)
         return response.status, {k.lower(): v for k, v in response.getheaders()}, answer
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:

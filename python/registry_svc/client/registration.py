@@ -40,7 +40,7 @@ class Registration:
         **fields: Any,
     ) -> None:
         """`fields` are further registration fields (tags, metadata, weight, zone, ...).
-        `registry` and `token` default to `OB_REGISTRY_URL` and `OB_TOKEN`."""
+        `registry` and `token` are found the way `oo` finds them (`RegistryClient`)."""
         if ttl < 1:
             raise ValueError("ttl must be at least 1 second")
         self.client = RegistryClient(registry, token)

@@ -1,0 +1,203 @@
+//! A slug's proxy settings, set with `PUT /registry-svc/routing/{slug}`: whether the slug
+//! is cut from the forwarded path (`stripPrefix`), on how many other instances a request
+//! is tried again after one could not be reached (`retries`), and how long an upstream may
+//! take to answer (`timeoutSeconds`, else `--proxy-timeout-seconds`).
+//!
+//! One record per slug in the `routes` collection, keyed by the slug (replicated like any
+//! record in cluster mode). The rules live here only: the API checks a body with `parse`
+//! (through the binding) and stores `record`'s JSON; the gates read it per forwarded
+//! request with `SlugRoute::read`.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::model::ROUTES;
+use crate::store::Store;
+
+/// Retries after the first try; each goes to an instance not tried yet.
+pub const DEFAULT_RETRIES: u32 = 1;
+pub const MAX_RETRIES: u32 = 5;
+/// The longest `timeoutSeconds` a slug may ask for (an hour).
+pub const MAX_TIMEOUT_SECONDS: f64 = 3600.0;
+
+/// What the proxy does for one slug.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlugRoute {
+    pub strip_prefix: bool,
+    pub retries: u32,
+    /// None: the server's `--proxy-timeout-seconds`.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for SlugRoute {
+    fn default() -> Self {
+        SlugRoute {
+            strip_prefix: false,
+            retries: DEFAULT_RETRIES,
+            timeout: None,
+        }
+    }
+}
+
+/// A bad field of a routing body: its name and what is wrong.
+#[derive(Debug, PartialEq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn problem(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl SlugRoute {
+    /// The settings of `slug`: its stored record, or the defaults when it has none (or
+    /// when the record cannot be read: a route never stops the proxy).
+    pub fn read(store: &Store, slug: &str) -> SlugRoute {
+        match store.get(&ROUTES, slug) {
+            Ok(Some(record)) => parse(&record.json).unwrap_or_default(),
+            _ => SlugRoute::default(),
+        }
+    }
+
+    /// The stored record for `slug`: `{"id", "stripPrefix", "retries", "timeoutSeconds"?}`.
+    pub fn record(&self, slug: &str) -> String {
+        let mut out = Map::new();
+        out.insert("id".into(), Value::from(slug));
+        out.insert("stripPrefix".into(), Value::from(self.strip_prefix));
+        out.insert("retries".into(), Value::from(self.retries));
+        if let Some(timeout) = self.timeout {
+            out.insert("timeoutSeconds".into(), Value::from(timeout.as_secs_f64()));
+        }
+        Value::Object(out).to_string()
+    }
+
+    /// The path and query the upstream gets for the client's `target` (`/<slug>/rest?q`):
+    /// as sent, or without its first segment when `stripPrefix` is set (`/rest?q`; the
+    /// slug alone becomes `/`).
+    pub fn upstream_target<'t>(&self, target: &'t str) -> Cow<'t, str> {
+        if !self.strip_prefix {
+            return Cow::Borrowed(target);
+        }
+        let rest = &target[1..];
+        let cut = rest.find(['/', '?']).map_or("", |at| &rest[at..]);
+        if cut.starts_with('/') {
+            Cow::Borrowed(cut)
+        } else {
+            Cow::Owned(format!("/{cut}"))
+        }
+    }
+}
+
+/// A routing body (`{"stripPrefix": true, "retries": 2, "timeoutSeconds": 5}`; an absent
+/// field takes its default, `null` too). Every field is checked; the first bad one is
+/// named. `id` is allowed (a stored record has it) and ignored.
+pub fn parse(json: &[u8]) -> Result<SlugRoute, FieldError> {
+    let value: Value = serde_json::from_slice(json).map_err(|e| problem("body", format!("not valid JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(problem("body", "must be a JSON object"));
+    };
+    let mut route = SlugRoute::default();
+    for (name, value) in &fields {
+        if value.is_null() {
+            continue;
+        }
+        match name.as_str() {
+            "id" => {}
+            "stripPrefix" => {
+                route.strip_prefix = value.as_bool().ok_or_else(|| problem(name, "must be true or false"))?;
+            }
+            "retries" => {
+                route.retries = value
+                    .as_u64()
+                    .filter(|n| *n <= u64::from(MAX_RETRIES))
+                    .ok_or_else(|| problem(name, format!("must be a whole number from 0 to {MAX_RETRIES}")))?
+                    as u32;
+            }
+            "timeoutSeconds" => {
+                let seconds = value
+                    .as_f64()
+                    .filter(|s| *s > 0.0 && *s <= MAX_TIMEOUT_SECONDS)
+                    .ok_or_else(|| {
+                        problem(
+                            name,
+                            format!("must be a number of seconds over 0, at most {MAX_TIMEOUT_SECONDS}"),
+                        )
+                    })?;
+                route.timeout = Some(Duration::from_secs_f64(seconds));
+            }
+            other => {
+                return Err(problem(
+                    other,
+                    "unknown field (known: stripPrefix, retries, timeoutSeconds)",
+                ))
+            }
+        }
+    }
+    Ok(route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strip() -> SlugRoute {
+        SlugRoute {
+            strip_prefix: true,
+            ..SlugRoute::default()
+        }
+    }
+
+    #[test]
+    fn the_slug_is_cut_only_when_asked() {
+        assert_eq!(SlugRoute::default().upstream_target("/web/a?b=1"), "/web/a?b=1");
+        assert_eq!(strip().upstream_target("/web/a/b?c=/d"), "/a/b?c=/d");
+        assert_eq!(strip().upstream_target("/web"), "/");
+        assert_eq!(strip().upstream_target("/web/"), "/");
+        assert_eq!(strip().upstream_target("/web?x=1"), "/?x=1");
+        assert_eq!(strip().upstream_target("/we%62/a"), "/a");
+    }
+
+    #[test]
+    fn a_body_is_checked_field_by_field() {
+        let route = parse(br#"{"stripPrefix":true,"retries":3,"timeoutSeconds":2.5}"#).unwrap();
+        assert_eq!(
+            route,
+            SlugRoute {
+                strip_prefix: true,
+                retries: 3,
+                timeout: Some(Duration::from_millis(2500))
+            }
+        );
+        assert_eq!(parse(b"{}").unwrap(), SlugRoute::default());
+        assert_eq!(parse(br#"{"timeoutSeconds":null}"#).unwrap(), SlugRoute::default());
+        let field = |json: &[u8]| parse(json).unwrap_err().field;
+        assert_eq!(field(br#"{"stripPrefix":"yes"}"#), "stripPrefix");
+        assert_eq!(field(br#"{"retries":6}"#), "retries");
+        assert_eq!(field(br#"{"retries":-1}"#), "retries");
+        assert_eq!(field(br#"{"retries":1.5}"#), "retries");
+        assert_eq!(field(br#"{"timeoutSeconds":0}"#), "timeoutSeconds");
+        assert_eq!(field(br#"{"timeoutSeconds":3601}"#), "timeoutSeconds");
+        assert_eq!(field(br#"{"timeout":1}"#), "timeout");
+        assert_eq!(field(b"[1]"), "body");
+        assert_eq!(field(b"{"), "body");
+    }
+
+    #[test]
+    fn a_record_reads_back_as_itself() {
+        let route = SlugRoute {
+            strip_prefix: true,
+            retries: 0,
+            timeout: Some(Duration::from_secs(7)),
+        };
+        let record = route.record("web");
+        assert!(record.starts_with(r#"{"id":"web","#), "{record}");
+        assert_eq!(parse(record.as_bytes()).unwrap(), route);
+        assert!(!SlugRoute::default().record("web").contains("timeoutSeconds"));
+    }
+}
