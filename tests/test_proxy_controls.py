@@ -4,20 +4,19 @@ ports, and shown by `oo services SLUG`."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_first_hour import User
 
-from conftest import NO_CHECK, Server, free_port
+from conftest import NO_CHECK, LoopbackHTTP, Server, free_port
 
 
-class PathEcho:
+class PathEcho(LoopbackHTTP):
     """A loopback upstream answering every GET with the path it got; `/slow...` waits 2 s first."""
 
     def __init__(self) -> None:
@@ -34,13 +33,7 @@ class PathEcho:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture

@@ -25,11 +25,11 @@ from typing import Any
 
 import orjson
 
-from registry_svc import _core, metrics, records, status
+from registry_svc import _core, checks, metrics, records, status
 from registry_svc.clock import parse_time, utc_now
 from registry_svc.models import HEALTH_CHECK_DEFAULTS
 from registry_svc.netguard import NetworkPolicy
-from registry_svc.probes import ProbeResult, probe
+from registry_svc.probes import ProbeResult, probe, probe_check
 from registry_svc.settings import LOOPBACK_NETWORKS
 from registry_svc.status import Transition
 
@@ -73,17 +73,44 @@ def write_status(store: _core.Store, instance_id: str, decide: Decide, alive: bo
     """Applies `decide(current record)` to the instance, and refreshes its `lastHeartbeat`
     when `alive` and it is stale, in one compare-and-set update. Transitions are logged
     once, when written."""
+    return _write(store, instance_id, lambda current: status.apply(current, decide(current)), alive)
 
-    def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+
+def write_checks(
+    store: _core.Store, instance_id: str, judged_checks: list[dict[str, Any]], check_status: dict[str, Any], alive: bool
+) -> records.Applied:
+    """Writes `checkStatus` and what it makes the instance (`checks.decide`), in one
+    compare-and-set update, if the record still has the checks that were judged."""
+
+    def change(current: dict[str, Any]) -> bool | None:
+        if current.get("checks") != judged_checks:
+            return None  # changed meanwhile: these results are about checks it no longer has
+        changed = current.get("checkStatus") != check_status
+        current["checkStatus"] = check_status
+        return status.apply(current, checks.decide(current, check_status)) or changed
+
+    return _write(store, instance_id, change, alive)
+
+
+def _write(
+    store: _core.Store, instance_id: str, change: Callable[[dict[str, Any]], bool | None], alive: bool
+) -> records.Applied:
+    """One compare-and-set update of an instance: `change` edits the record (True when it
+    changed it, None to leave the record alone), then a live instance's stale
+    `lastHeartbeat` is refreshed; a transition is logged once, when written."""
+
+    def update(current: dict[str, Any] | None) -> dict[str, Any] | None:
         if current is None:
             return None
-        changed = status.apply(current, decide(current))
+        changed = change(current)
+        if changed is None:
+            return None
         if alive and (changed or _heartbeat_age(current) > HEARTBEAT_REFRESH_S):
             current["lastHeartbeat"] = utc_now()
             changed = True
         return current if changed else None
 
-    applied = records.update(store, INSTANCES, instance_id, change, f"instance '{instance_id}'")
+    applied = records.update(store, INSTANCES, instance_id, update, f"instance '{instance_id}'")
     if applied.wrote and applied.record is not None:
         status.log_transition(applied.record, (applied.previous or {}).get("status"))
     return applied
@@ -124,6 +151,8 @@ class HealthChecker:
     max_lateness: float = 0.0
     _instances: dict[str, dict[str, Any]] = field(default_factory=dict)
     _states: dict[str, CheckState] = field(default_factory=dict)
+    # Instances with several `checks`: each check's verdict, by check name.
+    _verdicts: dict[str, dict[str, checks.Verdict]] = field(default_factory=dict)
     _known: set[str] = field(default_factory=set)
     _loaded_index: int = -1
     _loaded_at: float = float("-inf")
@@ -172,15 +201,35 @@ class HealthChecker:
             return
         # Records written by the API carry a full check; imported ones may not.
         instance["healthCheck"] = {**HEALTH_CHECK_DEFAULTS, **(instance.get("healthCheck") or {})}
+        self._track_checks(instance, self._instances.get(instance_id), now, spread)
         self._instances[instance_id] = instance
         if instance_id not in self._states:
             interval = float(instance["healthCheck"]["intervalSeconds"])
             # Spread the first round over an interval at start; probe new ones at once.
             self._states[instance_id] = CheckState(next_due=now + (random.uniform(0, interval) if spread else 0.0))
 
+    def _track_checks(
+        self, instance: dict[str, Any], previous: dict[str, Any] | None, now: float, spread: bool
+    ) -> None:
+        """Keeps the verdict of every check the record still has unchanged."""
+        before = self._verdicts.pop(instance["id"], {})
+        kept = {c["name"]: c for c in (previous or {}).get("_judged", [])}
+        verdicts: dict[str, checks.Verdict] = {}
+        for check in instance.get("checks") or []:
+            name = check["name"]
+            if name in before and kept.get(name) == check:
+                verdicts[name] = before[name]
+            else:
+                delay = random.uniform(0, float(check["intervalSeconds"])) if spread else 0.0
+                verdicts[name] = checks.Verdict(next_due=now + delay)
+        if verdicts:
+            self._verdicts[instance["id"]] = verdicts
+            instance["_judged"] = list(instance["checks"])
+
     def _forget(self, instance_id: str) -> None:
         self._instances.pop(instance_id, None)
         self._states.pop(instance_id, None)
+        self._verdicts.pop(instance_id, None)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Checks until `stop` is set."""
@@ -199,6 +248,16 @@ class HealthChecker:
     def _start_due(self, semaphore: asyncio.Semaphore) -> None:
         now = self.clock()
         wall = time.time()
+        for instance_id, verdicts in self._verdicts.items():
+            instance = self._instances[instance_id]
+            for check in instance["checks"]:
+                verdict = verdicts[check["name"]]
+                if verdict.in_flight or verdict.next_due > now:
+                    continue
+                self.max_lateness = max(self.max_lateness, now - verdict.next_due)
+                verdict.next_due = now + float(check["intervalSeconds"])
+                verdict.in_flight = True
+                self._spawn(self._run_check(instance, check, verdict, semaphore))
         for instance_id, instance in self._instances.items():
             state = self._states[instance_id]
             check = instance["healthCheck"]
@@ -234,6 +293,48 @@ class HealthChecker:
             )
 
         await self._apply(instance, state, decide, result.ok)
+
+    async def _run_check(
+        self, instance: dict[str, Any], check: dict[str, Any], verdict: checks.Verdict, semaphore: asyncio.Semaphore
+    ) -> None:
+        """Runs one of an instance's checks; writes when a verdict (or the record's
+        `checkStatus`) changes."""
+        try:
+            if check["type"] == "ttl":
+                ok, output = checks.ttl_result(instance, check, time.time())
+            else:
+                async with semaphore:
+                    result = await probe_check(self.policy, instance, check)
+                self.probes_run += 1
+                metrics.probe(str(check["type"]), result.ok)
+                ok, output = result.ok, result.reason
+            verdict.count(check, ok, output)
+            judged_checks = instance["_judged"]
+            now_status = checks.check_status(judged_checks, self._verdicts.get(instance["id"], {}))
+            # A probe's pass keeps lastHeartbeat fresh, unless a ttl check reads it.
+            alive = ok and check["type"] != "ttl" and all(c["type"] != "ttl" for c in judged_checks)
+            stale = alive and _heartbeat_age(instance) > HEARTBEAT_REFRESH_S
+            if instance.get("checkStatus") == now_status and not stale:
+                decision = checks.decide(instance, now_status)
+                if decision is None or (decision.status, decision.reason) == (
+                    instance.get("status"),
+                    instance.get("statusReason"),
+                ):
+                    return
+            loop = asyncio.get_running_loop()
+            applied = await loop.run_in_executor(
+                self._writer, write_checks, self.store, instance["id"], judged_checks, now_status, alive
+            )
+            if applied.wrote:
+                self.writes += 1
+            if applied.record is not None:
+                instance.update(
+                    {k: applied.record.get(k) for k in ("status", "statusReason", "checkStatus", "lastHeartbeat")}
+                )
+        except Exception as e:
+            log.warning("check %s of instance %s not written: %s", check.get("name"), instance["id"], e)
+        finally:
+            verdict.in_flight = False
 
     async def _apply(self, instance: dict[str, Any], state: CheckState, decide: Decide, alive: bool) -> None:
         """Writes the decision (off the loop), then follows the record as written."""

@@ -186,6 +186,90 @@ class HealthCheck(Model):
 HEALTH_CHECK_DEFAULTS: dict[str, Any] = HealthCheck().model_dump()
 
 
+CHECK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+STATUS_RANGE = r"^[1-5][0-9][0-9](-[1-5][0-9][0-9])?$"
+HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$"
+PATTERN_PROBLEMS[CHECK_NAME] = (
+    "may contain only letters, digits, '_', '.' and '-' (at most 64), starting with a letter or digit"
+)
+PATTERN_PROBLEMS[STATUS_RANGE] = "must be a status (200) or a range of them (200-399)"
+PATTERN_PROBLEMS[HEADER_NAME] = "must be an HTTP header name (letters, digits and !#$%&'*+.^_`|~-)"
+# Only for the types they name.
+CHECK_FIELDS_OF = {"path": "http", "method": "http", "headers": "http", "expectedStatus": "http",
+                   "bodyContains": "http", "grpcService": "grpc", "port": ("http", "tcp", "grpc")}  # fmt: skip
+
+
+class Check(Model):
+    """One of an instance's `checks` (beside, or instead of, the single `healthCheck`).
+    The instance is Healthy when every `critical` check passes; a failing `warning` check
+    is named in its statusReason but keeps it routable."""
+
+    name: Annotated[str, Strict(), StringConstraints(pattern=CHECK_NAME)] | None = Field(
+        default=None, description="unique among the instance's checks; default the type (http, http-2, ...)"
+    )
+    type: Literal["http", "tcp", "ttl", "grpc"] = Field(
+        description="http request, tcp connect, ttl (the instance heartbeats), or gRPC health (grpc.health.v1)"
+    )
+    severity: Literal["critical", "warning"] = "critical"
+    port: Port | None = Field(default=None, description="probe this port of the instance's host (default its own)")
+    path: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=1024, pattern=CHECK_PATH)] = "/health"
+    method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"] = "GET"
+    headers: (
+        Annotated[dict[Annotated[str, StringConstraints(pattern=HEADER_NAME)], Value], Field(max_length=32)] | None
+    ) = None
+    expectedStatus: Annotated[str, Strict(), StringConstraints(pattern=STATUS_RANGE)] = Field(
+        default="200-299", description="the statuses that pass"
+    )
+    bodyContains: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=1024)] | None = Field(
+        default=None, description="the answer's body (its first 64 KiB) must contain this text"
+    )
+    grpcService: Annotated[str, Strict(), StringConstraints(max_length=256, pattern=NO_CONTROL)] = Field(
+        default="", description="the service asked about (grpc.health.v1 Check); '' is the whole server"
+    )
+    intervalSeconds: Annotated[int, Strict(), Field(ge=1, le=3600)] = 10
+    timeoutSeconds: Annotated[int, Strict(), Field(ge=1, le=300)] | None = Field(
+        default=None, description="at most intervalSeconds; default min(2, intervalSeconds)"
+    )
+    healthyThreshold: Annotated[int, Strict(), Field(ge=1, le=100)] = 2
+    unhealthyThreshold: Annotated[int, Strict(), Field(ge=1, le=100)] = 3
+
+    @model_validator(mode="after")
+    def _fields_of_its_type(self) -> Check:
+        for name, types in CHECK_FIELDS_OF.items():
+            if name in self.model_fields_set and getattr(self, name) is not None and self.type not in types:
+                raise field_problem(name, f"is not a field of a {self.type} check")
+        if self.timeoutSeconds is None:
+            self.timeoutSeconds = min(2, self.intervalSeconds)
+        elif self.timeoutSeconds > self.intervalSeconds:
+            raise field_problem("timeoutSeconds", "must not exceed intervalSeconds")
+        low, _, high = self.expectedStatus.partition("-")
+        if high and int(high) < int(low):
+            raise field_problem("expectedStatus", "a range goes from the lower status to the higher")
+        return self
+
+
+def named_checks(checks: list[Check]) -> list[dict[str, Any]]:
+    """The checks as stored: every field of their type, a name each (the type, then
+    `type-2`, ...); a name given twice is refused."""
+    out: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    for i, check in enumerate(checks):
+        record = check.model_dump(exclude_none=True)
+        for field_name, types in CHECK_FIELDS_OF.items():
+            if check.type not in types:
+                record.pop(field_name, None)
+        if check.name is None:
+            n = 1
+            while (candidate := check.type if n == 1 else f"{check.type}-{n}") in taken:
+                n += 1
+            record["name"] = candidate
+        elif check.name in taken:
+            raise ApiError(400, f"checks[{i}].name: '{check.name}' is given to two checks")
+        taken.add(record["name"])
+        out.append({"name": record.pop("name"), **record})
+    return out
+
+
 class InstanceRegistration(Model):
     """`PUT /registry-svc/instance`: register or re-register (upsert by url, or by id).
 
@@ -209,9 +293,13 @@ class InstanceRegistration(Model):
     zone: ShortText | None = None
     status: Status | None = Field(default=None, description="set a status at registration (default Unknown)")
     healthCheck: HealthCheck | None = None
+    checks: Annotated[list[Check], Field(max_length=16)] | None = Field(
+        default=None, description="several checks (replaced as a whole on re-registration; null removes them)"
+    )
     statusReason: Any = Field(default=None, json_schema_extra={"readOnly": True})
     details: Any = Field(default=None, json_schema_extra={"readOnly": True})
     maintenance: Any = Field(default=None, json_schema_extra={"readOnly": True})
+    checkStatus: Any = Field(default=None, json_schema_extra={"readOnly": True})
     lastHeartbeat: Any = Field(default=None, json_schema_extra={"readOnly": True})
     registeredAt: Any = Field(default=None, json_schema_extra={"readOnly": True})
 

@@ -1,4 +1,5 @@
-"""Health probes: one TCP connect or one HTTP GET, fenced by the probe networks.
+"""Health probes: a TCP connect, an HTTP request or a gRPC health call, fenced by the probe
+networks.
 
 A probe never raises: whatever goes wrong (a refused address, a name that does not
 resolve, a timeout, a backend that sends garbage or megabytes without a newline, a URL
@@ -9,6 +10,7 @@ reason, which becomes the instance's `statusReason`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,9 @@ from registry_svc.status import short
 
 # The status line of an HTTP answer must come within this many bytes.
 MAX_STATUS_LINE = 1024
+# What a check with `bodyContains` reads of an answer: its head, then this much body.
+MAX_HEAD = 16 * 1024
+MAX_BODY = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -93,30 +98,116 @@ async def _read_status_line(reader: asyncio.StreamReader) -> bytes:
     return line.split(b"\n", 1)[0]
 
 
-async def probe_http(policy: NetworkPolicy, endpoint: urls.Endpoint, path: str, timeout: float) -> ProbeResult:
-    """Passes on a 2xx answer to `GET endpoint.path + path` within `timeout`."""
+async def _read_answer(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """The answer as sent (the connection closes after it), at most `limit` bytes."""
+    data = b""
+    while len(data) < limit:
+        chunk = await reader.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
-    async def exchange() -> int:
+
+async def probe_http(
+    policy: NetworkPolicy,
+    endpoint: urls.Endpoint,
+    path: str,
+    timeout: float,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    expected: tuple[int, int] = (200, 299),
+    body_contains: str | None = None,
+) -> ProbeResult:
+    """Passes when `method endpoint.path + path` is answered within `timeout` with a status
+    in `expected` (and, with `body_contains`, a body whose first MAX_BODY bytes hold it)."""
+
+    async def exchange() -> tuple[int, bytes]:
         reader, writer = await _connect(policy, endpoint, tls=endpoint.scheme == "https")
         try:
+            extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+            # HTTP/1.0 when the body is read: no chunked framing to search through.
+            version = "HTTP/1.0" if body_contains else "HTTP/1.1"
             writer.write(
-                f"GET {endpoint.path.rstrip('/')}{path} HTTP/1.1\r\nHost: {endpoint.netloc}\r\n"
-                "User-Agent: registry-svc-health\r\nConnection: close\r\n\r\n".encode()
+                f"{method} {endpoint.path.rstrip('/')}{path} {version}\r\nHost: {endpoint.netloc}\r\n"
+                f"User-Agent: registry-svc-health\r\n{extra}Connection: close\r\n\r\n".encode()
             )
             await writer.drain()
-            status_line = await _read_status_line(reader)
+            if body_contains:
+                answer = await _read_answer(reader, MAX_HEAD + MAX_BODY)
+                status_line = answer.split(b"\n", 1)[0]
+                body = answer.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in answer else b""
+            else:
+                status_line, body = await _read_status_line(reader), b""
         finally:
             writer.close()
         fields = status_line.split()
         if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
             raise ValueError("not an HTTP response")
-        return int(fields[1])
+        return int(fields[1]), body
 
     try:
-        status = await asyncio.wait_for(exchange(), timeout)
+        status, body = await asyncio.wait_for(exchange(), timeout)
     except Exception as e:
         return ProbeResult(False, _error_reason(e, timeout))
-    return ProbeResult(200 <= status < 300, f"HTTP {status}")
+    if not expected[0] <= status <= expected[1]:
+        if expected == (200, 299):  # the usual rule goes without saying
+            return ProbeResult(False, f"HTTP {status}")
+        wanted = str(expected[0]) if expected[0] == expected[1] else f"{expected[0]}-{expected[1]}"
+        return ProbeResult(False, f"HTTP {status} (expected {wanted})")
+    if body_contains and body_contains.encode() not in body[:MAX_BODY]:
+        return ProbeResult(False, short(f"HTTP {status}, but the body lacks '{body_contains}'"))
+    return ProbeResult(True, f"HTTP {status}")
+
+
+async def probe_grpc(policy: NetworkPolicy, endpoint: urls.Endpoint, service: str, timeout: float) -> ProbeResult:
+    """Passes when grpc.health.v1 `Check(service)` answers SERVING within `timeout`
+    (plaintext HTTP/2 to the first allowed address of the host: no name is resolved by
+    gRPC, no proxy used)."""
+    # Imported on first use: only nodes that run gRPC checks pay for it.
+    import grpc  # type: ignore[import-untyped]
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+    async def ask() -> str:
+        address = (await policy.resolve(endpoint.host, endpoint.effective_port))[0]
+        target = (
+            f"ipv6:[{address}]:{endpoint.effective_port}"
+            if ":" in address
+            else f"ipv4:{address}:{endpoint.effective_port}"
+        )
+        async with grpc.aio.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    try:
+        serving = await asyncio.wait_for(ask(), timeout + 0.5)
+    except grpc.aio.AioRpcError as e:
+        return ProbeResult(False, short(f"gRPC {e.code().name}: {e.details() or ''}".rstrip(": ")))
+    except Exception as e:
+        return ProbeResult(False, _error_reason(e, timeout))
+    return ProbeResult(serving == "SERVING", f"gRPC health {serving}")
+
+
+async def probe_check(policy: NetworkPolicy, instance: dict[str, Any], check: dict[str, Any]) -> ProbeResult:
+    """Runs one of the instance's `checks` (http, tcp or grpc) once."""
+    timeout = float(check.get("timeoutSeconds") or 2)
+    try:
+        endpoint = urls.parse_url(str(instance.get("url")))
+    except urls.UrlError as e:
+        return ProbeResult(False, short(f"url not probed: {e}"))
+    if check.get("port"):
+        endpoint = dataclasses.replace(endpoint, port=int(check["port"]))
+    if check["type"] == "http":
+        low, _, high = str(check.get("expectedStatus", "200-299")).partition("-")
+        return await probe_http(
+            policy, endpoint, str(check.get("path", "/health")), timeout, method=str(check.get("method", "GET")),
+            headers=check.get("headers"), expected=(int(low), int(high or low)), body_contains=check.get("bodyContains"),
+        )  # fmt: skip
+    if check["type"] == "grpc":
+        return await probe_grpc(policy, endpoint, str(check.get("grpcService", "")), timeout)
+    return await probe_tcp(policy, endpoint, timeout)
 
 
 async def probe(policy: NetworkPolicy, instance: dict[str, Any]) -> ProbeResult:

@@ -7,11 +7,11 @@ properties they do not name, and fields an older record may lack are optional.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from registry_svc.models import Definition, HealthCheck, Policy, Role, Status
+from registry_svc.models import Check, Definition, HealthCheck, Policy, Role, Status
 
 
 class Reply(BaseModel):
@@ -27,6 +27,11 @@ class Error(Reply):
     errors: list[str] | None = Field(
         default=None, description="every problem found, each naming its field, when a body had several"
     )
+
+
+class CheckResult(Reply):
+    status: Literal["passing", "warning", "critical"]
+    output: str = Field(description="the result that set the status")
 
 
 class MaintenanceInfo(Reply):
@@ -61,6 +66,10 @@ class Instance(Reply):
     lastHeartbeat: str | None = Field(default=None, description="RFC 3339, UTC")
     registeredAt: str | None = None
     healthCheck: HealthCheck | None = None
+    checks: list[Check] | None = Field(default=None, description="several checks, each with its name")
+    checkStatus: dict[str, CheckResult] | None = Field(
+        default=None, description="each judged check by name (critical and warning are failing severities)"
+    )
     maintenance: MaintenanceInfo | None = Field(
         default=None, description="set while in maintenance: never routed, whatever its status"
     )

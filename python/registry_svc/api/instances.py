@@ -30,7 +30,7 @@ RESERVED_SLUGS = frozenset({"registry-svc", "health", "metrics", "version", "ui"
 FIELD_ORDER = (
     "id", "url", "slug", "scheme", "host", "ip", "port", "path", "deploymentId", "nodeUrl", "tags",
     "metadata", "weight", "zone", "status", "statusReason", "details", "lastHeartbeat", "registeredAt",
-    "healthCheck", "maintenance",
+    "healthCheck", "checks", "checkStatus", "maintenance",
 )  # fmt: skip
 # Query parameter -> indexed field of the store.
 FILTERS = {
@@ -150,6 +150,14 @@ def parse_registration(raw: dict[str, Any]) -> dict[str, Any]:
         check = body.healthCheck
         patch = None if check is None else check.model_dump(include=check.model_fields_set)
         fields["healthCheck"] = None if patch is None else {**patch, **dict.fromkeys(removed.get("healthCheck", ()))}
+    if "checks" in sent:
+        fields["checks"] = models.named_checks(body.checks) if body.checks else None
+        if fields["checks"]:
+            if (fields.get("healthCheck") or {}).get("type", "none") != "none":
+                raise field_error(
+                    "checks", "give either healthCheck or checks (healthCheck is one more check: put it in checks)"
+                )
+            fields["healthCheck"] = {"type": "none"}  # the checks judge the instance
     return fields
 
 
@@ -202,6 +210,8 @@ def merge(
         "healthCheck": dict(models.HEALTH_CHECK_DEFAULTS), "registeredAt": now,
     }  # fmt: skip
     record.update({k: v for k, v in fields.items() if k not in MERGED})
+    if "checks" in fields:
+        record["checkStatus"] = None  # judged afresh
     merged_objects(record, fields)
     record["id"] = instance_id
     record["slug"] = slug

@@ -552,6 +552,10 @@ def service_detail(session: Session, slug: str, output: str) -> None:
         return
 
     def check(inst: dict[str, Any]) -> str:
+        if inst.get("checks"):  # several: each with its verdict
+            verdicts = inst.get("checkStatus") or {}
+            return ", ".join(f"{c['name']}: {(verdicts.get(c['name']) or {}).get('status', 'pending')}"
+                             for c in inst["checks"])  # fmt: skip
         hc = inst.get("healthCheck") or {}
         what = hc.get("type", "tcp") + (f" {hc.get('path')}" if hc.get("type") == "http" else "")
         return f"{what} every {hc.get('intervalSeconds', 10)}s"
