@@ -74,9 +74,10 @@ fmt: $(DEPS)
 
 # wrk, nginx and etcd (the benchmark's load generator and baselines; etcd runs the cluster
 # tests too), Prometheus (the discovery test), dig (the DNS tests), dnsperf and NSD (the
-# DNS benchmark's load generator and baseline), from Debian's packages.
+# DNS benchmark's load generator and baseline), jq (the README's examples, run by
+# tests/test_readme.py), from Debian's packages.
 bench-tools:
-	@missing=""; for t in wrk:wrk nginx:nginx-light etcd:etcd-server prometheus:prometheus dig:bind9-dnsutils dnsperf:dnsperf nsd:nsd; do \
+	@missing=""; for t in wrk:wrk nginx:nginx-light etcd:etcd-server prometheus:prometheus dig:bind9-dnsutils dnsperf:dnsperf nsd:nsd jq:jq; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
