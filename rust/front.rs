@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 use crate::forward::{Forwarded, Forwarder, Outgoing, Payload, RETRY_BODY};
 use crate::reads::{self, Tokens};
 use crate::registry::Registry;
+use crate::rules::registry_route;
 
 /// The header carrying the client's address to the workers.
 pub const CLIENT_ADDR_HEADER: &str = "x-registry-client-addr";
@@ -64,7 +65,7 @@ const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OP
 /// What the gate lets through.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest body of a request to the registry's own routes (`/registry-svc/...`, `/health`).
+    /// Largest body of a request to the registry's own routes (`rules::registry_route`).
     pub api_body: u64,
     /// Largest body of a request to the proxy (`/<slug>/...`).
     pub proxy_body: u64,
@@ -578,8 +579,13 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         }
         _ => {}
     }
-    let api = path == "/health" || path.starts_with("/health?") || path.starts_with("/registry-svc/");
-    let limit = if api { limits.api_body } else { limits.proxy_body };
+    // One table of the registry's routes (finding 7 of the 2026-12 review: xDS got the
+    // proxy's limit, 16 MiB, into Robyn, which buffers bodies whole).
+    let limit = if registry_route(&path) {
+        limits.api_body
+    } else {
+        limits.proxy_body
+    };
     if let Framing::Length(n) = framing {
         if n > limit {
             return Err(too_large(n, limit));
@@ -645,16 +651,6 @@ fn starting_health() -> Vec<u8> {
 fn is_blocking(path: &str) -> bool {
     path.split_once('?')
         .is_some_and(|(_, query)| query.split('&').any(|pair| pair.split('=').next() == Some("index")))
-}
-
-/// Whether `path` is one of the registry's own routes rather than a slug to proxy.
-fn registry_route(path: &str) -> bool {
-    let first = path
-        .trim_start_matches('/')
-        .split(['/', '?'])
-        .next()
-        .unwrap_or_default();
-    matches!(first, "registry-svc" | "health" | "metrics" | "version" | "ui") || path.starts_with("/v3/discovery:")
 }
 
 fn too_large(size: u64, limit: u64) -> Refusal {

@@ -19,6 +19,7 @@ pub mod reads;
 pub mod registry;
 pub mod replica;
 pub mod route;
+pub mod rules;
 pub mod select;
 pub mod shared;
 pub mod store;
@@ -28,7 +29,7 @@ mod python;
 #[cfg(feature = "python")]
 mod python_dns;
 #[cfg(feature = "python")]
-mod python_route;
+mod python_rules;
 
 #[cfg(test)]
 mod front_tests;

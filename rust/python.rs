@@ -658,7 +658,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFront>()?;
     m.add_class::<crate::python_dns::PyDns>()?;
     m.add_function(wrap_pyfunction!(crate::python_dns::check_dns_options, m)?)?;
-    m.add_function(wrap_pyfunction!(crate::python_route::route_record, m)?)?;
+    crate::python_rules::add(m)?;
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     m.add(
         "__build__",

@@ -401,15 +401,7 @@ fn instance(registry: &Registry, caller: &Caller, id: &str) -> Option<Answer> {
     })
 }
 
-/// A slug as the API takes it (`models.Slug`).
-pub fn is_slug(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    (1..=63).contains(&bytes.len())
-        && bytes.first().is_some_and(edge)
-        && bytes.last().is_some_and(edge)
-        && bytes.iter().all(|b| edge(b) || *b == b'-' || *b == b'_')
-}
+pub use crate::rules::is_slug;
 
 /// Distinct tags a pick may ask for (`models.PickTags`).
 const MAX_PICK_TAGS: usize = 16;

@@ -342,6 +342,8 @@ def test_a_server_cut_from_etcd_serves_stale_reads_refuses_writes_and_converges(
     assert before.status == 200
     assert float(before.headers["x-registry-stale-seconds"]) > 0
     assert len(before.json["instances"]) == 2
+    # A route only the workers answer says it too (set where every worker answer passes).
+    assert float(c.server.call("GET", "/registry-svc/definitions").headers["x-registry-stale-seconds"]) > 0
     refused = c.server.register(instance_body(free_port(), "cut-svc"))
     assert refused.status == 503
     assert "etcd" in refused.json["error"]
@@ -356,6 +358,7 @@ def test_a_server_cut_from_etcd_serves_stale_reads_refuses_writes_and_converges(
     after = c.server.call("GET", f"/registry-svc/instances?slug=cut-svc&index={added.index}&wait=0s")
     assert after.status == 200
     assert "x-registry-stale-seconds" not in after.headers
+    assert "x-registry-stale-seconds" not in c.server.call("GET", "/registry-svc/definitions").headers
     ids = {i["id"] for i in after.json["instances"]}
     assert ids == {kept.json["instance"]["id"], added.json["instance"]["id"]}
     # The relist is published just after its apply: wait for the count rather than race it.

@@ -514,3 +514,14 @@ print("dropped", len(done))
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "dropped 300"
+
+
+@pytest.mark.parametrize("path", ["/v3/discovery:endpoints", "/metrics", "/version", "/ui"])
+def test_every_registry_route_takes_the_registrys_body_limit(srv: Server, path: str) -> None:
+    """Review finding 7: the body limit had its own list of the registry's routes
+    (`/registry-svc/`, `/health`), so an xDS POST could carry the proxy's 16 MiB into Robyn,
+    which buffers bodies whole. One table now (rust/rules.rs): refused by the head."""
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n"
+    out = raw_http(srv.port, head.encode(), timeout=3)
+    assert out.startswith(b"HTTP/1.1 413") and not out.endswith(b"<open>"), out[:200]
+    assert out.endswith(b'{"error":"request body is 2097152 bytes; the limit is 1048576"}')

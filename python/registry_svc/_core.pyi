@@ -220,6 +220,15 @@ def check_dns_options(domain: str, rate_exempt: list[str]) -> str:
     """The domain in canonical form (lowercase, ending in a dot); ValueError naming the
     flag (`--dns-domain`, `--dns-rate-exempt`) whose value the DNS server would refuse."""
 
+RESERVED_SLUGS: list[str]
+"""Slugs that name the registry's own routes (`rules.rs`)."""
+SLUG_PATTERN: str
+"""A slug as a regular expression (`rules.rs`; `is_slug` is the same rule)."""
+
+def is_slug(text: str) -> bool: ...
+def is_registry_route(path: str) -> bool:
+    """Whether a request target is one of the registry's own routes rather than the proxy's."""
+
 def route_record(slug: str, body: bytes) -> str:
     """The record to store for `slug`'s proxy settings `body` (JSON; rust/route.rs), every
     field given or defaulted; ValueError(field, message) for the first bad field."""

@@ -131,8 +131,10 @@ class Authenticator:
 
     def __init__(self, store: _core.Store) -> None:
         self._store = store
-        self._cache: dict[str, Caller] = {}
-        self._epoch = -1
+        # The tokens collection's index and the callers resolved at it, one value: a lookup
+        # that raced a revocation inserts into the dict of the epoch it read, never into the
+        # next epoch's (which would keep a revoked token valid until the next tokens write).
+        self._cache: tuple[int, dict[str, Caller]] = (-1, {})
 
     def authenticate(self, request: Request) -> Caller:
         """The caller behind the request's bearer token, or a 401."""
@@ -140,19 +142,21 @@ class Authenticator:
         if not header:
             raise ApiError(401, "missing Authorization header (expected 'Bearer <token>')")
         epoch = self._store.collection_index(TOKENS)
-        if epoch != self._epoch:
-            self._cache = {}
-            self._epoch = epoch
+        cached_epoch, callers = self._cache
+        if epoch != cached_epoch:
+            callers = {}
+            self._cache = (epoch, callers)
         # Keyed on the raw header: a hit costs no hashing. Only valid tokens are cached,
         # and spelling variants of one ("bearer", extra spaces) are bounded by the cap.
-        caller = self._cache.get(header)
+        caller = callers.get(header)
         if caller is None:
             caller = self._lookup(hash_secret(bearer_secret(header)))
-            if len(self._cache) >= MAX_CACHED_HEADERS:
-                self._cache = {}
-            self._cache[header] = caller
+            if len(callers) >= MAX_CACHED_HEADERS:
+                callers = {}
+                self._cache = (epoch, callers)
+            callers[header] = caller
         elif caller.expires is not None and caller.expires <= time.time():
-            del self._cache[header]
+            callers.pop(header, None)
             return self._lookup(hash_secret(bearer_secret(header)))  # the 401 that says so
         return caller
 

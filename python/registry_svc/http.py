@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, unquote_plus
 
@@ -26,21 +25,13 @@ INDEX_HEADER = "x-registry-index"
 # Cluster mode, while the local replica has not heard from etcd for a while: how many
 # seconds its answers may be behind.
 STALE_HEADER = "x-registry-stale-seconds"
-# Set by a cluster server: the replica's staleness in seconds, None while it is fresh.
-replica_staleness: Callable[[], float | None] | None = None
 
 
 def _headers(index: int | None) -> dict[str, str]:
     headers = {"content-type": JSON_CONTENT_TYPE}
     if index is not None:
         headers[INDEX_HEADER] = str(index)
-    _add_staleness(headers)
     return headers
-
-
-def _add_staleness(headers: dict[str, str]) -> None:
-    if replica_staleness is not None and (age := replica_staleness()) is not None:
-        headers[STALE_HEADER] = f"{age:.1f}"
 
 
 def raw_json(status: int, body: bytes, index: int | None = None) -> Response:
@@ -56,7 +47,6 @@ def json_response(status: int, payload: Any, index: int | None = None) -> Respon
 def no_content(index: int | None = None) -> Response:
     """204 with the registry index of the write that caused it."""
     headers = {} if index is None else {INDEX_HEADER: str(index)}
-    _add_staleness(headers)
     return Response(status_code=204, headers=headers, description=b"")
 
 

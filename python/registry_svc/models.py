@@ -29,14 +29,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from registry_svc import urls
+from registry_svc import _core, urls
 from registry_svc.errors import ApiError, field_error
 
 # -- Strings ---------------------------------------------------------------------------
 
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
-SLUG_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+SLUG_PATTERN = _core.SLUG_PATTERN  # the gates' rule (rust/rules.rs)
 DEFINITION_ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 CHECK_PATH = r"^/[^\x00-\x1f\x7f]*$"
 # What a pattern means, in words: the error a client sees when a value does not match.

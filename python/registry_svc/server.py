@@ -39,8 +39,7 @@ from registry_svc.api import (
     tokens,
     ui,
 )  # fmt: skip
-from registry_svc.api.instances import RESERVED_SLUGS
-from registry_svc.auth import Authenticator
+from registry_svc.auth import Authenticator, Caller
 from registry_svc.cluster import EtcdStore
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, store_error_response
@@ -111,6 +110,18 @@ async def authorized_after_catch_up(route: Route, state: ProcessState, request: 
     return authorized(route, state, request)
 
 
+def answered(
+    state: ProcessState, route: str, request: Request, response: Response, started: float, caller: Caller | None
+) -> Response:
+    """Every answer of the workers passes here: a stale cluster replica says how stale
+    (`x-registry-stale-seconds`), and the request is counted and logged."""
+    staleness = state.ctx.staleness if state.ctx is not None else None
+    if staleness is not None and (age := staleness()) is not None:
+        response.headers.set(http.STALE_HEADER, f"{age:.1f}")
+    access.observe(route, request, response, started, caller)
+    return response
+
+
 def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
     """The Robyn handler for `route`: authenticate, check the permission, run, map errors;
     counted in the metrics and the access log."""
@@ -124,8 +135,7 @@ def guarded(route: Route, state: ProcessState) -> Callable[[Request], Response]:
             response = handler(call)
         except Exception as e:
             response = error_for(route, e)
-        access.observe(route.path, request, response, started, caller)
-        return response
+        return answered(state, route.path, request, response, started, caller)
 
     endpoint.__name__ = route.handler.__name__
     return endpoint
@@ -143,8 +153,7 @@ def awaited(route: Route, state: ProcessState) -> Callable[[Request], Awaitable[
             response = await handler(call)
         except Exception as e:
             response = error_for(route, e)
-        access.observe(route.path, request, response, started, caller)
-        return response
+        return answered(state, route.path, request, response, started, caller)
 
     endpoint.__name__ = route.handler.__name__
     return endpoint
@@ -187,8 +196,7 @@ def not_routed(
     async def fallback(request: Request) -> Response:
         started = time.perf_counter()
         response, route = await answer(request)
-        access.observe(route, request, response, started, None)
-        return response
+        return answered(state, route, request, response, started, None)
 
     async def answer(request: Request) -> tuple[Response, str]:
         """The response, and the route to count it under."""
@@ -200,7 +208,7 @@ def not_routed(
         allowed = sorted({method.upper() for pattern, method in patterns if pattern.match(path)})
         if allowed:
             return error_response(405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}"), path
-        if path.split("/")[1] in RESERVED_SLUGS:
+        if _core.is_registry_route(path):
             return error_response(404, f"no such endpoint: {request.method} {path}"), UNROUTED
         return error_response(
             404, f"no route for {request.method} {path}, and no registered service '{path.split('/')[1]}'"
@@ -220,9 +228,9 @@ def build_app(settings: Settings) -> Robyn:
             die_with_parent()  # a forked worker goes when the Robyn parent goes
         store = settings.open_store()
         hub = watch.WatchHub(store, replica=settings.clustered)
-        state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=hub)
+        staleness = (lambda: cluster.staleness(store.replica())) if isinstance(store, EtcdStore) else None
+        state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=hub, staleness=staleness)
         if isinstance(store, EtcdStore):
-            http.replica_staleness = lambda: cluster.staleness(store.replica())
             # This process's data port and DNS answer by themselves only while fresh.
             threading.Thread(target=cluster.follow_freshness, args=(store,), name="freshness", daemon=True).start()
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
@@ -254,8 +262,7 @@ def build_app(settings: Settings) -> Robyn:
             response = json_response(200, cluster.health(state.ctx.store))
         else:
             response = json_response(200, {"status": "ok"})
-        access.observe("/health", request, response, started, None)
-        return response
+        return answered(state, "/health", request, response, started, None)
 
     app.get("/health")(health)
     app.head("/health")(health)

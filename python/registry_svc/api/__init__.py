@@ -17,13 +17,15 @@ from registry_svc.watch import Holder, WatchHub
 
 @dataclass(frozen=True)
 class Context:
-    """What every handler of this process shares: the store, settings, authenticator, and
-    the watchers of blocking queries."""
+    """What every handler of this process shares: the store, settings, authenticator, the
+    watchers of blocking queries, and (cluster mode) how stale the replica is: seconds
+    since it heard from etcd, None while fresh; every answer then says so."""
 
     store: _core.Store
     settings: Settings
     auth: Authenticator
     watch: WatchHub
+    staleness: Callable[[], float | None] | None = None
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from registry_svc.settings import Settings
 
 INSTANCES = "instances"
 log = logging.getLogger("registry_svc")
-RESERVED_SLUGS = frozenset({"registry-svc", "health", "metrics", "version", "ui"})
+RESERVED_SLUGS = frozenset(_core.RESERVED_SLUGS)  # the gates' table (rust/rules.rs)
 FIELD_ORDER = (
     "id", "url", "slug", "scheme", "host", "ip", "port", "path", "deploymentId", "nodeUrl", "tags",
     "metadata", "weight", "zone", "status", "statusReason", "details", "lastHeartbeat", "registeredAt",
