@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from registry_svc.cli import routing as _routing  # noqa: F401  (registers `oo routing`)
+# Each module registers its commands on `cli` when imported.
+from registry_svc.cli import calls, definitions, instances, nodes, routing, services, tokens  # noqa: F401
 from registry_svc.cli.client import EXIT_ERROR, EXIT_OK, CliError
 from registry_svc.cli.commands import cli
 

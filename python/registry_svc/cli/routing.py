@@ -8,8 +8,9 @@ from urllib.parse import quote
 import click
 
 from registry_svc.cli.client import CliError
-from registry_svc.cli.commands import OUTPUT, Session, cli, describe_routing, pass_session
+from registry_svc.cli.commands import OUTPUT, Session, cli, pass_session
 from registry_svc.cli.output import print_data
+from registry_svc.cli.services import describe_routing
 
 
 @cli.command("routing", epilog="\b\nExamples:\n  oo routing user-svc\n  oo routing user-svc --strip-prefix --retries 2 --timeout 5\n  oo routing user-svc --reset")  # fmt: skip
