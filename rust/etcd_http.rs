@@ -120,6 +120,10 @@ fn exchange(conn: &mut BufReader<TcpStream>, payload: &[u8], timeout: Duration) 
     let length = header("content-length")
         .and_then(|v| v.parse::<usize>().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "answer without Content-Length"))?;
+    if length > MAX_BODY {
+        // Checked before the allocation: the length comes from the wire.
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "answer too long"));
+    }
     let mut body = vec![0; length];
     conn.read_exact(&mut body)?;
     Ok((status, body))
@@ -142,7 +146,7 @@ fn read_chunked(conn: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
                 }
             }
         }
-        if body.len() + size > MAX_BODY {
+        if body.len().saturating_add(size) > MAX_BODY {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "answer too long"));
         }
         let start = body.len();
@@ -230,6 +234,21 @@ mod tests {
         );
         assert_eq!(call(&endpoint).unwrap().1, b"1");
         assert_eq!(call(&endpoint).unwrap().1, b"2");
+    }
+
+    #[test]
+    fn answers_over_the_limit_are_refused_before_they_are_allocated() {
+        let endpoint = peer(
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n",
+            ],
+            1,
+        );
+        for _ in 0..2 {
+            let err = call(&endpoint).unwrap_err();
+            assert_eq!(err.to_string(), "answer too long");
+        }
     }
 
     #[test]

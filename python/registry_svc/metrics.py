@@ -23,6 +23,7 @@ nothing.
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import shutil
 import threading
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 SYNC_S = 0.5
+log = logging.getLogger("registry_svc")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -130,6 +132,7 @@ def _sync(store: _core.Store, front: _core.Front | None, port: str, dns: _core.D
             counters[name] = m.ejections if outcome == "ejections" else m.upstream.labels(outcome)
         return counters[name]
 
+    reported: set[str] = set()
     while True:
         try:
             now = dict(zip(("writes", "batches"), store.writer_stats(), strict=True))
@@ -139,13 +142,19 @@ def _sync(store: _core.Store, front: _core.Front | None, port: str, dns: _core.D
             if dns is not None:
                 now.update((f"dns:{name}", count) for name, count in dns.stats())
             m.cache_bytes.set(store.cache_usage()[1])
+            for name, value in now.items():
+                if value > seen.get(name, 0):
+                    counter(name).inc(value - seen.get(name, 0))
+                    seen[name] = value
+            flush()
         except _core.StoreError:
             return  # the store closed: the process is stopping
-        for name, value in now.items():
-            if value > seen.get(name, 0):
-                counter(name).inc(value - seen.get(name, 0))
-                seen[name] = value
-        flush()
+        except Exception as e:  # the metrics go stale, the thread goes on
+            # Logged once per kind of failure: a scrape would otherwise show frozen counts
+            # with nothing in the log to say why.
+            if type(e).__name__ not in reported:
+                reported.add(type(e).__name__)
+                log.exception("metrics: folding the counts failed; retrying every %.1fs", SYNC_S)
         time.sleep(SYNC_S)
 
 
