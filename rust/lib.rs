@@ -9,10 +9,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod apply;
 pub mod cache;
 pub mod dns;
+pub mod edge;
 mod error;
 pub mod etcd_http;
 pub mod forward;
-pub mod front;
 pub mod model;
 pub mod netguard;
 pub mod reads;
@@ -31,8 +31,6 @@ mod python_dns;
 #[cfg(feature = "python")]
 mod python_rules;
 
-#[cfg(test)]
-mod front_tests;
 #[cfg(test)]
 mod select_tests;
 #[cfg(test)]

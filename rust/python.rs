@@ -12,8 +12,8 @@ use pyo3::types::{PyBytes, PyString};
 use std::sync::Arc;
 
 use crate::cache::ResponseCache;
+use crate::edge::{Front, Limits, Options, Role};
 use crate::forward::Forwarder;
-use crate::front::{Front, Limits, Options, Role};
 use crate::model::{self, CollectionSpec};
 use crate::netguard::NetPolicy;
 use crate::registry::Registry;
@@ -221,7 +221,7 @@ impl PyStore {
     }
 
     /// The blocking queries the gates saw abandoned since `seen` (0 at first), and the
-    /// count to pass next time (`front.rs` `QUERY_HEADER`).
+    /// count to pass next time (`edge/` `QUERY_HEADER`).
     fn cancelled_queries(&self, seen: u64) -> (u64, Vec<u64>) {
         self.registry.selector.shared().cancelled_since(seen)
     }
@@ -510,7 +510,7 @@ impl PyStore {
     }
 }
 
-/// The gate in front of the API port (see `front.rs`): listens on `host:port` and
+/// The gate in front of the API port (see `edge/`): listens on `host:port` and
 /// forwards checked requests to the workers on `127.0.0.1:upstream_port`.
 #[pyclass(frozen, name = "Front", module = "registry_svc._core")]
 pub struct PyFront {

@@ -1,4 +1,4 @@
-//! The hot reads answered by the gates (the API port's and the data port's, `front.rs`)
+//! The hot reads answered by the gates (the API port's and the data port's, `edge/`)
 //! without entering Python: instance lookups (`GET /registry-svc/instances`), one instance
 //! (`GET /registry-svc/instance/{id}`) and picks (`GET /registry-svc/instance/pick`).
 //!

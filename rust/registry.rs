@@ -1,6 +1,6 @@
 //! The registry of one process: the store, this process's instance selector and its
 //! cached list responses, composed in plain Rust so that the Python binding and the API
-//! port's gate (`front.rs`) share one of each.
+//! port's gate (`edge/`) share one of each.
 
 use crate::cache::ResponseCache;
 use crate::select::Selector;

@@ -104,7 +104,7 @@ def test_bad_probe_networks_are_refused_at_start(tmp_path: Path) -> None:
 
 def test_an_unauthenticated_huge_body_is_refused_before_it_is_read(srv: Server) -> None:
     """Robyn reads whole bodies before any of our code runs (ROBYN_MAX_PAYLOAD_SIZE does not
-    apply to its routes): the gate in front of it (rust/front.rs) refuses by the head."""
+    apply to its routes): the gate in front of it (rust/edge/) refuses by the head."""
     head = (
         b"PUT /registry-svc/instance HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1073741824\r\n\r\n"

@@ -158,7 +158,7 @@ class Store:
     def close(self) -> None: ...
 
 class Front:
-    """A gate (rust/front.rs): listens on `host:port` and forwards checked requests to the
+    """A gate (rust/edge/): listens on `host:port` and forwards checked requests to the
     workers on 127.0.0.1:`upstream_port`. Bodies over the limits get 413 before they are
     read. OSError when the port is taken. The API port has one; with `data_plane`, it holds
     the data port (reads and the proxy only, SO_REUSEPORT: every process joins)."""

@@ -14,8 +14,8 @@ from registry_svc import metrics
 from registry_svc.auth import Caller
 
 log = logging.getLogger("registry_svc.access")
-CLIENT_ADDR_HEADER = "x-registry-client-addr"  # set by the gate (rust/front.rs)
-QUERY_HEADER = "x-registry-query"  # a blocking query's id, set by the gate (rust/front.rs)
+CLIENT_ADDR_HEADER = "x-registry-client-addr"  # set by the gate (rust/edge/)
+QUERY_HEADER = "x-registry-query"  # a blocking query's id, set by the gate (rust/edge/)
 
 
 class JsonFormatter(logging.Formatter):

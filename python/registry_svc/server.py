@@ -235,7 +235,7 @@ def build_app(settings: Settings) -> Robyn:
             threading.Thread(target=cluster.follow_freshness, args=(store,), name="freshness", daemon=True).start()
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
         if settings.data_port:
-            # The data plane of this process (rust/front.rs, Role::Data): its own Tokio
+            # The data plane of this process (rust/edge/, Role::Data): its own Tokio
             # threads, no GIL; every process joins the port (SO_REUSEPORT).
             threads = max(1, DATA_THREADS_TOTAL // settings.processes)
             state.data_plane = settings.open_gate(
@@ -312,7 +312,7 @@ def main() -> None:
         for name in ("robyn", "actix_server", "actix_web", "actix_http"):
             logging.getLogger(name).setLevel(logging.WARNING)
     app = build_app(settings)
-    # Behind the gate (rust/front.rs), which holds the public port: loopback only.
+    # Behind the gate (rust/edge/), which holds the public port: loopback only.
     app.start(host="127.0.0.1", port=settings.internal_port, _check_port=False)
 
 

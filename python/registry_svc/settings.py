@@ -93,7 +93,7 @@ class Settings:
     def open_gate(
         self, store: _core.Store, port: int, workers_port: int, threads: int, *, data_plane: bool = False
     ) -> _core.Front:
-        """A gate (rust/front.rs) on `port`, in front of the workers on `workers_port`, with
+        """A gate (rust/edge/) on `port`, in front of the workers on `workers_port`, with
         this configuration's limits and proxy: the API port's (OSError if it is taken) or,
         with `data_plane`, this process's share of the data port. With the access log on,
         the API port leaves reads to the workers, which log them; a gate logs what its

@@ -1,7 +1,7 @@
 """`registry-svc serve`: takes the port, bootstraps the data dir (admin token, own node),
 then runs the Robyn server as a child process group and owns its lifecycle.
 
-The public port is held by the gate of the Rust extension (`rust/front.rs`), which checks
+The public port is held by the gate of the Rust extension (`rust/edge/`), which checks
 every request head (body size, framing, method) before reading the body and forwards
 what passes to the Robyn workers, which listen on a loopback port of their own.
 

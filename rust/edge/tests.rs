@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::front::{check_head, data_port_refusal, Framing, Front, Limits, Options, Role};
+use crate::edge::{check_head, data_port_refusal, Framing, Front, Limits, Options, Role};
 
 struct Upstream {
     addr: SocketAddr,
@@ -323,16 +323,16 @@ fn the_data_port_serves_reads_health_and_the_proxy_only() {
 fn access_stamps_are_utc_like_pythons() {
     use std::time::Duration;
     assert_eq!(
-        crate::front::utc_stamp(Duration::from_millis(0)),
+        crate::edge::utc_stamp(Duration::from_millis(0)),
         "1970-01-01T00:00:00.000Z"
     );
     // 2026-12-02T01:02:03.456Z
     assert_eq!(
-        crate::front::utc_stamp(Duration::from_millis(1_796_173_323_456)),
+        crate::edge::utc_stamp(Duration::from_millis(1_796_173_323_456)),
         "2026-12-02T01:02:03.456Z"
     );
     assert_eq!(
-        crate::front::utc_stamp(Duration::from_secs(951_782_400)),
+        crate::edge::utc_stamp(Duration::from_secs(951_782_400)),
         "2000-02-29T00:00:00.000Z"
     );
 }
@@ -353,7 +353,7 @@ fn a_huge_chunk_size_cannot_wrap_the_body_limit() {
 
 #[test]
 fn chunk_sizes_are_hex_digits_and_nothing_else() {
-    use crate::front::parse_chunk_size;
+    use crate::edge::parse_chunk_size;
     assert_eq!(parse_chunk_size(b"1a"), Some(26));
     assert_eq!(parse_chunk_size(b"5;ext=1"), Some(5));
     assert_eq!(parse_chunk_size(b"5 ;ext"), Some(5));

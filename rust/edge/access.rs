@@ -1,0 +1,46 @@
+//! The access-log line of a request the gate answered or proxied.
+
+use super::*;
+
+/// One access-log line for a request the gate's proxy handled, as `access.py` writes them.
+pub(crate) fn access_line(head: &Head, status: u16, took: Duration, client_ip: IpAddr) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let line = serde_json::json!({
+        "ts": utc_stamp(now),
+        "type": "access",
+        "method": head.method,
+        "path": head.path.split('?').next().unwrap_or_default(),
+        "route": "/<slug>/*",
+        "status": status,
+        "durationMs": (took.as_secs_f64() * 1e6).round() / 1e3,
+        "token": serde_json::Value::Null,
+        "client": client_ip.to_string(),
+    });
+    use std::io::Write;
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
+/// `2026-12-02T01:02:03.456Z` for a time since the epoch.
+pub fn utc_stamp(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since_epoch.subsec_millis()
+    )
+}

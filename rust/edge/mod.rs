@@ -1,0 +1,375 @@
+//! The front door of the API port: a small HTTP/1.1 gate in front of the Robyn workers.
+//!
+//! Robyn reads every request body whole into memory before any handler, middleware or
+//! limit runs, and it cannot answer extension methods or refuse ambiguous framing. The
+//! gate owns the public port and checks each request head before a byte of the body is
+//! read:
+//! - a body over the limit (by `Content-Length`, or while a chunked body is decoded) is
+//!   refused with 413 and the connection closed, without reading the rest;
+//! - `Content-Length` together with `Transfer-Encoding`, several different lengths, or a
+//!   transfer coding other than `chunked` is a 400 and the connection is closed (RFC 9112
+//!   section 6.1: a request smuggling vector otherwise);
+//! - a method the API does not know is a JSON 405; a malformed head is a 400; a head over
+//!   `max_head` bytes is a 431; a head that does not arrive in time is a 408;
+//! - a `multipart/form-data` body is a 415 on the registry's own routes (they take JSON)
+//!   and a 400 without a boundary anywhere: Robyn parses such bodies before any handler
+//!   and answers a malformed one with a bare 500.
+//!
+//! Hot reads are answered here (`reads.rs`) and `/<slug>/...` is forwarded by the gate's
+//! own proxy (`forward.rs`). The same gate, in `Role::Data`, holds the data port in every
+//! server process (SO_REUSEPORT) and serves only those.
+//!
+//! Everything else goes to the workers on a loopback connection of its own (one per
+//! client connection), with the body re-framed by `Content-Length` (a chunked body is
+//! decoded here, so the workers never see a partial or chunked body) and the client's
+//! address in `x-registry-client-addr` (a client-sent one is dropped). Responses are
+//! copied back byte for byte. A refusal first lets the workers finish the responses to
+//! earlier pipelined requests, then answers and closes.
+//!
+//! The rooms: this module listens, caps connections and starts and stops the gate;
+//! `head` checks a request head, `incoming` reads heads and bodies from the client,
+//! `dispatch` decides who answers each request (hot reads, the workers, the proxy, a
+//! refusal), `proxy` hands `/<slug>/...` to `forward.rs`, `answer` writes the gate's own
+//! answers and lingers after a refusal, `access` formats the access-log line.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::forward::{Forwarded, Forwarder, Outgoing, Payload, RETRY_BODY};
+use crate::reads::{self, Tokens};
+use crate::registry::Registry;
+use crate::rules::registry_route;
+
+mod access;
+mod answer;
+mod dispatch;
+mod head;
+mod incoming;
+mod proxy;
+#[cfg(test)]
+mod tests;
+
+pub use access::utc_stamp;
+use access::*;
+pub use answer::Refusal;
+use answer::*;
+pub use dispatch::data_port_refusal;
+use dispatch::*;
+use head::*;
+pub use head::{check_head, parse_chunk_size, Framing, Head};
+use incoming::*;
+
+/// The header carrying the client's address to the workers.
+pub const CLIENT_ADDR_HEADER: &str = "x-registry-client-addr";
+/// The header naming a blocking query (`?index=`) to the workers, so that the gate can
+/// tell them when its client went away (`shared.rs`'s ring of abandoned queries).
+pub const QUERY_HEADER: &str = "x-registry-query";
+/// Blocking queries of one connection remembered for cancelling (pipelined ones beyond
+/// this are rare; the oldest are answered already or will run out their wait).
+const QUERIES_KEPT: usize = 16;
+const MAX_HEADERS: usize = 100;
+const LISTEN_BACKLOG: u32 = 4096;
+/// How long, and how much, a refused client's leftover input is read and dropped.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_MAX_BYTES: usize = 256 << 20;
+const MAX_CHUNK_LINE: usize = 1024;
+/// How long a connection sits idle before its read buffer is given back.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"];
+
+/// What the gate lets through.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest body of a request to the registry's own routes (`rules::registry_route`).
+    pub api_body: u64,
+    /// Largest body of a request to the proxy (`/<slug>/...`).
+    pub proxy_body: u64,
+    /// Largest request head (request line and headers).
+    pub max_head: usize,
+    /// Time allowed for a head, from its first byte, and for a body.
+    pub request_timeout: Duration,
+    /// Time a kept-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// Body bytes held in memory at once across all connections (bodies are buffered
+    /// before they are forwarded; past this, new bodies wait).
+    pub buffered_bodies: usize,
+    /// Client connections held at once on this port; past it a new one gets a 503 and is
+    /// closed. 0: derived from the descriptor limit (a connection may hold three: the
+    /// client's, one to the workers and one upstream).
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            api_body: 1 << 20,
+            proxy_body: 16 << 20,
+            max_head: 32 << 10,
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            buffered_bodies: 256 << 20,
+            max_connections: 0,
+        }
+    }
+}
+
+/// Which port a gate holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The API port: the whole API; hot reads are answered here, the rest by the workers.
+    Api,
+    /// The data port (`--data-port`): instance lookups, picks and the proxy, nothing else.
+    /// Every server process holds one on the same port (SO_REUSEPORT); the kernel spreads
+    /// connections over them.
+    Data,
+}
+
+/// How a gate with a registry uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Answer the hot reads here (off while the access log is on: the workers log them).
+    pub answer_reads: bool,
+    /// Write a JSON access line to stderr for each request the proxy forwards, in the
+    /// workers' format (`access.py`).
+    pub access_log: bool,
+    /// The API port, named in the data port's refusals (0: unknown).
+    pub api_port: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            answer_reads: true,
+            access_log: false,
+            api_port: 0,
+        }
+    }
+}
+
+/// A running gate; stops when dropped or on `stop`.
+pub struct Front {
+    runtime: Option<tokio::runtime::Runtime>,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+    stats: Arc<GateStats>,
+    forwarder: Option<Arc<Forwarder>>,
+}
+
+/// What the gate did with the requests it read, since it started (for `/metrics`).
+#[derive(Default, Debug)]
+pub struct GateStats {
+    /// Hot reads answered by the gate itself.
+    pub answered: AtomicU64,
+    /// Requests sent on to the workers.
+    pub forwarded: AtomicU64,
+    /// Requests refused by the gate (4xx/5xx of its own: too large, malformed, slow).
+    pub refused: AtomicU64,
+    /// Requests to `/<slug>/...` forwarded by the gate's own proxy (`forward.rs`).
+    pub proxied: AtomicU64,
+}
+
+impl Front {
+    /// Listens on `listen` (an error if it is taken), forwarding to the workers at `upstream`,
+    /// and answering hot reads from `registry` when given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        limits: Limits,
+        threads: usize,
+        registry: Option<Arc<Registry>>,
+        role: Role,
+        proxy: Option<Forwarder>,
+        options: Options,
+    ) -> io::Result<Front> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("registry-front")
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _guard = runtime.enter();
+            let socket = if listen.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            // Lets a restart bind past TIME_WAIT leftovers; a live listener still fails.
+            socket.set_reuseaddr(true)?;
+            if role == Role::Data {
+                socket.set_reuseport(true)?;
+            }
+            socket.bind(listen)?;
+            socket.listen(LISTEN_BACKLOG)?
+        };
+        let local = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let stats = Arc::new(GateStats::default());
+        // The proxy needs the registry to pick from.
+        let forwarder = proxy.filter(|_| registry.is_some()).map(Arc::new);
+        let gate = Arc::new(Gate {
+            forwarder: forwarder.clone(),
+            stats: Arc::clone(&stats),
+            upstream,
+            budget: Semaphore::new(limits.buffered_bodies.min(Semaphore::MAX_PERMITS)),
+            limits,
+            reads: registry.map(|r| (r, Tokens::default())),
+            role,
+            options,
+            queries: std::sync::atomic::AtomicU32::new(0),
+        });
+        runtime.spawn(accept_loop(listener, gate, stopped));
+        Ok(Front {
+            runtime: Some(runtime),
+            local,
+            stop,
+            stats,
+            forwarder,
+        })
+    }
+
+    /// (answered, forwarded, refused, proxied) requests since the gate started.
+    pub fn stats(&self) -> (u64, u64, u64, u64) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            load(&self.stats.answered),
+            load(&self.stats.forwarded),
+            load(&self.stats.refused),
+            load(&self.stats.proxied),
+        )
+    }
+
+    /// The proxy's upstream outcomes and ejections (none without a proxy).
+    pub fn proxy_stats(&self) -> Vec<(&'static str, u64)> {
+        self.forwarder.as_ref().map(|f| f.stats.snapshot()).unwrap_or_default()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops accepting and drops every connection.
+    pub fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Gate {
+    stats: Arc<GateStats>,
+    upstream: SocketAddr,
+    limits: Limits,
+    budget: Semaphore,
+    /// The registry to answer hot reads from (`reads.rs`); None: everything is forwarded.
+    reads: Option<(Arc<Registry>, Tokens)>,
+    role: Role,
+    /// The proxy; None: proxied paths go to the workers.
+    forwarder: Option<Arc<Forwarder>>,
+    options: Options,
+    /// Blocking queries forwarded so far (their ids' low half).
+    queries: std::sync::atomic::AtomicU32,
+}
+
+/// What to do with the next request of a connection.
+enum Next {
+    /// Send it to the workers (head and re-framed body), whether it is the connection's
+    /// last (`Connection: close`, or HTTP/1.0 without keep-alive), and its id when it is a
+    /// blocking query.
+    Forward(Vec<u8>, bool, Option<u64>),
+    /// Answered here: the response, and whether to close after it.
+    Answer(Vec<u8>, Arc<Vec<u8>>, bool),
+    /// A request to `/<slug>/...` for the gate's proxy (its body not read yet).
+    Proxy(Head),
+    /// No request came within the idle timeout: close once the responses under way are out.
+    Idle,
+}
+
+/// The connection cap when none is given: a third of the descriptors this process may
+/// open, less some for the store, logs and the workers' own sockets.
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given and nothing else.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    (soft.saturating_sub(256) / 3).clamp(64, 100_000)
+}
+
+/// Refusals past the connection cap that wait for the client's request before closing
+/// (so that the close does not reset the connection before the 503 is read); past this
+/// many at once, the refusal is written and the connection dropped at once.
+const REFUSALS_LINGERING: usize = 64;
+
+fn refuse_connection(stream: TcpStream, refusal: &[u8], lingering: &Arc<Semaphore>) {
+    let Ok(permit) = Arc::clone(lingering).try_acquire_owned() else {
+        let _ = stream.try_write(refusal);
+        return;
+    };
+    let refusal = refusal.to_vec();
+    tokio::spawn(async move {
+        let (mut rd, mut wr) = stream.into_split();
+        if wr.write_all(&refusal).await.is_ok() {
+            let _ = wr.shutdown().await;
+            drain(&mut rd, Duration::from_secs(1), 64 << 10, 4096).await;
+        }
+        drop(permit);
+    });
+}
+
+async fn accept_loop(listener: TcpListener, gate: Arc<Gate>, mut stopped: watch::Receiver<bool>) {
+    let cap = match gate.limits.max_connections {
+        0 => default_max_connections(),
+        n => n,
+    };
+    let open = Arc::new(Semaphore::new(cap));
+    let lingering = Arc::new(Semaphore::new(REFUSALS_LINGERING));
+    let full = Refusal::new(
+        503,
+        format!("this port holds {cap} connections already (the most it takes); retry later"),
+    )
+    .response_with(&[("retry-after", "1")]);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(held) = Arc::clone(&open).try_acquire_owned() else {
+                        refuse_connection(stream, &full, &lingering);
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let gate = Arc::clone(&gate);
+                    tokio::spawn(async move {
+                        gate.serve(stream, peer).await;
+                        drop(held);
+                    });
+                }
+                // Out of descriptors and the like: back off instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+    }
+}
