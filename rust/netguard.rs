@@ -1,5 +1,6 @@
-//! Which addresses the proxy may connect to (`--proxy-networks`): the Rust side of
-//! `netguard.py`, with the same rules and messages.
+//! Which addresses the server may connect to on its own behalf: the proxy
+//! (`--proxy-networks`, here) and the health probes (`--probe-networks`, through the
+//! binding `_core.NetPolicy`, which `probes.py` asks). One implementation of the fence:
 //! - an IP address outside the allowed networks is never connected to;
 //! - `localhost` is 127.0.0.1 / ::1 without asking a resolver;
 //! - when every allowed network is loopback, no other host name is resolved at all;
@@ -47,6 +48,19 @@ impl Net {
         shift >= u32::from(width) || (a >> shift) == (b >> shift)
     }
 
+    /// The network in canonical form, host bits cleared (`10.1.2.3/8` is `10.0.0.0/8`), as
+    /// Python's `ipaddress.ip_network(text, strict=False)` writes it.
+    pub fn canonical(&self) -> String {
+        let (bits, width) = Net::bits(self.addr);
+        let shift = u32::from(width - self.prefix);
+        let masked = if shift >= 128 { 0 } else { (bits >> shift) << shift };
+        let addr = match self.addr {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(masked as u32)),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(masked)),
+        };
+        format!("{addr}/{}", self.prefix)
+    }
+
     /// Whether every address of `self` is in `other`.
     fn within(&self, other: &Net) -> bool {
         self.addr.is_ipv4() == other.addr.is_ipv4() && self.prefix >= other.prefix && other.contains(self.addr)
@@ -91,6 +105,23 @@ pub fn unmapped(ip: IpAddr) -> IpAddr {
     ip
 }
 
+/// Networks as an operator gives them (`--probe-networks 10.0.0.0/8,::1`), in canonical
+/// form; blank items are skipped; the message names a bad one.
+pub fn parse_networks<S: AsRef<str>>(items: &[S]) -> Result<Vec<Net>, String> {
+    let networks = items
+        .iter()
+        .map(|item| item.as_ref().trim())
+        .filter(|text| !text.is_empty())
+        .map(|text| {
+            Net::parse(text).ok_or_else(|| format!("'{text}' is not a network in CIDR form (e.g. 127.0.0.0/8)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if networks.is_empty() {
+        return Err("give at least one network (e.g. 127.0.0.0/8,::1/128)".to_owned());
+    }
+    Ok(networks)
+}
+
 pub fn is_sensitive(ip: IpAddr) -> bool {
     let ip = unmapped(ip);
     sensitive().iter().any(|n| n.contains(ip))
@@ -106,22 +137,22 @@ pub struct NetPolicy {
 }
 
 impl NetPolicy {
-    pub fn new(cidrs: &[String], purpose: &'static str) -> Result<NetPolicy, String> {
-        let networks = cidrs
-            .iter()
-            .map(|c| Net::parse(c).ok_or_else(|| format!("'{c}' is not a network in CIDR form")))
-            .collect::<Result<Vec<_>, _>>()?;
-        if networks.is_empty() {
-            return Err("give at least one network".to_owned());
-        }
+    pub fn new<S: AsRef<str>>(cidrs: &[S], purpose: &'static str) -> Result<NetPolicy, String> {
+        let networks = parse_networks(cidrs)?;
+        let described = networks.iter().map(Net::canonical).collect::<Vec<_>>().join(", ");
         Ok(NetPolicy {
             networks,
-            described: cidrs.join(", "),
+            described,
             purpose,
         })
     }
 
-    fn loopback_only(&self) -> bool {
+    /// The networks, as messages name them (`127.0.0.0/8, ::1/128`).
+    pub fn describe(&self) -> &str {
+        &self.described
+    }
+
+    pub fn loopback_only(&self) -> bool {
         self.networks.iter().all(|n| loopbacks().iter().any(|lo| n.within(lo)))
     }
 
@@ -160,19 +191,22 @@ impl NetPolicy {
         self.outside(&format!("address {ip}"))
     }
 
-    /// The address to connect to for `host:port` (the first allowed one), or why not.
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+    /// The addresses of `host` known without a resolver (an IP address, `localhost`), only
+    /// those the policy allows; `Ok(None)` when a resolver must be asked; the reason when
+    /// nothing may be connected to, or when the name must not even be resolved.
+    pub fn known(&self, host: &str) -> Result<Option<Vec<IpAddr>>, String> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
-            return self.check(ip).map(|()| SocketAddr::new(ip, port));
+            return self.check(ip).map(|()| Some(vec![ip]));
         }
         if host == "localhost" {
             let local = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
-            return local
-                .into_iter()
-                .find(|ip| self.allows(*ip))
-                .map(|ip| SocketAddr::new(ip, port))
-                .ok_or_else(|| self.outside("localhost"));
+            let allowed: Vec<IpAddr> = local.into_iter().filter(|ip| self.allows(*ip)).collect();
+            return if allowed.is_empty() {
+                Err(self.outside("localhost"))
+            } else {
+                Ok(Some(allowed))
+            };
         }
         if self.loopback_only() {
             return Err(format!(
@@ -180,20 +214,40 @@ impl NetPolicy {
                 self.purpose, self.described
             ));
         }
-        let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("cannot resolve host '{host}': {e}"))?
-            .collect();
-        found.iter().copied().find(|a| self.allows(a.ip())).ok_or_else(|| {
-            let mut seen: Vec<String> = Vec::new();
-            for a in &found {
-                let text = a.ip().to_string();
-                if !seen.contains(&text) {
-                    seen.push(text);
-                }
+        Ok(None)
+    }
+
+    /// What a resolver `found` for `host`, less what the policy does not allow (in order,
+    /// without repeats); the reason when nothing is left.
+    pub fn choose(&self, host: &str, found: &[IpAddr]) -> Result<Vec<IpAddr>, String> {
+        let mut seen: Vec<IpAddr> = Vec::new();
+        for ip in found {
+            if !seen.contains(ip) {
+                seen.push(*ip);
             }
-            self.outside(&format!("host '{host}' ({})", seen.join(", ")))
-        })
+        }
+        let allowed: Vec<IpAddr> = seen.iter().copied().filter(|ip| self.allows(*ip)).collect();
+        if allowed.is_empty() {
+            let listed: Vec<String> = seen.iter().map(IpAddr::to_string).collect();
+            return Err(self.outside(&format!("host '{host}' ({})", listed.join(", "))));
+        }
+        Ok(allowed)
+    }
+
+    /// The address to connect to for `host:port` (the first allowed one), or why not.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+        let addresses = match self.known(host)? {
+            Some(known) => known,
+            None => {
+                let found: Vec<IpAddr> = tokio::net::lookup_host((host, port))
+                    .await
+                    .map_err(|e| format!("cannot resolve host '{host}': {e}"))?
+                    .map(|a| a.ip())
+                    .collect();
+                self.choose(host, &found)?
+            }
+        };
+        Ok(SocketAddr::new(addresses[0], port))
     }
 }
 
@@ -230,6 +284,37 @@ mod tests {
         assert_eq!(unmapped("::1".parse().unwrap()), "::1".parse::<IpAddr>().unwrap());
         assert!(wide.allows("8.8.8.8".parse().unwrap()));
         assert!(policy(&["0.0.0.0/0", "169.254.169.254/32"]).allows(meta));
+    }
+
+    #[test]
+    fn networks_are_described_in_canonical_form() {
+        let p = policy(&["10.1.2.3/8", " ::1 ", "", "FE80::1/10"]);
+        assert_eq!(p.describe(), "10.0.0.0/8, ::1/128, fe80::/10");
+        assert_eq!(
+            parse_networks(&["x"]).unwrap_err(),
+            "'x' is not a network in CIDR form (e.g. 127.0.0.0/8)"
+        );
+        assert!(parse_networks(&["", " "])
+            .unwrap_err()
+            .starts_with("give at least one network"));
+        assert_eq!(Net::parse("0.0.0.0/0").unwrap().canonical(), "0.0.0.0/0");
+        assert_eq!(Net::parse("::/0").unwrap().canonical(), "::/0");
+    }
+
+    #[test]
+    fn a_resolvers_answer_is_fenced_in_order_without_repeats() {
+        let p = policy(&["10.0.0.0/8"]);
+        let found: Vec<IpAddr> = ["192.0.2.1", "10.0.0.2", "10.0.0.2", "10.0.0.1"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        let ips = |list: &[&str]| list.iter().map(|a| a.parse().unwrap()).collect::<Vec<IpAddr>>();
+        assert_eq!(p.choose("db", &found).unwrap(), ips(&["10.0.0.2", "10.0.0.1"]));
+        let err = p.choose("db", &found[..1]).unwrap_err();
+        assert_eq!(
+            err,
+            "host 'db' (192.0.2.1) is outside the proxy networks (10.0.0.0/8); not connected"
+        );
+        assert_eq!(p.known("db"), Ok(None));
     }
 
     #[tokio::test]

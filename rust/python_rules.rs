@@ -1,8 +1,12 @@
 //! The binding of `rules.rs` (and `route.rs`): Python asks the gates' own rules rather than
 //! keeping copies of them.
 
+use std::net::IpAddr;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+use crate::netguard;
 
 /// The record to store for `slug`'s routing `body` (JSON), with every field given or
 /// defaulted; ValueError(field, message) for the first bad field.
@@ -25,11 +29,88 @@ fn is_registry_route(path: &str) -> bool {
     crate::rules::registry_route(path)
 }
 
+fn ip(address: &str) -> PyResult<IpAddr> {
+    let bare = address.trim_start_matches('[').trim_end_matches(']');
+    bare.parse()
+        .map_err(|_| PyValueError::new_err(format!("'{address}' is not an IP address")))
+}
+
+/// The networks the server may connect to for one purpose (`probe` or `proxy`): the fence
+/// of `netguard.rs`, the one the proxy applies, asked by the health probes. Refusals are
+/// ValueErrors whose message is the instance's statusReason.
+#[pyclass(name = "NetPolicy", module = "registry_svc._core", frozen)]
+pub struct PyNetPolicy(netguard::NetPolicy);
+
+#[pymethods]
+impl PyNetPolicy {
+    #[new]
+    fn new(cidrs: Vec<String>, purpose: &str) -> PyResult<Self> {
+        let purpose = match purpose {
+            "probe" => "probe",
+            "proxy" => "proxy",
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "purpose must be probe or proxy, not '{other}'"
+                )))
+            }
+        };
+        netguard::NetPolicy::new(&cidrs, purpose)
+            .map(PyNetPolicy)
+            .map_err(PyValueError::new_err)
+    }
+
+    fn allows(&self, address: &str) -> PyResult<bool> {
+        Ok(self.0.allows(ip(address)?))
+    }
+
+    fn describe(&self) -> &str {
+        self.0.describe()
+    }
+
+    #[getter]
+    fn loopback_only(&self) -> bool {
+        self.0.loopback_only()
+    }
+
+    /// The allowed addresses of `host` known without a resolver, None when a resolver must
+    /// be asked; ValueError(reason) when nothing may be connected to.
+    fn known(&self, host: &str) -> PyResult<Option<Vec<String>>> {
+        let known = self.0.known(host).map_err(PyValueError::new_err)?;
+        Ok(known.map(|ips| ips.iter().map(IpAddr::to_string).collect()))
+    }
+
+    /// What a resolver found for `host`, less what the policy does not allow;
+    /// ValueError(reason) when nothing is left.
+    fn choose(&self, host: &str, found: Vec<String>) -> PyResult<Vec<String>> {
+        let found = found.iter().map(|a| ip(a)).collect::<PyResult<Vec<_>>>()?;
+        let allowed = self.0.choose(host, &found).map_err(PyValueError::new_err)?;
+        Ok(allowed.iter().map(IpAddr::to_string).collect())
+    }
+}
+
+/// Networks in canonical form (`10.1.2.3/8` -> `10.0.0.0/8`), blanks skipped; ValueError
+/// naming a bad one.
+#[pyfunction]
+fn parse_networks(items: Vec<String>) -> PyResult<Vec<String>> {
+    let networks = netguard::parse_networks(&items).map_err(PyValueError::new_err)?;
+    Ok(networks.iter().map(netguard::Net::canonical).collect())
+}
+
+/// Whether an address is link-local or a cloud metadata address (in any IPv6 spelling).
+#[pyfunction]
+fn is_sensitive(address: &str) -> PyResult<bool> {
+    Ok(netguard::is_sensitive(ip(address)?))
+}
+
 /// Adds the rules to the module: the functions, `RESERVED_SLUGS` (a list) and `SLUG_PATTERN`.
 pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(route_record, m)?)?;
     m.add_function(wrap_pyfunction!(is_slug, m)?)?;
     m.add_function(wrap_pyfunction!(is_registry_route, m)?)?;
+    m.add_class::<PyNetPolicy>()?;
+    m.add_function(wrap_pyfunction!(parse_networks, m)?)?;
+    m.add_function(wrap_pyfunction!(is_sensitive, m)?)?;
+    m.add("POLICIES", crate::select::Policy::NAMES.to_vec())?;
     m.add("RESERVED_SLUGS", crate::rules::RESERVED_SLUGS.to_vec())?;
     m.add("SLUG_PATTERN", crate::rules::SLUG_PATTERN)?;
     Ok(())

@@ -34,6 +34,10 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// Every policy's name, in the order the API documents them (exported to Python as
+    /// `_core.POLICIES`: the CLI, the flags and the request models take them from here).
+    pub const NAMES: [&'static str; 5] = ["round_robin", "random", "weighted", "least_request", "consistent_hash"];
+
     pub fn parse(name: &str) -> Option<Policy> {
         Some(match name {
             "round_robin" => Policy::RoundRobin,

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from conftest import Server, free_port, wait_for
-from registry_svc.netguard import NetworkPolicy, is_sensitive
+from registry_svc import _core
 
 NO_CHECK = {"type": "none"}
 PAYLOAD = b'{"hello": "world"}' * 200
@@ -295,11 +295,11 @@ def test_a_wide_proxy_network_does_not_open_the_metadata_address(tmp_path: Path)
 
 
 def test_the_fence_keeps_link_local_out_of_wide_networks() -> None:
-    wide = NetworkPolicy.of(["0.0.0.0/0", "::/0"], "proxy")
+    wide = _core.NetPolicy(["0.0.0.0/0", "::/0"], "proxy")
     assert wide.allows("192.0.2.1") and not wide.allows("169.254.169.254") and not wide.allows("fe80::1")
     assert not wide.allows("::ffff:169.254.169.254") and not wide.allows("fd00:ec2::254")
-    assert NetworkPolicy.of(["0.0.0.0/0", "169.254.169.254/32"], "proxy").allows("169.254.169.254")
-    assert is_sensitive("169.254.0.1") and not is_sensitive("127.0.0.1")
+    assert _core.NetPolicy(["0.0.0.0/0", "169.254.169.254/32"], "proxy").allows("169.254.169.254")
+    assert _core.is_sensitive("169.254.0.1") and not _core.is_sensitive("127.0.0.1")
 
 
 class QuietServer(http.server.ThreadingHTTPServer):

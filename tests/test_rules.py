@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+import typing
 
 import pytest
 
@@ -29,3 +30,7 @@ def test_a_reserved_slug_is_refused_and_its_path_is_the_registrys(server: Server
     assert reply.status == 400 and reply.json["error"] == f"slug: '{slug}' is reserved for built-in routes"
     assert _core.is_registry_route(f"/{slug}/anything")
     assert not _core.is_registry_route(f"/{slug}x/anything")
+
+
+def test_the_request_models_policies_are_the_selectors() -> None:
+    assert typing.get_args(models.Policy) == tuple(_core.POLICIES)

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from registry_svc import _core, about, cluster, cluster_import, etcd, netguard
+from registry_svc import _core, about, cluster, cluster_import, etcd
 from registry_svc import settings as settings_mod
 from registry_svc.supervisor import serve
 from registry_svc.urls import UrlError
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is None:
             continue
         try:
-            networks[flag] = tuple(str(n) for n in netguard.parse_networks(value.split(",")))
+            networks[flag] = tuple(_core.parse_networks(value.split(",")))
         except ValueError as e:
             print(f"registry-svc: {flag}: {e}", file=sys.stderr)
             return 2

@@ -220,6 +220,30 @@ def check_dns_options(domain: str, rate_exempt: list[str]) -> str:
     """The domain in canonical form (lowercase, ending in a dot); ValueError naming the
     flag (`--dns-domain`, `--dns-rate-exempt`) whose value the DNS server would refuse."""
 
+class NetPolicy:
+    """The networks the server may connect to for one purpose ("probe" or "proxy"): the
+    fence of rust/netguard.rs, the proxy's own. Refusals are ValueErrors whose message is
+    the instance's statusReason."""
+
+    def __init__(self, cidrs: list[str], purpose: str) -> None: ...
+    def allows(self, address: str) -> bool: ...
+    def describe(self) -> str: ...
+    @property
+    def loopback_only(self) -> bool: ...
+    def known(self, host: str) -> list[str] | None:
+        """The allowed addresses of `host` known without a resolver (an IP address,
+        localhost); None when a resolver must be asked; ValueError(reason) if none."""
+    def choose(self, host: str, found: list[str]) -> list[str]:
+        """What a resolver found for `host`, less what is not allowed; ValueError(reason)."""
+
+def parse_networks(items: list[str]) -> list[str]:
+    """Networks in canonical CIDR form, blanks skipped; ValueError naming a bad one."""
+
+def is_sensitive(address: str) -> bool:
+    """Whether an address is link-local or a cloud metadata address (any IPv6 spelling)."""
+
+POLICIES: list[str]
+"""The selector's policy names (`select.rs` `Policy::NAMES`)."""
 RESERVED_SLUGS: list[str]
 """Slugs that name the registry's own routes (`rules.rs`)."""
 SLUG_PATTERN: str

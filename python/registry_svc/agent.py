@@ -36,7 +36,6 @@ from registry_svc.etcd import EtcdError, EtcdUnavailable
 from registry_svc.gpu import GpuSampler
 from registry_svc.health import HealthChecker, pause, write_status
 from registry_svc.membership import Membership
-from registry_svc.netguard import NetworkPolicy
 from registry_svc.settings import Settings
 
 log = logging.getLogger("registry_svc")
@@ -64,7 +63,7 @@ class NodeAgent:
         self.settings = settings
         self.gpus = gpus
         self.membership = membership
-        self.checker = HealthChecker(store, self.is_mine, NetworkPolicy.of(settings.probe_networks, "probe"))
+        self.checker = HealthChecker(store, self.is_mine, _core.NetPolicy(list(settings.probe_networks), "probe"))
         self._live_node_urls: set[str] = set()
         self._healthy_ids: list[str] = []
         self._own_id: str | None = None

@@ -28,7 +28,6 @@ import orjson
 from registry_svc import _core, checks, metrics, records, status
 from registry_svc.clock import parse_time, utc_now
 from registry_svc.models import HEALTH_CHECK_DEFAULTS
-from registry_svc.netguard import NetworkPolicy
 from registry_svc.probes import ProbeResult, probe, probe_check
 from registry_svc.settings import LOOPBACK_NETWORKS
 from registry_svc.status import Transition
@@ -142,7 +141,7 @@ class HealthChecker:
     store: _core.Store
     # Which instances this node checks; re-evaluated whenever the instance set is reloaded.
     is_mine: Callable[[dict[str, Any]], bool]
-    policy: NetworkPolicy = field(default_factory=lambda: NetworkPolicy.of(LOOPBACK_NETWORKS, "probe"))
+    policy: _core.NetPolicy = field(default_factory=lambda: _core.NetPolicy(list(LOOPBACK_NETWORKS), "probe"))
     clock: Callable[[], float] = time.monotonic
     probes_run: int = 0
     writes: int = 0

@@ -60,6 +60,8 @@ Slug = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=63, p
 # The most EDS resource names one request may ask for (Envoy asks for its clusters: a few).
 MAX_RESOURCE_NAMES = 1000
 Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+# Spelled out for the type checker and the OpenAPI enum; tests/test_rules.py holds it to
+# the selector's own list (`_core.POLICIES`).
 Policy = Literal["round_robin", "random", "weighted", "least_request", "consistent_hash"]
 Status = Literal["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]
 Role = Literal["admin", "service", "proxy"]

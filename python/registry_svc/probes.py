@@ -1,5 +1,9 @@
 """Health probes: a TCP connect, an HTTP request or a gRPC health call, fenced by the probe
-networks.
+networks (`--probe-networks`): the Rust fence (`rust/netguard.rs`, `_core.NetPolicy`), the
+same one the proxy applies. A registered URL is an instruction to open a connection, and a
+service token may register any URL: without the fence a check would be a port scanner
+whose results come back in `statusReason`, and a made-up host name a DNS query leaving the
+machine.
 
 A probe never raises: whatever goes wrong (a refused address, a name that does not
 resolve, a timeout, a backend that sends garbage or megabytes without a newline, a URL
@@ -11,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from registry_svc import urls
-from registry_svc.netguard import NetworkPolicy, Refused
+from registry_svc import _core, urls
 from registry_svc.status import short
 
 # The status line of an HTTP answer must come within this many bytes.
@@ -24,6 +28,30 @@ MAX_STATUS_LINE = 1024
 # What a check with `bodyContains` reads of an answer: its head, then this much body.
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
+
+
+class Refused(Exception):
+    """A connection the probe networks do not allow; the message says why."""
+
+
+async def addresses(policy: _core.NetPolicy, host: str, port: int) -> list[str]:
+    """The addresses of `host` the policy lets a probe connect to, in order; Refused when
+    none. A name is resolved only when the policy allows more than loopback, and the
+    connection then goes to a checked address, never to the name again (no DNS rebinding)."""
+    try:
+        known = policy.known(host)
+        if known is not None:
+            return known
+    except ValueError as e:
+        raise Refused(str(e)) from None
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise Refused(f"cannot resolve host '{host}': {e.strerror or e}") from None
+    try:
+        return policy.choose(host, [str(info[4][0]) for info in infos])
+    except ValueError as e:
+        raise Refused(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -57,12 +85,11 @@ _TLS = _unverified_tls()
 
 
 async def _connect(
-    policy: NetworkPolicy, endpoint: urls.Endpoint, tls: bool
+    policy: _core.NetPolicy, endpoint: urls.Endpoint, tls: bool
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection to the first allowed address of the endpoint's host that answers."""
-    addresses = await policy.resolve(endpoint.host, endpoint.effective_port)
     last: OSError | None = None
-    for address in addresses:
+    for address in await addresses(policy, endpoint.host, endpoint.effective_port):
         try:
             return await asyncio.open_connection(
                 address,
@@ -76,7 +103,7 @@ async def _connect(
     raise last
 
 
-async def probe_tcp(policy: NetworkPolicy, endpoint: urls.Endpoint, timeout: float) -> ProbeResult:
+async def probe_tcp(policy: _core.NetPolicy, endpoint: urls.Endpoint, timeout: float) -> ProbeResult:
     """Passes when a TCP connection to the endpoint opens within `timeout`."""
     try:
         _, writer = await asyncio.wait_for(_connect(policy, endpoint, tls=False), timeout)
@@ -110,7 +137,7 @@ async def _read_answer(reader: asyncio.StreamReader, limit: int) -> bytes:
 
 
 async def probe_http(
-    policy: NetworkPolicy,
+    policy: _core.NetPolicy,
     endpoint: urls.Endpoint,
     path: str,
     timeout: float,
@@ -161,7 +188,7 @@ async def probe_http(
     return ProbeResult(True, f"HTTP {status}")
 
 
-async def probe_grpc(policy: NetworkPolicy, endpoint: urls.Endpoint, service: str, timeout: float) -> ProbeResult:
+async def probe_grpc(policy: _core.NetPolicy, endpoint: urls.Endpoint, service: str, timeout: float) -> ProbeResult:
     """Passes when grpc.health.v1 `Check(service)` answers SERVING within `timeout`
     (plaintext HTTP/2 to the first allowed address of the host: no name is resolved by
     gRPC, no proxy used)."""
@@ -170,7 +197,7 @@ async def probe_grpc(policy: NetworkPolicy, endpoint: urls.Endpoint, service: st
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
     async def ask() -> str:
-        address = (await policy.resolve(endpoint.host, endpoint.effective_port))[0]
+        address = (await addresses(policy, endpoint.host, endpoint.effective_port))[0]
         target = (
             f"ipv6:[{address}]:{endpoint.effective_port}"
             if ":" in address
@@ -190,7 +217,7 @@ async def probe_grpc(policy: NetworkPolicy, endpoint: urls.Endpoint, service: st
     return ProbeResult(serving == "SERVING", f"gRPC health {serving}")
 
 
-async def probe_check(policy: NetworkPolicy, instance: dict[str, Any], check: dict[str, Any]) -> ProbeResult:
+async def probe_check(policy: _core.NetPolicy, instance: dict[str, Any], check: dict[str, Any]) -> ProbeResult:
     """Runs one of the instance's `checks` (http, tcp or grpc) once."""
     timeout = float(check.get("timeoutSeconds") or 2)
     try:
@@ -210,7 +237,7 @@ async def probe_check(policy: NetworkPolicy, instance: dict[str, Any], check: di
     return await probe_tcp(policy, endpoint, timeout)
 
 
-async def probe(policy: NetworkPolicy, instance: dict[str, Any]) -> ProbeResult:
+async def probe(policy: _core.NetPolicy, instance: dict[str, Any]) -> ProbeResult:
     """Runs the instance's configured check once."""
     check = instance.get("healthCheck") or {}
     timeout = float(check.get("timeoutSeconds", 2))

@@ -15,9 +15,9 @@ DEFAULT_MAP_SIZE = 8 << 30
 DEFAULT_MAX_PROXY_BODY = 16 << 20
 # The largest body of a request to the registry's own routes (413 beyond).
 MAX_API_BODY = 1 << 20
-POLICIES = ("round_robin", "random", "weighted", "least_request", "consistent_hash")
+POLICIES = tuple(_core.POLICIES)  # the selector's names (rust/select.rs)
 # Where the server may connect on its own behalf (health probes, proxy upstreams) unless
-# told otherwise: this machine only. See `netguard.py`.
+# told otherwise: this machine only. See `rust/netguard.rs`.
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 _CHILD_ENV = "REGISTRY_SVC_SETTINGS"
 

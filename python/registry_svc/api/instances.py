@@ -17,7 +17,7 @@ import orjson
 import psutil
 from robyn import Response
 
-from registry_svc import _core, auth, models, netguard, records, replies, status, urls, watch
+from registry_svc import _core, auth, models, records, replies, status, urls, watch
 from registry_svc.api import Call, Doc, Route
 from registry_svc.clock import utc_now
 from registry_svc.errors import ApiError, field_error
@@ -304,7 +304,7 @@ async def register(call: Call) -> Response:
 def refuse_unsafe_address(fields: dict[str, Any], field: str, settings: Settings) -> None:
     """Refuses (400 naming `field`) an instance the proxy must never forward to: this
     registry itself (a proxied request would come back to it), and a link-local or cloud
-    metadata address unless the proxy networks name it (see `netguard.py`)."""
+    metadata address unless the proxy networks name it (`rust/netguard.rs`)."""
     address = fields["ip"] or fields["host"]
     own_ports = {settings.port, settings.data_port} - {None, 0}
     if fields["port"] in own_ports and is_own_address(address, settings):
@@ -312,8 +312,8 @@ def refuse_unsafe_address(fields: dict[str, Any], field: str, settings: Settings
     ip = fields["ip"]
     if (
         ip is not None
-        and netguard.is_sensitive(ip)
-        and not netguard.NetworkPolicy.of(settings.proxy_networks, "proxy").allows(ip)
+        and _core.is_sensitive(ip)
+        and not _core.NetPolicy(list(settings.proxy_networks), "proxy").allows(ip)
     ):
         raise field_error(
             field,

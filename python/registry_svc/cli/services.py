@@ -8,6 +8,7 @@ from urllib.parse import quote, urlencode
 
 import click
 
+from registry_svc import _core
 from registry_svc.cli.client import CliError
 from registry_svc.cli.commands import OUTPUT, Session, cli, pass_session, show
 from registry_svc.cli.output import print_data, shorten, table
@@ -116,7 +117,7 @@ def service_detail(session: Session, slug: str, output: str) -> None:
 
 @cli.command("pick", epilog="\b\nExamples:\n  oo pick user-svc\n  oo pick user-svc --policy consistent_hash --key user-42\n  oo pick user-svc -o json | jq -r .instance.url")  # fmt: skip
 @click.argument("slug")
-@click.option("--policy", type=click.Choice(["round_robin", "random", "weighted", "least_request", "consistent_hash"]))
+@click.option("--policy", type=click.Choice(_core.POLICIES))
 @click.option("--zone", help="prefer this zone")
 @click.option("--key", help="the key for consistent_hash")
 @click.option("--tag", "--tags", "tags", multiple=True, help="only instances with this tag")
