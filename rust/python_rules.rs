@@ -102,12 +102,40 @@ fn is_sensitive(address: &str) -> PyResult<bool> {
     Ok(netguard::is_sensitive(ip(address)?))
 }
 
+/// The access-log line of one request (`edge/access.rs`), for a record created at
+/// `created` (seconds since the epoch) that took `seconds`.
+#[pyfunction]
+#[pyo3(signature = (created, method, path, route, status, seconds, token, client))]
+#[allow(clippy::too_many_arguments)]
+fn access_line(
+    created: f64,
+    method: &str,
+    path: &str,
+    route: &str,
+    status: u16,
+    seconds: f64,
+    token: Option<&str>,
+    client: Option<&str>,
+) -> String {
+    let entry = crate::edge::AccessEntry {
+        method,
+        path,
+        route,
+        status,
+        took: std::time::Duration::from_secs_f64(seconds.max(0.0)),
+        token,
+        client,
+    };
+    crate::edge::access_json(std::time::Duration::from_secs_f64(created.max(0.0)), &entry)
+}
+
 /// Adds the rules to the module: the functions, `RESERVED_SLUGS` (a list) and `SLUG_PATTERN`.
 pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(route_record, m)?)?;
     m.add_function(wrap_pyfunction!(is_slug, m)?)?;
     m.add_function(wrap_pyfunction!(is_registry_route, m)?)?;
     m.add_class::<PyNetPolicy>()?;
+    m.add_function(wrap_pyfunction!(access_line, m)?)?;
     m.add_function(wrap_pyfunction!(parse_networks, m)?)?;
     m.add_function(wrap_pyfunction!(is_sensitive, m)?)?;
     m.add("POLICIES", crate::select::Policy::NAMES.to_vec())?;

@@ -167,6 +167,9 @@ def test_the_json_access_log_has_a_line_per_request_with_the_token_id(tmp_path: 
             "127.0.0.1",
         )
         assert isinstance(line["durationMs"], float) and line["ts"].endswith("Z") and line["token"] is None
+        # One format, written by one formatter (rust/edge/access.rs) for the gate and the workers.
+        order = ["ts", "type", "method", "path", "route", "status", "durationMs", "token", "client"]
+        assert list(line) == order and list(lookup) == order
         log = server.log_path.read_text()
         assert token not in log and server.admin_token not in log
         # Every line is JSON, the start-up lines too.

@@ -236,6 +236,18 @@ class NetPolicy:
     def choose(self, host: str, found: list[str]) -> list[str]:
         """What a resolver found for `host`, less what is not allowed; ValueError(reason)."""
 
+def access_line(
+    created: float,
+    method: str,
+    path: str,
+    route: str,
+    status: int,
+    seconds: float,
+    token: str | None,
+    client: str | None,
+) -> str:
+    """The access-log line of one request, in the gates' format (rust/edge/access.rs)."""
+
 def parse_networks(items: list[str]) -> list[str]:
     """Networks in canonical CIDR form, blanks skipped; ValueError naming a bad one."""
 

@@ -10,7 +10,7 @@ import time
 import orjson
 from robyn import Request, Response
 
-from registry_svc import metrics
+from registry_svc import _core, metrics
 from registry_svc.auth import Caller
 
 log = logging.getLogger("registry_svc.access")
@@ -19,13 +19,14 @@ QUERY_HEADER = "x-registry-query"  # a blocking query's id, set by the gate (rus
 
 
 class JsonFormatter(logging.Formatter):
-    """Every log line as one JSON object; access lines carry their fields at the top."""
+    """Every log line as one JSON object; an access line in the gates' own format
+    (`_core.access_line`, rust/edge/access.rs), so that both write the same line."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "access", None)
+        if isinstance(fields, tuple):
+            return _core.access_line(record.created, *fields)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        if isinstance(fields, dict):
-            return orjson.dumps({"ts": stamp, "type": "access", **fields}).decode()
         line = {"ts": stamp, "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -53,13 +54,6 @@ def observe(route: str, request: Request, response: Response, started: float, ca
     status = int(response.status_code)
     metrics.request(route, method, status, seconds)
     if enabled:
-        fields = {
-            "method": method,
-            "path": request.url.path,
-            "route": route,
-            "status": status,
-            "durationMs": round(seconds * 1000, 3),
-            "token": caller.token_id if caller is not None and caller.token_id else None,
-            "client": request.headers.get(CLIENT_ADDR_HEADER),
-        }
+        token = caller.token_id if caller is not None and caller.token_id else None
+        fields = (method, request.url.path, route, status, seconds, token, request.headers.get(CLIENT_ADDR_HEADER))
         log.info("%s %s %d", method, request.url.path, status, extra={"access": fields})

@@ -2,22 +2,55 @@
 
 use super::*;
 
-/// One access-log line for a request the gate's proxy handled, as `access.py` writes them.
+/// One request, as the access log records it.
+pub struct AccessEntry<'a> {
+    pub method: &'a str,
+    /// The path without its query.
+    pub path: &'a str,
+    /// The route pattern it matched (`/registry-svc/instances`, `/<slug>/*`).
+    pub route: &'a str,
+    pub status: u16,
+    pub took: Duration,
+    /// The caller's token id (never its secret), when it gave one.
+    pub token: Option<&'a str>,
+    pub client: Option<&'a str>,
+}
+
+/// The access-log line, one JSON object with its fields in a fixed order: the one format
+/// of the gates and the workers (`access.py` asks for it through `_core.access_line`).
+pub fn access_json(since_epoch: Duration, entry: &AccessEntry<'_>) -> String {
+    let text = |v: &str| serde_json::Value::from(v).to_string();
+    let optional = |v: Option<&str>| v.map_or_else(|| "null".to_owned(), text);
+    let millis = serde_json::Value::from((entry.took.as_secs_f64() * 1e6).round() / 1e3);
+    format!(
+        r#"{{"ts":"{}","type":"access","method":{},"path":{},"route":{},"status":{},"durationMs":{},"token":{},"client":{}}}"#,
+        utc_stamp(since_epoch),
+        text(entry.method),
+        text(entry.path),
+        text(entry.route),
+        entry.status,
+        millis,
+        optional(entry.token),
+        optional(entry.client),
+    )
+}
+
+/// Writes the access line of a request the gate's proxy handled to stderr.
 pub(crate) fn access_line(head: &Head, status: u16, took: Duration, client_ip: IpAddr) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let line = serde_json::json!({
-        "ts": utc_stamp(now),
-        "type": "access",
-        "method": head.method,
-        "path": head.path.split('?').next().unwrap_or_default(),
-        "route": "/<slug>/*",
-        "status": status,
-        "durationMs": (took.as_secs_f64() * 1e6).round() / 1e3,
-        "token": serde_json::Value::Null,
-        "client": client_ip.to_string(),
-    });
+    let client = client_ip.to_string();
+    let entry = AccessEntry {
+        method: &head.method,
+        path: head.path.split('?').next().unwrap_or_default(),
+        route: "/<slug>/*",
+        status,
+        took,
+        token: None,
+        client: Some(&client),
+    };
+    let line = access_json(now, &entry);
     use std::io::Write;
     let _ = writeln!(io::stderr().lock(), "{line}");
 }

@@ -59,8 +59,8 @@ mod proxy;
 #[cfg(test)]
 mod tests;
 
-pub use access::utc_stamp;
 use access::*;
+pub use access::{access_json, utc_stamp, AccessEntry};
 pub use answer::Refusal;
 use answer::*;
 pub use dispatch::data_port_refusal;

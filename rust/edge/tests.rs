@@ -490,3 +490,20 @@ fn workers_that_do_not_answer_yet_get_a_503_with_retry_after() {
     assert!(out.contains("retry-after: 1\r\n"), "{out}");
     assert!(out.ends_with(r#"{"status":"starting"}"#), "{out}");
 }
+
+#[test]
+fn the_access_line_has_its_fields_in_order_and_escaped() {
+    let entry = crate::edge::AccessEntry {
+        method: "GET",
+        path: "/web/a\"b",
+        route: "/<slug>/*",
+        status: 200,
+        took: Duration::from_micros(412),
+        token: None,
+        client: Some("127.0.0.1"),
+    };
+    assert_eq!(
+        crate::edge::access_json(Duration::from_millis(1_796_173_323_456), &entry),
+        r#"{"ts":"2026-12-02T01:02:03.456Z","type":"access","method":"GET","path":"/web/a\"b","route":"/<slug>/*","status":200,"durationMs":0.412,"token":null,"client":"127.0.0.1"}"#
+    );
+}
