@@ -306,7 +306,7 @@ pub fn is_registry_token(value: &[u8]) -> bool {
     if text.len() >= 7 && text[..7].eq_ignore_ascii_case("bearer ") {
         text = text[7..].trim();
     }
-    text.starts_with(crate::reads::SECRET_PREFIX)
+    text.starts_with(crate::tokens::SECRET_PREFIX)
 }
 
 /// The hop-by-hop headers of one message: the standard ones plus any its Connection

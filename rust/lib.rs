@@ -23,6 +23,7 @@ pub mod rules;
 pub mod select;
 pub mod shared;
 pub mod store;
+pub mod tokens;
 
 #[cfg(feature = "python")]
 mod python;

@@ -55,7 +55,7 @@ create_exception!(
     "The slug has instances, but none is routable."
 );
 
-fn to_py(err: StoreError) -> PyErr {
+pub(crate) fn to_py(err: StoreError) -> PyErr {
     let msg = err.to_string();
     match err {
         StoreError::NotFound { .. } => NotFoundError::new_err(msg),
@@ -140,6 +140,7 @@ impl PyStore {
                 store: inner,
                 selector,
                 responses: ResponseCache::default(),
+                tokens: Default::default(),
             }),
         })
     }

@@ -129,6 +129,23 @@ fn access_line(
     crate::edge::access_json(std::time::Duration::from_secs_f64(created.max(0.0)), &entry)
 }
 
+/// The caller behind an Authorization header: (token id, role, slug, expiry in unix
+/// seconds or None), from `tokens.rs`, the gates' own authentication and cache;
+/// ValueError(message of the 401) when it names none, StoreError when the tokens cannot
+/// be read.
+#[pyfunction]
+fn authenticate(
+    store: PyRef<'_, crate::python::PyStore>,
+    header: &str,
+) -> PyResult<(String, String, Option<String>, Option<f64>)> {
+    let registry = &store.registry;
+    match registry.tokens.resolve(registry, header) {
+        Ok(c) => Ok((c.id, c.role, c.slug, c.expires_ms.map(|ms| ms as f64 / 1000.0))),
+        Err(crate::tokens::Refused::Store(e)) => Err(crate::python::to_py(e)),
+        Err(refused) => Err(PyValueError::new_err(refused.message())),
+    }
+}
+
 /// Adds the rules to the module: the functions, `RESERVED_SLUGS` (a list) and `SLUG_PATTERN`.
 pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(route_record, m)?)?;
@@ -136,6 +153,7 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_registry_route, m)?)?;
     m.add_class::<PyNetPolicy>()?;
     m.add_function(wrap_pyfunction!(access_line, m)?)?;
+    m.add_function(wrap_pyfunction!(authenticate, m)?)?;
     m.add_function(wrap_pyfunction!(parse_networks, m)?)?;
     m.add_function(wrap_pyfunction!(is_sensitive, m)?)?;
     m.add("POLICIES", crate::select::Policy::NAMES.to_vec())?;

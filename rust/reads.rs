@@ -14,14 +14,12 @@
 //! goes to the workers, whose answer (often a 4xx naming the field) is the one the client
 //! gets.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
-use crate::model::{INSTANCES, TOKENS};
+use crate::model::INSTANCES;
 use crate::registry::Registry;
 use crate::select::{PickRequest, Picked, Policy};
+use crate::tokens::{Caller, Tokens};
 
 /// Distinct filters a query may carry; the workers refuse more.
 const MAX_FILTERS: usize = 16;
@@ -39,146 +37,6 @@ const LIST_FILTERS: [(&str, &str); 10] = [
     ("ip", "ip"),
     ("nodeUrl", "nodeUrl"),
 ];
-const MAX_CACHED_HEADERS: usize = 4096;
-/// Every registry token starts with it (the proxy never forwards one: `forward.rs`).
-pub(crate) const SECRET_PREFIX: &str = "rsv_";
-
-/// Who a token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub role: String,
-    pub slug: Option<String>,
-    /// Unix ms after which the token is refused (the workers then answer the 401 that
-    /// says it expired); None: it does not expire.
-    pub expires_ms: Option<u64>,
-}
-
-impl Caller {
-    fn expired(&self) -> bool {
-        self.expires_ms.is_some_and(|at| at <= unix_now_ms())
-    }
-
-    fn sees_every_slug(&self) -> bool {
-        self.role == "admin" || self.role == "proxy"
-    }
-}
-
-/// Resolved tokens by Authorization header, dropped whenever the tokens collection moves
-/// (so a revoked token is refused at once, as by the workers).
-#[derive(Default)]
-pub struct Tokens {
-    cache: RwLock<(u64, HashMap<String, Caller>)>,
-}
-
-impl Tokens {
-    /// The caller behind an Authorization header, or None when the workers should answer
-    /// (no token, a malformed header, an unknown token).
-    pub fn caller(&self, registry: &Registry, header: &str) -> Option<Caller> {
-        let epoch = registry.store.collection_index(&TOKENS).ok()?;
-        if let Ok(cache) = self.cache.read() {
-            if cache.0 == epoch {
-                if let Some(caller) = cache.1.get(header) {
-                    return (!caller.expired()).then(|| caller.clone());
-                }
-            }
-        }
-        let caller = lookup(registry, bearer_secret(header)?)?;
-        if caller.expired() {
-            return None;
-        }
-        if let Ok(mut cache) = self.cache.write() {
-            if cache.0 != epoch || cache.1.len() >= MAX_CACHED_HEADERS {
-                *cache = (epoch, HashMap::new());
-            }
-            cache.1.insert(header.to_owned(), caller.clone());
-        }
-        Some(caller)
-    }
-}
-
-/// `Bearer <secret>`, or a bare `rsv_...` secret (1Backend's clients send it so).
-fn bearer_secret(header: &str) -> Option<&str> {
-    let text = header.trim();
-    if text.starts_with(SECRET_PREFIX) && !text.contains(' ') {
-        return Some(text);
-    }
-    let (scheme, secret) = text.split_once(' ')?;
-    let secret = secret.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then_some(secret)
-}
-
-fn lookup(registry: &Registry, secret: &str) -> Option<Caller> {
-    let digest: String = Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let id = registry
-        .store
-        .ids_by(&TOKENS, "secretHash", &digest)
-        .ok()?
-        .into_iter()
-        .next()?;
-    let record = registry.store.get(&TOKENS, &id).ok()??;
-    let value: serde_json::Value = serde_json::from_slice(&record.json).ok()?;
-    // An expiry we cannot read counts as passed: the workers say what is wrong.
-    let expires_ms = value
-        .get("expiresAt")
-        .and_then(serde_json::Value::as_str)
-        .map(|text| unix_ms(text).unwrap_or(0));
-    Some(Caller {
-        role: value.get("role")?.as_str()?.to_owned(),
-        slug: value.get("slug").and_then(serde_json::Value::as_str).map(str::to_owned),
-        expires_ms,
-    })
-}
-
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Unix ms of a timestamp in the API's one format (`2026-12-04T19:15:22.123Z`, as
-/// `clock.format_time` writes it), or None for anything else.
-pub fn unix_ms(text: &str) -> Option<u64> {
-    let b = text.as_bytes();
-    let shape_ok = b.len() == 24
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[19] == b'.'
-        && b[23] == b'Z';
-    if !shape_ok {
-        return None;
-    }
-    let num = |from: usize, to: usize| text.get(from..to)?.parse::<u64>().ok();
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (hour, minute, second, milli) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 23)?);
-    if !(1970..=9999).contains(&year)
-        || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm), years from 1970 on.
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + milli)
-}
-
 /// A 200 answer: the JSON body (shared with the response cache) and its registry index
 /// (none for a pick, as from the workers).
 #[derive(Debug, PartialEq, Eq)]
@@ -452,23 +310,6 @@ fn pick(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn timestamps_in_the_api_format_read_as_unix_ms() {
-        assert_eq!(unix_ms("1970-01-01T00:00:00.000Z"), Some(0));
-        assert_eq!(unix_ms("2026-12-04T19:15:22.123Z"), Some(1_796_411_722_123));
-        assert_eq!(unix_ms("2000-02-29T12:00:00.000Z"), Some(951_825_600_000));
-        assert_eq!(unix_ms("2100-03-01T00:00:00.999Z"), Some(4_107_542_400_999));
-        for bad in [
-            "",
-            "2026-12-04T19:15:22Z",
-            "2026-13-04T19:15:22.123Z",
-            "2026-12-04 19:15:22.123Z",
-            "x",
-        ] {
-            assert_eq!(unix_ms(bad), None, "{bad}");
-        }
-    }
     use super::*;
 
     #[test]
@@ -504,6 +345,7 @@ mod tests {
             store: crate::store::Store::open(dir.path(), 1 << 24).unwrap(),
             selector: Selector::new(Policy::RoundRobin, std::collections::HashMap::new(), ejection),
             responses: ResponseCache::default(),
+            tokens: Default::default(),
         };
         assert!(!replica_is_stale(&registry)); // a single-machine store never is
         registry.store.set_fresh_until(0);
@@ -554,15 +396,5 @@ mod tests {
         ] {
             assert_eq!(stored_form("nodeUrl", other), None, "{other}");
         }
-    }
-
-    #[test]
-    fn bearer_and_bare_secrets() {
-        assert_eq!(bearer_secret("Bearer rsv_x"), Some("rsv_x"));
-        assert_eq!(bearer_secret("bearer   rsv_x "), Some("rsv_x"));
-        assert_eq!(bearer_secret("rsv_x"), Some("rsv_x"));
-        assert_eq!(bearer_secret("Basic abc"), None);
-        assert_eq!(bearer_secret("Bearer"), None);
-        assert_eq!(bearer_secret(""), None);
     }
 }

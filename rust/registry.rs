@@ -5,9 +5,12 @@
 use crate::cache::ResponseCache;
 use crate::select::Selector;
 use crate::store::Store;
+use crate::tokens::Tokens;
 
 pub struct Registry {
     pub store: Store,
     pub selector: Selector,
     pub responses: ResponseCache,
+    /// The workers' resolved tokens (`tokens.rs`; the gates keep a cache of their own).
+    pub tokens: Tokens,
 }

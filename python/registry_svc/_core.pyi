@@ -248,6 +248,10 @@ def access_line(
 ) -> str:
     """The access-log line of one request, in the gates' format (rust/edge/access.rs)."""
 
+def authenticate(store: Store, header: str) -> tuple[str, str, str | None, float | None]:
+    """(token id, role, slug, expiry in unix seconds) of the token an Authorization header
+    names (rust/tokens.rs, cached until the tokens move); ValueError(the 401's message)."""
+
 def parse_networks(items: list[str]) -> list[str]:
     """Networks in canonical CIDR form, blanks skipped; ValueError naming a bad one."""
 

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from robyn import Request
 
 TOKENS = "tokens"
-MAX_CACHED_HEADERS = 4096
 SECRET_PREFIX = "rsv_"
 
 INSTANCE_VIEW = "registry-svc:instance:view"
@@ -127,38 +126,19 @@ def public_info(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class Authenticator:
-    """Resolves bearer tokens to callers, with a cache keyed on the tokens' registry index."""
+    """Resolves Authorization headers to callers with the gates' own authentication
+    (`rust/tokens.rs` through `_core.authenticate`: the secret's SHA-256, the expiry, and a
+    cache dropped whenever the tokens collection moves, so a revocation holds at once)."""
 
     def __init__(self, store: _core.Store) -> None:
         self._store = store
-        # The tokens collection's index and the callers resolved at it, one value: a lookup
-        # that raced a revocation inserts into the dict of the epoch it read, never into the
-        # next epoch's (which would keep a revoked token valid until the next tokens write).
-        self._cache: tuple[int, dict[str, Caller]] = (-1, {})
 
     def authenticate(self, request: Request) -> Caller:
         """The caller behind the request's bearer token, or a 401."""
         header = request.headers.get("authorization")
         if not header:
             raise ApiError(401, "missing Authorization header (expected 'Bearer <token>')")
-        epoch = self._store.collection_index(TOKENS)
-        cached_epoch, callers = self._cache
-        if epoch != cached_epoch:
-            callers = {}
-            self._cache = (epoch, callers)
-        # Keyed on the raw header: a hit costs no hashing. Only valid tokens are cached,
-        # and spelling variants of one ("bearer", extra spaces) are bounded by the cap.
-        caller = callers.get(header)
-        if caller is None:
-            caller = self._lookup(hash_secret(bearer_secret(header)))
-            if len(callers) >= MAX_CACHED_HEADERS:
-                callers = {}
-                self._cache = (epoch, callers)
-            callers[header] = caller
-        elif caller.expires is not None and caller.expires <= time.time():
-            callers.pop(header, None)
-            return self._lookup(hash_secret(bearer_secret(header)))  # the 401 that says so
-        return caller
+        return self._caller(header)
 
     def authenticate_optional(self, request: Request) -> Caller:
         """The caller when a token is sent, else ANONYMOUS (for public routes)."""
@@ -166,21 +146,16 @@ class Authenticator:
 
     def caller_for_secret(self, secret: str) -> Caller:
         """The caller behind a bare secret that came without a header (xDS node metadata)."""
-        return self._lookup(hash_secret(secret.strip()))
+        if not secret.strip():
+            raise ApiError(401, "unknown or revoked token")
+        return self._caller(f"Bearer {secret.strip()}")
 
-    def _lookup(self, digest: str) -> Caller:
-        for token_id in self._store.ids_by(TOKENS, "secretHash", digest):
-            found = self._store.get(TOKENS, token_id)
-            if found is not None:
-                record = orjson.loads(found[1])
-                if expired(record):
-                    raise ApiError(401, f"token {record['id']} expired at {record['expiresAt']}")
-                at = record.get("expiresAt")
-                return Caller(
-                    token_id=record["id"], role=record["role"], slug=record.get("slug"),
-                    expires=None if at is None else parse_time(at).timestamp(),
-                )  # fmt: skip
-        raise ApiError(401, "unknown or revoked token")
+    def _caller(self, header: str) -> Caller:
+        try:
+            token_id, role, slug, expires = _core.authenticate(self._store, header)
+        except ValueError as e:
+            raise ApiError(401, str(e)) from None
+        return Caller(token_id=token_id, role=role, slug=slug, expires=expires)
 
 
 # An expired token is kept this long (or as long as it lived, if shorter), so that its
@@ -210,18 +185,6 @@ def sweep_expired(store: _core.Store, now: float | None = None) -> list[str]:
             continue
         removed.append(record["id"])
     return removed
-
-
-def bearer_secret(header: str) -> str:
-    """The secret of an Authorization header: `Bearer <token>`, or a bare `rsv_...` token
-    as 1Backend's generated clients send it."""
-    text = header.strip()
-    if text.startswith(SECRET_PREFIX) and " " not in text:
-        return text
-    scheme, _, secret = text.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise ApiError(401, "malformed Authorization header (expected 'Bearer <token>')")
-    return secret.strip()
 
 
 def holds_valid_token(store: _core.Store, path: os.PathLike[str] | str) -> bool:

@@ -46,9 +46,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::forward::{Forwarded, Forwarder, Outgoing, Payload, RETRY_BODY};
-use crate::reads::{self, Tokens};
+use crate::reads;
 use crate::registry::Registry;
 use crate::rules::registry_route;
+use crate::tokens::Tokens;
 
 mod access;
 mod answer;
