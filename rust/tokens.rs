@@ -217,7 +217,6 @@ mod tests {
             assert_eq!(unix_ms(bad), None, "{bad}");
         }
     }
-    use super::*;
 
     #[test]
     fn bearer_and_bare_secrets() {
