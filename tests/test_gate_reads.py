@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import random
 import signal
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -19,7 +20,9 @@ from conftest import NO_CHECK, Server
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("gate-reads")).start()
+    # Answers name who gave them (a test-only flag): the parity tests compare the gate's
+    # answer with the workers', never one side with itself.
+    server = Server(tmp_path_factory.mktemp("gate-reads"), env={"REGISTRY_SVC_ANSWERED_BY": "1"}).start()
     for i, (slug, status, tags, zone) in enumerate([
         ("shop", "Healthy", ["prod", "eu"], "z1"), ("shop", "Healthy", ["prod"], "z2"),
         ("shop", "Unhealthy", ["canary"], "z1"), ("solo", "Healthy", [], None), ("down", "Unhealthy", [], None),
@@ -36,9 +39,28 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def get(conn: http.client.HTTPConnection, path: str, token: str | None) -> tuple[int, bytes, str | None]:
+    return answer(conn, path, token)[1:]
+
+
+def answer(conn: http.client.HTTPConnection, path: str, token: str | None) -> tuple[str, int, bytes, str | None]:
+    """(who answered: gate or workers, status, body, X-Registry-Index)."""
     conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
     resp = conn.getresponse()
-    return resp.status, resp.read(), resp.getheader("x-registry-index")
+    body = resp.read()
+    return resp.getheader("x-registry-answered-by") or "?", resp.status, body, resp.getheader("x-registry-index")
+
+
+def both_sides(srv: Server, path: str, token: str | None) -> tuple[tuple[str, int, bytes, str | None], ...]:
+    """The workers' answer (a connection that sent anything to the workers stays with
+    them) and the gate's (a fresh connection), for one request."""
+    workers_conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    assert get(workers_conn, "/health", None)[0] == 200
+    by_workers = answer(workers_conn, path, token)
+    gate_conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    by_gate = answer(gate_conn, path, token)
+    for conn in (workers_conn, gate_conn):
+        conn.close()
+    return by_workers, by_gate
 
 
 def test_lookups_are_answered_with_the_workers_stopped(srv: Server) -> None:
@@ -58,42 +80,86 @@ def test_lookups_are_answered_with_the_workers_stopped(srv: Server) -> None:
             p.send_signal(signal.SIGCONT)
 
 
+# (request, whether the gate answers it itself)
 QUERIES = [
-    "/registry-svc/instances",
-    "/registry-svc/instances?slug=shop",
-    "/registry-svc/instances?slug=shop&tag=prod&tag=prod&tag=eu",
-    "/registry-svc/instances?status=Healthy&zone=z1",
-    "/registry-svc/instances?deploymentId=" + quote("depl a+b"),
-    "/registry-svc/instances?deploymentId=depl+a%2Bb",
-    "/registry-svc/instances?slug=",
-    "/registry-svc/instances?scheme=http&slug=solo",
-    "/registry-svc/instance/pick?slug=solo",
-    "/registry-svc/instance/pick?slug=ghost",
-    "/registry-svc/instance/pick?slug=down",
-    "/registry-svc/instance/pick?slug=shop&policy=consistent_hash&key=user-7",
-    "/registry-svc/instance/pick?slug=shop&tag=canary",
-    # Declined by the gate, answered by the workers on both paths:
-    "/registry-svc/instances?colour=red",
-    "/registry-svc/instances?nodeUrl=not-a-url",
-    "/registry-svc/instance/pick?slug=Bad_Slug",
-    "/registry-svc/instance/pick?slug=shop&slug=solo",
-    "/registry-svc/instance/pick?slug=shop&policy=consistent_hash",
+    ("/registry-svc/instances", True),
+    ("/registry-svc/instances?slug=shop", True),
+    ("/registry-svc/instances?slug=shop&tag=prod&tag=prod&tag=eu", True),
+    ("/registry-svc/instances?status=Healthy&zone=z1", True),
+    ("/registry-svc/instances?deploymentId=" + quote("depl a+b"), True),
+    ("/registry-svc/instances?deploymentId=depl+a%2Bb", True),
+    ("/registry-svc/instances?slug=", True),
+    ("/registry-svc/instances?scheme=http&slug=solo", True),
+    ("/registry-svc/instance/pick?slug=solo", True),
+    ("/registry-svc/instance/pick?slug=shop&policy=consistent_hash&key=user-7", True),
+    # Errors and what the gate cannot answer exactly go to the workers, on both paths:
+    ("/registry-svc/instance/pick?slug=ghost", False),
+    ("/registry-svc/instance/pick?slug=down", False),
+    ("/registry-svc/instance/pick?slug=shop&tag=canary", False),
+    ("/registry-svc/instances?colour=red", False),
+    ("/registry-svc/instances?nodeUrl=not-a-url", False),
+    ("/registry-svc/instance/pick?slug=Bad_Slug", False),
+    ("/registry-svc/instance/pick?slug=shop&slug=solo", False),
+    ("/registry-svc/instance/pick?slug=shop&policy=consistent_hash", False),
 ]
 
 
-@pytest.mark.parametrize("path", QUERIES)
-def test_the_gate_answers_exactly_as_the_workers(srv: Server, path: str) -> None:
-    # A connection that sent anything to the workers stays with them: the second request
-    # on it is the workers' answer; a fresh connection gets the gate's.
-    workers_conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
-    assert get(workers_conn, "/health", None)[0] == 200
-    by_workers = get(workers_conn, path, srv.admin_token)
-    gate_conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
-    by_gate = get(gate_conn, path, srv.admin_token)
-    for conn in (workers_conn, gate_conn):
-        conn.close()
+@pytest.mark.parametrize(("path", "by_the_gate"), QUERIES)
+def test_the_gate_answers_exactly_as_the_workers(srv: Server, path: str, by_the_gate: bool) -> None:
+    by_workers, by_gate = both_sides(srv, path, srv.admin_token)
+    assert by_workers[0] == "workers"
+    assert by_gate[0] == ("gate" if by_the_gate else "workers")
     # The same bytes, and the same index: the result's own (its slug's or the collection's).
-    assert by_gate == by_workers, (by_gate, by_workers)
+    assert by_gate[1:] == by_workers[1:], (by_gate, by_workers)
+
+
+def generated_queries(count: int, seed: int) -> list[str]:
+    """Lookups and picks, valid and not: known and unknown names, repeats, odd values,
+    encodings, and values the workers would first canonicalize."""
+    rng = random.Random(seed)
+    names = ["slug", "tag", "zone", "status", "deploymentId", "scheme", "host", "ip", "id", "nodeUrl", "colour"]
+    values = ["shop", "solo", "down", "ghost", "prod", "eu", "canary", "z1", "z2", "Healthy", "Unhealthy", "http",
+              "gate-1", "GATE-1", "127.0.0.1", "0:0::1", "::1", "http://127.0.0.1:11337", "HTTP://N:80", "",
+              "depl a+b", "Bad_Slug", "a" * 300, "%C3%A9", "x%2", "inst_nope"]  # fmt: skip
+    pick_names = ["slug", "policy", "zone", "key", "tag", "colour"]
+    policies = ["round_robin", "random", "weighted", "least_request", "consistent_hash", "fastest"]
+    out = []
+    for _ in range(count):
+        if rng.random() < 0.6:
+            pairs = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randint(0, 4))]
+            path = "/registry-svc/instances"
+        else:
+            pairs = [("slug", rng.choice(["shop", "solo", "down", "ghost", "Bad_Slug", ""]))]
+            for _ in range(rng.randint(0, 3)):
+                name = rng.choice(pick_names)
+                pairs.append((name, rng.choice(policies) if name == "policy" else rng.choice(values)))
+            rng.shuffle(pairs)
+            path = "/registry-svc/instance/pick"
+        query = "&".join(f"{n}={v if '%' in v else quote(v, safe='')}" for n, v in pairs)
+        out.append(f"{path}?{query}" if query else path)
+    return out
+
+
+def test_generated_lookups_and_picks_get_the_same_answer_from_either_side(srv: Server) -> None:
+    """A property test by brute force: 2,000 generated queries, each asked of the workers
+    and of the gate; status and bytes agree (a pick's chosen instance aside, which the
+    round robin moves between the asks), and the gates answered their share themselves:
+    the API port's, and the data port's (in another thread of the same Rust code)."""
+    gate_answered = 0
+    for path in generated_queries(2000, seed=2026):
+        by_workers, by_gate = both_sides(srv, path, srv.admin_token)
+        data_conn = http.client.HTTPConnection("127.0.0.1", srv.data_port, timeout=10)
+        by_data_port = answer(data_conn, path, srv.admin_token)
+        data_conn.close()
+        assert by_workers[0] == "workers", path
+        gate_answered += by_gate[0] == "gate"
+        assert by_data_port[0] == by_gate[0], (path, by_data_port, by_gate)
+        for other in (by_gate, by_data_port):
+            if "/pick" in path and other[1] == 200 and by_workers[1] == 200:
+                assert orjson.loads(other[2])["instance"]["slug"] == orjson.loads(by_workers[2])["instance"]["slug"]
+                continue
+            assert other[1:] == by_workers[1:], (path, other, by_workers)
+    assert gate_answered > 200, gate_answered
 
 
 @pytest.mark.parametrize(

@@ -121,9 +121,11 @@ def read_json_object(request: Request, *, allow_empty: bool = False) -> dict[str
 
 
 def query_params(request: Request) -> dict[str, list[str]]:
-    """Query parameters, percent-decoded (Robyn hands them over raw)."""
+    """Query parameters, percent-decoded (Robyn hands them over raw), by name in sorted
+    order: Robyn's map has no order of its own (a random one per request), and which of
+    several problems a 400 names first must not change from one request to the next."""
     raw: dict[str, list[str]] = request.query_params.to_dict()
-    return {unquote_plus(k): [unquote_plus(v) for v in values] for k, values in raw.items()}
+    return {unquote_plus(k): [unquote_plus(v) for v in values] for k, values in sorted(raw.items())}
 
 
 def path_param(request: Request, name: str) -> str:

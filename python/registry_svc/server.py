@@ -110,6 +110,10 @@ async def authorized_after_catch_up(route: Route, state: ProcessState, request: 
     return authorized(route, state, request)
 
 
+# Tests only (rust/edge/answer.rs `name_the_answerer`): answers say who gave them.
+NAME_THE_ANSWERER = os.environ.get("REGISTRY_SVC_ANSWERED_BY") == "1"
+
+
 def answered(
     state: ProcessState, route: str, request: Request, response: Response, started: float, caller: Caller | None
 ) -> Response:
@@ -118,6 +122,8 @@ def answered(
     staleness = state.ctx.staleness if state.ctx is not None else None
     if staleness is not None and (age := staleness()) is not None:
         response.headers.set(http.STALE_HEADER, f"{age:.1f}")
+    if NAME_THE_ANSWERER:
+        response.headers.set("x-registry-answered-by", "workers")
     access.observe(route, request, response, started, caller)
     return response
 

@@ -112,6 +112,9 @@ pub(crate) fn response_head(answer: &reads::Answer, close: bool) -> Vec<u8> {
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
         answer.body.len(),
     );
+    if name_the_answerer() {
+        out.push_str("x-registry-answered-by: gate\r\n");
+    }
     if let Some(index) = answer.index {
         out.push_str(&format!("x-registry-index: {index}\r\n"));
     }
@@ -153,3 +156,14 @@ pub(crate) async fn drain(rd: &mut OwnedReadHalf, time: Duration, most: usize, p
         }
     }
 }
+
+/// Whether answers name who gave them (`x-registry-answered-by: gate`, the workers say
+/// `workers`): only when `REGISTRY_SVC_ANSWERED_BY=1`, which the parity tests set, so that
+/// "the gate answers as the workers do" compares the two and not one with itself.
+pub(crate) fn name_the_answerer() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(ANSWERED_BY_ENV).is_some_and(|v| v == "1"))
+}
+
+/// The environment variable that turns `x-registry-answered-by` on (tests only).
+pub const ANSWERED_BY_ENV: &str = "REGISTRY_SVC_ANSWERED_BY";
