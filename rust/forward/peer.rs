@@ -1,0 +1,136 @@
+//! Phase 2, the upstream peer: the instance the selector picks (never one already tried),
+//! its URL in parts, and the network fence on the way to it (the connector's resolver).
+
+use super::*;
+
+/// Why the fence did not let a connection be made (its message is the reason).
+#[derive(Debug)]
+pub(crate) struct Refused(pub(crate) String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The connector's resolver: a host name becomes the addresses the network fence allows,
+/// and the connection goes to exactly those (never to a second resolution of the name).
+#[derive(Clone)]
+pub(crate) struct Fenced(pub(crate) Arc<NetPolicy>);
+
+impl tower_service::Service<Name> for Fenced {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let policy = Arc::clone(&self.0);
+        Box::pin(async move {
+            // The port is set by the connector from the URL.
+            match policy.resolve(name.as_str(), 0).await {
+                Ok(address) => Ok(vec![address].into_iter()),
+                Err(why) => Err(io::Error::new(io::ErrorKind::PermissionDenied, Refused(why))),
+            }
+        })
+    }
+}
+
+pub(crate) type Connector = HttpsConnector<HttpConnector<Fenced>>;
+
+/// An instance URL in parts (`scheme://netloc/path`); the port stays in `netloc`, which
+/// the request's URI carries.
+pub(crate) struct Upstream<'u> {
+    pub scheme: &'u str,
+    pub netloc: &'u str,
+    /// As written in the URL: an IPv6 address keeps its brackets.
+    pub host: &'u str,
+    pub path: &'u str,
+}
+
+impl Upstream<'_> {
+    /// The port: the URL's, or its scheme's default.
+    pub fn port(&self) -> u16 {
+        let written = self.netloc.len() > self.host.len();
+        let default = if self.scheme == "https" { 443 } else { 80 };
+        written
+            .then(|| self.netloc[self.host.len() + 1..].parse().ok())
+            .flatten()
+            .unwrap_or(default)
+    }
+}
+
+pub(crate) fn split_url(url: &str) -> Option<Upstream<'_>> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let (netloc, path) = rest.find('/').map_or((rest, ""), |i| (&rest[..i], &rest[i..]));
+    let (host, port) = match netloc.strip_prefix('[').and_then(|n| n.find(']')) {
+        Some(close) => (&netloc[..close + 2], netloc[close + 2..].strip_prefix(':')),
+        None => match netloc.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (netloc, None),
+        },
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return None;
+    }
+    Some(Upstream {
+        scheme,
+        netloc,
+        host,
+        path: path.trim_end_matches('/'),
+    })
+}
+
+/// TLS to upstreams: rustls with ring, the system's CA certificates as roots.
+pub(crate) fn tls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert); // one unreadable certificate does not spoil the others
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls' default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// The instance for the next attempt (tracked as in flight), never one already `tried`;
+/// the answer for the client when there is none.
+pub(crate) fn choose(
+    registry: &Registry,
+    request: &Outgoing<'_>,
+    tried: &[String],
+    last_error: &str,
+) -> Result<Arc<Candidate>, Forwarded> {
+    let slug = request.slug;
+    let pick = PickRequest {
+        slug,
+        track: true,
+        exclude: tried,
+        ..PickRequest::default()
+    };
+    match registry.selector.pick(&registry.store, &pick) {
+        Ok(Picked::Instance(chosen)) => Ok(chosen),
+        Ok(Picked::UnknownSlug) if tried.is_empty() => {
+            let path = request.target.split('?').next().unwrap_or_default();
+            Err(Forwarded::Error(
+                404,
+                format!(
+                    "no route for {} {path}, and no registered service '{slug}'",
+                    request.method
+                ),
+            ))
+        }
+        Ok(Picked::UnknownSlug) => Err(Forwarded::Error(502, last_error.to_owned())),
+        Ok(Picked::NoneRoutable) => Err(Forwarded::Error(503, format!("no healthy instance of '{slug}'"))),
+        Err(e) => Err(Forwarded::Error(503, format!("the registry cannot be read: {e}"))),
+    }
+}
