@@ -64,7 +64,19 @@ impl Responses {
     }
 }
 
+/// What a connection does after one request.
+enum Step {
+    /// Read the next request, with the responses still to send.
+    Next(Responses),
+    /// Done: closed, or left to close.
+    Close,
+    /// Refused: answer after what the workers still owe the client, then close.
+    Refuse(Refusal, Option<OwnedWriteHalf>),
+}
+
 impl Gate {
+    /// Serves one client connection: each request answered here, sent to the workers (in
+    /// order), or proxied, until the client or a refusal ends it.
     pub(crate) async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let (rd, wr) = stream.into_split();
         let mut incoming = Incoming { rd, buf: Vec::new() };
@@ -77,93 +89,112 @@ impl Gate {
         };
         loop {
             let direct = matches!(responses, Responses::Direct(_));
-            match self.next_request(&mut incoming, client_ip, direct).await {
+            let step = match self.next_request(&mut incoming, client_ip, direct).await {
                 Ok(Some(Next::Forward(request, close, query))) => {
-                    self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
                     if let Some(id) = query {
                         if queries.len() == QUERIES_KEPT {
                             queries.remove(0);
                         }
                         queries.push(id);
                     }
-                    match self.forward(responses, request).await {
-                        Ok(next) => responses = next,
-                        Err(_) => return, // the client went away, or was already answered
-                    }
-                    if close {
-                        // The client reads to the close: no further request is read.
-                        if let Some(mut client) = responses.finish().await {
-                            let _ = client.shutdown().await;
-                        }
-                        return;
-                    }
+                    self.on_forward(responses, request, close).await
                 }
-                Ok(Some(Next::Proxy(head))) => {
-                    self.stats.proxied.fetch_add(1, Ordering::Relaxed);
-                    // The workers' answers to earlier requests go out first.
-                    let Some(mut client) = responses.finish().await else {
-                        return;
-                    };
-                    let started = std::time::Instant::now();
-                    let outcome = self.proxy(&head, &mut incoming, &mut client, client_ip).await;
-                    if self.options.access_log {
-                        let status = match &outcome {
-                            Ok((_, status)) => *status,
-                            Err(refusal) => refusal.status,
-                        };
-                        access_line(&head, status, started.elapsed(), client_ip);
-                    }
-                    match outcome {
-                        Ok((true, _)) if !head.close => responses = Responses::Direct(client),
-                        Ok(_) => {
-                            let _ = client.shutdown().await;
-                            return;
-                        }
-                        Err(refusal) => return refuse(refusal, Some(client), incoming).await,
-                    }
-                }
-                Ok(Some(Next::Answer(head, body, close))) => {
-                    self.stats.answered.fetch_add(1, Ordering::Relaxed);
-                    let Responses::Direct(client) = &mut responses else {
-                        return;
-                    };
-                    if write_both(client, &head, &body).await.is_err() {
-                        return;
-                    }
-                    if close {
-                        let _ = client.shutdown().await;
-                        return;
-                    }
-                }
+                Ok(Some(Next::Proxy(head))) => self.on_proxy(responses, &head, &mut incoming, client_ip).await,
+                Ok(Some(Next::Answer(head, body, close))) => self.on_answer(responses, &head, &body, close).await,
                 Ok(Some(Next::Idle)) => {
                     if let Some(mut client) = responses.finish().await {
                         let _ = client.shutdown().await;
                     }
-                    return;
+                    Step::Close
                 }
                 Ok(None) => {
-                    // The client closed its side. A response still
-                    // under way is abandoned, as nginx does when a client goes away: the
-                    // connection to the workers is dropped with it, so a blocking query
-                    // held for this client holds no descriptor of the gate's any more.
-                    match responses {
-                        Responses::Direct(mut client) => {
-                            let _ = client.shutdown().await;
-                        }
-                        Responses::Relayed { upstream, task, .. } => {
-                            task.abort();
-                            drop(upstream);
-                            self.abandon(&queries);
-                        }
-                    }
-                    return;
+                    self.client_gone(responses, &queries).await;
+                    Step::Close
                 }
                 Err(refusal) => {
                     if refusal.status != 0 {
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
                     }
-                    return refuse(refusal, responses.finish().await, incoming).await;
+                    Step::Refuse(refusal, responses.finish().await)
                 }
+            };
+            match step {
+                Step::Next(next) => responses = next,
+                Step::Close => return,
+                Step::Refuse(refusal, client) => return refuse(refusal, client, incoming).await,
+            }
+        }
+    }
+
+    /// A request for the workers: sent, its answer relayed in order.
+    async fn on_forward(&self, responses: Responses, request: Vec<u8>, close: bool) -> Step {
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let Ok(responses) = self.forward(responses, request).await else {
+            return Step::Close; // the client went away, or was already answered
+        };
+        if !close {
+            return Step::Next(responses);
+        }
+        // The client reads to the close: no further request is read.
+        if let Some(mut client) = responses.finish().await {
+            let _ = client.shutdown().await;
+        }
+        Step::Close
+    }
+
+    /// A request for the proxy, once the workers' answers to earlier requests are out.
+    async fn on_proxy(&self, responses: Responses, head: &Head, incoming: &mut Incoming, client_ip: IpAddr) -> Step {
+        self.stats.proxied.fetch_add(1, Ordering::Relaxed);
+        let Some(mut client) = responses.finish().await else {
+            return Step::Close;
+        };
+        let started = std::time::Instant::now();
+        let outcome = self.proxy(head, incoming, &mut client, client_ip).await;
+        if self.options.access_log {
+            let status = match &outcome {
+                Ok((_, status)) => *status,
+                Err(refusal) => refusal.status,
+            };
+            access_line(head, status, started.elapsed(), client_ip);
+        }
+        match outcome {
+            Ok((true, _)) if !head.close => Step::Next(Responses::Direct(client)),
+            Ok(_) => {
+                let _ = client.shutdown().await;
+                Step::Close
+            }
+            Err(refusal) => Step::Refuse(refusal, Some(client)),
+        }
+    }
+
+    /// An answer the gate gave itself (a hot read).
+    async fn on_answer(&self, mut responses: Responses, head: &[u8], body: &[u8], close: bool) -> Step {
+        self.stats.answered.fetch_add(1, Ordering::Relaxed);
+        let Responses::Direct(client) = &mut responses else {
+            return Step::Close;
+        };
+        if write_both(client, head, body).await.is_err() {
+            return Step::Close;
+        }
+        if close {
+            let _ = client.shutdown().await;
+            return Step::Close;
+        }
+        Step::Next(responses)
+    }
+
+    /// The client closed its side. A response still under way is abandoned, as nginx does
+    /// when a client goes away: the connection to the workers is dropped with it, so a
+    /// blocking query held for this client holds no descriptor of the gate's any more.
+    async fn client_gone(&self, responses: Responses, queries: &[u64]) {
+        match responses {
+            Responses::Direct(mut client) => {
+                let _ = client.shutdown().await;
+            }
+            Responses::Relayed { upstream, task, .. } => {
+                task.abort();
+                drop(upstream);
+                self.abandon(queries);
             }
         }
     }

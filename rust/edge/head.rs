@@ -50,93 +50,11 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
         return Err(Refusal::new(405, format!("{method} is not allowed on {path}")));
     }
     check_target(&path)?;
-    let mut lengths: Vec<&[u8]> = Vec::new();
-    let mut codings: Vec<String> = Vec::new();
-    let mut authorization = None;
-    let mut connection = String::new();
-    let mut multipart_form = None;
-    let mut forwarded = format!("{method} {path} HTTP/1.{}\r\n", request.version.unwrap_or(1)).into_bytes();
+    let request_line = format!("{method} {path} HTTP/1.{}\r\n", request.version.unwrap_or(1));
     // The proxy's copy of the headers; the registry's own routes do not need one.
-    let proxied = !registry_route(&path);
-    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
-    for header in request.headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            lengths.push(header.value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            codings.extend(
-                String::from_utf8_lossy(header.value)
-                    .split(',')
-                    .map(|c| c.trim().to_ascii_lowercase())
-                    .filter(|c| !c.is_empty()),
-            );
-        } else if !name.eq_ignore_ascii_case(CLIENT_ADDR_HEADER) && !name.eq_ignore_ascii_case(QUERY_HEADER) {
-            if name.eq_ignore_ascii_case("authorization") {
-                authorization = std::str::from_utf8(header.value).ok().map(str::to_owned);
-            } else if name.eq_ignore_ascii_case("connection") {
-                connection = String::from_utf8_lossy(header.value).to_ascii_lowercase();
-            } else if name.eq_ignore_ascii_case("content-type") {
-                let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
-                if value.trim_start().starts_with("multipart/form-data") {
-                    multipart_form = Some(value.contains("boundary="));
-                }
-            }
-            forwarded.extend_from_slice(name.as_bytes());
-            forwarded.extend_from_slice(b": ");
-            forwarded.extend_from_slice(header.value);
-            forwarded.extend_from_slice(b"\r\n");
-            if proxied {
-                kept.push((name.to_owned(), header.value.to_vec()));
-            }
-        }
-    }
-    let framing = match (lengths.as_slice(), codings.as_slice()) {
-        ([], []) => Framing::None,
-        ([], [only]) if only == "chunked" => Framing::Chunked,
-        ([], _) => {
-            return Err(Refusal::new(
-                400,
-                format!(
-                    "unsupported Transfer-Encoding '{}'; only chunked is accepted",
-                    codings.join(", ")
-                ),
-            ))
-        }
-        (_, [_, ..]) => {
-            return Err(Refusal::new(
-                400,
-                "a request must not carry both Content-Length and Transfer-Encoding",
-            ))
-        }
-        (first, []) => {
-            let parse = |v: &[u8]| -> Option<u64> {
-                let text = std::str::from_utf8(v).ok()?.trim();
-                (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| text.parse().ok())
-                    .flatten()
-            };
-            let values: Vec<Option<u64>> = first.iter().map(|v| parse(v)).collect();
-            match values.first() {
-                Some(Some(n)) if values.iter().all(|v| *v == Some(*n)) => Framing::Length(*n),
-                _ => return Err(Refusal::new(400, "invalid or conflicting Content-Length")),
-            }
-        }
-    };
-    match multipart_form {
-        Some(_) if registry_route(&path) => {
-            return Err(Refusal::new(
-                415,
-                "Content-Type: the registry's routes take application/json, not multipart/form-data",
-            ))
-        }
-        Some(false) => {
-            return Err(Refusal::new(
-                400,
-                "Content-Type: multipart/form-data without a boundary",
-            ))
-        }
-        _ => {}
-    }
+    let scan = HeaderScan::of(request.headers, request_line, !registry_route(&path));
+    let framing = framing_of(&scan.lengths, &scan.codings)?;
+    check_content_type(scan.multipart_form, &path)?;
     // One table of the registry's routes (finding 7 of the 2026-12 review: xDS got the
     // proxy's limit, 16 MiB, into Robyn, which buffers bodies whole).
     let limit = if registry_route(&path) {
@@ -151,22 +69,139 @@ pub fn check_head(raw: &[u8], limits: &Limits) -> Result<Head, Refusal> {
     }
     let http10 = request.version == Some(0);
     let expect_continue = !http10
-        && kept
+        && scan
+            .kept
             .iter()
             .any(|(n, v)| n.eq_ignore_ascii_case("expect") && v.eq_ignore_ascii_case(b"100-continue"));
-    let close = connection.contains("close") || (http10 && !connection.contains("keep-alive"));
+    let close = scan.connection.contains("close") || (http10 && !scan.connection.contains("keep-alive"));
     Ok(Head {
         method,
         path,
         framing,
         limit,
-        authorization,
+        authorization: scan.authorization,
         close,
-        forwarded,
-        headers: kept,
+        forwarded: scan.forwarded,
+        headers: scan.kept,
         http10,
         expect_continue,
     })
+}
+
+/// What a head's headers say, read in one pass: the framing headers apart, the rest
+/// copied for the workers (and, for a proxied path, for the proxy).
+struct HeaderScan<'r> {
+    lengths: Vec<&'r [u8]>,
+    codings: Vec<String>,
+    authorization: Option<String>,
+    /// `Connection`, lower-cased.
+    connection: String,
+    /// Some(has a boundary) for a `multipart/form-data` body.
+    multipart_form: Option<bool>,
+    /// The request line and the headers the workers get.
+    forwarded: Vec<u8>,
+    /// The headers the proxy gets (none for the registry's own routes).
+    kept: Vec<(String, Vec<u8>)>,
+}
+
+impl<'r> HeaderScan<'r> {
+    fn of(headers: &[httparse::Header<'r>], request_line: String, proxied: bool) -> HeaderScan<'r> {
+        let mut scan = HeaderScan {
+            lengths: Vec::new(),
+            codings: Vec::new(),
+            authorization: None,
+            connection: String::new(),
+            multipart_form: None,
+            forwarded: request_line.into_bytes(),
+            kept: Vec::new(),
+        };
+        for header in headers {
+            let name = header.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                scan.lengths.push(header.value);
+                continue;
+            }
+            if name.eq_ignore_ascii_case("transfer-encoding") {
+                let text = String::from_utf8_lossy(header.value);
+                let codings = text.split(',').map(|c| c.trim().to_ascii_lowercase());
+                scan.codings.extend(codings.filter(|c| !c.is_empty()));
+                continue;
+            }
+            // The gate's own headers to the workers are never taken from a client.
+            if name.eq_ignore_ascii_case(CLIENT_ADDR_HEADER) || name.eq_ignore_ascii_case(QUERY_HEADER) {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("authorization") {
+                scan.authorization = std::str::from_utf8(header.value).ok().map(str::to_owned);
+            } else if name.eq_ignore_ascii_case("connection") {
+                scan.connection = String::from_utf8_lossy(header.value).to_ascii_lowercase();
+            } else if name.eq_ignore_ascii_case("content-type") {
+                let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
+                if value.trim_start().starts_with("multipart/form-data") {
+                    scan.multipart_form = Some(value.contains("boundary="));
+                }
+            }
+            scan.forwarded.extend_from_slice(name.as_bytes());
+            scan.forwarded.extend_from_slice(b": ");
+            scan.forwarded.extend_from_slice(header.value);
+            scan.forwarded.extend_from_slice(b"\r\n");
+            if proxied {
+                scan.kept.push((name.to_owned(), header.value.to_vec()));
+            }
+        }
+        scan
+    }
+}
+
+/// The body's framing (RFC 9112 section 6): by one Content-Length (repeats must agree), by
+/// `chunked` alone, or none; both at once, or another coding, is refused (a request
+/// smuggling vector otherwise).
+fn framing_of(lengths: &[&[u8]], codings: &[String]) -> Result<Framing, Refusal> {
+    match (lengths, codings) {
+        ([], []) => Ok(Framing::None),
+        ([], [only]) if only == "chunked" => Ok(Framing::Chunked),
+        ([], _) => Err(Refusal::new(
+            400,
+            format!(
+                "unsupported Transfer-Encoding '{}'; only chunked is accepted",
+                codings.join(", ")
+            ),
+        )),
+        (_, [_, ..]) => Err(Refusal::new(
+            400,
+            "a request must not carry both Content-Length and Transfer-Encoding",
+        )),
+        (first, []) => {
+            let parse = |v: &[u8]| -> Option<u64> {
+                let text = std::str::from_utf8(v).ok()?.trim();
+                (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| text.parse().ok())
+                    .flatten()
+            };
+            let values: Vec<Option<u64>> = first.iter().map(|v| parse(v)).collect();
+            match values.first() {
+                Some(Some(n)) if values.iter().all(|v| *v == Some(*n)) => Ok(Framing::Length(*n)),
+                _ => Err(Refusal::new(400, "invalid or conflicting Content-Length")),
+            }
+        }
+    }
+}
+
+/// A `multipart/form-data` body: a 415 on the registry's routes (they take JSON), and a 400
+/// without a boundary anywhere (Robyn parses such bodies before any handler and answered a
+/// malformed one with a bare 500).
+fn check_content_type(multipart_form: Option<bool>, path: &str) -> Result<(), Refusal> {
+    match multipart_form {
+        Some(_) if registry_route(path) => Err(Refusal::new(
+            415,
+            "Content-Type: the registry's routes take application/json, not multipart/form-data",
+        )),
+        Some(false) => Err(Refusal::new(
+            400,
+            "Content-Type: multipart/form-data without a boundary",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Only the origin form (`/path?query`) is served. The absolute form (`http://host/path`)
