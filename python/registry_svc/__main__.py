@@ -177,6 +177,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class FlagError(Exception):
+    """A flag's value the server refuses to start with (exit status 2)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "cluster":
@@ -187,76 +191,38 @@ def main(argv: list[str] | None = None) -> int:
         from registry_svc.access import use_json_logs
 
         use_json_logs()
-    if not 1 <= args.port <= 65535:
-        print(f"registry-svc: --port must be 1-65535, got {args.port}", file=sys.stderr)
+    try:
+        settings = checked_settings(args)
+    except FlagError as e:
+        print(f"registry-svc: {e}", file=sys.stderr)
         return 2
-    if args.data_port is not None and (not 0 <= args.data_port <= 65535 or args.data_port == args.port):
-        print(
-            f"registry-svc: --data-port must be 0 (off) or 1-65535 and not --port, got {args.data_port}",
-            file=sys.stderr,
-        )
-        return 2
-    if args.processes < 1 or args.workers < 1 or args.map_size_mib < 1 or args.max_proxy_body_mib < 1:
-        print(
-            "registry-svc: --processes, --workers, --map-size-mib and --max-proxy-body-mib must be at least 1",
-            file=sys.stderr,
-        )
-        return 2
-    if not 0.1 <= args.heartbeat_seconds <= 3600:
-        print("registry-svc: --heartbeat-seconds must be between 0.1 and 3600", file=sys.stderr)
-        return 2
-    slug_policies: dict[str, str] = {}
-    for item in args.slug_policy:
-        slug, _, policy = item.partition("=")
-        if not slug or policy not in settings_mod.POLICIES:
-            print(
-                f"registry-svc: --slug-policy wants SLUG=POLICY with POLICY in {', '.join(settings_mod.POLICIES)}; got '{item}'",
-                file=sys.stderr,
-            )
-            return 2
-        slug_policies[slug] = policy
-    if not 0.1 <= args.proxy_timeout_seconds <= 3600:
-        print("registry-svc: --proxy-timeout-seconds must be between 0.1 and 3600", file=sys.stderr)
-        return 2
-    if args.max_connections < 0:
-        print("registry-svc: --max-connections must be 0 (derived) or more", file=sys.stderr)
-        return 2
-    if not 0 <= args.dns_port <= 65535 or (args.dns_port and args.dns_port == args.port):
-        print(
-            f"registry-svc: --dns-port must be 0 (off) or 1-65535 and not --port, got {args.dns_port}", file=sys.stderr
-        )
-        return 2
-    if not 0 <= args.dns_ttl <= 2**31 - 1 or args.dns_rate_limit < 0:
-        print("registry-svc: --dns-ttl must be 0 to 2147483647 and --dns-rate-limit 0 or more", file=sys.stderr)
-        return 2
+    return serve(settings)
+
+
+def checked_settings(args: argparse.Namespace) -> settings_mod.Settings:
+    """The settings the flags describe; FlagError naming the first flag that is wrong."""
+    _check_numbers(args)
+    slug_policies = _slug_policies(args.slug_policy)
     dns_exempt = tuple(n.strip() for n in args.dns_rate_exempt.split(",") if n.strip())
     try:
         dns_domain = _core.check_dns_options(args.dns_domain, list(dns_exempt))
     except ValueError as e:
-        print(f"registry-svc: {e}", file=sys.stderr)
-        return 2
-    if not 0.1 <= args.eject_seconds <= 3600:
-        print("registry-svc: --eject-seconds must be between 0.1 and 3600", file=sys.stderr)
-        return 2
+        raise FlagError(str(e)) from None
     networks: dict[str, tuple[str, ...]] = {}
     for flag, value in (("--probe-networks", args.probe_networks), ("--proxy-networks", args.proxy_networks)):
-        if value is None:
-            continue
-        try:
-            networks[flag] = tuple(_core.parse_networks(value.split(",")))
-        except ValueError as e:
-            print(f"registry-svc: {flag}: {e}", file=sys.stderr)
-            return 2
+        if value is not None:
+            try:
+                networks[flag] = tuple(_core.parse_networks(value.split(",")))
+            except ValueError as e:
+                raise FlagError(f"{flag}: {e}") from None
     etcd_endpoints: tuple[str, ...] = ()
     if args.etcd:
         try:
             etcd_endpoints = tuple(etcd.parse_endpoints(args.etcd))
         except ValueError as e:
-            print(f"registry-svc: --etcd: {e}", file=sys.stderr)
-            return 2
+            raise FlagError(f"--etcd: {e}") from None
     if problem := cluster.prefix_problem(args.etcd_prefix):
-        print(f"registry-svc: --etcd-prefix {problem}", file=sys.stderr)
-        return 2
+        raise FlagError(f"--etcd-prefix {problem}")
     try:
         settings = settings_mod.resolve(
             args.host,
@@ -282,9 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             max_connections=args.max_connections,
         )
     except UrlError as e:
-        print(f"registry-svc: OB_SELF_URL: {e}", file=sys.stderr)
-        return 2
-    settings = dataclasses.replace(
+        raise FlagError(f"OB_SELF_URL: {e}") from None
+    return dataclasses.replace(
         settings,
         dns_port=args.dns_port,
         dns_domain=dns_domain,
@@ -292,7 +257,41 @@ def main(argv: list[str] | None = None) -> int:
         dns_rate_limit=args.dns_rate_limit,
         dns_rate_exempt=dns_exempt,
     )
-    return serve(settings)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Ports, counts and durations within their ranges."""
+    if not 1 <= args.port <= 65535:
+        raise FlagError(f"--port must be 1-65535, got {args.port}")
+    if args.data_port is not None and (not 0 <= args.data_port <= 65535 or args.data_port == args.port):
+        raise FlagError(f"--data-port must be 0 (off) or 1-65535 and not --port, got {args.data_port}")
+    if args.processes < 1 or args.workers < 1 or args.map_size_mib < 1 or args.max_proxy_body_mib < 1:
+        raise FlagError("--processes, --workers, --map-size-mib and --max-proxy-body-mib must be at least 1")
+    if not 0.1 <= args.heartbeat_seconds <= 3600:
+        raise FlagError("--heartbeat-seconds must be between 0.1 and 3600")
+    if not 0.1 <= args.proxy_timeout_seconds <= 3600:
+        raise FlagError("--proxy-timeout-seconds must be between 0.1 and 3600")
+    if args.max_connections < 0:
+        raise FlagError("--max-connections must be 0 (derived) or more")
+    if not 0 <= args.dns_port <= 65535 or (args.dns_port and args.dns_port == args.port):
+        raise FlagError(f"--dns-port must be 0 (off) or 1-65535 and not --port, got {args.dns_port}")
+    if not 0 <= args.dns_ttl <= 2**31 - 1 or args.dns_rate_limit < 0:
+        raise FlagError("--dns-ttl must be 0 to 2147483647 and --dns-rate-limit 0 or more")
+    if not 0.1 <= args.eject_seconds <= 3600:
+        raise FlagError("--eject-seconds must be between 0.1 and 3600")
+
+
+def _slug_policies(items: list[str]) -> dict[str, str]:
+    """`--slug-policy SLUG=POLICY`, repeated."""
+    slug_policies: dict[str, str] = {}
+    for item in items:
+        slug, _, policy = item.partition("=")
+        if not slug or policy not in settings_mod.POLICIES:
+            raise FlagError(
+                f"--slug-policy wants SLUG=POLICY with POLICY in {', '.join(settings_mod.POLICIES)}; got '{item}'"
+            )
+        slug_policies[slug] = policy
+    return slug_policies
 
 
 def run() -> None:
