@@ -30,6 +30,10 @@ mod python;
 #[cfg(feature = "python")]
 mod python_dns;
 #[cfg(feature = "python")]
+mod python_errors;
+#[cfg(feature = "python")]
+mod python_front;
+#[cfg(feature = "python")]
 mod python_rules;
 
 #[cfg(test)]

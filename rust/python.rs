@@ -1,73 +1,26 @@
-//! The PyO3 layer: argument conversion, GIL release and error mapping. No logic lives here.
+//! The PyO3 binding of the store (`_core.Store`) and the module itself: argument
+//! conversion, GIL release, error mapping; no logic lives here. The gates (`python_front`),
+//! the request rules (`python_rules`), the errors (`python_errors`) and DNS (`python_dns`)
+//! have binding files of their own.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyOSError, PyTimeoutError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use std::sync::Arc;
 
 use crate::cache::ResponseCache;
-use crate::edge::{Front, Limits, Options, Role};
-use crate::forward::Forwarder;
 use crate::model::{self, CollectionSpec};
-use crate::netguard::NetPolicy;
+use crate::python_errors::{to_py, NoRoutableError, NotFoundError};
 use crate::registry::Registry;
 use crate::replica::{Mode, ReplicaChange};
 use crate::select::{EjectionConfig, PickRequest, Picked, Policy, Selector};
 use crate::shared::SharedState;
 use crate::store::{self, Expect, StoreError};
-
-create_exception!(_core, StoreErrorPy, PyException, "Base class of every store error.");
-create_exception!(_core, NotFoundError, StoreErrorPy, "No record with that id.");
-create_exception!(
-    _core,
-    ConflictError,
-    StoreErrorPy,
-    "A unique field is held by another record; args = (message, holder_id)."
-);
-create_exception!(
-    _core,
-    VersionMismatchError,
-    StoreErrorPy,
-    "The record changed since it was read."
-);
-create_exception!(
-    _core,
-    InvalidRecordError,
-    StoreErrorPy,
-    "The record or the request is not acceptable to the store."
-);
-create_exception!(
-    _core,
-    StoreFullError,
-    StoreErrorPy,
-    "The LMDB map is full; nothing was written."
-);
-create_exception!(
-    _core,
-    NoRoutableError,
-    StoreErrorPy,
-    "The slug has instances, but none is routable."
-);
-
-pub(crate) fn to_py(err: StoreError) -> PyErr {
-    let msg = err.to_string();
-    match err {
-        StoreError::NotFound { .. } => NotFoundError::new_err(msg),
-        StoreError::Unique { holder, .. } => ConflictError::new_err((msg, holder)),
-        StoreError::VersionMismatch { .. } | StoreError::CollectionChanged { .. } => VersionMismatchError::new_err(msg),
-        StoreError::InvalidRecord(_) | StoreError::UnknownCollection(_) | StoreError::UnknownFilter { .. } => {
-            InvalidRecordError::new_err(msg)
-        }
-        StoreError::Full(_) => StoreFullError::new_err(msg),
-        StoreError::Lmdb(_) | StoreError::Closed => StoreErrorPy::new_err(msg),
-    }
-}
 
 fn collection(name: &str) -> PyResult<&'static CollectionSpec> {
     model::collection(name).ok_or_else(|| to_py(StoreError::UnknownCollection(name.to_owned())))
@@ -82,11 +35,8 @@ fn expect(version: Option<u64>) -> Expect {
 }
 
 fn policy(name: &str) -> PyResult<Policy> {
-    Policy::parse(name).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "unknown policy '{name}'; use round_robin, random, weighted, least_request or consistent_hash"
-        ))
-    })
+    Policy::parse(name)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown policy '{name}'; use {}", Policy::NAMES.join(", "))))
 }
 
 /// The registry store over one LMDB directory, with this process's instance selector.
@@ -511,152 +461,11 @@ impl PyStore {
     }
 }
 
-/// The gate in front of the API port (see `edge/`): listens on `host:port` and
-/// forwards checked requests to the workers on `127.0.0.1:upstream_port`.
-#[pyclass(frozen, name = "Front", module = "registry_svc._core")]
-pub struct PyFront {
-    inner: std::sync::Mutex<Option<Front>>,
-    port: u16,
-}
-
-#[pymethods]
-impl PyFront {
-    #[new]
-    #[pyo3(signature = (
-        host, port, upstream_port, api_body_limit = 1 << 20, proxy_body_limit = 16 << 20, threads = 2, store = None,
-        data_plane = false, proxy_networks = None, proxy_timeout = 60.0, answer_reads = true, access_log = false,
-        max_connections = 0, api_port = 0
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        host: &str,
-        port: u16,
-        upstream_port: u16,
-        api_body_limit: u64,
-        proxy_body_limit: u64,
-        threads: usize,
-        store: Option<PyRef<'_, PyStore>>,
-        data_plane: bool,
-        proxy_networks: Option<Vec<String>>,
-        proxy_timeout: f64,
-        answer_reads: bool,
-        access_log: bool,
-        max_connections: usize,
-        api_port: u16,
-    ) -> PyResult<Self> {
-        use std::net::ToSocketAddrs;
-        let listen = (host, port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut found| found.next())
-            .ok_or_else(|| PyValueError::new_err(format!("'{host}' is not an address to listen on")))?;
-        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], upstream_port));
-        let limits = Limits {
-            api_body: api_body_limit,
-            proxy_body: proxy_body_limit,
-            max_connections,
-            ..Limits::default()
-        };
-        let registry = store.map(|s| Arc::clone(&s.registry));
-        let role = if data_plane { Role::Data } else { Role::Api };
-        let options = Options {
-            answer_reads,
-            access_log,
-            api_port,
-        };
-        // With the networks it may reach, the gate proxies `/<slug>/...` itself.
-        let proxy_timeout =
-            Duration::try_from_secs_f64(proxy_timeout).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let proxy = proxy_networks
-            .map(|cidrs| NetPolicy::new(&cidrs, "proxy").map(|policy| Forwarder::new(policy, proxy_timeout)))
-            .transpose()
-            .map_err(PyValueError::new_err)?;
-        let front = py
-            .detach(|| Front::start(listen, upstream, limits, threads, registry, role, proxy, options))
-            .map_err(|e| {
-                PyOSError::new_err((e.raw_os_error().unwrap_or(0), format!("cannot listen on {listen}: {e}")))
-            })?;
-        let port = front.local_addr().port();
-        Ok(PyFront {
-            inner: std::sync::Mutex::new(Some(front)),
-            port,
-        })
-    }
-
-    /// (answered, forwarded, refused, proxied) requests since the gate started.
-    fn stats(&self) -> (u64, u64, u64, u64) {
-        self.inner
-            .lock()
-            .ok()
-            .and_then(|f| f.as_ref().map(Front::stats))
-            .unwrap_or_default()
-    }
-
-    /// The proxy's upstream outcomes (and `ejections`) since the gate started.
-    fn proxy_stats(&self) -> Vec<(&'static str, u64)> {
-        self.inner
-            .lock()
-            .ok()
-            .and_then(|f| f.as_ref().map(Front::proxy_stats))
-            .unwrap_or_default()
-    }
-
-    /// The port it listens on.
-    #[getter]
-    fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Stops listening and drops every connection.
-    fn close(&self, py: Python<'_>) {
-        let front = self.inner.lock().ok().and_then(|mut f| f.take());
-        py.detach(move || drop(front));
-    }
-}
-
-/// POSTs a JSON `body` to `http://endpoint/path` (etcd's gateway) with the GIL released;
-/// returns (status, body). OSError (TimeoutError on a timeout) when it cannot.
-#[pyfunction]
-#[pyo3(signature = (endpoint, path, body, headers, timeout, connect_timeout))]
-fn http_post<'py>(
-    py: Python<'py>,
-    endpoint: &str,
-    path: &str,
-    body: &[u8],
-    headers: Vec<(String, String)>,
-    timeout: f64,
-    connect_timeout: f64,
-) -> PyResult<(u16, Bound<'py, PyBytes>)> {
-    let seconds = |s: f64| Duration::try_from_secs_f64(s).map_err(|e| PyValueError::new_err(e.to_string()));
-    let (timeout, connect_timeout) = (seconds(timeout)?, seconds(connect_timeout)?);
-    let answer = py.detach(|| crate::etcd_http::post(endpoint, path, body, &headers, timeout, connect_timeout));
-    match answer {
-        Ok((status, body)) => Ok((status, PyBytes::new(py, &body))),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
-            Err(PyTimeoutError::new_err(format!("{endpoint}: timed out")))
-        }
-        Err(e) => Err(PyOSError::new_err(format!("{endpoint}: {e}"))),
-    }
-}
-
-/// The IPv4 address an IPv6 spelling carries (IPv4-mapped, IPv4-compatible, NAT64, 6to4),
-/// or the address itself: the fence's one rule for spellings (`netguard.rs`).
-#[pyfunction]
-fn unmapped_address(address: &str) -> PyResult<String> {
-    let ip: std::net::IpAddr = address
-        .parse()
-        .map_err(|_| PyValueError::new_err(format!("'{address}' is not an IP address")))?;
-    Ok(crate::netguard::unmapped(ip).to_string())
-}
-
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    m.add_function(wrap_pyfunction!(http_post, m)?)?;
-    m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::python_front::http_post, m)?)?;
     m.add_class::<PyStore>()?;
-    m.add_class::<PyFront>()?;
+    m.add_class::<crate::python_front::PyFront>()?;
     m.add_class::<crate::python_dns::PyDns>()?;
     m.add_function(wrap_pyfunction!(crate::python_dns::check_dns_options, m)?)?;
     crate::python_rules::add(m)?;
@@ -665,12 +474,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "__build__",
         format!("registry-svc-core {} ({profile})", env!("CARGO_PKG_VERSION")),
     )?;
-    m.add("StoreError", py.get_type::<StoreErrorPy>())?;
-    m.add("NotFoundError", py.get_type::<NotFoundError>())?;
-    m.add("ConflictError", py.get_type::<ConflictError>())?;
-    m.add("VersionMismatchError", py.get_type::<VersionMismatchError>())?;
-    m.add("InvalidRecordError", py.get_type::<InvalidRecordError>())?;
-    m.add("StoreFullError", py.get_type::<StoreFullError>())?;
-    m.add("NoRoutableError", py.get_type::<NoRoutableError>())?;
+    crate::python_errors::add(m)?;
     Ok(())
 }

@@ -141,9 +141,19 @@ fn authenticate(
     let registry = &store.registry;
     match registry.tokens.resolve(registry, header) {
         Ok(c) => Ok((c.id, c.role, c.slug, c.expires_ms.map(|ms| ms as f64 / 1000.0))),
-        Err(crate::tokens::Refused::Store(e)) => Err(crate::python::to_py(e)),
+        Err(crate::tokens::Refused::Store(e)) => Err(crate::python_errors::to_py(e)),
         Err(refused) => Err(PyValueError::new_err(refused.message())),
     }
+}
+
+/// The IPv4 address an IPv6 spelling carries (IPv4-mapped, IPv4-compatible, NAT64, 6to4),
+/// or the address itself: the fence's one rule for spellings (`netguard.rs`).
+#[pyfunction]
+fn unmapped_address(address: &str) -> PyResult<String> {
+    let ip: std::net::IpAddr = address
+        .parse()
+        .map_err(|_| PyValueError::new_err(format!("'{address}' is not an IP address")))?;
+    Ok(crate::netguard::unmapped(ip).to_string())
 }
 
 /// Adds the rules to the module: the functions, `RESERVED_SLUGS` (a list) and `SLUG_PATTERN`.
@@ -153,6 +163,7 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_registry_route, m)?)?;
     m.add_class::<PyNetPolicy>()?;
     m.add_function(wrap_pyfunction!(access_line, m)?)?;
+    m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;
     m.add_function(wrap_pyfunction!(authenticate, m)?)?;
     m.add_function(wrap_pyfunction!(parse_networks, m)?)?;
     m.add_function(wrap_pyfunction!(is_sensitive, m)?)?;
