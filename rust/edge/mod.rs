@@ -54,6 +54,8 @@ use crate::tokens::Tokens;
 mod access;
 mod answer;
 mod dispatch;
+#[cfg(test)]
+mod fuzz_tests;
 mod head;
 mod incoming;
 mod proxy;

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use crate::edge::{check_head, data_port_refusal, Framing, Front, Limits, Options, Role};
 
-struct Upstream {
+pub(super) struct Upstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
 }
 
 /// Answers every request (head plus Content-Length body) with 200 and the raw request as body.
-fn upstream() -> Upstream {
+pub(super) fn upstream() -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -54,7 +54,7 @@ fn upstream() -> Upstream {
     Upstream { addr, connections }
 }
 
-fn front(up: &Upstream) -> Front {
+pub(super) fn front(up: &Upstream) -> Front {
     let limits = Limits {
         api_body: 1024,
         proxy_body: 4096,
