@@ -343,3 +343,17 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path / "data").start()
     yield srv
     srv.kill9()
+
+
+def probes_run(server: Server, kind: str, result: str) -> float:
+    """`registry_health_probes_total{type=kind,result=result}` of the server's /metrics:
+    something observable to wait for instead of sleeping "long enough"."""
+    text = server.call("GET", "/metrics", token=None).body.decode()
+    for line in text.splitlines():
+        if (
+            line.startswith("registry_health_probes_total{")
+            and f'type="{kind}"' in line
+            and f'result="{result}"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -23,7 +23,7 @@ import psutil
 import pytest
 from test_health import FAKE_NVML, Backend, instance, status_of, wait_until
 
-from conftest import NO_CHECK, Server
+from conftest import NO_CHECK, Server, probes_run, wait_for
 
 FAST = ["--heartbeat-seconds", "0.5"]
 QUICK_TCP = {"type": "tcp", "intervalSeconds": 1, "timeoutSeconds": 1}
@@ -217,7 +217,9 @@ def test_a_backend_sending_megabytes_without_a_newline_is_unhealthy_with_a_short
         inst = srv.register({"url": f"http://127.0.0.1:{port}", "slug": "flood", "healthCheck": check}).json["instance"]
         down = wait_until(lambda: (i := instance(srv, inst["id"]))["status"] == "Unhealthy" and i, what="Unhealthy")
         assert down["statusReason"] == "ValueError: no HTTP status line in the first 1024 bytes"
-        time.sleep(2.5)  # more failing probes: no new transition, no log lines
+        # Two more failing probes (counted, not slept for): no new transition, no log lines.
+        failed = probes_run(srv, "http", "fail")
+        wait_for(lambda: probes_run(srv, "http", "fail") >= failed + 2, 15, "two more failing probes")
     finally:
         stop.set()
         listener.close()
