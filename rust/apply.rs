@@ -14,11 +14,9 @@ use std::sync::OnceLock;
 
 use heed::{Env, RoTxn, RwTxn, WithoutTls};
 
+use crate::keys::{collection_meta_key, partition_meta_key, read_u64, Tables, META_INDEX, VERSION_LEN};
 use crate::model::{self, CollectionSpec};
-use crate::store::{
-    collection_meta_key, decode_record, partition_meta_key, read_u64, Expect, Op, Record, Result, StoreError, Tables,
-    META_INDEX, VERSION_LEN,
-};
+use crate::store::{decode_record, Expect, Op, Record, Result, StoreError};
 
 /// Longest run of pending writes committed in one transaction.
 const MAX_BATCH: usize = 512;

@@ -8,13 +8,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod apply;
 pub mod cache;
+pub mod candidate;
 pub mod dns;
 pub mod edge;
 mod error;
 pub mod etcd_http;
 pub mod forward;
+pub mod hash;
+mod keys;
 pub mod model;
 pub mod netguard;
+pub mod policy;
 pub mod reads;
 pub mod registry;
 pub mod replica;
@@ -24,6 +28,7 @@ pub mod select;
 pub mod shared;
 pub mod store;
 pub mod tokens;
+mod wait;
 
 #[cfg(feature = "python")]
 mod python;

@@ -14,11 +14,9 @@
 use heed::RwTxn;
 
 use crate::apply::remove_index_entries;
+use crate::keys::{collection_meta_key, partition_meta_key, read_u64, Tables, META_INDEX, VERSION_LEN};
 use crate::model::{self, CollectionSpec};
-use crate::store::{
-    collection_meta_key, decode_record, partition_meta_key, read_u64, Result, StoreError, Tables, META_INDEX,
-    VERSION_LEN,
-};
+use crate::store::{decode_record, Result, StoreError};
 
 /// One committed change, as etcd reported it.
 #[derive(Debug, Clone)]

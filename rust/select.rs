@@ -13,9 +13,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::cache::{BoundedMap, Stamp};
+pub use crate::candidate::{host_and_port, Candidate, Health, Host};
+use crate::hash::mix64;
+pub use crate::policy::Policy;
+use crate::policy::{rendezvous, smooth_weighted};
 
 /// Bytes of cached pick candidates one process keeps (their bodies dominate). Keys are
 /// valid slugs and entries are bounded by what the store holds, so one slug may use it all.
@@ -23,119 +25,6 @@ const CANDIDATE_CACHE_BYTES: usize = 128 << 20;
 use crate::model::INSTANCES;
 use crate::shared::{ms_at, SharedState};
 use crate::store::{Result, Store};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Policy {
-    RoundRobin,
-    Random,
-    Weighted,
-    LeastRequest,
-    ConsistentHash,
-}
-
-impl Policy {
-    /// Every policy's name, in the order the API documents them (exported to Python as
-    /// `_core.POLICIES`: the CLI, the flags and the request models take them from here).
-    pub const NAMES: [&'static str; 5] = ["round_robin", "random", "weighted", "least_request", "consistent_hash"];
-
-    pub fn parse(name: &str) -> Option<Policy> {
-        Some(match name {
-            "round_robin" => Policy::RoundRobin,
-            "random" => Policy::Random,
-            "weighted" => Policy::Weighted,
-            "least_request" => Policy::LeastRequest,
-            "consistent_hash" => Policy::ConsistentHash,
-            _ => return None,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    Healthy,
-    Unknown,
-    /// Unhealthy, Starting or Stopping: never routed to.
-    Excluded,
-}
-
-/// Where an instance is, from its URL: an address (IPv4-mapped ones unmapped), or the
-/// host name it was registered with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Host {
-    Ip(std::net::IpAddr),
-    Name(String),
-}
-
-/// The host and port of an instance's (or a node's) URL.
-pub fn host_and_port(url: &str) -> Option<(Host, u16)> {
-    let parts = crate::forward::split_url(url)?;
-    let bare = parts.host.trim_start_matches('[').trim_end_matches(']');
-    let host = match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => Host::Ip(crate::netguard::unmapped(ip)),
-        Err(_) => Host::Name(bare.to_owned()),
-    };
-    Some((host, parts.port()))
-}
-
-/// One instance as selection sees it.
-#[derive(Debug)]
-pub struct Candidate {
-    pub id: String,
-    pub url: String,
-    /// The URL's host and port (the scheme's default when it names none), parsed once
-    /// when the slug's candidates are read (DNS answers with them).
-    pub host: Option<Host>,
-    pub port: u16,
-    pub health: Health,
-    pub weight: u32,
-    pub zone: Option<String>,
-    pub tags: Vec<String>,
-    /// The pick response body: `{"instance": <stored JSON>}` (shared with the gates'
-    /// answers, never copied per pick).
-    pub body: Arc<Vec<u8>>,
-}
-
-impl Candidate {
-    /// Builds a candidate from an instance's stored JSON.
-    pub fn from_json(json: &[u8]) -> Option<Candidate> {
-        let value: Value = serde_json::from_slice(json).ok()?;
-        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
-        // In maintenance: never routed, whatever its checks say (they go on meanwhile).
-        let in_maintenance = value.get("maintenance").is_some_and(|m| !m.is_null());
-        let health = match value.get("status").and_then(Value::as_str) {
-            _ if in_maintenance => Health::Excluded,
-            Some("Healthy") => Health::Healthy,
-            Some("Unknown") | None => Health::Unknown,
-            Some(_) => Health::Excluded,
-        };
-        let tags = value
-            .get("tags")
-            .and_then(Value::as_array)
-            .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-            .unwrap_or_default();
-        let url = text("url")?;
-        let (host, port) = host_and_port(&url).map_or((None, 0), |(h, p)| (Some(h), p));
-        let mut body = Vec::with_capacity(json.len() + 13);
-        body.extend_from_slice(b"{\"instance\":");
-        body.extend_from_slice(json);
-        body.push(b'}');
-        Some(Candidate {
-            id: text("id")?,
-            host,
-            port,
-            url,
-            health,
-            weight: value
-                .get("weight")
-                .and_then(Value::as_u64)
-                .unwrap_or(100)
-                .clamp(1, 1000) as u32,
-            zone: text("zone"),
-            tags,
-            body: Arc::new(body),
-        })
-    }
-}
 
 /// What a caller asks for.
 #[derive(Debug, Default, Clone)]
@@ -531,49 +420,4 @@ fn routable<'c>(candidates: &'c [Arc<Candidate>], tags: &[String], zone: Option<
         }
     }
     chosen
-}
-
-/// Smooth weighted round robin (as in nginx): over any window of sum(weights) picks each
-/// instance is chosen exactly its weight's times, interleaved rather than in bursts.
-fn smooth_weighted<'c>(current: &mut HashMap<String, i64>, usable: &[&'c Arc<Candidate>]) -> &'c Arc<Candidate> {
-    current.retain(|id, _| usable.iter().any(|c| &c.id == id));
-    let total: i64 = usable.iter().map(|c| i64::from(c.weight)).sum();
-    let mut best = 0;
-    let mut best_weight = i64::MIN;
-    for (i, c) in usable.iter().enumerate() {
-        let w = current.entry(c.id.clone()).or_insert(0);
-        *w += i64::from(c.weight);
-        if *w > best_weight {
-            best_weight = *w;
-            best = i;
-        }
-    }
-    *current.get_mut(&usable[best].id).expect("present") -= total;
-    usable[best]
-}
-
-/// Rendezvous (highest random weight) hashing: the same key keeps its instance while that
-/// instance stays, and only the keys of a removed instance (or 1/N of keys, to a new one)
-/// move.
-fn rendezvous<'c>(usable: &[&'c Arc<Candidate>], key: &str) -> &'c Arc<Candidate> {
-    let key_hash = fnv1a64(key.as_bytes());
-    usable
-        .iter()
-        .copied()
-        .max_by_key(|c| (mix64(key_hash ^ fnv1a64(c.id.as_bytes())), std::cmp::Reverse(&c.id)))
-        .expect("non-empty")
-}
-
-/// FNV-1a, 64 bits: rendezvous hashing here, the shared state's slot keys (`shared.rs`).
-pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01B3)
-    })
-}
-
-/// splitmix64's finalizer: spreads the bits of `x`.
-fn mix64(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }

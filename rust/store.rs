@@ -8,24 +8,19 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use heed::types::Bytes;
-use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
+use heed::{Env, EnvOpenOptions, RoTxn, WithoutTls};
 
 use crate::apply::{writer_loop, Pending, Reply};
 pub use crate::apply::{Completion, CompletionRunner, WriterStats};
 pub use crate::error::StoreError;
+use crate::keys::{collection_meta_key, partition_meta_key, read_u64, state_key, Tables, META_INDEX, VERSION_LEN};
 use crate::model::{self, CollectionSpec};
 use crate::replica::{self, ReplicaChange};
-
-pub(crate) const META_INDEX: &[u8] = b"index";
-const META_COLLECTION_PREFIX: &[u8] = b"collection-index:";
-const META_PARTITION_PREFIX: &[u8] = b"partition-index:";
-const META_STATE_PREFIX: &[u8] = b"state:";
-pub(crate) const VERSION_LEN: usize = 8;
+use crate::wait::IndexWaiter;
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -79,13 +74,6 @@ pub struct Record {
 /// An equality filter on an indexed field (or `id`).
 pub type Filter = (String, String);
 
-#[derive(Clone, Copy)]
-pub(crate) struct Tables {
-    pub(crate) records: Database<Bytes, Bytes>,
-    pub(crate) index: Database<Bytes, Bytes>,
-    pub(crate) meta: Database<Bytes, Bytes>,
-}
-
 pub struct Store {
     env: Env<WithoutTls>,
     tables: Tables,
@@ -99,25 +87,6 @@ pub struct Store {
     waiter: Arc<IndexWaiter>,
     stats: Arc<WriterStats>,
 }
-
-/// Threads waiting for the registry index to reach a revision (a cluster write waits for
-/// its replica; the replicator may live in another process, so the index is polled). One
-/// poller thread per store, started while anyone waits, reads the index every
-/// `WAIT_POLL` and wakes the waiters; a waiter holds no lock of the caller (no GIL).
-#[derive(Default)]
-struct IndexWaiter {
-    state: Mutex<WaitState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct WaitState {
-    waiting: usize,
-    polling: bool,
-    seen: u64,
-}
-
-const WAIT_POLL: Duration = Duration::from_micros(500);
 
 impl Store {
     /// Opens (creating if needed) the store in directory `path`. Stale reader slots left by
@@ -426,34 +395,8 @@ impl Store {
         if self.index()? >= revision {
             return Ok(true);
         }
-        let deadline = Instant::now() + timeout;
-        let waiter = &self.waiter;
-        let mut state = waiter.state.lock().map_err(|_| StoreError::Closed)?;
-        state.waiting += 1;
-        if !state.polling {
-            state.polling = true;
-            let (env, meta, shared) = (self.env.clone(), self.tables.meta, Arc::clone(waiter));
-            std::thread::Builder::new()
-                .name("registry-index-wait".into())
-                .spawn(move || poll_index(&env, meta, &shared))
-                .map_err(|e| StoreError::Lmdb(format!("cannot start the index waiter: {e}")))?;
-        }
-        let reached = loop {
-            if state.seen >= revision {
-                break true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break false;
-            }
-            state = waiter
-                .changed
-                .wait_timeout(state, deadline - now)
-                .map_err(|_| StoreError::Closed)?
-                .0;
-        };
-        state.waiting -= 1;
-        Ok(reached)
+        self.waiter
+            .wait(&self.env, self.tables.meta, revision, Instant::now() + timeout)
     }
 
     /// (writes, group-commit batches) this process's writer committed.
@@ -546,54 +489,4 @@ pub(crate) fn decode_record(raw: &[u8]) -> Record {
         version: u64::from_be_bytes(version),
         json: raw[VERSION_LEN..].to_vec(),
     }
-}
-
-fn poll_index(env: &Env<WithoutTls>, meta: Database<Bytes, Bytes>, waiter: &IndexWaiter) {
-    loop {
-        let index = env
-            .read_txn()
-            .ok()
-            .and_then(|rtxn| read_u64(&meta, &rtxn, META_INDEX).ok());
-        let Ok(mut state) = waiter.state.lock() else {
-            return;
-        };
-        if let Some(index) = index {
-            if index != state.seen {
-                state.seen = index;
-                waiter.changed.notify_all();
-            }
-        }
-        if state.waiting == 0 {
-            state.polling = false;
-            return;
-        }
-        drop(state);
-        std::thread::sleep(WAIT_POLL);
-    }
-}
-
-fn state_key(name: &str) -> Vec<u8> {
-    let mut key = META_STATE_PREFIX.to_vec();
-    key.extend_from_slice(name.as_bytes());
-    key
-}
-
-pub(crate) fn collection_meta_key(coll: &CollectionSpec) -> Vec<u8> {
-    let mut key = META_COLLECTION_PREFIX.to_vec();
-    key.extend_from_slice(coll.name.as_bytes());
-    key
-}
-
-pub(crate) fn partition_meta_key(coll: &CollectionSpec, value: &str) -> Vec<u8> {
-    let mut key = META_PARTITION_PREFIX.to_vec();
-    key.push(coll.tag);
-    key.extend_from_slice(value.as_bytes());
-    key
-}
-
-pub(crate) fn read_u64(meta: &Database<Bytes, Bytes>, rtxn: &RoTxn<'_, WithoutTls>, key: &[u8]) -> Result<u64> {
-    Ok(match meta.get(rtxn, key)? {
-        Some(raw) if raw.len() == 8 => u64::from_be_bytes(raw.try_into().expect("8 bytes")),
-        _ => 0,
-    })
 }

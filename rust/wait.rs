@@ -1,0 +1,93 @@
+//! Threads waiting for the registry index to reach a revision (a cluster write waits for
+//! its replica; the replicator may live in another process, so the index is polled). One
+//! poller thread per store, started while anyone waits, reads the index every
+//! `WAIT_POLL` and wakes the waiters; a waiter holds no lock of the caller (no GIL).
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use heed::types::Bytes;
+use heed::{Database, Env, WithoutTls};
+
+use crate::error::StoreError;
+use crate::keys::{read_u64, META_INDEX};
+
+const WAIT_POLL: Duration = Duration::from_micros(500);
+
+/// The waiters of one store, and its poller's state.
+#[derive(Default)]
+pub(crate) struct IndexWaiter {
+    state: Mutex<WaitState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WaitState {
+    waiting: usize,
+    polling: bool,
+    seen: u64,
+}
+
+impl IndexWaiter {
+    /// Waits until the index in `meta` is at least `revision`, or `deadline`; whether it
+    /// got there. Starts the poller when none runs; a poller that cannot start leaves no
+    /// waiter or poller counted behind (the next wait tries again).
+    pub(crate) fn wait(
+        self: &Arc<Self>,
+        env: &Env<WithoutTls>,
+        meta: Database<Bytes, Bytes>,
+        revision: u64,
+        deadline: Instant,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state.lock().map_err(|_| StoreError::Closed)?;
+        if !state.polling {
+            let (env, shared) = (env.clone(), Arc::clone(self));
+            std::thread::Builder::new()
+                .name("registry-index-wait".into())
+                .spawn(move || poll_index(&env, meta, &shared))
+                .map_err(|e| StoreError::Lmdb(format!("cannot start the index waiter: {e}")))?;
+            state.polling = true;
+        }
+        state.waiting += 1;
+        let reached = loop {
+            if state.seen >= revision {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .map_err(|_| StoreError::Closed)?
+                .0;
+        };
+        state.waiting -= 1;
+        Ok(reached)
+    }
+}
+
+fn poll_index(env: &Env<WithoutTls>, meta: Database<Bytes, Bytes>, waiter: &IndexWaiter) {
+    loop {
+        let index = env
+            .read_txn()
+            .ok()
+            .and_then(|rtxn| read_u64(&meta, &rtxn, META_INDEX).ok());
+        let Ok(mut state) = waiter.state.lock() else {
+            return;
+        };
+        if let Some(index) = index {
+            if index != state.seen {
+                state.seen = index;
+                waiter.changed.notify_all();
+            }
+        }
+        if state.waiting == 0 {
+            state.polling = false;
+            return;
+        }
+        drop(state);
+        std::thread::sleep(WAIT_POLL);
+    }
+}
