@@ -14,23 +14,28 @@ rules still live in one place.
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     Strict,
     StringConstraints,
-    ValidationError,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from registry_svc import _core, urls
-from registry_svc.errors import ApiError, field_error
+from registry_svc.errors import ApiError
+
+# The API's way in: models.parse(Model, data) and models.parse_query(Model, params).
+from registry_svc.validation import PATTERN_PROBLEMS as PATTERN_PROBLEMS
+from registry_svc.validation import describe as describe
+from registry_svc.validation import parse as parse
+from registry_svc.validation import parse_query as parse_query
+from registry_svc.validation import type_name as type_name
 
 # -- Strings ---------------------------------------------------------------------------
 
@@ -40,13 +45,15 @@ SLUG_PATTERN = _core.SLUG_PATTERN  # the gates' rule (rust/rules.rs)
 DEFINITION_ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 CHECK_PATH = r"^/[^\x00-\x1f\x7f]*$"
 # What a pattern means, in words: the error a client sees when a value does not match.
-PATTERN_PROBLEMS = {
-    NO_CONTROL: "must not contain control characters",
-    ID_PATTERN: "may contain only letters, digits, '_', '.', ':' and '-', and must start with a letter or digit",
-    SLUG_PATTERN: "must be lowercase letters, digits, '-' or '_', starting and ending with a letter or digit",
-    DEFINITION_ID_PATTERN: "must be lowercase letters, digits and '-', starting and ending with a letter or digit",
-    CHECK_PATH: "must start with '/' and contain no control characters",
-}
+PATTERN_PROBLEMS.update(
+    {
+        NO_CONTROL: "must not contain control characters",
+        ID_PATTERN: "may contain only letters, digits, '_', '.', ':' and '-', and must start with a letter or digit",
+        SLUG_PATTERN: "must be lowercase letters, digits, '-' or '_', starting and ending with a letter or digit",
+        DEFINITION_ID_PATTERN: "must be lowercase letters, digits and '-', starting and ending with a letter or digit",
+        CHECK_PATH: "must start with '/' and contain no control characters",
+    }
+)
 
 Text = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=256, pattern=NO_CONTROL)]
 ShortText = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=128, pattern=NO_CONTROL)]
@@ -328,77 +335,6 @@ class NodeMaintenance(Maintenance):
     )
 
 
-# -- Definitions -----------------------------------------------------------------------
-
-Ports = Annotated[list[Port], Field(max_length=64)]
-
-
-def _envar_text(value: Any) -> Any:
-    """YAML turns `value: 32` into a number; an env var is text."""
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-
-class Image(Model):
-    name: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=512, pattern=NO_CONTROL)]
-    internalPorts: Ports | None = None
-
-
-class Repository(Model):
-    url: LongText
-    version: PathText | None = None
-    buildContext: PathText | None = None
-    containerFile: PathText | None = None
-    internalPorts: Ports | None = None
-
-
-class PortMapping(Model):
-    internal: Port
-    host: Port
-
-
-class Envar(Model):
-    key: Text
-    value: Annotated[
-        str, Strict(), StringConstraints(max_length=8192, pattern=NO_CONTROL), BeforeValidator(_envar_text)
-    ] = ""
-
-
-class ApiSpec(Model):
-    url: LongText
-    protocolType: Text | None = None
-    version: Text | None = None
-    metadata: Metadata | None = None
-
-
-class Client(Model):
-    language: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROL)]
-    url: LongText
-
-
-class Definition(Model):
-    """A service definition: a template for running a service (image or repository)."""
-
-    id: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=63, pattern=DEFINITION_ID_PATTERN)]
-    image: Image | None = None
-    repository: Repository | None = None
-    ports: Annotated[list[PortMapping], Field(max_length=256)] | None = None
-    envars: Annotated[list[Envar], Field(max_length=256)] | None = None
-    apiSpecs: Annotated[list[ApiSpec], Field(max_length=256)] | None = None
-    clients: Annotated[list[Client], Field(max_length=256)] | None = None
-
-    @model_validator(mode="after")
-    def _image_or_repository(self) -> Definition:
-        if (self.image is None) == (self.repository is None):
-            raise field_problem("image", "exactly one of 'image' or 'repository' is required")
-        return self
-
-
-class SaveDefinition(Model):
-    """`PUT /registry-svc/definition`."""
-
-    definition: Definition
-
-
 # -- Tokens and nodes ------------------------------------------------------------------
 
 
@@ -448,41 +384,6 @@ class NodeFilter(Model):
     region: ShortText | None = None
     availabilityZone: ShortText | None = None
     hasGpu: Annotated[bool, Strict()] | None = None
-
-
-class EnvoyMetadata(BaseModel):
-    """The metadata of an Envoy node: Envoy's REST subscriptions send no headers, so the
-    token may come here."""
-
-    model_config = ConfigDict(extra="allow")
-
-    registry_token: Annotated[str, Strict()] | None = Field(default=None, description="an `rsv_...` token")
-    registry_cluster: ShortText | None = Field(
-        default=None, description="CDS: the name of the Envoy cluster that reaches this registry (default registry)"
-    )
-
-
-class EnvoyNode(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    metadata: EnvoyMetadata | None = None
-
-
-class DiscoveryRequest(BaseModel):
-    """Envoy's DiscoveryRequest (REST-JSON xDS); its other fields are accepted and ignored."""
-
-    model_config = ConfigDict(extra="allow")
-
-    version_info: Annotated[str, Strict()] | None = None
-    resource_names: Annotated[list[Slug], Field(max_length=MAX_RESOURCE_NAMES)] | None = Field(
-        default=None,
-        description=f"EDS: the slugs (cluster names) wanted, at most {MAX_RESOURCE_NAMES}; repeats count once",
-    )
-    node: EnvoyNode | None = None
-
-    @property
-    def metadata(self) -> EnvoyMetadata:
-        return (self.node.metadata if self.node else None) or EnvoyMetadata()
 
 
 # -- Queries ---------------------------------------------------------------------------
@@ -566,118 +467,6 @@ class BlockingQuery(Query):
     )
 
 
-# -- Parsing ---------------------------------------------------------------------------
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def parse(model: type[M], data: dict[str, Any], *, query: bool = False) -> M:
-    """`data` checked against `model`; otherwise a 400 naming the first bad field, with
-    every problem found in `errors` when there are several (the parameter alone for a
-    `query`, where the position of a repeated value means nothing)."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        problems = list(dict.fromkeys(describe(error, query=query) for error in e.errors(include_url=False)))
-        raise ApiError(400, problems[0], errors=problems if len(problems) > 1 else None) from None
-
-
-def parse_query(model: type[M], params: dict[str, list[str]], repeatable: frozenset[str] = frozenset()) -> M:
-    """A query (name -> values) checked against `model`. A parameter that is not
-    `repeatable` may be given once."""
-    fields = model.model_fields
-    data: dict[str, Any] = {}
-    for name, values in params.items():
-        if name not in fields:
-            raise field_error(name, f"unknown parameter; use {', '.join(fields)}")
-        if name in repeatable:
-            data[name] = values
-        elif len(values) > 1:
-            raise field_error(name, "give it once")
-        else:
-            data[name] = values[0]
-    return parse(model, data, query=True)
-
-
-def describe(error: Any, *, query: bool = False) -> str:
-    """`field: problem` for one pydantic error."""
-    loc = [part for part in error["loc"] if not (query and isinstance(part, int))]
-    ctx = error.get("ctx") or {}
-    kind = error["type"]
-    if kind == "field":
-        loc.append(ctx["field"])
-        problem = ctx["problem"]
-    else:
-        problem = _problem(kind, ctx, error.get("input"), error["msg"])
-    path = _path(loc)
-    return f"{path}: {problem}" if path else problem
-
-
-def _path(loc: list[Any]) -> str:
-    """`definition.ports[0].host`; a bad key of a map is `metadata key`."""
-    out = ""
-    key_of_map = bool(loc) and loc[-1] == "[key]"
-    if key_of_map:
-        loc = loc[:-2]
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out + " key" if key_of_map else out
-
-
-_TYPE_PROBLEMS = {
-    "string_type": "must be a string",
-    "int_type": "must be an integer",
-    "int_from_float": "must be an integer",
-    "bool_type": "must be true or false",
-    "list_type": "must be an array",
-    "dict_type": "must be an object",
-    "model_type": "must be an object",
-    "model_attributes_type": "must be an object",
-}
-
-
-def _problem(kind: str, ctx: dict[str, Any], value: Any, fallback: str) -> str:
-    if kind in _TYPE_PROBLEMS:
-        return f"{_TYPE_PROBLEMS[kind]}, not {type_name(value)}"
-    if kind == "missing":
-        return "required"
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "string_too_short":
-        return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx['min_length']} characters"
-    if kind == "string_too_long":
-        return f"must be at most {ctx['max_length']} characters"
-    if kind == "too_long":
-        noun = "entries" if ctx.get("field_type") == "Dictionary" else "items"
-        return f"must have at most {ctx['max_length']} {noun}"
-    if kind == "too_short":
-        return f"must have at least {ctx['min_length']} item(s)"
-    if kind == "greater_than_equal":
-        return f"must be at least {ctx['ge']}, got {value}"
-    if kind == "less_than_equal":
-        return f"must be at most {ctx['le']}, got {value}"
-    if kind == "literal_error":
-        return f"must be one of {ctx['expected']}"
-    if kind == "string_pattern_mismatch":
-        return PATTERN_PROBLEMS.get(ctx["pattern"], f"must match {ctx['pattern']}")
-    if kind == "value_error":
-        return str(ctx["error"])
-    return fallback
-
-
-def type_name(value: Any) -> str:
-    """JSON's name for the type of `value`."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
+# Definitions (definition_models.py), re-exported: models.SaveDefinition etc.
+from registry_svc.definition_models import *  # noqa: E402, F403
+from registry_svc.xds_models import *  # noqa: E402, F403
