@@ -28,6 +28,7 @@ pub mod select;
 pub mod shared;
 pub mod store;
 pub mod tokens;
+pub mod url;
 mod wait;
 
 #[cfg(feature = "python")]

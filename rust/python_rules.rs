@@ -156,6 +156,26 @@ fn unmapped_address(address: &str) -> PyResult<String> {
     Ok(crate::netguard::unmapped(ip).to_string())
 }
 
+/// The canonical parts of an endpoint URL (`url.rs`): (scheme, host, port or None for the
+/// scheme's default, path); ValueError saying what is wrong.
+#[pyfunction]
+fn parse_url(text: &str) -> PyResult<(&'static str, String, Option<u16>, String)> {
+    let e = crate::url::parse_url(text).map_err(PyValueError::new_err)?;
+    Ok((e.scheme, e.host, e.port, e.path))
+}
+
+/// A host name or IP address in canonical form (IPv6 without brackets); ValueError.
+#[pyfunction]
+fn canonical_host(text: &str) -> PyResult<String> {
+    crate::url::canonical_host(text).map_err(PyValueError::new_err)
+}
+
+/// A URL path of RFC 3986 characters ('' for none or '/'); ValueError.
+#[pyfunction]
+fn canonical_path(path: &str) -> PyResult<String> {
+    crate::url::canonical_path(path).map_err(PyValueError::new_err)
+}
+
 /// Adds the rules to the module: the functions, `RESERVED_SLUGS` (a list) and `SLUG_PATTERN`.
 pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(route_record, m)?)?;
@@ -163,6 +183,9 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_registry_route, m)?)?;
     m.add_class::<PyNetPolicy>()?;
     m.add_function(wrap_pyfunction!(access_line, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_url, m)?)?;
+    m.add_function(wrap_pyfunction!(canonical_host, m)?)?;
+    m.add_function(wrap_pyfunction!(canonical_path, m)?)?;
     m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;
     m.add_function(wrap_pyfunction!(authenticate, m)?)?;
     m.add_function(wrap_pyfunction!(parse_networks, m)?)?;

@@ -252,6 +252,16 @@ def authenticate(store: Store, header: str) -> tuple[str, str, str | None, float
     """(token id, role, slug, expiry in unix seconds) of the token an Authorization header
     names (rust/tokens.rs, cached until the tokens move); ValueError(the 401's message)."""
 
+def parse_url(text: str) -> tuple[str, str, int | None, str]:
+    """(scheme, host, port or None, path) of an endpoint URL in canonical form (rust/url.rs);
+    ValueError saying what is wrong."""
+
+def canonical_host(text: str) -> str:
+    """A host name or IP address in canonical form (IPv6 without brackets); ValueError."""
+
+def canonical_path(path: str) -> str:
+    """A URL path of RFC 3986 characters ('' for none or '/'); ValueError."""
+
 def parse_networks(items: list[str]) -> list[str]:
     """Networks in canonical CIDR form, blanks skipped; ValueError naming a bad one."""
 
