@@ -11,6 +11,6 @@ pub struct Registry {
     pub store: Store,
     pub selector: Selector,
     pub responses: ResponseCache,
-    /// The workers' resolved tokens (`tokens.rs`; the gates keep a cache of their own).
+    /// Resolved tokens (`tokens.rs`): one cache per process, for its gates and its workers.
     pub tokens: Tokens,
 }

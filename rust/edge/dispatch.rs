@@ -219,13 +219,15 @@ impl Gate {
                 return Err(refusal);
             }
         }
-        if let (true, true, "GET", Framing::None, Some((registry, tokens))) = (
+        if let (true, true, "GET", Framing::None, Some(registry)) = (
             direct,
             self.options.answer_reads,
             head.method.as_str(),
             head.framing,
             &self.reads,
         ) {
+            // The tokens are the registry's: one cache per process, the workers' too.
+            let tokens = &registry.tokens;
             if let Some(answer) = reads::answer(registry, tokens, &head.path, head.authorization.as_deref()) {
                 let body = Arc::clone(&answer.body);
                 return Ok(Some(Next::Answer(response_head(&answer, head.close), body, head.close)));
@@ -282,7 +284,7 @@ impl Gate {
 
     /// Tells the workers that the blocking queries `ids` lost their client.
     pub(crate) fn abandon(&self, ids: &[u64]) {
-        if let Some((registry, _)) = &self.reads {
+        if let Some(registry) = &self.reads {
             for id in ids {
                 registry.selector.shared().cancel_query(*id);
             }

@@ -49,7 +49,6 @@ use crate::forward::{Forwarded, Forwarder, Outgoing, Payload, RETRY_BODY};
 use crate::reads;
 use crate::registry::Registry;
 use crate::rules::registry_route;
-use crate::tokens::Tokens;
 
 mod access;
 mod answer;
@@ -226,7 +225,7 @@ impl Front {
             upstream,
             budget: Semaphore::new(limits.buffered_bodies.min(Semaphore::MAX_PERMITS)),
             limits,
-            reads: registry.map(|r| (r, Tokens::default())),
+            reads: registry,
             role,
             options,
             queries: std::sync::atomic::AtomicU32::new(0),
@@ -282,7 +281,7 @@ struct Gate {
     limits: Limits,
     budget: Semaphore,
     /// The registry to answer hot reads from (`reads.rs`); None: everything is forwarded.
-    reads: Option<(Arc<Registry>, Tokens)>,
+    reads: Option<Arc<Registry>>,
     role: Role,
     /// The proxy; None: proxied paths go to the workers.
     forwarder: Option<Arc<Forwarder>>,

@@ -22,7 +22,7 @@ impl Gate {
         client: &mut OwnedWriteHalf,
         client_ip: IpAddr,
     ) -> Result<(bool, u16), Refusal> {
-        let (Some(forwarder), Some((registry, _))) = (&self.forwarder, &self.reads) else {
+        let (Some(forwarder), Some(registry)) = (&self.forwarder, &self.reads) else {
             return Err(Refusal::new(502, "no proxy"));
         };
         let request = Outgoing {
