@@ -22,15 +22,49 @@ pub enum Host {
     Name(String),
 }
 
-/// The host and port of an instance's (or a node's) URL.
+/// Where the proxy sends an instance's requests: its URL in parts (`url.rs`), parsed
+/// once when the slug's candidates are read, never per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub scheme: &'static str,
+    /// `host[:port]`, as the request's URI and Host header carry it.
+    pub netloc: String,
+    /// The host as the URL writes it: an IPv6 address keeps its brackets.
+    pub host: String,
+    /// The URL's path without a trailing '/' (`""` for none).
+    pub path: String,
+}
+
+/// The host and port of an instance's (or a node's) URL (the scheme's default port when
+/// it names none).
 pub fn host_and_port(url: &str) -> Option<(Host, u16)> {
-    let parts = crate::forward::split_url(url)?;
-    let bare = parts.host.trim_start_matches('[').trim_end_matches(']');
-    let host = match bare.parse::<std::net::IpAddr>() {
+    parts(url).map(|(host, port, _)| (host, port))
+}
+
+/// The host, port and proxy target of a URL in canonical form.
+pub fn parts(url: &str) -> Option<(Host, u16, Target)> {
+    let e = crate::url::parse_url(url).ok()?;
+    let host = match e.host.parse::<std::net::IpAddr>() {
         Ok(ip) => Host::Ip(crate::netguard::unmapped(ip)),
-        Err(_) => Host::Name(bare.to_owned()),
+        Err(_) => Host::Name(e.host.clone()),
     };
-    Some((host, parts.port()))
+    let port = e.port.unwrap_or(if e.scheme == "https" { 443 } else { 80 });
+    let written = if e.host.contains(':') {
+        format!("[{}]", e.host)
+    } else {
+        e.host.clone()
+    };
+    let netloc = match e.port {
+        Some(p) => format!("{written}:{p}"),
+        None => written.clone(),
+    };
+    let target = Target {
+        scheme: e.scheme,
+        netloc,
+        host: written,
+        path: e.path.trim_end_matches('/').to_owned(),
+    };
+    Some((host, port, target))
 }
 
 /// One instance as selection sees it.
@@ -42,6 +76,8 @@ pub struct Candidate {
     /// when the slug's candidates are read (DNS answers with them).
     pub host: Option<Host>,
     pub port: u16,
+    /// Where the proxy sends its requests (None: a stored URL not in canonical form).
+    pub target: Option<Target>,
     pub health: Health,
     pub weight: u32,
     pub zone: Option<String>,
@@ -70,7 +106,10 @@ impl Candidate {
             .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
             .unwrap_or_default();
         let url = text("url")?;
-        let (host, port) = host_and_port(&url).map_or((None, 0), |(h, p)| (Some(h), p));
+        let (host, port, target) = match parts(&url) {
+            Some((host, port, target)) => (Some(host), port, Some(target)),
+            None => (None, 0, None),
+        };
         let mut body = Vec::with_capacity(json.len() + 13);
         body.extend_from_slice(b"{\"instance\":");
         body.extend_from_slice(json);
@@ -79,6 +118,7 @@ impl Candidate {
             id: text("id")?,
             host,
             port,
+            target,
             url,
             health,
             weight: value
@@ -90,5 +130,35 @@ impl Candidate {
             tags,
             body: Arc::new(body),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_give_the_parts_the_proxy_and_dns_need() {
+        let (host, port, t) = parts("http://127.0.0.1:8080/base/").unwrap();
+        assert_eq!((host, port), (Host::Ip("127.0.0.1".parse().unwrap()), 8080));
+        assert_eq!(
+            (t.host.as_str(), t.path.as_str(), t.netloc.as_str()),
+            ("127.0.0.1", "/base", "127.0.0.1:8080")
+        );
+        let (_, port, t) = parts("http://[::1]:9/").unwrap();
+        assert_eq!(
+            (port, t.host.as_str(), t.path.as_str(), t.netloc.as_str()),
+            (9, "[::1]", "", "[::1]:9")
+        );
+        let (host, port, t) = parts("https://svc.example").unwrap();
+        assert_eq!(
+            (host, port, t.scheme, t.netloc.as_str()),
+            (Host::Name("svc.example".into()), 443, "https", "svc.example")
+        );
+        let (host, _, _) = parts("http://[::ffff:102:304]:80").unwrap();
+        assert_eq!(host, Host::Ip("1.2.3.4".parse().unwrap()));
+        assert!(parts("ftp://x").is_none());
+        assert!(parts("http://x:http").is_none());
+        assert!(parts("http://x:70000").is_none());
     }
 }

@@ -49,6 +49,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::candidate::Target;
 use crate::netguard::NetPolicy;
 use crate::registry::Registry;
 use crate::route::SlugRoute;
@@ -63,7 +64,6 @@ mod request;
 use admit::*;
 pub use admit::{has_dot_segment, is_registry_token};
 use outcome::*;
-pub(crate) use peer::split_url;
 use peer::*;
 use relay::*;
 use request::*;
@@ -237,6 +237,7 @@ impl Forwarder {
                 slug: request.slug,
                 id: &chosen.id,
                 url: &chosen.url,
+                target: chosen.target.as_ref(),
             };
             match self.try_once(&attempt, request, &plan, &mut payload).await {
                 Tried::Answered(answer) => return relay(answer, request, client, plan.timeout).await,
@@ -260,14 +261,14 @@ impl Forwarder {
         payload: &mut Payload,
     ) -> Tried {
         let (url, slug) = (attempt.url, attempt.slug);
-        let upstream = match self.fenced(url) {
+        let upstream = match self.fenced(attempt.target) {
             Ok(upstream) => upstream,
             Err(why) => {
                 attempt.record(Outcome::Failure, &attempt.stats.not_contacted);
                 return Tried::NextInstance(format!("upstream {url} of '{slug}' not contacted: {why}"));
             }
         };
-        let (outgoing, body_sent) = match upstream_request(request, &upstream, plan, payload) {
+        let (outgoing, body_sent) = match upstream_request(request, upstream, plan, payload) {
             Ok(built) => built,
             Err(e) => {
                 attempt.abandon();
@@ -287,10 +288,10 @@ impl Forwarder {
         attempt.judge(answered, plan.timeout)
     }
 
-    /// The instance URL in parts, once the fence allows its address (a host name is
-    /// fenced by the connector's resolver, `Fenced`).
-    fn fenced<'u>(&self, url: &'u str) -> Result<Upstream<'u>, String> {
-        let up = split_url(url).ok_or_else(|| "not an http:// or https:// URL".to_owned())?;
+    /// The instance's target, once the fence allows its address (a host name is fenced by
+    /// the connector's resolver, `Fenced`).
+    fn fenced<'t>(&self, target: Option<&'t Target>) -> Result<&'t Target, String> {
+        let up = target.ok_or_else(|| "not an http:// or https:// URL in canonical form".to_owned())?;
         match up.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
             Ok(ip) => self.policy.check(ip).map(|()| up),
             Err(_) => Ok(up),
@@ -318,19 +319,6 @@ mod tests {
         for path in ["/svc/x", "/svc/..x", "/svc/.well-known/y", "/svc/a%2", "/svc/%"] {
             assert!(!has_dot_segment(path), "{path}");
         }
-    }
-
-    #[test]
-    fn urls_split_into_what_the_proxy_needs() {
-        let up = split_url("http://127.0.0.1:8080/base/").unwrap();
-        assert_eq!((up.host, up.path, up.netloc), ("127.0.0.1", "/base", "127.0.0.1:8080"));
-        let up = split_url("http://[::1]:9/").unwrap();
-        assert_eq!((up.host, up.path, up.netloc), ("[::1]", "", "[::1]:9"));
-        let up = split_url("https://svc.example").unwrap();
-        assert_eq!((up.scheme, up.netloc), ("https", "svc.example"));
-        assert!(split_url("ftp://x").is_none());
-        assert!(split_url("http://x:http").is_none());
-        assert!(split_url("http://x:70000").is_none());
     }
 
     #[test]

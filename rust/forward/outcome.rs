@@ -46,6 +46,8 @@ pub(crate) struct Attempt<'a> {
     pub slug: &'a str,
     pub id: &'a str,
     pub url: &'a str,
+    /// Where its requests go (None: its stored URL is not in canonical form).
+    pub target: Option<&'a Target>,
 }
 
 impl Attempt<'_> {

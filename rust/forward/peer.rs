@@ -43,52 +43,6 @@ impl tower_service::Service<Name> for Fenced {
 
 pub(crate) type Connector = HttpsConnector<HttpConnector<Fenced>>;
 
-/// An instance URL in parts (`scheme://netloc/path`); the port stays in `netloc`, which
-/// the request's URI carries.
-pub(crate) struct Upstream<'u> {
-    pub scheme: &'u str,
-    pub netloc: &'u str,
-    /// As written in the URL: an IPv6 address keeps its brackets.
-    pub host: &'u str,
-    pub path: &'u str,
-}
-
-impl Upstream<'_> {
-    /// The port: the URL's, or its scheme's default.
-    pub fn port(&self) -> u16 {
-        let written = self.netloc.len() > self.host.len();
-        let default = if self.scheme == "https" { 443 } else { 80 };
-        written
-            .then(|| self.netloc[self.host.len() + 1..].parse().ok())
-            .flatten()
-            .unwrap_or(default)
-    }
-}
-
-pub(crate) fn split_url(url: &str) -> Option<Upstream<'_>> {
-    let (scheme, rest) = url.split_once("://")?;
-    if scheme != "http" && scheme != "https" {
-        return None;
-    }
-    let (netloc, path) = rest.find('/').map_or((rest, ""), |i| (&rest[..i], &rest[i..]));
-    let (host, port) = match netloc.strip_prefix('[').and_then(|n| n.find(']')) {
-        Some(close) => (&netloc[..close + 2], netloc[close + 2..].strip_prefix(':')),
-        None => match netloc.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (netloc, None),
-        },
-    };
-    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
-        return None;
-    }
-    Some(Upstream {
-        scheme,
-        netloc,
-        host,
-        path: path.trim_end_matches('/'),
-    })
-}
-
 /// TLS to upstreams: rustls with ring, the system's CA certificates as roots.
 pub(crate) fn tls_config() -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();

@@ -89,7 +89,7 @@ pub(crate) struct Plan<'t> {
 /// The request for `upstream`, and a signal that fires once its body was sent.
 pub(crate) fn upstream_request(
     request: &Outgoing<'_>,
-    upstream: &Upstream<'_>,
+    upstream: &Target,
     plan: &Plan<'_>,
     payload: &mut Payload,
 ) -> Result<(hyper::Request<RequestBody>, oneshot::Receiver<()>), hyper::http::Error> {
@@ -120,7 +120,7 @@ pub(crate) fn upstream_request(
     let mut built = hyper::Request::builder()
         .method(request.method)
         .uri(uri.as_str())
-        .header("host", upstream.netloc)
+        .header("host", upstream.netloc.as_str())
         .body(body)?;
     built.headers_mut().extend(plan.headers.clone());
     Ok((built, body_sent))
