@@ -64,9 +64,6 @@ def address_fields(endpoint: urls.Endpoint, ip: str | None) -> dict[str, Any]:
     }
 
 
-# Objects a re-registration merges into what is stored (RFC 7396), rather than replaces.
-
-
 def refuse_unsafe_address(fields: dict[str, Any], field: str, settings: Settings) -> None:
     """Refuses (400 naming `field`) an instance the proxy must never forward to: this
     registry itself (a proxied request would come back to it), and a link-local or cloud

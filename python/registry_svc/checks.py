@@ -22,41 +22,54 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry_svc.clock import parse_time
-from registry_svc.status import Transition, short
+from registry_svc.probes import ProbeResult
+from registry_svc.status import Transition, after_probe, short
 
 PASSING, FAILING = "passing", "failing"
 
 
 @dataclass
-class Verdict:
-    """One check's state in the checker."""
+class CheckState:
+    """What the checker remembers of one instance between probes."""
 
     passes: int = 0
     failures: int = 0
-    state: str | None = None  # None (no result yet), PASSING or FAILING
-    output: str = ""
     next_due: float = 0.0
     in_flight: bool = False
+    unhealthy_since: float | None = None
 
-    def count(self, check: dict[str, Any], ok: bool, output: str) -> bool:
-        """Counts a result; True when the verdict changed (its output is kept then)."""
-        if ok:
+    def count(self, result: ProbeResult) -> None:
+        """Counts a probe result into the consecutive passes/failures."""
+        if result.ok:
             self.passes, self.failures = self.passes + 1, 0
         else:
             self.passes, self.failures = 0, self.failures + 1
-        wanted = PASSING if ok else FAILING
+
+
+@dataclass
+class Verdict(CheckState):
+    """One of an instance's checks in the checker: its counts, and its verdict."""
+
+    state: str | None = None  # None (no result yet), PASSING or FAILING
+    output: str = ""
+
+    def judge(self, check: dict[str, Any], result: ProbeResult) -> bool:
+        """Counts a result; True when the verdict changed (its output is kept then). The
+        verdict turns as one `healthCheck`'s status does (`status.after_probe`: the first
+        result decides, then a threshold of results the other way)."""
+        self.count(result)
+        wanted = PASSING if result.ok else FAILING
         if self.state == wanted:
             # A failing check says why it fails now (another cause is news); a passing one
             # keeps its first output (no write per answer).
-            if wanted == FAILING and short(output) != self.output:
-                self.output = short(output)
+            if wanted == FAILING and short(result.reason) != self.output:
+                self.output = short(result.reason)
                 return True
             return False
-        if self.state is not None:
-            needed = int(check.get("healthyThreshold" if ok else "unhealthyThreshold", 2 if ok else 3))
-            if (self.passes if ok else self.failures) < needed:
-                return False
-        self.state, self.output = wanted, short(output)
+        as_status = {None: "Unknown", PASSING: "Healthy", FAILING: "Unhealthy"}[self.state]
+        if after_probe(as_status, check, self.passes, self.failures, result.ok, result.reason) is None:
+            return False
+        self.state, self.output = wanted, short(result.reason)
         return True
 
 

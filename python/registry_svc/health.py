@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from registry_svc import _core, checks, metrics, records, status
+from registry_svc.checks import CheckState
 from registry_svc.clock import parse_time, utc_now
 from registry_svc.models import HEALTH_CHECK_DEFAULTS
 from registry_svc.probes import ProbeResult, probe, probe_check
@@ -39,24 +40,6 @@ HEARTBEAT_REFRESH_S = 60.0
 MAX_CONCURRENT_PROBES = 256
 TICK_S = 0.2
 RELOAD_MIN_S = 1.0
-
-
-@dataclass
-class CheckState:
-    """What the checker remembers of one instance between probes."""
-
-    passes: int = 0
-    failures: int = 0
-    next_due: float = 0.0
-    in_flight: bool = False
-    unhealthy_since: float | None = None
-
-    def count(self, result: ProbeResult) -> None:
-        """Counts a probe result into the consecutive passes/failures."""
-        if result.ok:
-            self.passes, self.failures = self.passes + 1, 0
-        else:
-            self.passes, self.failures = 0, self.failures + 1
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:
@@ -307,7 +290,7 @@ class HealthChecker:
                 self.probes_run += 1
                 metrics.probe(str(check["type"]), result.ok)
                 ok, output = result.ok, result.reason
-            verdict.count(check, ok, output)
+            verdict.judge(check, ProbeResult(ok, output))
             judged_checks = instance["_judged"]
             now_status = checks.check_status(judged_checks, self._verdicts.get(instance["id"], {}))
             # A probe's pass keeps lastHeartbeat fresh, unless a ttl check reads it.

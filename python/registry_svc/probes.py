@@ -218,7 +218,7 @@ async def probe_grpc(policy: _core.NetPolicy, endpoint: urls.Endpoint, service: 
 
 
 async def probe_check(policy: _core.NetPolicy, instance: dict[str, Any], check: dict[str, Any]) -> ProbeResult:
-    """Runs one of the instance's `checks` (http, tcp or grpc) once."""
+    """Runs one check of the instance (http, grpc, else tcp) once."""
     timeout = float(check.get("timeoutSeconds") or 2)
     try:
         endpoint = urls.parse_url(str(instance.get("url")))
@@ -226,25 +226,18 @@ async def probe_check(policy: _core.NetPolicy, instance: dict[str, Any], check: 
         return ProbeResult(False, short(f"url not probed: {e}"))
     if check.get("port"):
         endpoint = dataclasses.replace(endpoint, port=int(check["port"]))
-    if check["type"] == "http":
+    if check.get("type") == "http":
         low, _, high = str(check.get("expectedStatus", "200-299")).partition("-")
         return await probe_http(
             policy, endpoint, str(check.get("path", "/health")), timeout, method=str(check.get("method", "GET")),
             headers=check.get("headers"), expected=(int(low), int(high or low)), body_contains=check.get("bodyContains"),
         )  # fmt: skip
-    if check["type"] == "grpc":
+    if check.get("type") == "grpc":
         return await probe_grpc(policy, endpoint, str(check.get("grpcService", "")), timeout)
     return await probe_tcp(policy, endpoint, timeout)
 
 
 async def probe(policy: _core.NetPolicy, instance: dict[str, Any]) -> ProbeResult:
-    """Runs the instance's configured check once."""
-    check = instance.get("healthCheck") or {}
-    timeout = float(check.get("timeoutSeconds", 2))
-    try:
-        endpoint = urls.parse_url(str(instance.get("url")))
-    except urls.UrlError as e:
-        return ProbeResult(False, short(f"url not probed: {e}"))
-    if check.get("type") == "http":
-        return await probe_http(policy, endpoint, str(check.get("path", "/health")), timeout)
-    return await probe_tcp(policy, endpoint, timeout)
+    """Runs the instance's configured `healthCheck` once: a check like those of `checks`
+    (GET, 2xx for http)."""
+    return await probe_check(policy, instance, instance.get("healthCheck") or {})

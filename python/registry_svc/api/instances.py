@@ -38,6 +38,7 @@ FILTER_NAMES = frozenset(FILTERS)
 MAX_FILTERS = 16
 
 
+# Objects a re-registration merges into what is stored (RFC 7396), rather than replaces.
 MERGED = {"healthCheck": models.HEALTH_CHECK_DEFAULTS, "metadata": {}}
 
 
