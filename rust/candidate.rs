@@ -48,23 +48,13 @@ pub fn parts(url: &str) -> Option<(Host, u16, Target)> {
         Ok(ip) => Host::Ip(crate::netguard::unmapped(ip)),
         Err(_) => Host::Name(e.host.clone()),
     };
-    let port = e.port.unwrap_or(if e.scheme == "https" { 443 } else { 80 });
-    let written = if e.host.contains(':') {
-        format!("[{}]", e.host)
-    } else {
-        e.host.clone()
-    };
-    let netloc = match e.port {
-        Some(p) => format!("{written}:{p}"),
-        None => written.clone(),
-    };
     let target = Target {
         scheme: e.scheme,
-        netloc,
-        host: written,
+        netloc: e.netloc(),
+        host: e.written_host(),
         path: e.path.trim_end_matches('/').to_owned(),
     };
-    Some((host, port, target))
+    Some((host, e.effective_port(), target))
 }
 
 /// One instance as selection sees it.

@@ -32,17 +32,31 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The URL in canonical form.
-    pub fn url(&self) -> String {
-        let host = if self.host.contains(':') {
+    /// The host as a URL writes it: an IPv6 address in brackets.
+    pub fn written_host(&self) -> String {
+        if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
-        };
-        match self.port {
-            Some(port) => format!("{}://{host}:{port}{}", self.scheme, self.path),
-            None => format!("{}://{host}{}", self.scheme, self.path),
         }
+    }
+
+    /// `host[:port]` as the URL (and a Host header) carries it.
+    pub fn netloc(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.written_host()),
+            None => self.written_host(),
+        }
+    }
+
+    /// The port to connect to: the URL's, or its scheme's default.
+    pub fn effective_port(&self) -> u16 {
+        self.port.unwrap_or_else(|| default_port(self.scheme))
+    }
+
+    /// The URL in canonical form.
+    pub fn url(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.netloc(), self.path)
     }
 }
 
