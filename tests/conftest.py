@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -345,15 +346,19 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
     srv.kill9()
 
 
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def probes_run(server: Server, kind: str, result: str) -> float:
     """`registry_health_probes_total{type=kind,result=result}` of the server's /metrics:
     something observable to wait for instead of sleeping "long enough"."""
     text = server.call("GET", "/metrics", token=None).body.decode()
-    for line in text.splitlines():
-        if (
-            line.startswith("registry_health_probes_total{")
-            and f'type="{kind}"' in line
-            and f'result="{result}"' in line
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return sample(text, "registry_health_probes_total", type=kind, result=result)

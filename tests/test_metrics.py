@@ -5,7 +5,6 @@ a real Prometheus scrapes it, and the access log has one line per request."""
 from __future__ import annotations
 
 import http.client
-import re
 import shutil
 import subprocess
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import Server, prometheus, prometheus_query, wait_for
+from conftest import Server, prometheus, prometheus_query, sample, wait_for
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -26,17 +25,6 @@ def scrape(server: Server) -> str:
     assert reply.status == 200, reply.body
     assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
     return reply.body.decode()
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import re
 import threading
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Server, free_port, wait_for
+from conftest import Server, free_port, sample, wait_for
 
 STATIC = {"type": "none"}  # routing tests set status themselves; no health checker noise
 
@@ -225,9 +224,7 @@ def test_least_request_avoids_the_busy_backend(router: Server, echoes: list[Echo
 
 def ejections(server: Server) -> float:
     """`registry_proxy_ejections_total` of the server's metrics."""
-    text = server.call("GET", "/metrics", token=None).body.decode()
-    found = re.search(r"^registry_proxy_ejections_total (\S+)$", text, re.MULTILINE)
-    return float(found[1]) if found else 0.0
+    return sample(server.call("GET", "/metrics", token=None).body.decode(), "registry_proxy_ejections_total")
 
 
 def test_failover_retries_ejects_and_readmits(router: Server) -> None:
