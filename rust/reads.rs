@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::model::INSTANCES;
 use crate::registry::Registry;
 use crate::select::{PickRequest, Picked, Policy};
-use crate::tokens::{Caller, Tokens};
+use crate::tokens::Caller;
 
 /// Distinct filters a query may carry; the workers refuse more.
 const MAX_FILTERS: usize = 16;
@@ -71,14 +71,14 @@ pub fn read_of(route: &str) -> Option<Read<'_>> {
 }
 
 /// The answer to `GET path?query` with `authorization`, or None to leave it to the workers.
-pub fn answer(registry: &Registry, tokens: &Tokens, path: &str, authorization: Option<&str>) -> Option<Answer> {
+pub fn answer(registry: &Registry, path: &str, authorization: Option<&str>) -> Option<Answer> {
     let (route, query) = path.split_once('?').unwrap_or((path, ""));
     let read = read_of(route)?;
     if replica_is_stale(registry) {
         return None;
     }
     let params = parse_query(query)?;
-    let caller = tokens.caller(registry, authorization?)?;
+    let caller = registry.tokens.caller(registry, authorization?)?;
     match read {
         Read::List => list(registry, &caller, &params),
         Read::Pick => pick(registry, &caller, &params),

@@ -227,8 +227,7 @@ impl Gate {
             &self.reads,
         ) {
             // The tokens are the registry's: one cache per process, the workers' too.
-            let tokens = &registry.tokens;
-            if let Some(answer) = reads::answer(registry, tokens, &head.path, head.authorization.as_deref()) {
+            if let Some(answer) = reads::answer(registry, &head.path, head.authorization.as_deref()) {
                 let body = Arc::clone(&answer.body);
                 return Ok(Some(Next::Answer(response_head(&answer, head.close), body, head.close)));
             }
