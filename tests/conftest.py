@@ -197,6 +197,7 @@ class Server:
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> Server:
+        self._workers_port = None  # each start picks its own
         env = {**os.environ, "OB_SELF_URL": "", **self.env}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (NETSPY, env.get("PYTHONPATH", "")) if p)
         env["REGISTRY_SVC_NETSPY"] = str(self.netspy_path)
@@ -244,9 +245,22 @@ class Server:
         tree = psutil.Process(self.proc.pid).children(recursive=True)
         return [p for p in tree if "registry_svc.server" in " ".join(p.cmdline())]
 
+    def workers_port(self) -> int:
+        """The loopback port the Robyn workers listen on behind the gate (asked directly,
+        an answer is the workers' own, whatever the gate would do)."""
+        known = getattr(self, "_workers_port", None)
+        if known is not None:
+            return int(known)
+        for proc in self.worker_processes():
+            for c in proc.net_connections("tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr.port not in (self.port, self.data_port):
+                    self._workers_port = int(c.laddr.port)
+                    return self._workers_port
+        raise AssertionError("no worker listens")
+
     def workers_holding_connections(self) -> set[int]:
-        """Worker processes with an open connection on their own port (the gate opens one
-        per client connection it forwards)."""
+        """Worker processes with an open connection on their own port (the gate's pooled
+        ones, or a test's own to `workers_port`)."""
         holding = set()
         for proc in self.worker_processes():
             sockets = proc.net_connections("tcp")

@@ -200,10 +200,11 @@ def test_revocation_is_immediate_in_every_process(two_process_server: Server) ->
     srv = two_process_server
     secret = srv.token("proxy")
     token_id = next(t["id"] for t in srv.call("GET", "/registry-svc/tokens").json["tokens"] if t["role"] == "proxy")
-    # Keep-alive connections, spread over the worker processes by the kernel; each one
-    # warms its process's token cache. A `nodeUrl` filter not yet in its canonical form
-    # (upper-case scheme) is left to the workers by the gate (lookups it can answer it
-    # answers itself: see test_gate_reads.py and test_data_plane.py for revocation there).
+    # Keep-alive connections to the workers' own port (the gate relays over a pool of its
+    # own), spread over the worker processes by the kernel; each one warms its process's
+    # token cache. A `nodeUrl` filter not yet in its canonical form (upper-case scheme) is
+    # left to the workers by the gate too (lookups it can answer it answers itself: see
+    # test_gate_reads.py and test_data_plane.py for revocation there).
     headers = {"Authorization": f"Bearer {secret}"}
 
     def status(conn: http.client.HTTPConnection) -> int:
@@ -217,7 +218,7 @@ def test_revocation_is_immediate_in_every_process(two_process_server: Server) ->
         # Open connections until both processes serve some (the kernel spreads them; on a
         # loaded machine one process may win many accepts in a row).
         while len(connections) < 80 and (len(connections) < 8 or len(srv.workers_holding_connections()) < 2):
-            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+            conn = http.client.HTTPConnection("127.0.0.1", srv.workers_port(), timeout=10)
             connections.append(conn)
             assert status(conn) == 200
         serving = srv.workers_holding_connections()

@@ -51,10 +51,9 @@ def answer(conn: http.client.HTTPConnection, path: str, token: str | None) -> tu
 
 
 def both_sides(srv: Server, path: str, token: str | None) -> tuple[tuple[str, int, bytes, str | None], ...]:
-    """The workers' answer (a connection that sent anything to the workers stays with
-    them) and the gate's (a fresh connection), for one request."""
-    workers_conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
-    assert get(workers_conn, "/health", None)[0] == 200
+    """The workers' answer (asked on their own loopback port, behind the gate) and the
+    gate's, for one request."""
+    workers_conn = http.client.HTTPConnection("127.0.0.1", srv.workers_port(), timeout=10)
     by_workers = answer(workers_conn, path, token)
     gate_conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     by_gate = answer(gate_conn, path, token)

@@ -40,12 +40,13 @@ def test_counters_move_by_exactly_the_requests_made_across_two_processes(two_pro
     instance_id = reply.json["instance"]["id"]
     route = {"route": "/registry-svc/instance/:id", "method": "GET", "status": "200"}
     before = scrape(server)
-    # Keep-alive connections until both worker processes hold some, then 5 gets on each.
+    # Keep-alive connections to the workers' port (the gate's own pool would reuse one)
+    # until both worker processes hold some, then 5 gets on each.
     conns: list[http.client.HTTPConnection] = []
     headers = {"Authorization": f"Bearer {server.admin_token}"}
     while len(server.workers_holding_connections()) < 2 or len(conns) < 4:
         assert len(conns) < 64, "the workers never both took connections"
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", server.workers_port(), timeout=10)
         conn.request("GET", "/version")
         conn.getresponse().read()
         conns.append(conn)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import select
 import socket
 import threading
 import time
@@ -126,9 +127,7 @@ def test_absolute_form_targets_are_refused_on_both_ports(srv: Server, data_port:
 
 
 @pytest.mark.parametrize("data_port", [False, True])
-@pytest.mark.parametrize(
-    "request_line", [b"OPTIONS * HTTP/1.1", b"GET * HTTP/1.1", b"GET /registry-svc/instances?slug=\xff HTTP/1.1"]
-)
+@pytest.mark.parametrize("request_line", [b"OPTIONS * HTTP/1.1", b"GET * HTTP/1.1"])
 def test_odd_targets_get_a_json_error(srv: Server, data_port: bool, request_line: bytes) -> None:
     port = srv.data_port if data_port else srv.port
     out, _ = exchange(port, request_line + b"\r\nHost: x\r\n\r\n")
@@ -137,20 +136,30 @@ def test_odd_targets_get_a_json_error(srv: Server, data_port: bool, request_line
     assert json_body(out)["error"]
 
 
+@pytest.mark.parametrize("data_port", [False, True])
+def test_a_target_that_is_not_a_uri_is_a_400_and_closes(srv: Server, data_port: bool) -> None:
+    """A raw byte outside ASCII in the target: hyper refuses the head itself (a 400 without
+    a body, as for every head it cannot parse) and closes."""
+    port = srv.data_port if data_port else srv.port
+    out, closed = exchange(port, b"GET /registry-svc/instances?slug=\xff HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(out) == 400 and closed, out
+
+
 # --- 13, 15, 23. framing -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("data_port", [False, True])
-def test_bare_lf_heads_are_a_400_at_once_and_nothing_after_them_is_served(srv: Server, data_port: bool) -> None:
+def test_a_bare_lf_ends_a_line_as_rfc_9112_allows(srv: Server, data_port: bool) -> None:
+    """RFC 9112 section 2.2: a recipient MAY read a bare LF as a line's end (hyper does).
+    A head so written is one request, answered at once; what follows it is the next."""
     port = srv.data_port if data_port else srv.port
-    started = time.monotonic()
-    out, closed = exchange(port, b"GET /health HTTP/1.1\nHost: x\n\n")
-    assert status_of(out) == 400 and "bare LF" in json_body(out)["error"] and closed
-    assert time.monotonic() - started < 4  # it was held 30 s, then 408
+    out, closed = exchange(port, b"GET /health HTTP/1.1\nHost: x\nConnection: close\n\n")
+    assert status_of(out) == 200 and closed, out
     out, closed = exchange(
-        port, b"GET /health HTTP/1.1\r\nX: y\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        port,
+        b"GET /health HTTP/1.1\r\nX: y\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
-    assert out.count(b"HTTP/1.1 ") == 1 and status_of(out) == 400 and closed
+    assert out.count(b"HTTP/1.1 200 ") == 2 and closed, out
 
 
 @pytest.mark.parametrize("size", [b"+3", b" 3", b"0x3"])
@@ -164,20 +173,26 @@ def test_lenient_chunk_sizes_are_a_400(srv: Server, size: bytes) -> None:
 
 
 def test_a_huge_chunk_size_is_a_413_without_reading_the_rest(srv: Server) -> None:
-    """The unauthenticated memory growth: a size that wrapped the total past the limit."""
+    """The unauthenticated memory growth: a size that wrapped the total past the limit. The
+    body is refused once what was decoded passes the limit (1 MiB), and what follows is read
+    and dropped for a while (lingering close), never kept."""
     gate = psutil.Process(srv.proc.pid)  # type: ignore[union-attr]
     before = gate.memory_info().rss
+    refused = b""
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
         s.sendall(
             b"PUT /registry-svc/instance HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"1\r\na\r\nffffffffffffffff\r\n"
         )
-        refused = s.recv(65536)
-        assert status_of(refused) == 413, refused
-        # What follows is read and dropped for a while (lingering close), never kept.
         with contextlib.suppress(OSError):
             for _ in range(200):
                 s.sendall(b"x" * (1 << 20))
+                readable, _, _ = select.select([s], [], [], 0)
+                if readable and not refused:
+                    refused = s.recv(65536)
+        if not refused:
+            refused = s.recv(65536)
+    assert status_of(refused) == 413, refused
     assert gate.memory_info().rss - before < 64 << 20
 
 
@@ -563,7 +578,7 @@ def test_a_crashed_worker_s_in_flight_counts_are_forgotten(tmp_path: Any) -> Non
 
 def test_a_crashed_worker_is_replaced_and_reported(tmp_path: Any) -> None:
     """8: the workers come back, the log and /metrics say so, and a request the dead
-    worker held is answered by a close instead of hanging."""
+    worker held is answered at once (a 503, retry) instead of hanging."""
     server = Server(tmp_path / "data", processes=2).start()
     try:
         before = {p.pid for p in server.worker_processes()}
@@ -577,11 +592,10 @@ def test_a_crashed_worker_is_replaced_and_reported(tmp_path: Any) -> None:
         victim = psutil.Process(next(iter(holding)))
         victim.kill()
         started = time.monotonic()
-        try:  # closed (or reset) at once, rather than held for the 5 minutes asked
-            got = held.recv(65536)
-        except ConnectionResetError:
-            got = b""
-        assert got == b"", got
+        # Answered at once (the gate's 503: the workers went away without an answer),
+        # rather than held for the 5 minutes asked.
+        got = held.recv(65536)
+        assert got.startswith(b"HTTP/1.1 503 ") and b"without an answer" in got, got
         assert time.monotonic() - started < 15
         wait_for(lambda: "workers restarted" in server.log_path.read_text(), 30, "the restart in the log")
         after = {p.pid for p in server.worker_processes()}

@@ -36,14 +36,14 @@ pub fn access_json(since_epoch: Duration, entry: &AccessEntry<'_>) -> String {
 }
 
 /// Writes the access line of a request the gate's proxy handled to stderr.
-pub(crate) fn access_line(head: &Head, status: u16, took: Duration, client_ip: IpAddr) {
+pub(crate) fn access_line(method: &str, target: &str, status: u16, took: Duration, client_ip: IpAddr) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let client = client_ip.to_string();
     let entry = AccessEntry {
-        method: &head.method,
-        path: head.path.split('?').next().unwrap_or_default(),
+        method,
+        path: target.split('?').next().unwrap_or_default(),
         route: "/<slug>/*",
         status,
         took,

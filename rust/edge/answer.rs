@@ -1,151 +1,144 @@
-//! The gate's own answers: refusals (JSON errors with the right status and framing),
-//! the answer heads of hot reads, and the lingering close after a refusal.
+//! The gate's own answers: refusals (JSON errors with the right status), the answers of hot
+//! reads, and the lingering close after a refusal.
 
 use super::*;
 
-/// A refusal: status, reason phrase, message.
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+
+/// A refusal: status, message, and whether the connection must close after it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
     pub status: u16,
     pub message: String,
+    /// The answer closes the connection, after a lingering read of what the client still
+    /// sends (its body may be unread). Every refusal of the gate's own closes; the proxy's
+    /// answers for an upstream (404, 502, 503) keep the connection.
+    pub close: bool,
+    /// Seconds to wait before asking again (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl Refusal {
+    /// A refusal, closing the connection after it.
     pub(crate) fn new(status: u16, message: impl Into<String>) -> Refusal {
         Refusal {
             status,
             message: message.into(),
+            close: true,
+            retry_after: None,
         }
     }
 
-    /// The JSON error response, closing the connection.
-    pub fn response(&self) -> Vec<u8> {
-        error_response(self.status, &self.message, true)
+    /// The same answer on a connection that stays open (the request was read whole).
+    pub(crate) fn keeping(mut self) -> Refusal {
+        self.close = false;
+        self
     }
 
-    /// The same with extra headers (`retry-after`).
-    pub(crate) fn response_with(&self, headers: &[(&str, &str)]) -> Vec<u8> {
-        json_answer(
-            self.status,
-            &serde_json::json!({ "error": self.message }).to_string(),
-            headers,
-            true,
+    pub(crate) fn retry_after(mut self, seconds: u32) -> Refusal {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    fn body(&self) -> String {
+        serde_json::json!({ "error": self.message }).to_string()
+    }
+
+    /// The JSON error answer.
+    pub fn answer(&self) -> Answer {
+        let mut answer = json(self.status, Bytes::from(self.body()));
+        if let Some(seconds) = self.retry_after {
+            answer.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close {
+            answer
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        answer
+    }
+
+    /// The same answer as raw bytes, closing, for a connection no HTTP server holds (one
+    /// past the connection cap).
+    pub(crate) fn raw(&self) -> Vec<u8> {
+        let body = self.body();
+        let retry = self
+            .retry_after
+            .map(|s| format!("retry-after: {s}\r\n"))
+            .unwrap_or_default();
+        let status = hyper::StatusCode::from_u16(self.status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{retry}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error"),
+            body.len(),
         )
+        .into_bytes()
     }
 }
 
-/// `{"error": message}` with `status`, closing the connection after it when `close`.
-pub(crate) fn error_response(status: u16, message: &str, close: bool) -> Vec<u8> {
-    json_answer(status, &serde_json::json!({ "error": message }).to_string(), &[], close)
+/// A JSON answer of the gate's own.
+pub(crate) fn json(status: u16, body: Bytes) -> Answer {
+    let mut answer = hyper::Response::new(full(body));
+    *answer.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    answer
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    answer
 }
 
-/// A JSON answer of the gate's own: `status`, `headers` (`retry-after`), `body`, and
-/// `connection: close` when `close`.
-pub(crate) fn json_answer(status: u16, body: &str, headers: &[(&str, &str)], close: bool) -> Vec<u8> {
-    let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
-    let connection = if close { "connection: close\r\n" } else { "" };
-    format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n{connection}\r\n{body}",
-        reason(status),
-        body.len(),
-    )
-    .into_bytes()
-}
-
-pub(crate) fn reason(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        508 => "Loop Detected",
-        _ => "Error",
+pub(crate) fn full(bytes: Bytes) -> AnswerBody {
+    if bytes.is_empty() {
+        return Empty::new().map_err(|e| match e {}).boxed_unsync();
     }
+    Full::new(bytes).map_err(|e| match e {}).boxed_unsync()
 }
 
 /// `/health` while the workers do not answer yet: not ok, and when to ask again (a 503
 /// with the health shape, `{"status":"starting"}`, rather than an error).
-pub(crate) fn starting_health() -> Vec<u8> {
-    json_answer(503, r#"{"status":"starting"}"#, &[("retry-after", "1")], true)
+pub(crate) fn starting_health() -> Answer {
+    let mut answer = json(503, Bytes::from_static(br#"{"status":"starting"}"#));
+    answer.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1u32));
+    answer
 }
 
-pub(crate) fn too_large(size: u64, limit: u64) -> Refusal {
-    Refusal::new(413, format!("request body is {size} bytes; the limit is {limit}"))
+pub(crate) fn too_large(size: Option<u64>, limit: u64) -> Refusal {
+    let size = match size {
+        Some(size) => format!("{size} bytes"),
+        None => format!("over {limit} bytes"),
+    };
+    Refusal::new(413, format!("request body is {size}; the limit is {limit}"))
 }
 
-/// The client went away mid-request: nothing to answer.
-pub(crate) fn gone() -> Refusal {
-    Refusal::new(0, "client gone")
-}
+/// A cached body shared with the cache, sent from where it lies.
+struct Shared(Arc<Vec<u8>>);
 
-/// Writes `head` then `body` in as few writes as the socket takes (one, mostly): the
-/// cached body is sent from where it lies, not copied behind the head.
-pub(crate) async fn write_both(client: &mut OwnedWriteHalf, head: &[u8], body: &[u8]) -> io::Result<()> {
-    let (mut head, mut body) = (head, body);
-    while !head.is_empty() || !body.is_empty() {
-        let n = client
-            .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)])
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        if n >= head.len() {
-            body = &body[n - head.len()..];
-            head = &[];
-        } else {
-            head = &head[n..];
-        }
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
     }
-    Ok(())
 }
 
-/// The head of a read answered by the gate, framed as the workers frame theirs.
-pub(crate) fn response_head(answer: &reads::Answer, close: bool) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        answer.body.len(),
-    );
+/// The answer of a read answered by the gate, framed as the workers frame theirs.
+pub(crate) fn read_answer(answer: &reads::Answer) -> Answer {
+    let body = Bytes::from_owner(Shared(Arc::clone(&answer.body)));
+    let mut out = json(200, body);
+    let headers = out.headers_mut();
     if name_the_answerer() {
-        out.push_str("x-registry-answered-by: gate\r\n");
+        headers.insert("x-registry-answered-by", HeaderValue::from_static("gate"));
     }
     if let Some(index) = answer.index {
-        out.push_str(&format!("x-registry-index: {index}\r\n"));
+        headers.insert("x-registry-index", HeaderValue::from(index));
     }
-    if close {
-        out.push_str("connection: close\r\n");
-    }
-    out.push_str("\r\n");
-    out.into_bytes()
-}
-
-/// Answers a refusal and closes. The client may still be sending the body we refused:
-/// closing at once would make the kernel reset the connection and lose the answer, so
-/// what it sends is read and dropped (never kept) for a short while first (nginx's
-/// "lingering close").
-pub(crate) async fn refuse(refusal: Refusal, client: Option<OwnedWriteHalf>, mut incoming: Incoming) {
-    let Some(mut client) = client else { return };
-    if refusal.status == 0 {
-        return; // the client is gone
-    }
-    if client.write_all(&refusal.response()).await.is_err() {
-        return;
-    }
-    let _ = client.shutdown().await;
-    drain(&mut incoming.rd, LINGER, LINGER_MAX_BYTES, 64 << 10).await;
+    out
 }
 
 /// Reads what the client still sends and drops it, for at most `time` and `most` bytes,
 /// `piece` bytes a read (a lingering close: closing with unread input would reset the
 /// connection before the client reads our answer). The scratch buffer is on the heap: as
 /// an array it would sit in every connection's future.
-pub(crate) async fn drain(rd: &mut OwnedReadHalf, time: Duration, most: usize, piece: usize) {
+pub(crate) async fn drain<R: AsyncRead + Unpin>(rd: &mut R, time: Duration, most: usize, piece: usize) {
     let mut sink = vec![0u8; piece];
     let mut dropped = 0usize;
     let deadline = tokio::time::Instant::now() + time;

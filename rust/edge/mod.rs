@@ -1,36 +1,34 @@
-//! The front door of the API port: a small HTTP/1.1 gate in front of the Robyn workers.
+//! The front door of both ports: hyper's HTTP/1.1 server in front of the Robyn workers.
 //!
 //! Robyn reads every request body whole into memory before any handler, middleware or
 //! limit runs, and it cannot answer extension methods or refuse ambiguous framing. The
-//! gate owns the public port and checks each request head before a byte of the body is
-//! read:
-//! - a body over the limit (by `Content-Length`, or while a chunked body is decoded) is
-//!   refused with 413 and the connection closed, without reading the rest;
-//! - `Content-Length` together with `Transfer-Encoding`, several different lengths, or a
-//!   transfer coding other than `chunked` is a 400 and the connection is closed (RFC 9112
-//!   section 6.1: a request smuggling vector otherwise);
-//! - a method the API does not know is a JSON 405; a malformed head is a 400; a head over
-//!   `max_head` bytes is a 431; a head that does not arrive in time is a 408;
+//! gate owns the public port; hyper reads the heads, decodes chunked bodies (its sizes
+//! checked: no wrap-around), keeps connections alive and answers what it cannot parse (400,
+//! 431 past `max_head`, both closing). Each request is then checked here before a byte of
+//! its body is read (`request.rs`):
+//! - a body over the limit is refused with 413, by its `Content-Length` or while a chunked
+//!   one is decoded, and the connection closed after a lingering read of what follows;
+//! - a method the API does not know is a JSON 405; a target other than a path, or not
+//!   ASCII, a JSON 400; a body that does not arrive in time a 408;
 //! - a `multipart/form-data` body is a 415 on the registry's own routes (they take JSON)
 //!   and a 400 without a boundary anywhere: Robyn parses such bodies before any handler
 //!   and answers a malformed one with a bare 500.
 //!
 //! Hot reads are answered here (`reads.rs`) and `/<slug>/...` is forwarded by the gate's
-//! own proxy (`forward.rs`). The same gate, in `Role::Data`, holds the data port in every
+//! own proxy (`forward/`). The same gate, in `Role::Data`, holds the data port in every
 //! server process (SO_REUSEPORT) and serves only those.
 //!
-//! Everything else goes to the workers on a loopback connection of its own (one per
-//! client connection), with the body re-framed by `Content-Length` (a chunked body is
-//! decoded here, so the workers never see a partial or chunked body) and the client's
-//! address in `x-registry-client-addr` (a client-sent one is dropped). Responses are
-//! copied back byte for byte. A refusal first lets the workers finish the responses to
-//! earlier pipelined requests, then answers and closes.
+//! Everything else goes to the workers through a pool of kept-alive loopback connections
+//! shared by every client (`workers.rs`), the body read whole first and re-framed by
+//! `Content-Length` (the workers never see a partial or chunked body), the client's address
+//! in `x-registry-client-addr` (a client-sent one is dropped).
 //!
 //! The rooms: this module listens, caps connections and starts and stops the gate;
-//! `head` checks a request head, `incoming` reads heads and bodies from the client,
-//! `dispatch` decides who answers each request (hot reads, the workers, the proxy, a
-//! refusal), `proxy` hands `/<slug>/...` to `forward.rs`, `answer` writes the gate's own
-//! answers and lingers after a refusal, `access` formats the access-log line.
+//! `server` holds one connection (hyper, its limits, the lingering close); `dispatch`
+//! decides who answers each request (hot reads, the workers, the proxy, a refusal);
+//! `request` checks a request's head and reads its body; `workers` relays to the workers;
+//! `proxy` hands `/<slug>/...` to `forward/`; `answer` builds the gate's own answers;
+//! `access` formats the access-log line.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -39,13 +37,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{watch, Semaphore};
 
-use crate::forward::{Forwarded, Forwarder, Outgoing, Payload, RETRY_BODY};
+use crate::forward::Forwarder;
 use crate::reads;
 use crate::registry::Registry;
 use crate::rules::registry_route;
@@ -55,39 +52,37 @@ mod answer;
 mod dispatch;
 #[cfg(test)]
 mod fuzz_tests;
-mod head;
-mod incoming;
 mod proxy;
+mod request;
+mod server;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use access::*;
 pub use access::{access_json, utc_stamp, AccessEntry};
 pub use answer::Refusal;
 use answer::*;
 pub use dispatch::data_port_refusal;
-use dispatch::*;
-use head::*;
-pub use head::{check_head, parse_chunk_size, Framing, Head};
-use incoming::*;
+use dispatch::proxied_slug;
+use request::*;
+use workers::Workers;
 
 /// The header carrying the client's address to the workers.
 pub const CLIENT_ADDR_HEADER: &str = "x-registry-client-addr";
 /// The header naming a blocking query (`?index=`) to the workers, so that the gate can
 /// tell them when its client went away (`shared.rs`'s ring of abandoned queries).
 pub const QUERY_HEADER: &str = "x-registry-query";
-/// Blocking queries of one connection remembered for cancelling (pipelined ones beyond
-/// this are rare; the oldest are answered already or will run out their wait).
-const QUERIES_KEPT: usize = 16;
 const MAX_HEADERS: usize = 100;
 const LISTEN_BACKLOG: u32 = 4096;
 /// How long, and how much, a refused client's leftover input is read and dropped.
 const LINGER: Duration = Duration::from_secs(5);
 const LINGER_MAX_BYTES: usize = 256 << 20;
-const MAX_CHUNK_LINE: usize = 1024;
-/// How long a connection sits idle before its read buffer is given back.
-const IDLE_RELEASE: Duration = Duration::from_secs(1);
 const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"];
+
+/// The body of every answer a gate sends: its own bytes, the workers' or an upstream's.
+pub type AnswerBody = UnsyncBoxBody<Bytes, io::Error>;
+pub type Answer = hyper::Response<AnswerBody>;
 
 /// What the gate lets through.
 #[derive(Debug, Clone)]
@@ -98,9 +93,11 @@ pub struct Limits {
     pub proxy_body: u64,
     /// Largest request head (request line and headers).
     pub max_head: usize,
-    /// Time allowed for a head, from its first byte, and for a body.
+    /// Time allowed for a body, and for each piece of a streamed one.
     pub request_timeout: Duration,
-    /// Time a kept-alive connection may sit idle between requests.
+    /// Time allowed for the next request head of a connection, from the end of the last
+    /// answer (or from the accept): a kept-alive connection idle this long is closed, and
+    /// so is one whose head trickles in for longer.
     pub idle_timeout: Duration,
     /// Body bytes held in memory at once across all connections (bodies are buffered
     /// before they are forwarded; past this, new bodies wait).
@@ -222,7 +219,7 @@ impl Front {
         let gate = Arc::new(Gate {
             forwarder: forwarder.clone(),
             stats: Arc::clone(&stats),
-            upstream,
+            workers: Workers::new(upstream),
             budget: Semaphore::new(limits.buffered_bodies.min(Semaphore::MAX_PERMITS)),
             limits,
             reads: registry,
@@ -277,7 +274,8 @@ impl Drop for Front {
 
 struct Gate {
     stats: Arc<GateStats>,
-    upstream: SocketAddr,
+    /// The pooled connections to the workers.
+    workers: Workers,
     limits: Limits,
     budget: Semaphore,
     /// The registry to answer hot reads from (`reads.rs`); None: everything is forwarded.
@@ -288,20 +286,6 @@ struct Gate {
     options: Options,
     /// Blocking queries forwarded so far (their ids' low half).
     queries: std::sync::atomic::AtomicU32,
-}
-
-/// What to do with the next request of a connection.
-enum Next {
-    /// Send it to the workers (head and re-framed body), whether it is the connection's
-    /// last (`Connection: close`, or HTTP/1.0 without keep-alive), and its id when it is a
-    /// blocking query.
-    Forward(Vec<u8>, bool, Option<u64>),
-    /// Answered here: the response, and whether to close after it.
-    Answer(Vec<u8>, Arc<Vec<u8>>, bool),
-    /// A request to `/<slug>/...` for the gate's proxy (its body not read yet).
-    Proxy(Head),
-    /// No request came within the idle timeout: close once the responses under way are out.
-    Idle,
 }
 
 /// The connection cap when none is given: a third of the descriptors this process may
@@ -332,10 +316,10 @@ fn refuse_connection(stream: TcpStream, refusal: &[u8], lingering: &Arc<Semaphor
     };
     let refusal = refusal.to_vec();
     tokio::spawn(async move {
-        let (mut rd, mut wr) = stream.into_split();
-        if wr.write_all(&refusal).await.is_ok() {
-            let _ = wr.shutdown().await;
-            drain(&mut rd, Duration::from_secs(1), 64 << 10, 4096).await;
+        let mut stream = stream;
+        if stream.write_all(&refusal).await.is_ok() {
+            let _ = stream.shutdown().await;
+            drain(&mut stream, Duration::from_secs(1), 64 << 10, 4096).await;
         }
         drop(permit);
     });
@@ -352,7 +336,8 @@ async fn accept_loop(listener: TcpListener, gate: Arc<Gate>, mut stopped: watch:
         503,
         format!("this port holds {cap} connections already (the most it takes); retry later"),
     )
-    .response_with(&[("retry-after", "1")]);
+    .retry_after(1)
+    .raw();
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
@@ -365,7 +350,7 @@ async fn accept_loop(listener: TcpListener, gate: Arc<Gate>, mut stopped: watch:
                     let _ = stream.set_nodelay(true);
                     let gate = Arc::clone(&gate);
                     tokio::spawn(async move {
-                        gate.serve(stream, peer).await;
+                        server::serve(gate, stream, peer).await;
                         drop(held);
                     });
                 }

@@ -87,21 +87,17 @@ pub(crate) fn is_forwarding_claim(name: &str) -> bool {
 
 /// The answer to a request that is refused before any upstream is chosen: one that a
 /// registry already forwarded (a loop), or a path with a dot segment.
-pub(crate) fn admit(request: &Outgoing<'_>) -> Option<Forwarded> {
+pub(crate) fn admit(request: &Outgoing<'_>) -> Option<Failed> {
     let slug = request.slug;
-    if request
-        .headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case(FORWARDED_HEADER))
-    {
-        return Some(Forwarded::Error(
+    if request.headers.contains_key(FORWARDED_HEADER) {
+        return Some(Failed(
             508,
             format!("loop detected: this request to '{slug}' was already forwarded by a registry"),
         ));
     }
     let path = request.target.split('?').next().unwrap_or_default();
     has_dot_segment(path).then(|| {
-        Forwarded::Error(
+        Failed(
             400,
             "path: '.' and '..' segments are not forwarded (they would leave the slug)".to_owned(),
         )

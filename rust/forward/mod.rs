@@ -39,17 +39,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body, Frame};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::candidate::Target;
+use crate::edge::Answer;
 use crate::netguard::NetPolicy;
 use crate::registry::Registry;
 use crate::route::SlugRoute;
@@ -73,8 +72,6 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 const POOL_PER_HOST: usize = 256;
 /// A request body up to this size is kept for a retry; a larger one is streamed once.
 pub const RETRY_BODY: u64 = 64 << 10;
-/// Responses up to this size go out in one write with their head.
-const GATHER: u64 = 64 << 10;
 /// Set on every forwarded request; a request carrying it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-registry-forwarded";
 const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
@@ -95,7 +92,7 @@ const HOP_BY_HOP: [&str; 13] = [
     "host",
 ];
 
-pub type RequestBody = BoxBody<Bytes, io::Error>;
+pub type RequestBody = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Proxied requests by outcome, and ejections, since start (for `/metrics`).
 #[derive(Default, Debug)]
@@ -138,10 +135,8 @@ pub struct Outgoing<'a> {
     /// Path and query as the client sent them.
     pub target: &'a str,
     pub slug: &'a str,
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: &'a hyper::HeaderMap,
     pub client_ip: IpAddr,
-    /// The client spoke HTTP/1.0 (no chunked responses).
-    pub http10: bool,
     /// Served on the dashboard's origin (the API port): the answer is sandboxed, so that
     /// a proxied page runs in an opaque origin and cannot read the dashboard's token.
     pub sandboxed: bool,
@@ -157,21 +152,14 @@ pub const SANDBOX_POLICY: &str =
 pub enum Payload {
     /// Whole (none, or small enough to keep for a retry).
     Kept(Bytes),
-    /// Arriving: pieces as the gate reads them from the client, and its length when the
-    /// client gave one (the upstream gets the same framing).
-    Streamed(mpsc::Receiver<io::Result<Bytes>>, Option<u64>),
+    /// Arriving as the client sends it, and the signal that it has all been read (the wait
+    /// for the answer starts then: a large upload may take longer than that wait).
+    Streamed(RequestBody, oneshot::Receiver<()>),
 }
 
-/// What became of a forwarded request.
-pub enum Forwarded {
-    /// The upstream's answer (its status) was relayed; keep the client connection when true.
-    Relayed(bool, u16),
-    /// An error answer for the client (status, message).
-    Error(u16, String),
-    /// The client or the upstream went away mid-answer (the status sent, if any): close
-    /// the connection.
-    Broken(u16),
-}
+/// A forwarded request that got no answer from an upstream: the status and message of the
+/// error answer the client gets.
+pub struct Failed(pub u16, pub String);
 
 impl Forwarder {
     /// https upstreams are verified against the system's CA certificates (`SSL_CERT_FILE`
@@ -203,7 +191,7 @@ impl Forwarder {
         }
     }
 
-    /// Forwards `request` and relays the answer to `client`: admitted, then tried on up to
+    /// Forwards `request` and gives the answer to relay: admitted, then tried on up to
     /// `1 + retries` instances (retries only for idempotent requests whose body was kept),
     /// each attempt's outcome recorded.
     pub async fn forward(
@@ -211,10 +199,9 @@ impl Forwarder {
         registry: &Registry,
         request: &Outgoing<'_>,
         mut payload: Payload,
-        client: &mut OwnedWriteHalf,
-    ) -> Forwarded {
-        if let Some(refused) = admit(request) {
-            return refused;
+    ) -> Result<Answer, (u16, String)> {
+        if let Some(Failed(status, message)) = admit(request) {
+            return Err((status, message));
         }
         let route = SlugRoute::read(&registry.store, request.slug);
         let plan = Plan {
@@ -229,7 +216,7 @@ impl Forwarder {
         for _ in 0..tries {
             let chosen = match choose(registry, request, &tried, &last_error) {
                 Ok(chosen) => chosen,
-                Err(answer) => return answer,
+                Err(Failed(status, message)) => return Err((status, message)),
             };
             let attempt = Attempt {
                 registry,
@@ -240,15 +227,15 @@ impl Forwarder {
                 target: chosen.target.as_ref(),
             };
             match self.try_once(&attempt, request, &plan, &mut payload).await {
-                Tried::Answered(answer) => return relay(answer, request, client, plan.timeout).await,
-                Tried::Failed(answer) => return answer,
+                Tried::Answered(answer) => return Ok(relay(answer, request, plan.timeout)),
+                Tried::Failed(Failed(status, message)) => return Err((status, message)),
                 Tried::NextInstance(why) => {
                     tried.push(chosen.id.clone());
                     last_error = why;
                 }
             }
         }
-        Forwarded::Error(502, last_error)
+        Err((502, last_error))
     }
 
     /// One attempt on one instance: fenced, sent, answered within the timeout; its
@@ -272,7 +259,7 @@ impl Forwarder {
             Ok(built) => built,
             Err(e) => {
                 attempt.abandon();
-                return Tried::Failed(Forwarded::Error(400, format!("the request cannot be forwarded: {e}")));
+                return Tried::Failed(Failed(400, format!("the request cannot be forwarded: {e}")));
             }
         };
         // The response timeout starts once the body is sent: a large upload may take

@@ -35,7 +35,7 @@ pub(crate) enum Tried {
     /// Not contacted, or no connection: another instance may be tried (why, for the 502).
     NextInstance(String),
     /// Over for this request: the answer for the client.
-    Failed(Forwarded),
+    Failed(Failed),
 }
 
 /// One attempt on one instance, which tells the selector (in flight, ejection) and the
@@ -96,7 +96,7 @@ impl Attempt<'_> {
             Some(Err(e)) => {
                 self.record(Outcome::Failure, &stats.error);
                 let message = format!("upstream {url} of '{slug}' failed: {}", source_text(&e));
-                return Tried::Failed(Forwarded::Error(502, message));
+                return Tried::Failed(Failed(502, message));
             }
             None => {
                 self.record(Outcome::Failure, &stats.timeout);
@@ -104,7 +104,7 @@ impl Attempt<'_> {
                     "upstream {url} of '{slug}' did not answer within {}s",
                     timeout.as_secs_f64()
                 );
-                return Tried::Failed(Forwarded::Error(504, message));
+                return Tried::Failed(Failed(504, message));
             }
         };
         let status = answer.status().as_u16();
@@ -114,7 +114,7 @@ impl Attempt<'_> {
             // under a front proxy that saw the client's own Upgrade) while the gate goes
             // on reading HTTP.
             self.record(Outcome::Failure, &stats.error);
-            return Tried::Failed(Forwarded::Error(
+            return Tried::Failed(Failed(
                 502,
                 format!("upstream {url} of '{slug}' answered 101 Switching Protocols to a request that asked for no upgrade"),
             ));

@@ -63,7 +63,7 @@ pub(crate) fn choose(
     request: &Outgoing<'_>,
     tried: &[String],
     last_error: &str,
-) -> Result<Arc<Candidate>, Forwarded> {
+) -> Result<Arc<Candidate>, Failed> {
     let slug = request.slug;
     let pick = PickRequest {
         slug,
@@ -75,7 +75,7 @@ pub(crate) fn choose(
         Ok(Picked::Instance(chosen)) => Ok(chosen),
         Ok(Picked::UnknownSlug) if tried.is_empty() => {
             let path = request.target.split('?').next().unwrap_or_default();
-            Err(Forwarded::Error(
+            Err(Failed(
                 404,
                 format!(
                     "no route for {} {path}, and no registered service '{slug}'",
@@ -83,8 +83,8 @@ pub(crate) fn choose(
                 ),
             ))
         }
-        Ok(Picked::UnknownSlug) => Err(Forwarded::Error(502, last_error.to_owned())),
-        Ok(Picked::NoneRoutable) => Err(Forwarded::Error(503, format!("no healthy instance of '{slug}'"))),
-        Err(e) => Err(Forwarded::Error(503, format!("the registry cannot be read: {e}"))),
+        Ok(Picked::UnknownSlug) => Err(Failed(502, last_error.to_owned())),
+        Ok(Picked::NoneRoutable) => Err(Failed(503, format!("no healthy instance of '{slug}'"))),
+        Err(e) => Err(Failed(503, format!("the registry cannot be read: {e}"))),
     }
 }

@@ -1,139 +1,99 @@
-//! Phase 4, the answer: relayed to the client as it comes, head without hop-by-hop headers,
-//! body re-framed by its length or chunked.
+//! Phase 4, the answer: relayed to the client as it comes, its head without hop-by-hop
+//! headers; hyper's server frames the body for the client (by its length, chunked, or to
+//! the close for an HTTP/1.0 client).
 
 use super::*;
 
-/// How the answer's body goes to the client.
-struct Framing {
-    /// No body at all (HEAD, 1xx, 204, 304).
-    bodiless: bool,
-    /// Its length, when the upstream gave one.
-    exact: Option<u64>,
-    /// Sent chunked (no length, and an HTTP/1.1 client).
-    chunked: bool,
-    /// The connection may carry another request afterwards.
-    keep: bool,
-}
+use hyper::header::{HeaderValue, CONTENT_LENGTH};
 
-/// Relays the upstream's answer to the client: head (without hop-by-hop headers) and body
-/// streamed piece by piece, re-framed by its length or chunked.
-pub(crate) async fn relay(
-    answer: hyper::Response<hyper::body::Incoming>,
-    request: &Outgoing<'_>,
-    client: &mut OwnedWriteHalf,
-    idle: Duration,
-) -> Forwarded {
-    let (parts, body) = answer.into_parts();
-    let status = parts.status.as_u16();
-    let (head, framing) = answer_head(&parts, body.size_hint().exact(), request);
-    if framing.bodiless {
-        return match client.write_all(&head).await {
-            Ok(()) => Forwarded::Relayed(true, status),
-            Err(_) => Forwarded::Broken(status),
-        };
-    }
-    match stream_body(body, head, &framing, client, idle).await {
-        Ok(()) => Forwarded::Relayed(framing.keep, status),
-        Err(()) => Forwarded::Broken(status),
-    }
-}
-
-/// The answer's head as the client gets it, and how its body will be framed.
-fn answer_head(parts: &hyper::http::response::Parts, exact: Option<u64>, request: &Outgoing<'_>) -> (Vec<u8>, Framing) {
+/// The upstream's answer as the client gets it: hop-by-hop headers dropped, the body
+/// streamed piece by piece (trailers dropped), a piece that takes longer than `idle` ending
+/// it short (the client learns by the close).
+pub(crate) fn relay(answer: hyper::Response<hyper::body::Incoming>, request: &Outgoing<'_>, idle: Duration) -> Answer {
+    let (mut parts, body) = answer.into_parts();
     let status = parts.status.as_u16();
     let bodiless = request.method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        status,
-        parts.status.canonical_reason().unwrap_or("Unknown")
-    )
-    .into_bytes();
+    // A HEAD or 304 answer keeps the length the upstream announced; a 1xx or 204 has none
+    // (RFC 9110 section 8.6). Any other body's length is the one hyper reads.
+    let announced = (request.method == "HEAD" && status >= 200 && status != 204) || status == 304;
+    let length = parts.headers.get(CONTENT_LENGTH).filter(|_| announced).cloned();
     let drop = HopByHop::of(parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
-    let mut header = |name: &[u8], value: &[u8]| {
-        head.extend_from_slice(name);
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value);
-        head.extend_from_slice(b"\r\n");
-    };
-    for (name, value) in &parts.headers {
-        if !drop.contains(name.as_str()) {
-            header(name.as_str().as_bytes(), value.as_bytes());
+    let kept: Vec<_> = parts.headers.drain().collect();
+    let mut name = None;
+    for (n, value) in kept {
+        // `drain` names a header once, before all its values.
+        if n.is_some() {
+            name = n;
+        }
+        if let Some(name) = &name {
+            if !drop.contains(name.as_str()) {
+                parts.headers.append(name.clone(), value);
+            }
         }
     }
-    let chunked = !bodiless && exact.is_none() && !request.http10;
-    // A HEAD or 304 answer keeps the length the upstream announced; a 1xx or 204 has none
-    // (RFC 9110 section 8.6).
-    let announced = (request.method == "HEAD" && status >= 200 && status != 204) || status == 304;
-    if bodiless {
-        if let Some(length) = parts.headers.get("content-length").filter(|_| announced) {
-            header(b"content-length", length.as_bytes());
-        }
-    } else if let Some(n) = exact {
-        header(b"content-length", n.to_string().as_bytes());
-    } else if chunked {
-        header(b"transfer-encoding", b"chunked");
+    if let Some(length) = length {
+        parts.headers.insert(CONTENT_LENGTH, length);
     }
     if request.sandboxed {
-        header(b"content-security-policy", SANDBOX_POLICY.as_bytes());
+        parts
+            .headers
+            .insert("content-security-policy", HeaderValue::from_static(SANDBOX_POLICY));
     }
-    // Without a length an HTTP/1.0 client learns the end by the close.
-    let keep = bodiless || exact.is_some() || chunked;
-    if !keep {
-        header(b"connection", b"close");
-    }
-    head.extend_from_slice(b"\r\n");
-    let framing = Framing {
-        bodiless,
-        exact,
-        chunked,
-        keep,
+    let body = if bodiless {
+        Empty::new().map_err(|e| match e {}).boxed_unsync()
+    } else {
+        Relayed {
+            body,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+        }
+        .boxed_unsync()
     };
-    (head, framing)
+    hyper::Response::from_parts(parts, body)
 }
 
-/// Sends `head` and then the body as it arrives (a small one gathered into one write with
-/// the head); Err when the client or the upstream went away or the upstream stalled.
-async fn stream_body(
-    mut body: hyper::body::Incoming,
-    head: Vec<u8>,
-    framing: &Framing,
-    client: &mut OwnedWriteHalf,
+/// An upstream's body on its way to the client: data only, each piece within `idle`.
+struct Relayed {
+    body: hyper::body::Incoming,
     idle: Duration,
-) -> Result<(), ()> {
-    let mut out = head;
-    let gather = framing.exact.is_some_and(|n| n <= GATHER);
-    loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Ok(Some(Ok(frame))) => frame,
-            Ok(None) => break,
-            // The upstream failed or stalled mid-body: the client cannot be told but by a
-            // close (its body ends short).
-            Ok(Some(Err(_))) | Err(_) => {
-                let _ = client.write_all(&out).await;
-                return Err(());
-            }
-        };
-        let Ok(data) = frame.into_data() else { continue }; // trailers are dropped
-        if data.is_empty() {
-            continue;
-        }
-        if framing.chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            out.extend_from_slice(&data);
-            out.extend_from_slice(b"\r\n");
-        } else {
-            out.extend_from_slice(&data);
-        }
-        if !gather || out.len() >= (GATHER as usize) * 2 {
-            client.write_all(&out).await.map_err(|_| ())?;
-            out.clear();
-        }
-    }
-    if framing.chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
-    }
-    if !out.is_empty() {
-        client.write_all(&out).await.map_err(|_| ())?;
-    }
-    Ok(())
+    sleep: Pin<Box<tokio::time::Sleep>>,
 }
+
+impl Body for Relayed {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let this = &mut *self;
+        loop {
+            return match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the upstream stalled mid-answer",
+                    )))),
+                    Poll::Pending => Poll::Pending,
+                },
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(io::Error::other(e)))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.sleep.as_mut().reset(tokio::time::Instant::now() + this.idle);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Err(_) => continue, // trailers are dropped
+                },
+            };
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+use std::future::Future;

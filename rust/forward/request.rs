@@ -3,59 +3,29 @@
 
 use super::*;
 
-/// A body fed from a channel (the client's request body, as it arrives); `sent` fires
-/// once hyper has taken all of it.
-pub(crate) struct ChannelBody {
-    pieces: mpsc::Receiver<io::Result<Bytes>>,
-    sent: Option<oneshot::Sender<()>>,
-    length: Option<u64>,
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
-        let polled = self.pieces.poll_recv(cx);
-        if let Poll::Ready(None) = polled {
-            if let Some(sent) = self.sent.take() {
-                let _ = sent.send(());
-            }
-        }
-        polled.map(|piece| piece.map(|r| r.map(Frame::data)))
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.length
-            .map_or_else(hyper::body::SizeHint::default, hyper::body::SizeHint::with_exact)
-    }
-}
-
 /// The client's headers as the upstream gets them.
 pub(crate) fn upstream_headers(request: &Outgoing<'_>) -> hyper::HeaderMap {
-    let drop = HopByHop::of(request.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+    let drop = HopByHop::of(request.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
     let mut out = hyper::HeaderMap::with_capacity(request.headers.len() + 4);
     let mut forwarded_for: Option<&[u8]> = None;
     let mut host: &[u8] = b"";
     for (name, value) in request.headers {
         let name = name.as_str();
-        if name.eq_ignore_ascii_case("x-forwarded-for") && forwarded_for.is_none() {
-            forwarded_for = Some(value);
+        let bytes = value.as_bytes();
+        if name == "x-forwarded-for" && forwarded_for.is_none() {
+            forwarded_for = Some(bytes);
         }
-        if name.eq_ignore_ascii_case("host") {
-            host = value;
+        if name == "host" {
+            host = bytes;
         }
         if drop.contains(name) || is_forwarding_claim(name) {
             continue;
         }
-        if name.eq_ignore_ascii_case("authorization") && is_registry_token(value) {
+        if name == "authorization" && is_registry_token(bytes) {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(name.as_bytes()),
-            hyper::header::HeaderValue::from_bytes(value),
-        ) {
-            out.append(name, value);
+        if let Ok(name) = hyper::header::HeaderName::from_bytes(name.as_bytes()) {
+            out.append(name, value.clone());
         }
     }
     let client = request.client_ip.to_string();
@@ -93,24 +63,25 @@ pub(crate) fn upstream_request(
     plan: &Plan<'_>,
     payload: &mut Payload,
 ) -> Result<(hyper::Request<RequestBody>, oneshot::Receiver<()>), hyper::http::Error> {
-    let (sent, body_sent) = oneshot::channel();
-    let body: RequestBody = match payload {
+    let (body, body_sent): (RequestBody, _) = match payload {
         Payload::Kept(bytes) => {
+            let (sent, body_sent) = oneshot::channel();
             let _ = sent.send(());
-            if bytes.is_empty() {
-                Empty::new().map_err(|e| match e {}).boxed()
+            let body = if bytes.is_empty() {
+                Empty::new().map_err(|e| match e {}).boxed_unsync()
             } else {
-                Full::new(bytes.clone()).map_err(|e| match e {}).boxed()
-            }
+                Full::new(bytes.clone()).map_err(|e| match e {}).boxed_unsync()
+            };
+            (body, body_sent)
         }
-        Payload::Streamed(rx, length) => {
-            let (_, empty) = mpsc::channel(1);
-            ChannelBody {
-                pieces: std::mem::replace(rx, empty),
-                sent: Some(sent),
-                length: *length,
-            }
-            .boxed()
+        // Streamed once: a second attempt finds it taken (and is never made: only a kept
+        // body is retried).
+        Payload::Streamed(body, sent) => {
+            let (_, spent) = oneshot::channel();
+            (
+                std::mem::replace(body, Empty::new().map_err(|e| match e {}).boxed_unsync()),
+                std::mem::replace(sent, spent),
+            )
         }
     };
     let uri = format!(
