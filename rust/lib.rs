@@ -20,6 +20,7 @@ pub mod model;
 pub mod netguard;
 pub mod policy;
 pub mod reads;
+mod record;
 pub mod registry;
 pub mod replica;
 pub mod route;

@@ -14,9 +14,10 @@
 use heed::RwTxn;
 
 use crate::apply::remove_index_entries;
+use crate::error::StoreError;
 use crate::keys::{collection_meta_key, partition_meta_key, read_u64, Tables, META_INDEX, VERSION_LEN};
 use crate::model::{self, CollectionSpec};
-use crate::store::{decode_record, Result, StoreError};
+use crate::record::{decode_record, Result};
 
 /// One committed change, as etcd reported it.
 #[derive(Debug, Clone)]

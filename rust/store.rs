@@ -19,57 +19,10 @@ pub use crate::apply::{Completion, CompletionRunner, WriterStats};
 pub use crate::error::StoreError;
 use crate::keys::{collection_meta_key, partition_meta_key, read_u64, state_key, Tables, META_INDEX, VERSION_LEN};
 use crate::model::{self, CollectionSpec};
+pub(crate) use crate::record::decode_record;
+pub use crate::record::{Expect, Op, Record, Result};
 use crate::replica::{self, ReplicaChange};
 use crate::wait::IndexWaiter;
-
-pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// A precondition on the current version of the record a write touches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    Any,
-    Absent,
-    Version(u64),
-}
-
-#[derive(Debug, Clone)]
-pub enum Op {
-    Put {
-        coll: &'static CollectionSpec,
-        id: String,
-        json: Vec<u8>,
-        expect: Expect,
-    },
-    Delete {
-        coll: &'static CollectionSpec,
-        id: String,
-        expect: Expect,
-    },
-    /// Writes nothing; refuses the whole write unless the collection index of `coll` is
-    /// still `collection_index`. Makes a decision over a whole collection (e.g. "another
-    /// admin token remains") hold at commit time.
-    Guard {
-        coll: &'static CollectionSpec,
-        collection_index: u64,
-    },
-}
-
-impl Op {
-    /// The collection the operation writes to, if it writes.
-    pub(crate) fn written_collection(&self) -> Option<&'static CollectionSpec> {
-        match self {
-            Op::Put { coll, .. } | Op::Delete { coll, .. } => Some(coll),
-            Op::Guard { .. } => None,
-        }
-    }
-}
-
-/// A record as read: the registry index of its last write, and its JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub version: u64,
-    pub json: Vec<u8>,
-}
 
 /// An equality filter on an indexed field (or `id`).
 pub type Filter = (String, String);
@@ -480,13 +433,4 @@ fn intersect_sorted(a: Vec<Vec<u8>>, b: &[Vec<u8>]) -> Vec<Vec<u8>> {
         }
     }
     out
-}
-
-pub(crate) fn decode_record(raw: &[u8]) -> Record {
-    let mut version = [0u8; VERSION_LEN];
-    version.copy_from_slice(&raw[..VERSION_LEN]);
-    Record {
-        version: u64::from_be_bytes(version),
-        json: raw[VERSION_LEN..].to_vec(),
-    }
 }
