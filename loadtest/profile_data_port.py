@@ -1,7 +1,7 @@
 """Where the time goes on the data port: `perf` samples of the server process that holds it
 while wrk drives one case (lookup, pick or proxy), grouped by shared object and symbol.
 
-    python -m loadtest.profile_data_port [--case lookup|pick|proxy] [--seconds 8]
+    python -m loadtest.profile_data_port [--case lookup|pick|proxy] [--seconds 8] [--dso NAME.so]
 
 Needs `perf` (Debian: linux-perf) and the permission to use it (root, or
 kernel.perf_event_paranoid <= 1), `wrk`, and for the proxy case `nginx`. One server process
@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--case", choices=("lookup", "pick", "proxy"), default="lookup")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--dso", default=None, help="symbols of this shared object only (e.g. the extension's .so)")
     a = p.parse_args()
     missing = [t for t in ("perf", "wrk", "nginx") if shutil.which(t) is None]
     if missing:
@@ -77,6 +78,12 @@ def main() -> None:
             ["perf", "report", "-i", str(perf_data), "--no-children", "--sort", "dso", "--stdio", "-g", "none"],
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip
+        if a.dso:
+            report = subprocess.run(
+                ["perf", "report", "-i", str(perf_data), "--no-children", "--dsos", a.dso, "--sort", "symbol",
+                 "--stdio", "--percent-limit", "0.3", "-g", "none"],
+                check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
         for text in (by_dso, report):
             lines = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
             print("\n".join(lines[: a.top]))
