@@ -170,6 +170,13 @@ fn canonical_host(text: &str) -> PyResult<String> {
     crate::url::canonical_host(text).map_err(PyValueError::new_err)
 }
 
+/// An IP address as Python's `str(ip_address(text))` writes it; ValueError saying what is
+/// wrong (not an address, or an IPv6 zone).
+#[pyfunction]
+fn canonical_ip(text: &str) -> PyResult<String> {
+    crate::url::canonical_ip(text).map_err(PyValueError::new_err)
+}
+
 /// A URL path of RFC 3986 characters ('' for none or '/'); ValueError.
 #[pyfunction]
 fn canonical_path(path: &str) -> PyResult<String> {
@@ -186,6 +193,7 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_url, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_host, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_path, m)?)?;
+    m.add_function(wrap_pyfunction!(canonical_ip, m)?)?;
     m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;
     m.add_function(wrap_pyfunction!(authenticate, m)?)?;
     m.add_function(wrap_pyfunction!(parse_networks, m)?)?;

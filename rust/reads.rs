@@ -6,13 +6,12 @@
 //! handler makes (`ResponseCache::list_json`, `Store::get`, `Selector::pick`); the
 //! selector's in-flight and ejection state is shared by the server's processes
 //! (`shared.rs`), so a pick here skips an instance the proxy of any process ejected. The
-//! gate answers only
-//! what it can answer exactly as the workers would: a valid token and a well-formed query.
-//! `host`, `ip` and `nodeUrl` filters are answered when the value is already in the form
-//! the store holds. Anything else (a missing or unknown token, an unknown parameter, a
-//! value that needs canonicalising such as `ip=0:0::1`, an over-long value) is declined and
-//! goes to the workers, whose answer (often a 4xx naming the field) is the one the client
-//! gets.
+//! gate answers only what it can answer exactly as the workers would: a valid token and a
+//! well-formed query. `ip` and `nodeUrl` filters are put in their stored form by the rules
+//! the API's models call too (`url.rs`: `ip=0:0::1` finds `::1`). Anything else (a missing
+//! or unknown token, an unknown parameter, a value those rules refuse, an over-long value)
+//! is declined and goes to the workers, whose answer (often a 4xx naming the field) is the
+//! one the client gets.
 
 use std::sync::Arc;
 
@@ -161,69 +160,22 @@ fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
     })
 }
 
-/// A filter value in the form the store holds, as the workers put it (`parse_filters`);
-/// None when only they can tell (a value that is not already canonical, or not ASCII).
+/// A filter value in the form the store holds, by the rules the workers apply
+/// (`parse_filters`): `ip` and `nodeUrl` canonicalised by `url.rs`, the same code the API's
+/// models call. None when only the workers can tell: a value those rules refuse (the
+/// workers' 400 names the field) or a host name that is not ASCII (Python's Unicode
+/// lower-casing).
 fn stored_form(name: &str, value: &str) -> Option<String> {
     match name {
-        // The workers lower-case it (Unicode rules: left to them for non-ASCII).
         "host" => value.is_ascii().then(|| value.to_ascii_lowercase()),
         "ip" if value.is_empty() => Some(String::new()),
-        "ip" => canonical_ip(value).then(|| value.to_owned()),
-        "nodeUrl" => canonical_node_url(value).then(|| value.to_owned()),
+        "ip" => crate::url::canonical_ip(value).ok(),
+        "nodeUrl" if value.chars().count() <= crate::url::MAX_URL_LEN => {
+            crate::url::parse_url(value).ok().map(|endpoint| endpoint.url())
+        }
+        "nodeUrl" => None,
         _ => Some(value.to_owned()),
     }
-}
-
-/// Whether `value` is an IP address already in Python's `str(ip_address(value))` form
-/// (dotted quads; RFC 5952 for IPv6, whose embedded-IPv4 forms are left to the workers).
-fn canonical_ip(value: &str) -> bool {
-    match value.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(v4)) => v4.to_string() == value,
-        Ok(std::net::IpAddr::V6(v6)) => !value.contains('.') && v6.to_string() == value,
-        Err(_) => false,
-    }
-}
-
-/// Whether `value` is a node URL already in `urls.canonical_url` form, by a sufficient
-/// rule: `http(s)://host[:port]` with a lower-case host name or a canonical IPv4 address,
-/// and a port other than the scheme's default, without leading zeros. Anything else (a
-/// path, IPv6, upper case, a default port) is the workers' to canonicalize.
-fn canonical_node_url(value: &str) -> bool {
-    let Some((scheme, rest)) = value.split_once("://") else {
-        return false;
-    };
-    let default = match scheme {
-        "http" => 80,
-        "https" => 443,
-        _ => return false,
-    };
-    let host = match rest.split_once(':') {
-        Some((host, port)) => {
-            let ok = !port.starts_with('0')
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && port.parse::<u16>().is_ok_and(|p| p != 0 && p != default);
-            if !ok {
-                return false;
-            }
-            host
-        }
-        None => rest,
-    };
-    if host.is_empty() || host.len() > 253 {
-        return false;
-    }
-    if let Ok(v4) = host.parse::<std::net::Ipv4Addr>() {
-        return v4.to_string() == host;
-    }
-    let labels: Vec<&str> = host.split('.').collect();
-    let label_ok = |l: &&str| {
-        (1..=63).contains(&l.len())
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    labels.iter().all(label_ok) && !labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A record id as the API takes it (`models.RecordId`); anything else (percent-encoded
@@ -355,38 +307,32 @@ mod tests {
     }
 
     #[test]
-    fn filter_values_are_answered_only_in_their_stored_form() {
+    fn filter_values_are_put_in_their_stored_form_or_declined() {
         assert_eq!(stored_form("host", "Svc.Example"), Some("svc.example".to_owned()));
         assert_eq!(stored_form("host", "Ünï"), None);
         assert_eq!(stored_form("ip", ""), Some(String::new()));
-        assert_eq!(stored_form("ip", "127.0.0.1"), Some("127.0.0.1".to_owned()));
-        assert_eq!(stored_form("ip", "2001:db8::1"), Some("2001:db8::1".to_owned()));
-        for not_canonical in [
-            "2001:DB8::1",
-            "0:0::1",
-            "::ffff:1.2.3.4",
-            "01.2.3.4",
-            "x",
-            "fe80::1%eth0",
+        let ip = |text: &str| stored_form("ip", text);
+        assert_eq!(ip("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(ip("2001:DB8::1").as_deref(), Some("2001:db8::1"));
+        assert_eq!(ip("0:0::1").as_deref(), Some("::1"));
+        assert_eq!(ip("::ffff:1.2.3.4").as_deref(), Some("::ffff:102:304"));
+        for refused in ["01.2.3.4", "x", "fe80::1%eth0", "1.2.3", "1::2::3"] {
+            assert_eq!(ip(refused), None, "{refused}");
+        }
+        let node = |text: &str| stored_form("nodeUrl", text);
+        for (given, stored) in [
+            ("http://127.0.0.1:11337", "http://127.0.0.1:11337"),
+            ("HTTP://n:1", "http://n:1"),
+            ("http://N", "http://n"),
+            ("http://n:80", "http://n"),
+            ("https://n:443", "https://n"),
+            ("http://n/", "http://n"),
+            ("http://n/x", "http://n/x"),
+            ("http://[::1]:1", "http://[::1]:1"),
         ] {
-            assert_eq!(stored_form("ip", not_canonical), None, "{not_canonical}");
+            assert_eq!(node(given).as_deref(), Some(stored), "{given}");
         }
-        for canonical in ["http://127.0.0.1:11337", "https://node-7.example", "http://a.b:8080"] {
-            assert_eq!(
-                stored_form("nodeUrl", canonical),
-                Some(canonical.to_owned()),
-                "{canonical}"
-            );
-        }
-        for other in [
-            "HTTP://n:1",
-            "http://N",
-            "http://n:80",
-            "https://n:443",
-            "http://n:080",
-            "http://n/",
-            "http://n/x",
-            "http://[::1]:1",
+        for refused in [
             "http://1.2.3",
             "http://-a",
             "ftp://n",
@@ -394,7 +340,7 @@ mod tests {
             "http://n:0",
             "http://n:65536",
         ] {
-            assert_eq!(stored_form("nodeUrl", other), None, "{other}");
+            assert_eq!(node(refused), None, "{refused}");
         }
     }
 }

@@ -186,6 +186,21 @@ pub fn canonical_host(text: &str) -> Result<String, String> {
     Ok(lowered)
 }
 
+/// An IP address in the form Python's `str(ip_address(text))` writes (dotted quads, IPv6 as
+/// `python_ipv6`), or what is wrong: the one rule for `ip` fields and filters, the API's
+/// (`models.IpAddress`, through `_core.canonical_ip`) and the gates' (`reads.rs`).
+pub fn canonical_ip(text: &str) -> Result<String, String> {
+    let not_ip = || format!("'{text}' is not an IPv4 or IPv6 address");
+    if !text.contains(':') {
+        return strict_ipv4(text).ok_or_else(not_ip);
+    }
+    match canonical_host(text) {
+        Ok(v6) => Ok(v6),
+        Err(zone) if zone.starts_with("an IPv6 zone") => Err(zone),
+        Err(_) => Err(not_ip()),
+    }
+}
+
 /// A DNS label: 1-63 lowercase letters, digits and `-`, not starting or ending with `-`.
 fn is_label(label: &str) -> bool {
     let b = label.as_bytes();

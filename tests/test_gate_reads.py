@@ -91,12 +91,17 @@ QUERIES = [
     ("/registry-svc/instances?scheme=http&slug=solo", True),
     ("/registry-svc/instance/pick?slug=solo", True),
     ("/registry-svc/instance/pick?slug=shop&policy=consistent_hash&key=user-7", True),
+    # Values put in their stored form by the rule the workers' models call (rust/url.rs).
+    ("/registry-svc/instances?ip=0:0::1", True),
+    ("/registry-svc/instances?ip=%3A%3AFFFF%3A1.2.3.4", True),
+    ("/registry-svc/instances?nodeUrl=" + quote("HTTP://Gate-1:80/", safe=""), True),
     # Errors and what the gate cannot answer exactly go to the workers, on both paths:
     ("/registry-svc/instance/pick?slug=ghost", False),
     ("/registry-svc/instance/pick?slug=down", False),
     ("/registry-svc/instance/pick?slug=shop&tag=canary", False),
     ("/registry-svc/instances?colour=red", False),
     ("/registry-svc/instances?nodeUrl=not-a-url", False),
+    ("/registry-svc/instances?ip=01.2.3.4", False),
     ("/registry-svc/instance/pick?slug=Bad_Slug", False),
     ("/registry-svc/instance/pick?slug=shop&slug=solo", False),
     ("/registry-svc/instance/pick?slug=shop&policy=consistent_hash", False),

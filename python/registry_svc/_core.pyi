@@ -259,6 +259,10 @@ def parse_url(text: str) -> tuple[str, str, int | None, str]:
 def canonical_host(text: str) -> str:
     """A host name or IP address in canonical form (IPv6 without brackets); ValueError."""
 
+def canonical_ip(text: str) -> str:
+    """An IP address as `str(ipaddress.ip_address(text))` writes it; ValueError saying what is
+    wrong (not an address, or an IPv6 zone)."""
+
 def canonical_path(path: str) -> str:
     """A URL path of RFC 3986 characters ('' for none or '/'); ValueError."""
 

@@ -13,7 +13,6 @@ rules still live in one place.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -106,15 +105,14 @@ def _hostname(text: str) -> str:
 
 
 def _ip_address(text: str) -> str:
+    """The address as `str(ipaddress.ip_address(text))` writes it, by the rule the gates
+    apply to `ip` filters too (`rust/url.rs`, `_core.canonical_ip`)."""
     if not text:
         return text  # a filter may ask for an empty value; a body field is at least 1 character
     try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        raise ValueError(f"'{text}' is not an IPv4 or IPv6 address") from None
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-        raise ValueError("an IPv6 zone (%...) is not allowed")
-    return str(address)
+        return _core.canonical_ip(text)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
 
 
 def _url_path(text: str) -> str:
