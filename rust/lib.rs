@@ -6,31 +6,18 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod apply;
-pub mod cache;
-pub mod candidate;
+pub mod core;
 pub mod dns;
 pub mod edge;
-mod error;
 pub mod etcd_http;
 pub mod forward;
-pub mod hash;
-mod keys;
-pub mod model;
 pub mod netguard;
-pub mod policy;
 pub mod reads;
-mod record;
 pub mod registry;
-pub mod replica;
 pub mod route;
 pub mod rules;
-pub mod select;
-pub mod shared;
-pub mod store;
 pub mod tokens;
 pub mod url;
-mod wait;
 
 #[cfg(feature = "python")]
 mod python;
@@ -42,8 +29,3 @@ mod python_errors;
 mod python_front;
 #[cfg(feature = "python")]
 mod python_rules;
-
-#[cfg(test)]
-mod select_tests;
-#[cfg(test)]
-mod store_tests;

@@ -13,14 +13,14 @@ use pyo3::types::{PyBytes, PyString};
 
 use std::sync::Arc;
 
-use crate::cache::ResponseCache;
-use crate::model::{self, CollectionSpec};
+use crate::core::cache::ResponseCache;
+use crate::core::model::{self, CollectionSpec};
+use crate::core::replica::{Mode, ReplicaChange};
+use crate::core::select::{EjectionConfig, PickRequest, Picked, Policy, Selector};
+use crate::core::shared::SharedState;
+use crate::core::store::{self, Expect, StoreError};
 use crate::python_errors::{to_py, NoRoutableError, NotFoundError};
 use crate::registry::Registry;
-use crate::replica::{Mode, ReplicaChange};
-use crate::select::{EjectionConfig, PickRequest, Picked, Policy, Selector};
-use crate::shared::SharedState;
-use crate::store::{self, Expect, StoreError};
 
 fn collection(name: &str) -> PyResult<&'static CollectionSpec> {
     model::collection(name).ok_or_else(|| to_py(StoreError::UnknownCollection(name.to_owned())))
@@ -443,7 +443,11 @@ impl Drop for PyStore {
 }
 
 impl PyStore {
-    fn picked(&self, slug: &str, request: &PickRequest<'_>) -> PyResult<std::sync::Arc<crate::select::Candidate>> {
+    fn picked(
+        &self,
+        slug: &str,
+        request: &PickRequest<'_>,
+    ) -> PyResult<std::sync::Arc<crate::core::select::Candidate>> {
         match self
             .registry
             .selector

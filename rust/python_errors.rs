@@ -4,7 +4,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
-use crate::store::StoreError;
+use crate::core::store::StoreError;
 
 create_exception!(_core, StoreErrorPy, PyException, "Base class of every store error.");
 create_exception!(_core, NotFoundError, StoreErrorPy, "No record with that id.");

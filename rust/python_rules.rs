@@ -198,7 +198,7 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(authenticate, m)?)?;
     m.add_function(wrap_pyfunction!(parse_networks, m)?)?;
     m.add_function(wrap_pyfunction!(is_sensitive, m)?)?;
-    m.add("POLICIES", crate::select::Policy::NAMES.to_vec())?;
+    m.add("POLICIES", crate::core::select::Policy::NAMES.to_vec())?;
     m.add("RESERVED_SLUGS", crate::rules::RESERVED_SLUGS.to_vec())?;
     m.add("SLUG_PATTERN", crate::rules::SLUG_PATTERN)?;
     Ok(())

@@ -15,9 +15,9 @@
 
 use std::sync::Arc;
 
-use crate::model::INSTANCES;
+use crate::core::model::INSTANCES;
+use crate::core::select::{PickRequest, Picked, Policy};
 use crate::registry::Registry;
-use crate::select::{PickRequest, Picked, Policy};
 use crate::tokens::Caller;
 
 /// Distinct filters a query may carry; the workers refuse more.
@@ -283,8 +283,8 @@ mod tests {
 
     #[test]
     fn a_replica_is_stale_once_its_freshness_passes() {
-        use crate::cache::ResponseCache;
-        use crate::select::{EjectionConfig, Policy, Selector};
+        use crate::core::cache::ResponseCache;
+        use crate::core::select::{EjectionConfig, Policy, Selector};
         use std::time::Duration;
 
         let dir = tempfile::tempdir().unwrap();
@@ -294,7 +294,7 @@ mod tests {
             max: Duration::from_secs(2),
         };
         let registry = Registry {
-            store: crate::store::Store::open(dir.path(), 1 << 24).unwrap(),
+            store: crate::core::store::Store::open(dir.path(), 1 << 24).unwrap(),
             selector: Selector::new(Policy::RoundRobin, std::collections::HashMap::new(), ejection),
             responses: ResponseCache::default(),
             tokens: Default::default(),

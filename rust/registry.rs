@@ -2,9 +2,9 @@
 //! cached list responses, composed in plain Rust so that the Python binding and the API
 //! port's gate (`edge/`) share one of each.
 
-use crate::cache::ResponseCache;
-use crate::select::Selector;
-use crate::store::Store;
+use crate::core::cache::ResponseCache;
+use crate::core::select::Selector;
+use crate::core::store::Store;
 use crate::tokens::Tokens;
 
 pub struct Registry {

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::model::ROUTES;
-use crate::store::Store;
+use crate::core::model::ROUTES;
+use crate::core::store::Store;
 
 /// Retries after the first try; each goes to an instance not tried yet.
 pub const DEFAULT_RETRIES: u32 = 1;

@@ -10,9 +10,9 @@ use std::sync::RwLock;
 
 use sha2::{Digest, Sha256};
 
-use crate::model::TOKENS;
+use crate::core::model::TOKENS;
+use crate::core::store::StoreError;
 use crate::registry::Registry;
-use crate::store::StoreError;
 
 const MAX_CACHED_HEADERS: usize = 4096;
 /// Every registry token starts with it (the proxy never forwards one: `forward.rs`).

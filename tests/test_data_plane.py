@@ -163,7 +163,7 @@ def test_the_proxy_on_the_data_port(plane: Server) -> None:
 
 def test_an_ejection_by_one_process_is_seen_by_every_process(plane: Server) -> None:
     """The proxy of whichever process sees an instance fail five times ejects it; picks on
-    either port, served by any process, skip it (shared state, rust/shared.rs)."""
+    either port, served by any process, skip it (shared state, rust/core/shared.rs)."""
     good = [Backend(f"good-{i}") for i in range(3)]
     try:
         with socket.socket() as closed:  # a loopback port nobody listens on

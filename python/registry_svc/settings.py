@@ -15,7 +15,7 @@ DEFAULT_MAP_SIZE = 8 << 30
 DEFAULT_MAX_PROXY_BODY = 16 << 20
 # The largest body of a request to the registry's own routes (413 beyond).
 MAX_API_BODY = 1 << 20
-POLICIES = tuple(_core.POLICIES)  # the selector's names (rust/select.rs)
+POLICIES = tuple(_core.POLICIES)  # the selector's names (rust/core/select.rs)
 # Where the server may connect on its own behalf (health probes, proxy upstreams) unless
 # told otherwise: this machine only. See `rust/netguard.rs`.
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
@@ -87,7 +87,7 @@ class Settings:
     @property
     def balancer_state_path(self) -> Path:
         """In-flight counts and outlier ejections, shared by the server's processes
-        (rust/shared.rs); the supervisor starts it empty."""
+        (rust/core/shared.rs); the supervisor starts it empty."""
         return Path(self.data_dir) / "balancer.state"
 
     def open_gate(

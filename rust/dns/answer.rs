@@ -11,10 +11,10 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
 
 use super::names::{self, Subject};
-use crate::model::{INSTANCES, NODES};
+use crate::core::model::{INSTANCES, NODES};
+use crate::core::select::{self, Candidate};
+use crate::core::store::Result;
 use crate::registry::Registry;
-use crate::select::{self, Candidate};
-use crate::store::Result;
 
 /// The zone we are authoritative for.
 pub struct Zone {

@@ -47,12 +47,12 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::oneshot;
 
-use crate::candidate::Target;
+use crate::core::candidate::Target;
+use crate::core::select::{Candidate, Outcome, PickRequest, Picked};
 use crate::edge::Answer;
 use crate::netguard::NetPolicy;
 use crate::registry::Registry;
 use crate::route::SlugRoute;
-use crate::select::{Candidate, Outcome, PickRequest, Picked};
 
 mod admit;
 mod outcome;

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use crate::model::INSTANCES;
-use crate::select::{Candidate, EjectionConfig, Outcome, PickRequest, Picked, Policy, Selector};
-use crate::store::{Expect, Store};
+use crate::core::model::INSTANCES;
+use crate::core::select::{Candidate, EjectionConfig, Outcome, PickRequest, Picked, Policy, Selector};
+use crate::core::store::{Expect, Store};
 
 fn json(id: &str, status: &str, weight: u32, zone: Option<&str>, tags: &[&str]) -> Vec<u8> {
     serde_json::json!({"id": id, "url": format!("http://{id}:80"), "slug": "s", "status": status,

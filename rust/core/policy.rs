@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::hash::{fnv1a64, mix64};
-use crate::select::Candidate;
+use crate::core::hash::{fnv1a64, mix64};
+use crate::core::select::Candidate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Policy {

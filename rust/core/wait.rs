@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use heed::types::Bytes;
 use heed::{Database, Env, WithoutTls};
 
-use crate::error::StoreError;
-use crate::keys::{read_u64, META_INDEX};
+use crate::core::error::StoreError;
+use crate::core::keys::{read_u64, META_INDEX};
 
 const WAIT_POLL: Duration = Duration::from_micros(500);
 

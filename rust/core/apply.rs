@@ -14,10 +14,10 @@ use std::sync::OnceLock;
 
 use heed::{Env, RoTxn, RwTxn, WithoutTls};
 
-use crate::error::StoreError;
-use crate::keys::{collection_meta_key, partition_meta_key, read_u64, Tables, META_INDEX, VERSION_LEN};
-use crate::model::{self, CollectionSpec};
-use crate::record::{decode_record, Expect, Op, Record, Result};
+use crate::core::error::StoreError;
+use crate::core::keys::{collection_meta_key, partition_meta_key, read_u64, Tables, META_INDEX, VERSION_LEN};
+use crate::core::model::{self, CollectionSpec};
+use crate::core::record::{decode_record, Expect, Op, Record, Result};
 
 /// Longest run of pending writes committed in one transaction.
 const MAX_BATCH: usize = 512;

@@ -14,15 +14,17 @@ use std::time::{Duration, Instant};
 
 use heed::{Env, EnvOpenOptions, RoTxn, WithoutTls};
 
-use crate::apply::{writer_loop, Pending, Reply};
-pub use crate::apply::{Completion, CompletionRunner, WriterStats};
-pub use crate::error::StoreError;
-use crate::keys::{collection_meta_key, partition_meta_key, read_u64, state_key, Tables, META_INDEX, VERSION_LEN};
-use crate::model::{self, CollectionSpec};
-pub(crate) use crate::record::decode_record;
-pub use crate::record::{Expect, Op, Record, Result};
-use crate::replica::{self, ReplicaChange};
-use crate::wait::IndexWaiter;
+use crate::core::apply::{writer_loop, Pending, Reply};
+pub use crate::core::apply::{Completion, CompletionRunner, WriterStats};
+pub use crate::core::error::StoreError;
+use crate::core::keys::{
+    collection_meta_key, partition_meta_key, read_u64, state_key, Tables, META_INDEX, VERSION_LEN,
+};
+use crate::core::model::{self, CollectionSpec};
+pub(crate) use crate::core::record::decode_record;
+pub use crate::core::record::{Expect, Op, Record, Result};
+use crate::core::replica::{self, ReplicaChange};
+use crate::core::wait::IndexWaiter;
 
 /// An equality filter on an indexed field (or `id`).
 pub type Filter = (String, String);

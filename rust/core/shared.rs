@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use crate::hash::fnv1a64;
+use crate::core::hash::fnv1a64;
 
 const MAGIC: u64 = 0x7273_765f_6c62_0002; // "rsv_lb" v2: per-process columns
 const SLOTS: usize = 1 << 15;

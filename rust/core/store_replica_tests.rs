@@ -1,7 +1,7 @@
 //! A replica's batches applied to the store (cluster mode), through the store's API.
 
 use super::*;
-use crate::replica::{Mode, ReplicaChange};
+use crate::core::replica::{Mode, ReplicaChange};
 
 fn change(id: &str, json: Option<&str>, revision: u64) -> ReplicaChange {
     ReplicaChange {

@@ -6,8 +6,8 @@
 use heed::types::Bytes;
 use heed::{Database, RoTxn, WithoutTls};
 
-use crate::error::StoreError;
-use crate::model::CollectionSpec;
+use crate::core::error::StoreError;
+use crate::core::model::CollectionSpec;
 
 pub(crate) const META_INDEX: &[u8] = b"index";
 const META_COLLECTION_PREFIX: &[u8] = b"collection-index:";

@@ -11,8 +11,8 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::model::CollectionSpec;
-use crate::store::{Filter, Result, Store};
+use crate::core::model::CollectionSpec;
+use crate::core::store::{Filter, Result, Store};
 
 /// Bytes of cached list responses one process keeps (keys and bodies).
 pub const RESPONSE_CACHE_BYTES: usize = 64 << 20;
@@ -217,8 +217,8 @@ impl ResponseCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::INSTANCES;
-    use crate::store::Expect;
+    use crate::core::model::INSTANCES;
+    use crate::core::store::Expect;
 
     fn put(store: &Store, id: &str, slug: &str) {
         let json = serde_json::json!({"id": id, "slug": slug, "url": format!("http://{id}")}).to_string();

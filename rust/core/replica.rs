@@ -13,11 +13,11 @@
 
 use heed::RwTxn;
 
-use crate::apply::remove_index_entries;
-use crate::error::StoreError;
-use crate::keys::{collection_meta_key, partition_meta_key, read_u64, Tables, META_INDEX, VERSION_LEN};
-use crate::model::{self, CollectionSpec};
-use crate::record::{decode_record, Result};
+use crate::core::apply::remove_index_entries;
+use crate::core::error::StoreError;
+use crate::core::keys::{collection_meta_key, partition_meta_key, read_u64, Tables, META_INDEX, VERSION_LEN};
+use crate::core::model::{self, CollectionSpec};
+use crate::core::record::{decode_record, Result};
 
 /// One committed change, as etcd reported it.
 #[derive(Debug, Clone)]

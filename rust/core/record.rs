@@ -2,9 +2,9 @@
 //! (`apply.rs`) and the replica (`replica.rs`) all speak, kept apart from each so that none
 //! of them needs another for its vocabulary.
 
-use crate::error::StoreError;
-use crate::keys::VERSION_LEN;
-use crate::model::CollectionSpec;
+use crate::core::error::StoreError;
+use crate::core::keys::VERSION_LEN;
+use crate::core::model::CollectionSpec;
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 

@@ -13,18 +13,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::cache::{BoundedMap, Stamp};
-pub use crate::candidate::{host_and_port, Candidate, Health, Host};
-use crate::hash::mix64;
-pub use crate::policy::Policy;
-use crate::policy::{rendezvous, smooth_weighted};
+use crate::core::cache::{BoundedMap, Stamp};
+pub use crate::core::candidate::{host_and_port, Candidate, Health, Host};
+use crate::core::hash::mix64;
+pub use crate::core::policy::Policy;
+use crate::core::policy::{rendezvous, smooth_weighted};
 
 /// Bytes of cached pick candidates one process keeps (their bodies dominate). Keys are
 /// valid slugs and entries are bounded by what the store holds, so one slug may use it all.
 const CANDIDATE_CACHE_BYTES: usize = 128 << 20;
-use crate::model::INSTANCES;
-use crate::shared::{ms_at, SharedState};
-use crate::store::{Result, Store};
+use crate::core::model::INSTANCES;
+use crate::core::shared::{ms_at, SharedState};
+use crate::core::store::{Result, Store};
 
 /// What a caller asks for.
 #[derive(Debug, Default, Clone)]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use crate::model::{INSTANCES, NODES};
-use crate::store::{Expect, Op, Store, StoreError};
+use crate::core::model::{INSTANCES, NODES};
+use crate::core::store::{Expect, Op, Store, StoreError};
 
 fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
