@@ -12,6 +12,7 @@ pub mod edge;
 pub mod etcd_http;
 pub mod forward;
 pub mod netguard;
+pub mod query;
 pub mod reads;
 pub mod registry;
 pub mod route;

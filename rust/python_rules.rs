@@ -183,6 +183,14 @@ fn canonical_path(path: &str) -> PyResult<String> {
     crate::url::canonical_path(path).map_err(PyValueError::new_err)
 }
 
+/// The store filters of an instance lookup (`rust/query.rs`): `params` (name -> values)
+/// checked, each value in its stored form, repeats removed, sorted. ValueError with
+/// (error, errors) when refused: the first problem and, when there are several, all.
+#[pyfunction]
+fn lookup_filters(params: Vec<(String, Vec<String>)>) -> PyResult<Vec<(String, String)>> {
+    crate::query::lookup_filters(&params).map_err(|refused| PyValueError::new_err((refused.error, refused.errors)))
+}
+
 /// Adds the rules to the module: the functions, `RESERVED_SLUGS` (a list) and `SLUG_PATTERN`.
 pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(route_record, m)?)?;
@@ -194,6 +202,9 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(canonical_host, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_path, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_ip, m)?)?;
+    m.add_function(wrap_pyfunction!(lookup_filters, m)?)?;
+    let names: Vec<&str> = crate::query::LOOKUP_FILTERS.iter().map(|(name, _)| *name).collect();
+    m.add("LOOKUP_FILTERS", names)?;
     m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;
     m.add_function(wrap_pyfunction!(authenticate, m)?)?;
     m.add_function(wrap_pyfunction!(parse_networks, m)?)?;

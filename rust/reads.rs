@@ -7,11 +7,11 @@
 //! selector's in-flight and ejection state is shared by the server's processes
 //! (`shared.rs`), so a pick here skips an instance the proxy of any process ejected. The
 //! gate answers only what it can answer exactly as the workers would: a valid token and a
-//! well-formed query. `ip` and `nodeUrl` filters are put in their stored form by the rules
-//! the API's models call too (`url.rs`: `ip=0:0::1` finds `::1`). Anything else (a missing
-//! or unknown token, an unknown parameter, a value those rules refuse, an over-long value)
-//! is declined and goes to the workers, whose answer (often a 4xx naming the field) is the
-//! one the client gets.
+//! well-formed query. A lookup's query is checked and put in its stored form by the rule
+//! the workers ask too (`query.rs`: `ip=0:0::1` finds `::1`). Anything else (a missing or
+//! unknown token, a query that rule refuses, a pick's value the gate does not take as it
+//! is) is declined and goes to the workers, whose answer (often a 4xx naming the field) is
+//! the one the client gets.
 
 use std::sync::Arc;
 
@@ -20,22 +20,6 @@ use crate::core::select::{PickRequest, Picked, Policy};
 use crate::registry::Registry;
 use crate::tokens::Caller;
 
-/// Distinct filters a query may carry; the workers refuse more.
-const MAX_FILTERS: usize = 16;
-const MAX_FILTER_VALUE: usize = 256;
-/// List filters: query name -> indexed (or scanned) field of the store.
-const LIST_FILTERS: [(&str, &str); 10] = [
-    ("id", "id"),
-    ("slug", "slug"),
-    ("status", "status"),
-    ("tag", "tags"),
-    ("zone", "zone"),
-    ("deploymentId", "deploymentId"),
-    ("scheme", "scheme"),
-    ("host", "host"),
-    ("ip", "ip"),
-    ("nodeUrl", "nodeUrl"),
-];
 /// A 200 answer: the JSON body (shared with the response cache) and its registry index
 /// (none for a pick, as from the workers).
 #[derive(Debug, PartialEq, Eq)]
@@ -128,25 +112,23 @@ fn decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// A filter value the workers would take as it is.
+/// A pick's value the workers would take as it is.
 fn plain(value: &str, max: usize) -> bool {
     value.chars().count() <= max && !value.chars().any(|c| c.is_control())
 }
 
 fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Option<Answer> {
-    let mut filters: Vec<(String, String)> = Vec::new();
+    // By name, as the workers get them; a query the rule refuses is the workers' to answer
+    // (their 400 carries the same words).
+    let mut by_name: Vec<(String, Vec<String>)> = Vec::new();
     for (name, value) in params {
-        let field = LIST_FILTERS.iter().find(|(query, _)| query == name)?.1;
-        if !plain(value, MAX_FILTER_VALUE) {
-            return None;
+        match by_name.iter_mut().find(|(n, _)| n == name) {
+            Some((_, values)) => values.push(value.clone()),
+            None => by_name.push((name.clone(), vec![value.clone()])),
         }
-        filters.push((field.to_owned(), stored_form(name, value)?));
     }
-    filters.sort();
-    filters.dedup();
-    if filters.len() > MAX_FILTERS {
-        return None;
-    }
+    by_name.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut filters = crate::query::lookup_filters(&by_name).ok()?;
     if !caller.sees_every_slug() {
         filters.push(("slug".to_owned(), caller.slug.clone().unwrap_or_default()));
     }
@@ -158,24 +140,6 @@ fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
         body,
         index: Some(index),
     })
-}
-
-/// A filter value in the form the store holds, by the rules the workers apply
-/// (`parse_filters`): `ip` and `nodeUrl` canonicalised by `url.rs`, the same code the API's
-/// models call. None when only the workers can tell: a value those rules refuse (the
-/// workers' 400 names the field) or a host name that is not ASCII (Python's Unicode
-/// lower-casing).
-fn stored_form(name: &str, value: &str) -> Option<String> {
-    match name {
-        "host" => value.is_ascii().then(|| value.to_ascii_lowercase()),
-        "ip" if value.is_empty() => Some(String::new()),
-        "ip" => crate::url::canonical_ip(value).ok(),
-        "nodeUrl" if value.chars().count() <= crate::url::MAX_URL_LEN => {
-            crate::url::parse_url(value).ok().map(|endpoint| endpoint.url())
-        }
-        "nodeUrl" => None,
-        _ => Some(value.to_owned()),
-    }
 }
 
 /// A record id as the API takes it (`models.RecordId`); anything else (percent-encoded
@@ -304,43 +268,5 @@ mod tests {
         assert!(replica_is_stale(&registry));
         registry.store.set_fresh_until(u64::MAX);
         assert!(!replica_is_stale(&registry));
-    }
-
-    #[test]
-    fn filter_values_are_put_in_their_stored_form_or_declined() {
-        assert_eq!(stored_form("host", "Svc.Example"), Some("svc.example".to_owned()));
-        assert_eq!(stored_form("host", "Ünï"), None);
-        assert_eq!(stored_form("ip", ""), Some(String::new()));
-        let ip = |text: &str| stored_form("ip", text);
-        assert_eq!(ip("127.0.0.1").as_deref(), Some("127.0.0.1"));
-        assert_eq!(ip("2001:DB8::1").as_deref(), Some("2001:db8::1"));
-        assert_eq!(ip("0:0::1").as_deref(), Some("::1"));
-        assert_eq!(ip("::ffff:1.2.3.4").as_deref(), Some("::ffff:102:304"));
-        for refused in ["01.2.3.4", "x", "fe80::1%eth0", "1.2.3", "1::2::3"] {
-            assert_eq!(ip(refused), None, "{refused}");
-        }
-        let node = |text: &str| stored_form("nodeUrl", text);
-        for (given, stored) in [
-            ("http://127.0.0.1:11337", "http://127.0.0.1:11337"),
-            ("HTTP://n:1", "http://n:1"),
-            ("http://N", "http://n"),
-            ("http://n:80", "http://n"),
-            ("https://n:443", "https://n"),
-            ("http://n/", "http://n"),
-            ("http://n/x", "http://n/x"),
-            ("http://[::1]:1", "http://[::1]:1"),
-        ] {
-            assert_eq!(node(given).as_deref(), Some(stored), "{given}");
-        }
-        for refused in [
-            "http://1.2.3",
-            "http://-a",
-            "ftp://n",
-            "http://",
-            "http://n:0",
-            "http://n:65536",
-        ] {
-            assert_eq!(node(refused), None, "{refused}");
-        }
     }
 }

@@ -142,3 +142,27 @@ def test_the_rust_ip_rule_answers_as_the_python_one_did() -> None:
         (ip, old, new) for ip in ips if (old := outcome(python_ip_rule, ip)) != (new := outcome(models._ip_address, ip))
     ]
     assert not differences, differences[:10]
+
+
+def test_the_lookup_models_fields_are_the_rules_filters() -> None:
+    """`models.InstanceFilters` describes the lookup in the OpenAPI document; the rule that
+    checks it is `rust/query.rs` (`_core.lookup_filters`): the same names, in its order."""
+    assert list(models.InstanceFilters.model_fields) == _core.LOOKUP_FILTERS
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        (
+            {"colour": ["red"]},
+            "colour: unknown parameter; use id, slug, host, ip, deploymentId, nodeUrl, status, tag, zone, scheme",
+        ),
+        ({"ip": ["x"]}, "ip: 'x' is not an IPv4 or IPv6 address"),
+        ({"zone": ["z" * 257]}, "zone: must be at most 256 characters"),
+        ({"nodeUrl": ["ftp://n"]}, "nodeUrl: must be an http:// or https:// URL, got 'ftp://n'"),
+    ],
+)
+def test_refused_lookups_name_the_field(query: dict[str, list[str]], error: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        _core.lookup_filters(list(query.items()))
+    assert refused.value.args[0] == error

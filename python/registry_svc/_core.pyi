@@ -263,6 +263,12 @@ def canonical_ip(text: str) -> str:
     """An IP address as `str(ipaddress.ip_address(text))` writes it; ValueError saying what is
     wrong (not an address, or an IPv6 zone)."""
 
+def lookup_filters(params: list[tuple[str, list[str]]]) -> list[tuple[str, str]]:
+    """The store filters of an instance lookup (rust/query.rs), each value in its stored
+    form, repeats removed, sorted; ValueError((error, errors)) when refused."""
+
+LOOKUP_FILTERS: list[str]
+
 def canonical_path(path: str) -> str:
     """A URL path of RFC 3986 characters ('' for none or '/'); ValueError."""
 

@@ -29,13 +29,6 @@ FIELD_ORDER = (
     "metadata", "weight", "zone", "status", "statusReason", "details", "lastHeartbeat", "registeredAt",
     "healthCheck", "checks", "checkStatus", "maintenance",
 )  # fmt: skip
-# Query parameter -> indexed field of the store.
-FILTERS = {
-    "id": "id", "slug": "slug", "host": "host", "ip": "ip", "deploymentId": "deploymentId",
-    "nodeUrl": "nodeUrl", "status": "status", "tag": "tags", "zone": "zone", "scheme": "scheme",
-}  # fmt: skip
-FILTER_NAMES = frozenset(FILTERS)
-MAX_FILTERS = 16
 
 
 # Objects a re-registration merges into what is stored (RFC 7396), rather than replaces.
@@ -257,17 +250,15 @@ def new_instance_id() -> str:
 
 
 def parse_filters(params: dict[str, list[str]]) -> list[tuple[str, str]]:
-    """The store filters of a list query: known names only, values checked and put in the
-    stored form (so `nodeUrl=HTTP://N:80` finds `http://n`), repeats removed, sorted. Every
-    distinct query is a response-cache entry, so absurd ones are refused."""
-    query = models.parse_query(models.InstanceFilters, params, repeatable=FILTER_NAMES)
-    filters: set[tuple[str, str]] = set()
-    for name, values in query.model_dump(exclude_none=True).items():
-        for value in values:
-            filters.add((FILTERS[name], value.lower() if name == "host" else value))
-    if len(filters) > MAX_FILTERS:
-        raise field_error(next(iter(params)), f"at most {MAX_FILTERS} distinct filters per query")
-    return sorted(filters)
+    """The store filters of a list query, by the rule the gates apply too (`rust/query.rs`):
+    known names only, values checked and put in the stored form (so `nodeUrl=HTTP://N:80`
+    finds `http://n`), repeats removed, sorted. Every distinct query is a response-cache
+    entry, so absurd ones are refused."""
+    try:
+        return _core.lookup_filters(list(params.items()))
+    except ValueError as e:
+        error, errors = e.args
+        raise ApiError(400, error, errors=errors or None) from None
 
 
 async def list_instances(call: Call) -> Response:
