@@ -191,6 +191,30 @@ fn lookup_filters(params: Vec<(String, Vec<String>)>) -> PyResult<Vec<(String, S
     crate::query::lookup_filters(&params).map_err(|refused| PyValueError::new_err((refused.error, refused.errors)))
 }
 
+/// A pick's query checked (`rust/query.rs`): (slug, policy or None, zone or None, key or
+/// None, tags sorted and distinct). ValueError with (error, errors) when refused.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn pick_query(
+    params: Vec<(String, Vec<String>)>,
+) -> PyResult<(
+    String,
+    Option<&'static str>,
+    Option<String>,
+    Option<String>,
+    Vec<String>,
+)> {
+    let query =
+        crate::query::pick_query(&params).map_err(|refused| PyValueError::new_err((refused.error, refused.errors)))?;
+    Ok((
+        query.slug,
+        query.policy.map(|p| p.name()),
+        query.zone,
+        query.key,
+        query.tags,
+    ))
+}
+
 /// Adds the rules to the module: the functions, `RESERVED_SLUGS` (a list) and `SLUG_PATTERN`.
 pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(route_record, m)?)?;
@@ -203,6 +227,7 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(canonical_path, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_ip, m)?)?;
     m.add_function(wrap_pyfunction!(lookup_filters, m)?)?;
+    m.add_function(wrap_pyfunction!(pick_query, m)?)?;
     let names: Vec<&str> = crate::query::LOOKUP_FILTERS.iter().map(|(name, _)| *name).collect();
     m.add("LOOKUP_FILTERS", names)?;
     m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;

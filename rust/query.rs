@@ -1,10 +1,14 @@
-//! The rule of an instance lookup's query (`GET /registry-svc/instances`), kept once for
-//! both languages: which filters there are, what a value may be, the stored form a value is
-//! put in (`ip` and `nodeUrl` by `url.rs`, `host` lower-cased), repeats removed, and how
-//! many distinct filters one query may carry (each is a response-cache entry). The workers
-//! ask it through `_core.lookup_filters`; the gates (`reads.rs`) ask it directly and leave
-//! a refused query to the workers, whose 400 carries the same words.
+//! The rules of the hot reads' queries, kept once for both languages. A lookup's
+//! (`GET /registry-svc/instances`): which filters there are, what a value may be, the
+//! stored form a value is put in (`ip` and `nodeUrl` by `url.rs`, `host` lower-cased),
+//! repeats removed, and how many distinct filters one query may carry (each is a
+//! response-cache entry). A pick's (`GET /registry-svc/instance/pick`): the slug, the
+//! policy, the zone, the hash key, the tags. The workers ask them through
+//! `_core.lookup_filters` and `_core.pick_query`; the gates (`reads.rs`) ask them directly
+//! and leave a refused query to the workers, whose 400 carries the same words.
 
+use crate::core::policy::Policy;
+use crate::rules::is_slug;
 use crate::url::{canonical_ip, parse_url, MAX_URL_LEN};
 
 /// Query name -> indexed (or scanned) field of the store, in the order the problems of a
@@ -61,12 +65,7 @@ pub fn lookup_filters(params: &[(String, Vec<String>)]) -> Result<Vec<(String, S
             for value in values {
                 match stored_form(query, value) {
                     Ok(stored) => filters.push((field.to_owned(), stored)),
-                    Err(problem) => {
-                        let problem = format!("{query}: {problem}");
-                        if !problems.contains(&problem) {
-                            problems.push(problem);
-                        }
-                    }
+                    Err(problem) => note(&mut problems, query, problem),
                 }
             }
         }
@@ -99,7 +98,7 @@ fn stored_form(name: &str, value: &str) -> Result<String, String> {
     if value.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
     }
-    if value.chars().any(|c| c <= '\u{1f}' || c == '\u{7f}') {
+    if has_control(value) {
         return Err("must not contain control characters".to_owned());
     }
     match name {
@@ -109,6 +108,142 @@ fn stored_form(name: &str, value: &str) -> Result<String, String> {
         "nodeUrl" if value.is_empty() => Err("must not be empty".to_owned()),
         "nodeUrl" => parse_url(value).map(|endpoint| endpoint.url()),
         _ => Ok(value.to_owned()),
+    }
+}
+
+/// Distinct tags a pick may ask for.
+pub const MAX_PICK_TAGS: usize = 16;
+/// A pick's parameters, in the order their problems are reported.
+const PICK_NAMES: [&str; 5] = ["slug", "policy", "zone", "key", "tag"];
+
+/// A pick's query, checked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PickQuery {
+    pub slug: String,
+    pub policy: Option<Policy>,
+    pub zone: Option<String>,
+    pub key: Option<String>,
+    /// Sorted, distinct.
+    pub tags: Vec<String>,
+}
+
+/// A pick's query checked: `params` (name -> values, in the order the problems of unknown
+/// or repeated names are reported); every other problem is reported in `PICK_NAMES` order.
+pub fn pick_query(params: &[(String, Vec<String>)]) -> Result<PickQuery, Refused> {
+    for (name, values) in params {
+        if !PICK_NAMES.contains(&name.as_str()) {
+            return Err(Refused::one(
+                name,
+                format!("unknown parameter; use {}", PICK_NAMES.join(", ")),
+            ));
+        }
+        if name != "tag" && values.len() > 1 {
+            return Err(Refused::one(name, "give it once"));
+        }
+    }
+    let given = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+    let one = |name: &str| given(name).and_then(<[String]>::first);
+    let mut problems: Vec<String> = Vec::new();
+    match one("slug") {
+        None => note(&mut problems, "slug", "required".to_owned()),
+        Some(slug) => {
+            if let Err(problem) = slug_problem(slug) {
+                note(&mut problems, "slug", problem);
+            }
+        }
+    }
+    let policy = one("policy").map(|name| Policy::parse(name).ok_or(name));
+    if let Some(Err(_)) = policy {
+        note(
+            &mut problems,
+            "policy",
+            format!("must be one of {}", spelled(&Policy::NAMES)),
+        );
+    }
+    for (field, max) in [("zone", 128), ("key", 256)] {
+        if let Some(Err(problem)) = one(field).map(|v| text(v, max)) {
+            note(&mut problems, field, problem);
+        }
+    }
+    let mut tags: Vec<String> = given("tag").unwrap_or_default().to_vec();
+    let bad_tags: Vec<String> = tags.iter().filter_map(|t| text(t, 128).err()).collect();
+    for problem in bad_tags {
+        note(&mut problems, "tag", problem);
+    }
+    tags.sort();
+    tags.dedup();
+    if problems.is_empty() && tags.len() > MAX_PICK_TAGS {
+        note(
+            &mut problems,
+            "tag",
+            format!("at most {MAX_PICK_TAGS} distinct tags per query"),
+        );
+    }
+    let policy = policy.and_then(Result::ok);
+    if problems.is_empty() && policy == Some(Policy::ConsistentHash) && one("key").is_none() {
+        note(&mut problems, "key", "required with policy=consistent_hash".to_owned());
+    }
+    if let Some(first) = problems.first() {
+        return Err(Refused {
+            error: first.clone(),
+            errors: if problems.len() > 1 { problems } else { Vec::new() },
+        });
+    }
+    Ok(PickQuery {
+        slug: one("slug").cloned().unwrap_or_default(),
+        policy,
+        zone: one("zone").cloned(),
+        key: one("key").cloned(),
+        tags,
+    })
+}
+
+/// Adds `field: problem` to `problems`, once.
+fn note(problems: &mut Vec<String>, field: &str, problem: impl std::fmt::Display) {
+    let problem = format!("{field}: {problem}");
+    if !problems.contains(&problem) {
+        problems.push(problem);
+    }
+}
+
+/// A required text value: not empty, at most `max` characters, no control characters.
+fn text(value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if value.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if has_control(value) {
+        return Err("must not contain control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// A slug: not empty, at most 63 characters, `rules::is_slug`.
+fn slug_problem(slug: &str) -> Result<(), String> {
+    if slug.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if slug.chars().count() > 63 {
+        return Err("must be at most 63 characters".to_owned());
+    }
+    if is_slug(slug) {
+        return Ok(());
+    }
+    Err("must be lowercase letters, digits, '-' or '_', starting and ending with a letter or digit".to_owned())
+}
+
+fn has_control(value: &str) -> bool {
+    value.chars().any(|c| c <= '\u{1f}' || c == '\u{7f}')
+}
+
+/// `'a', 'b' or 'c'`.
+fn spelled(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.join(""),
     }
 }
 
@@ -172,5 +307,53 @@ mod tests {
         let zones: Vec<&str> = zones.iter().map(String::as_str).collect();
         let many = lookup_filters(&params(&[("zone", &zones)])).unwrap_err();
         assert_eq!(many.error, "zone: at most 16 distinct filters per query");
+    }
+
+    #[test]
+    fn picks_are_checked_as_the_api_documents_them() {
+        let query = pick_query(&params(&[
+            ("tag", &["b", "a", "b"]),
+            ("slug", &["shop"]),
+            ("policy", &["random"]),
+        ]))
+        .unwrap();
+        assert_eq!(
+            query,
+            PickQuery {
+                slug: "shop".to_owned(),
+                policy: Some(Policy::Random),
+                zone: None,
+                key: None,
+                tags: vec!["a".to_owned(), "b".to_owned()],
+            }
+        );
+        let refused = |pairs: &[(&str, &[&str])]| pick_query(&params(pairs)).unwrap_err().error;
+        assert_eq!(refused(&[]), "slug: required");
+        assert_eq!(refused(&[("slug", &["a", "b"])]), "slug: give it once");
+        assert_eq!(
+            refused(&[("colour", &["red"])]),
+            "colour: unknown parameter; use slug, policy, zone, key, tag"
+        );
+        assert_eq!(
+            refused(&[("slug", &["a"]), ("policy", &["x"])]),
+            "policy: must be one of 'round_robin', 'random', 'weighted', 'least_request' or 'consistent_hash'"
+        );
+        assert!(refused(&[("slug", &["A_b"])]).starts_with("slug: must be lowercase letters"));
+        assert_eq!(refused(&[("slug", &["a"]), ("zone", &[""])]), "zone: must not be empty");
+        assert_eq!(
+            refused(&[("slug", &["a"]), ("policy", &["consistent_hash"])]),
+            "key: required with policy=consistent_hash"
+        );
+        let tags: Vec<String> = (0..17).map(|i| format!("t{i}")).collect();
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        assert_eq!(
+            refused(&[("slug", &["a"]), ("tag", &tags)]),
+            "tag: at most 16 distinct tags per query"
+        );
+        let long = "a".repeat(64);
+        assert_eq!(
+            refused(&[("slug", &[long.as_str()])]),
+            "slug: must be at most 63 characters"
+        );
     }
 }

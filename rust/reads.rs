@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use crate::core::model::INSTANCES;
-use crate::core::select::{PickRequest, Picked, Policy};
+use crate::core::select::{PickRequest, Picked};
 use crate::registry::Registry;
 use crate::tokens::Caller;
 
@@ -112,23 +112,23 @@ fn decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// A pick's value the workers would take as it is.
-fn plain(value: &str, max: usize) -> bool {
-    value.chars().count() <= max && !value.chars().any(|c| c.is_control())
+/// Query pairs by name (the first appearance's order), sorted by name as the workers get
+/// them.
+fn by_name(params: &[(String, String)]) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, value) in params {
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, values)) => values.push(value.clone()),
+            None => out.push((name.clone(), vec![value.clone()])),
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Option<Answer> {
-    // By name, as the workers get them; a query the rule refuses is the workers' to answer
-    // (their 400 carries the same words).
-    let mut by_name: Vec<(String, Vec<String>)> = Vec::new();
-    for (name, value) in params {
-        match by_name.iter_mut().find(|(n, _)| n == name) {
-            Some((_, values)) => values.push(value.clone()),
-            None => by_name.push((name.clone(), vec![value.clone()])),
-        }
-    }
-    by_name.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut filters = crate::query::lookup_filters(&by_name).ok()?;
+    // A query the rule refuses is the workers' to answer (their 400 carries the same words).
+    let mut filters = crate::query::lookup_filters(&by_name(params)).ok()?;
     if !caller.sees_every_slug() {
         filters.push(("slug".to_owned(), caller.slug.clone().unwrap_or_default()));
     }
@@ -177,42 +177,21 @@ fn instance(registry: &Registry, caller: &Caller, id: &str) -> Option<Answer> {
 
 pub use crate::rules::is_slug;
 
-/// Distinct tags a pick may ask for (`models.PickTags`).
-const MAX_PICK_TAGS: usize = 16;
-
 /// `GET /registry-svc/instance/pick`: the chosen instance's `{"instance": ...}` body. Only a
-/// well-formed query with a result is answered here; every refusal (a bad parameter, a
-/// slug the caller may not see, an unknown slug, nothing routable) is the workers'.
+/// query the rule takes (`query.rs`) with a result is answered here; every refusal (a bad
+/// parameter, a slug the caller may not see, an unknown slug, nothing routable) is the
+/// workers'.
 fn pick(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Option<Answer> {
-    let (mut slug_name, mut policy, mut zone, mut key) = (None, None, None, None);
-    let mut tags: Vec<String> = Vec::new();
-    for (name, value) in params {
-        let once = |slot: &Option<&String>| slot.is_none().then_some(value);
-        match name.as_str() {
-            "slug" if is_slug(value) => slug_name = Some(once(&slug_name)?),
-            "policy" => policy = Some(once(&policy)?),
-            "zone" if !value.is_empty() && plain(value, 128) => zone = Some(once(&zone)?),
-            "key" if !value.is_empty() && plain(value, 256) => key = Some(once(&key)?),
-            "tag" if !value.is_empty() && plain(value, 128) => tags.push(value.clone()),
-            _ => return None,
-        }
-    }
-    let slug_name = slug_name?;
-    let policy = policy.map(|p| Policy::parse(p)).map_or(Some(None), |p| p.map(Some))?;
-    if policy == Some(Policy::ConsistentHash) && key.is_none() {
-        return None;
-    }
-    tags.sort();
-    tags.dedup();
-    if tags.len() > MAX_PICK_TAGS || (!caller.sees_every_slug() && caller.slug.as_ref() != Some(slug_name)) {
+    let query = crate::query::pick_query(&by_name(params)).ok()?;
+    if !caller.sees_every_slug() && caller.slug.as_ref() != Some(&query.slug) {
         return None;
     }
     let request = PickRequest {
-        slug: slug_name,
-        policy,
-        zone: zone.map(String::as_str),
-        key: key.map(String::as_str),
-        tags: &tags,
+        slug: &query.slug,
+        policy: query.policy,
+        zone: query.zone.as_deref(),
+        key: query.key.as_deref(),
+        tags: &query.tags,
         ..PickRequest::default()
     };
     match registry.selector.pick(&registry.store, &request).ok()? {

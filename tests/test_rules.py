@@ -166,3 +166,40 @@ def test_refused_lookups_name_the_field(query: dict[str, list[str]], error: str)
     with pytest.raises(ValueError) as refused:
         _core.lookup_filters(list(query.items()))
     assert refused.value.args[0] == error
+
+
+def generated_pick_queries(count: int, seed: int) -> list[dict[str, list[str]]]:
+    rng = random.Random(seed)
+    names = ["slug", "slug", "policy", "zone", "key", "tag", "tag", "colour"]
+    values = ["shop", "", "Bad_Slug", "a" * 64, "a" * 300, "random", "consistent_hash", "fastest", "z1", "x\x01", "é"]
+    out = []
+    for _ in range(count):
+        query: dict[str, list[str]] = {}
+        for _ in range(rng.randint(0, 5)):
+            query.setdefault(rng.choice(names), []).append(rng.choice(values))
+        if rng.random() < 0.3:
+            query["tag"] = [f"t{i}" for i in range(rng.choice([3, 16, 17, 20]))]
+        out.append(dict(sorted(query.items())))
+    return out
+
+
+def test_the_pick_rule_answers_as_the_documented_model() -> None:
+    """`_core.pick_query` (rust/query.rs, the workers' and the gates' rule) against the
+    model that documents it (`models.PickQuery`, pydantic): the same query, or the same
+    first problem, for 3,000 generated queries."""
+
+    def by_model(query: dict[str, list[str]]) -> str:
+        try:
+            q = models.parse_query(models.PickQuery, query, repeatable=frozenset({"tag"}))
+        except Exception as e:  # ApiError
+            return f"error {e}"
+        return f"ok {(q.slug, q.policy, q.zone, q.key, q.tag or [])}"
+
+    def by_rule(query: dict[str, list[str]]) -> str:
+        try:
+            return f"ok {_core.pick_query(list(query.items()))}"
+        except ValueError as e:
+            return f"error {e.args[0]}"
+
+    differences = [(q, a, b) for q in generated_pick_queries(3000, seed=3) if (a := by_model(q)) != (b := by_rule(q))]
+    assert not differences, differences[:5]

@@ -269,6 +269,12 @@ def lookup_filters(params: list[tuple[str, list[str]]]) -> list[tuple[str, str]]
 
 LOOKUP_FILTERS: list[str]
 
+def pick_query(
+    params: list[tuple[str, list[str]]],
+) -> tuple[str, str | None, str | None, str | None, list[str]]:
+    """A pick's query checked (rust/query.rs): (slug, policy, zone, key, tags sorted and
+    distinct); ValueError((error, errors)) when refused."""
+
 def canonical_path(path: str) -> str:
     """A URL path of RFC 3986 characters ('' for none or '/'); ValueError."""
 

@@ -33,6 +33,17 @@ impl Policy {
             _ => return None,
         })
     }
+
+    /// The policy's name, as `parse` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::Random => "random",
+            Policy::Weighted => "weighted",
+            Policy::LeastRequest => "least_request",
+            Policy::ConsistentHash => "consistent_hash",
+        }
+    }
 }
 
 /// Smooth weighted round robin (as in nginx): over any window of sum(weights) picks each

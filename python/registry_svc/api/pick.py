@@ -5,19 +5,23 @@ from __future__ import annotations
 
 from robyn import Response
 
-from registry_svc import auth, models, replies
+from registry_svc import _core, auth, models, replies
 from registry_svc.api import Call, Doc, Route
 from registry_svc.errors import ApiError
 from registry_svc.http import query_params, raw_json
 
 
 def pick(call: Call) -> Response:
-    query = models.parse_query(models.PickQuery, query_params(call.request), repeatable=frozenset({"tag"}))
-    tags = query.tag or []  # sorted and distinct
+    # The query's rule is the gates' too (rust/query.rs); the model only describes it.
+    try:
+        slug, policy, zone, key, tags = _core.pick_query(list(query_params(call.request).items()))
+    except ValueError as e:
+        error, errors = e.args
+        raise ApiError(400, error, errors=errors or None) from None
     caller = call.caller
-    if not caller.sees_every_slug and query.slug != caller.slug:
-        raise ApiError(404, f"no instances are registered for slug '{query.slug}'")
-    body = call.ctx.store.pick_json(query.slug, query.policy, query.zone, query.key, tags)
+    if not caller.sees_every_slug and slug != caller.slug:
+        raise ApiError(404, f"no instances are registered for slug '{slug}'")
+    body = call.ctx.store.pick_json(slug, policy, zone, key, tags)
     return raw_json(200, body)
 
 
