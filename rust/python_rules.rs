@@ -23,6 +23,12 @@ fn is_slug(text: &str) -> bool {
     crate::rules::is_slug(text)
 }
 
+/// Whether `text` is a record id (`rules::ID_PATTERN`).
+#[pyfunction]
+fn is_record_id(text: &str) -> bool {
+    crate::rules::is_record_id(text)
+}
+
 /// Whether a request target is one of the registry's own routes rather than the proxy's.
 #[pyfunction]
 fn is_registry_route(path: &str) -> bool {
@@ -220,6 +226,7 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(route_record, m)?)?;
     m.add_function(wrap_pyfunction!(is_slug, m)?)?;
     m.add_function(wrap_pyfunction!(is_registry_route, m)?)?;
+    m.add_function(wrap_pyfunction!(is_record_id, m)?)?;
     m.add_class::<PyNetPolicy>()?;
     m.add_function(wrap_pyfunction!(access_line, m)?)?;
     m.add_function(wrap_pyfunction!(parse_url, m)?)?;
@@ -237,5 +244,6 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("POLICIES", crate::core::select::Policy::NAMES.to_vec())?;
     m.add("RESERVED_SLUGS", crate::rules::RESERVED_SLUGS.to_vec())?;
     m.add("SLUG_PATTERN", crate::rules::SLUG_PATTERN)?;
+    m.add("ID_PATTERN", crate::rules::ID_PATTERN)?;
     Ok(())
 }

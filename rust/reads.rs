@@ -142,20 +142,11 @@ fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
     })
 }
 
-/// A record id as the API takes it (`models.RecordId`); anything else (percent-encoded
-/// ones included) is the workers' to answer.
-fn record_id(id: &str) -> bool {
-    id.len() <= 128
-        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-}
-
 /// `GET /registry-svc/instance/{id}`: `{"instance": ...}` with the record's version as the
 /// index; a record of a slug the caller may not see is the workers' 404.
 fn instance(registry: &Registry, caller: &Caller, id: &str) -> Option<Answer> {
-    if !record_id(id) {
+    // Anything else (percent-encoded ids included) is the workers' to answer.
+    if !crate::rules::is_record_id(id) {
         return None;
     }
     let record = registry.store.get(&INSTANCES, id).ok()??;

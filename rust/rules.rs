@@ -1,7 +1,8 @@
 //! Request rules both languages need, kept once here: which paths are the registry's own
 //! routes, which slugs are reserved for them, and what a slug may look like. The gates use
 //! them directly; Python reads them from the extension (`_core.RESERVED_SLUGS`,
-//! `_core.SLUG_PATTERN`, `_core.is_slug`, `_core.is_registry_route`).
+//! `_core.SLUG_PATTERN`, `_core.is_slug`, `_core.ID_PATTERN`, `_core.is_record_id`,
+//! `_core.is_registry_route`).
 
 /// Slugs that name the registry's own routes, so never a service's: `/<slug>/...` with one
 /// of them is the registry's, not the proxy's.
@@ -23,6 +24,21 @@ pub fn is_slug(text: &str) -> bool {
         && bytes.first().is_some_and(edge)
         && bytes.last().is_some_and(edge)
         && bytes.iter().all(|b| edge(b) || *b == b'-' || *b == b'_')
+}
+
+/// A record id (an instance's, a token's) as a regular expression, for the request models
+/// and the OpenAPI document; [`is_record_id`] is the same rule without a regex engine.
+pub const ID_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$";
+
+/// Whether `text` is a record id: 1 to 128 ASCII letters, digits, `_`, `.`, `:` and `-`,
+/// starting with a letter or digit.
+pub fn is_record_id(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (1..=128).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 /// Whether `path` (a request target, query included) is one of the registry's own routes

@@ -25,6 +25,16 @@ def test_the_slug_regex_and_the_gates_slug_rule_agree() -> None:
     assert not disagree, disagree[:10]
 
 
+def test_the_id_regex_and_the_gates_id_rule_agree() -> None:
+    rng = random.Random(8)
+    alphabet = "aZ09_.:-~/ é%"
+    samples = ["", "a", "-a", "_", "a" * 128, "a" * 129, "inst_0123abcd"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 131))) for _ in range(20_000)]
+    pattern = re.compile(models.ID_PATTERN)
+    disagree = [s for s in samples if bool(pattern.fullmatch(s)) != _core.is_record_id(s)]
+    assert not disagree, disagree[:10]
+
+
 @pytest.mark.parametrize("slug", _core.RESERVED_SLUGS)
 def test_a_reserved_slug_is_refused_and_its_path_is_the_registrys(server: Server, slug: str) -> None:
     reply = server.register({"url": f"http://reserved-{slug}:80", "slug": slug, "healthCheck": NO_CHECK})

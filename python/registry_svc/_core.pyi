@@ -290,8 +290,11 @@ RESERVED_SLUGS: list[str]
 """Slugs that name the registry's own routes (`rules.rs`)."""
 SLUG_PATTERN: str
 """A slug as a regular expression (`rules.rs`; `is_slug` is the same rule)."""
+ID_PATTERN: str
+"""A record id as a regular expression (`rules.rs`; `is_record_id` is the same rule)."""
 
 def is_slug(text: str) -> bool: ...
+def is_record_id(text: str) -> bool: ...
 def is_registry_route(path: str) -> bool:
     """Whether a request target is one of the registry's own routes rather than the proxy's."""
 

@@ -39,7 +39,7 @@ from registry_svc.validation import type_name as type_name
 # -- Strings ---------------------------------------------------------------------------
 
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+ID_PATTERN = _core.ID_PATTERN  # the gates' rule (rust/rules.rs)
 SLUG_PATTERN = _core.SLUG_PATTERN  # the gates' rule (rust/rules.rs)
 DEFINITION_ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 CHECK_PATH = r"^/[^\x00-\x1f\x7f]*$"
