@@ -3,6 +3,7 @@
 
 use super::*;
 
+use crate::forward::source_text;
 use workers::{ForWorkers, QueryGuard};
 
 /// What the data port answers to a registry route it does not serve (None: served): a
@@ -120,7 +121,7 @@ impl Gate {
             Err(e) if e.is_connect() && health => Ok(starting_health()),
             Err(e) if e.is_connect() => Err(Refusal::new(
                 503,
-                format!("the server is starting: its workers do not answer yet ({}); retry shortly", cause(&e)),
+                format!("the server is starting: its workers do not answer yet ({}); retry shortly", source_text(&e)),
             )
             .retry_after(1)),
             // A worker died or the server is stopping with the request under way.
@@ -128,7 +129,7 @@ impl Gate {
                 503,
                 format!(
                     "the server is stopping or restarting: its workers closed the connection without an answer ({}); retry shortly",
-                    cause(&e)
+                    source_text(&e)
                 ),
             )
             .retry_after(1)),
@@ -140,15 +141,6 @@ impl Gate {
     pub(crate) fn next_query_id(&self) -> u64 {
         (u64::from(std::process::id()) << 32) | u64::from(self.queries.fetch_add(1, Ordering::Relaxed))
     }
-}
-
-/// The innermost cause of an error, for a message.
-fn cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut inner = e;
-    while let Some(next) = inner.source() {
-        inner = next;
-    }
-    inner.to_string()
 }
 
 /// The slug of a path the gate's proxy may forward (a valid slug as its first segment, not

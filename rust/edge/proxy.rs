@@ -4,6 +4,7 @@
 
 use super::*;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -142,5 +143,3 @@ impl Body for ClientBody {
         self.body.size_hint()
     }
 }
-
-use std::future::Future;

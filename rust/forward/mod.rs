@@ -62,6 +62,7 @@ mod request;
 
 use admit::*;
 pub use admit::{has_dot_segment, is_registry_token};
+pub(crate) use outcome::source_text;
 use outcome::*;
 use peer::*;
 use relay::*;

@@ -4,6 +4,8 @@
 
 use super::*;
 
+use std::future::Future;
+
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
 
 /// The upstream's answer as the client gets it: hop-by-hop headers dropped, the body
@@ -95,5 +97,3 @@ impl Body for Relayed {
         self.body.size_hint()
     }
 }
-
-use std::future::Future;
