@@ -6,11 +6,14 @@ while wrk drives one case (lookup, pick or proxy), grouped by shared object and 
 Needs `perf` (Debian: linux-perf) and the permission to use it (root, or
 kernel.perf_event_paranoid <= 1), `wrk`, and for the proxy case `nginx`. One server process
 (`--processes 1`) so that one process serves the whole data port. Loopback only.
+`PERF_DATA=path` keeps the samples for further `perf report`s; `PERF_G="--call-graph
+dwarf,16384"` unwinds the extension's frames (it has no frame pointers) for `--children`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import tempfile
@@ -62,9 +65,9 @@ def main() -> None:
             cmd += ["-s", str(work / "case.lua")]
         load = subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, text=True)
         time.sleep(1)
-        perf_data = work / "perf.data"
+        perf_data = Path(os.environ.get("PERF_DATA", str(work / "perf.data")))
         subprocess.run(
-            ["perf", "record", "-F", "999", "-g", "-p", str(target), "-o", str(perf_data), "--", "sleep", f"{a.seconds:g}"],
+            ["perf", "record", "-F", "999", *os.environ.get("PERF_G", "-g").split(), "-p", str(target), "-o", str(perf_data), "--", "sleep", f"{a.seconds:g}"],
             check=True, capture_output=True,
         )  # fmt: skip
         out, _ = load.communicate(timeout=60)

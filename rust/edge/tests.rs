@@ -444,3 +444,45 @@ fn the_access_line_has_its_fields_in_order_and_escaped() {
 
 #[path = "data_port_tests.rs"]
 mod data_port;
+
+#[test]
+fn connections_are_served_on_every_thread_and_stop_ends_them_all() {
+    let up = upstream();
+    let mut gate = Front::start(
+        "127.0.0.1:0".parse().unwrap(),
+        up.addr,
+        Limits::default(),
+        3,
+        None,
+        Role::Api,
+        None,
+        Options::default(),
+    )
+    .unwrap();
+    // Seven connections: the accepting thread keeps the 3rd and 6th, hands the others out;
+    // each answers two requests on its kept-alive connection.
+    let mut clients: Vec<TcpStream> = (0..7).map(|_| TcpStream::connect(gate.local_addr()).unwrap()).collect();
+    for round in 0..2 {
+        for (i, client) in clients.iter_mut().enumerate() {
+            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let request = format!("GET /registry-svc/nodes?c={i}&r={round} HTTP/1.1\r\nHost: x\r\n\r\n");
+            client.write_all(request.as_bytes()).unwrap();
+            // The echo's head and body may come in two pieces: read until the body is in.
+            let (mut answer, mut chunk) = (String::new(), [0u8; 4096]);
+            while !answer.contains(&format!("c={i}&r={round}")) {
+                let n = client.read(&mut chunk).unwrap();
+                assert!(n > 0, "closed early: {answer}");
+                answer.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+            assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        }
+    }
+    gate.stop();
+    for mut client in clients {
+        let mut rest = [0u8; 16];
+        assert!(
+            matches!(client.read(&mut rest), Ok(0) | Err(_)),
+            "the connection closed with the gate"
+        );
+    }
+}

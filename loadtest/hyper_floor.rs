@@ -1,0 +1,92 @@
+//! The floor of the library under the proxy: the leanest reverse proxy hyper 1.x makes, with
+//! none of registry-svc's policy (no pick, no fence, no limits, no timers, no access log).
+//!
+//!     hyper_floor LISTEN UPSTREAM [THREADS]
+//!
+//! Like the gates, one single-threaded Tokio runtime per thread; unlike them, each client
+//! connection gets its own upstream connection, driven in the same task (no pool, no task
+//! hop), which is as little as hyper lets a proxy do per request. `make bench` runs it beside
+//! registry-svc's data port proxy and nginx's, so that the ratio to nginx can be read as
+//! "ours / the library's floor" and "the library's floor / nginx". Loopback only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+async fn serve(client: TcpStream, upstream: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let upstream = TcpStream::connect(upstream).await?;
+    upstream.set_nodelay(true)?;
+    let (send, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(upstream)).await?;
+    let send = Arc::new(tokio::sync::Mutex::new(send));
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let send = Arc::clone(&send);
+        async move {
+            let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            let mut outgoing = Request::builder().method(request.method()).uri(target);
+            for (name, value) in request.headers() {
+                outgoing = outgoing.header(name, value);
+            }
+            let outgoing = outgoing.body(Empty::new()).expect("a head copied from a parsed one");
+            let answer = send.lock().await.send_request(outgoing).await?;
+            let (parts, body) = answer.into_parts();
+            Ok::<_, hyper::Error>(Response::from_parts(parts, UnsyncBoxBody::new(body.boxed_unsync())))
+        }
+    });
+    let server = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service);
+    tokio::select! {
+        done = server => done?,
+        done = connection => done?,
+    }
+    Ok(())
+}
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "usage: hyper_floor LISTEN UPSTREAM [THREADS]",
+        )
+    };
+    let listen: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).ok_or_else(usage)?;
+    let upstream: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).ok_or_else(usage)?;
+    let threads: usize = args.get(3).map_or(Ok(2), |a| a.parse().map_err(|_| usage()))?;
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async move {
+                    let listener = listener(listen)?;
+                    loop {
+                        let (client, _) = listener.accept().await?;
+                        client.set_nodelay(true)?;
+                        tokio::spawn(async move {
+                            let _ = serve(client, upstream).await;
+                        });
+                    }
+                })
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a worker thread panicked")?;
+    }
+    Ok(())
+}
