@@ -4,8 +4,9 @@
 //!     hyper_floor LISTEN UPSTREAM [THREADS]
 //!
 //! Like the gates, one single-threaded Tokio runtime per thread; unlike them, each client
-//! connection gets its own upstream connection, driven in the same task (no pool, no task
-//! hop), which is as little as hyper lets a proxy do per request. `make bench` runs it beside
+//! connection gets its own upstream connection (opened again when the upstream closes it),
+//! driven by a task on the same thread: no pool, no other thread, no header rules beyond
+//! dropping the hop-by-hop ones, which is about as little as hyper lets a proxy do. `make bench` runs it beside
 //! registry-svc's data port proxy and nginx's, so that the ratio to nginx can be read as
 //! "ours / the library's floor" and "the library's floor / nginx". Loopback only.
 
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -30,31 +32,65 @@ fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-async fn serve(client: TcpStream, upstream: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
-    let upstream = TcpStream::connect(upstream).await?;
-    upstream.set_nodelay(true)?;
-    let (send, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(upstream)).await?;
-    let send = Arc::new(tokio::sync::Mutex::new(send));
+/// Headers that belong to one connection, not forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The client connection's own upstream connection, opened when there is none.
+struct Upstream {
+    addr: SocketAddr,
+    send: tokio::sync::Mutex<Option<SendRequest<Empty<Bytes>>>>,
+}
+
+impl Upstream {
+    async fn send(&self, request: Request<Empty<Bytes>>) -> std::io::Result<Response<Incoming>> {
+        let mut send = self.send.lock().await;
+        if send.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = TcpStream::connect(self.addr).await?;
+            stream.set_nodelay(true)?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(connection);
+            *send = Some(sender);
+        }
+        let sender = send.as_mut().expect("opened above");
+        sender.ready().await.map_err(std::io::Error::other)?;
+        sender.send_request(request).await.map_err(std::io::Error::other)
+    }
+}
+
+async fn serve(client: TcpStream, upstream: SocketAddr) {
+    let upstream = Arc::new(Upstream {
+        addr: upstream,
+        send: tokio::sync::Mutex::new(None),
+    });
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let send = Arc::clone(&send);
+        let upstream = Arc::clone(&upstream);
         async move {
             let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
             let mut outgoing = Request::builder().method(request.method()).uri(target);
             for (name, value) in request.headers() {
-                outgoing = outgoing.header(name, value);
+                if !HOP_BY_HOP.contains(&name.as_str()) {
+                    outgoing = outgoing.header(name, value);
+                }
             }
             let outgoing = outgoing.body(Empty::new()).expect("a head copied from a parsed one");
-            let answer = send.lock().await.send_request(outgoing).await?;
+            let answer = upstream.send(outgoing).await?;
             let (parts, body) = answer.into_parts();
-            Ok::<_, hyper::Error>(Response::from_parts(parts, UnsyncBoxBody::new(body.boxed_unsync())))
+            Ok::<_, std::io::Error>(Response::from_parts(parts, UnsyncBoxBody::new(body.boxed_unsync())))
         }
     });
-    let server = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service);
-    tokio::select! {
-        done = server => done?,
-        done = connection => done?,
-    }
-    Ok(())
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .await;
 }
 
 fn main() -> std::io::Result<()> {
@@ -77,9 +113,7 @@ fn main() -> std::io::Result<()> {
                     loop {
                         let (client, _) = listener.accept().await?;
                         client.set_nodelay(true)?;
-                        tokio::spawn(async move {
-                            let _ = serve(client, upstream).await;
-                        });
+                        tokio::spawn(serve(client, upstream));
                     }
                 })
             })

@@ -417,3 +417,62 @@ def test_imported_instances_with_partial_checks_do_not_break_the_checker(tmp_pat
     assert set(checker._instances) == {"imported", "bare"}
     assert checker._instances["bare"]["healthCheck"]["intervalSeconds"] == 10
     store.close()
+
+
+def test_a_tick_starts_what_is_due_from_a_heap_not_a_scan(tmp_path: Path) -> None:
+    """Finding 10 of the review: the checker keeps a heap keyed on each check's next due
+    time. Instances with nothing to check never enter it; each tick starts exactly the
+    checks that are due, and a check still running is not started again."""
+    import asyncio
+
+    import orjson
+
+    from registry_svc import _core
+    from registry_svc.health import HealthChecker
+
+    store = _core.Store(str(tmp_path / "store"))
+    quiet = [{"id": f"q{i}", "url": f"http://127.0.0.1:9/{i}", "healthCheck": {"type": "none"}} for i in range(2000)]
+    ttl = [
+        {"id": f"t{i}", "url": f"http://127.0.0.1:9/t{i}", "healthCheck": {"type": "ttl", "intervalSeconds": 1 + i}}
+        for i in range(3)
+    ]
+    store.put_many("instances", [(r["id"], orjson.dumps(r)) for r in quiet + ttl])
+    now = [100.0]
+    checker = HealthChecker(store, lambda _instance: True, clock=lambda: now[0])
+    started: list[str] = []
+
+    def spawn(coro: Any) -> None:
+        started.append(coro.cr_frame.f_locals["instance"]["id"])
+        coro.close()  # not run: `in_flight` stays set until the test clears it
+
+    checker._spawn = spawn  # type: ignore[method-assign]
+    checker._loaded_at = float("-inf")
+    checker._full_reload(now[0])
+    for state in checker._states.values():  # no random spread: all due now
+        state.next_due = now[0]
+    checker._due.clear()
+    for instance_id, state in checker._states.items():
+        if checker._instances[instance_id]["healthCheck"]["type"] != "none":
+            checker._schedule(instance_id, None, state, now[0])
+    assert len(checker._due) == 3, "instances with nothing to check are not on the heap"
+
+    semaphore = asyncio.Semaphore(1)
+    checker._start_due(semaphore)
+    assert sorted(started) == ["t0", "t1", "t2"]
+    started.clear()
+    now[0] += 1.5  # t0 is due again (interval 1 s), but still in flight
+    checker._start_due(semaphore)
+    assert started == [], "a check still running is not started twice"
+    checker._states["t0"].in_flight = False
+    now[0] += 0.3  # the next tick: t0 runs, late; t1 (2 s) is not due yet
+    checker._start_due(semaphore)
+    assert started == ["t0"]
+    assert 0.7 < checker.max_lateness < 0.9
+    started.clear()
+    for state in checker._states.values():
+        state.in_flight = False
+    now[0] += 10
+    checker._start_due(semaphore)
+    assert sorted(started) == ["t0", "t1", "t2"], "each once, however many turns were missed"
+    assert len(checker._due) == 3
+    store.close()

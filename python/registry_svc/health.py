@@ -1,7 +1,10 @@
 """The health checker: which instances are due, the per-instance pass/failure counts, and
 writing what the probes found.
 
-Checks run concurrently on one asyncio loop (in the node agent, see `agent.py`). Each
+Checks run concurrently on one asyncio loop (in the node agent, see `agent.py`). What is
+due comes off a heap keyed on each check's next due time, so a tick costs what is due, not
+the number of instances tracked (entries of forgotten or replaced checks are dropped when
+they surface). Each
 instance keeps explicit counts of consecutive passes and failures; its stored `status`
 changes only when a threshold is crossed (rules in `status.py`), so one lost probe does
 not flap it. A result is applied inside a compare-and-set update of the current record
@@ -15,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +143,12 @@ class HealthChecker:
     _known: set[str] = field(default_factory=set)
     _loaded_index: int = -1
     _loaded_at: float = float("-inf")
+    # (when to look, tie-breaker, instance id, check name or None for `healthCheck`, its
+    # state, the due time it was scheduled for): valid while that state is still the
+    # instance's and still due then.
+    _due: list[tuple[float, int, str, str | None, CheckState, float]] = field(default_factory=list)
+    _order: Iterator[int] = field(default_factory=itertools.count)
+    _clean_size: int = 0
     _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "health-write"))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -183,12 +194,21 @@ class HealthChecker:
             return
         # Records written by the API carry a full check; imported ones may not.
         instance["healthCheck"] = {**HEALTH_CHECK_DEFAULTS, **(instance.get("healthCheck") or {})}
-        self._track_checks(instance, self._instances.get(instance_id), now, spread)
+        previous = self._instances.get(instance_id)
+        self._track_checks(instance, previous, now, spread)
         self._instances[instance_id] = instance
-        if instance_id not in self._states:
+        checked = instance["healthCheck"]["type"] != "none"
+        state = self._states.get(instance_id)
+        if state is None:
             interval = float(instance["healthCheck"]["intervalSeconds"])
             # Spread the first round over an interval at start; probe new ones at once.
-            self._states[instance_id] = CheckState(next_due=now + (random.uniform(0, interval) if spread else 0.0))
+            state = CheckState(next_due=now + (random.uniform(0, interval) if spread else 0.0))
+            self._states[instance_id] = state
+            if checked:
+                self._schedule(instance_id, None, state, state.next_due)
+        elif checked and previous is not None and previous["healthCheck"]["type"] == "none":
+            state.next_due = now  # it had nothing to check, so nothing on the heap
+            self._schedule(instance_id, None, state, now)
 
     def _track_checks(
         self, instance: dict[str, Any], previous: dict[str, Any] | None, now: float, spread: bool
@@ -204,6 +224,7 @@ class HealthChecker:
             else:
                 delay = random.uniform(0, float(check["intervalSeconds"])) if spread else 0.0
                 verdicts[name] = checks.Verdict(next_due=now + delay)
+                self._schedule(instance["id"], name, verdicts[name], now + delay)
         if verdicts:
             self._verdicts[instance["id"]] = verdicts
             instance["_judged"] = list(instance["checks"])
@@ -227,33 +248,54 @@ class HealthChecker:
             task.cancel()
         self._writer.shutdown(wait=True)
 
+    def _schedule(self, instance_id: str, name: str | None, state: CheckState, due: float, look: float = -1) -> None:
+        """Puts a check on the heap for `due` (looked at `look`, when later)."""
+        heapq.heappush(self._due, (max(due, look), next(self._order), instance_id, name, state, due))
+
+    def _current(self, instance_id: str, name: str | None) -> CheckState | None:
+        if name is None:
+            return self._states.get(instance_id)
+        return self._verdicts.get(instance_id, {}).get(name)
+
     def _start_due(self, semaphore: asyncio.Semaphore) -> None:
+        """Starts every check whose time has come, and puts it back for its next turn."""
         now = self.clock()
         wall = time.time()
-        for instance_id, verdicts in self._verdicts.items():
+        due = self._due
+        while due and due[0][0] <= now:
+            _, _, instance_id, name, state, at = heapq.heappop(due)
+            if self._current(instance_id, name) is not state or state.next_due != at:
+                continue  # forgotten, replaced, or put back for another time since
+            if state.in_flight:
+                # Still running from its last turn: looked at again next tick (as late as
+                # it then is), so a slow check never runs twice at once.
+                self._schedule(instance_id, name, state, at, now + TICK_S)
+                continue
             instance = self._instances[instance_id]
-            for check in instance["checks"]:
-                verdict = verdicts[check["name"]]
-                if verdict.in_flight or verdict.next_due > now:
-                    continue
-                self.max_lateness = max(self.max_lateness, now - verdict.next_due)
-                verdict.next_due = now + float(check["intervalSeconds"])
-                verdict.in_flight = True
-                self._spawn(self._run_check(instance, check, verdict, semaphore))
-        for instance_id, instance in self._instances.items():
-            state = self._states[instance_id]
-            check = instance["healthCheck"]
-            if state.in_flight or state.next_due > now:
-                continue
-            self.max_lateness = max(self.max_lateness, now - state.next_due)
+            check = (
+                instance["healthCheck"] if name is None else next(c for c in instance["checks"] if c["name"] == name)
+            )
+            if name is None and check["type"] == "none":
+                continue  # nothing to check; `_track` schedules it again if that changes
+            self.max_lateness = max(self.max_lateness, now - at)
             state.next_due = now + float(check["intervalSeconds"])
-            if check["type"] == "none":
-                continue
+            self._schedule(instance_id, name, state, state.next_due)
             state.in_flight = True
-            if check["type"] == "ttl":
+            if isinstance(state, checks.Verdict):
+                self._spawn(self._run_check(instance, check, state, semaphore))
+            elif check["type"] == "ttl":
                 self._spawn(self._apply(instance, state, lambda current: status.after_ttl_check(current, wall), False))
             else:
                 self._spawn(self._probe_and_apply(instance, state, semaphore))
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drops the heap's stale entries (of forgotten or replaced checks) once the heap has
+        doubled since it was last clean: amortised, no tick pays for all of them."""
+        if len(self._due) > 2 * self._clean_size + 1024:
+            self._due = [e for e in self._due if self._current(e[2], e[3]) is e[4] and e[4].next_due == e[5]]
+            heapq.heapify(self._due)
+            self._clean_size = len(self._due)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
