@@ -9,6 +9,7 @@
 //! - link-local and cloud metadata addresses only when a network that names them is given.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::LazyLock;
 
 /// An IP network in CIDR form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +68,20 @@ impl Net {
     }
 }
 
-fn sensitive() -> [Net; 4] {
+/// Cloud metadata and link-local addresses: reached only through a network that names them.
+static SENSITIVE: LazyLock<[Net; 4]> = LazyLock::new(|| {
     ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32"].map(|n| Net::parse(n).expect("a CIDR"))
+});
+static LOOPBACKS: LazyLock<[Net; 2]> =
+    LazyLock::new(|| ["127.0.0.0/8", "::1/128"].map(|n| Net::parse(n).expect("a CIDR")));
+
+/// Parsed once: every proxied request and probe asks (`allows`).
+fn sensitive() -> &'static [Net; 4] {
+    &SENSITIVE
 }
 
-fn loopbacks() -> [Net; 2] {
-    ["127.0.0.0/8", "::1/128"].map(|n| Net::parse(n).expect("a CIDR"))
+fn loopbacks() -> &'static [Net; 2] {
+    &LOOPBACKS
 }
 
 /// An IPv6 address that carries an IPv4 address, as that IPv4 address: IPv4-mapped

@@ -1,6 +1,7 @@
 //! The shared balancer state: slots, counts and ejections across (simulated) processes.
 
 use super::*;
+use std::sync::Arc;
 
 #[test]
 fn two_mappings_of_one_file_share_counts_and_ejections() {
@@ -116,4 +117,80 @@ fn instants_map_onto_the_shared_clock() {
     let ms = ms_at(now);
     let later = ms_at(now + std::time::Duration::from_secs(5));
     assert!((later - ms).abs_diff(5000) <= 2);
+}
+
+#[test]
+fn a_table_of_another_length_is_replaced_not_shrunk_under_its_mappers() {
+    // Review finding 15: `open` truncated a file of the wrong length to 0, so a process
+    // still mapping it (an older build on the same data dir) faulted on its next read.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("balancer.state");
+    let old_len = TABLE_BYTES + (1 << 20);
+    let old = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    old.set_len(old_len as u64).unwrap();
+    // SAFETY: a test's own file, mapped and read by this test only.
+    let mut old_map = unsafe { memmap2::MmapMut::map_mut(&old).unwrap() };
+    old_map[old_len - 1] = 0xAB;
+    old_map[0] = 0xCD;
+    let state = SharedState::open(&path).unwrap();
+    // The old mapping is whole (a shrunk file would fault here) and untouched.
+    assert_eq!((old_map[0], old_map[old_len - 1]), (0xCD, 0xAB));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), TABLE_BYTES as u64);
+    state.begin("i-1");
+    assert_eq!(
+        SharedState::open(&path).unwrap().in_flight("i-1"),
+        1,
+        "the new table is the path's"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left");
+}
+
+#[test]
+fn a_foreign_table_of_the_same_length_starts_from_nothing() {
+    // Review finding 15: a magic mismatch reset the keys only, so counts of another layout
+    // were read as this one's.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("balancer.state");
+    std::fs::write(&path, vec![0x01u8; TABLE_BYTES]).unwrap();
+    let state = SharedState::open(&path).unwrap();
+    state.begin("i-1");
+    assert_eq!(state.in_flight("i-1"), 1);
+    assert!(!state.any_ejected(now_ms()));
+    assert_eq!(state.cancelled_since(0), (0, vec![]));
+    assert_eq!(state.reap_dead(), 0);
+}
+
+#[test]
+fn processes_opening_a_new_table_at_once_all_get_the_same_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = Arc::new(dir.path().join("balancer.state"));
+    let states: Vec<_> = (0..8)
+        .map(|i| {
+            let path = Arc::clone(&path);
+            std::thread::spawn(move || {
+                let state = SharedState::open(&path).unwrap();
+                state.begin(&format!("i-{i}"));
+                state
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    for state in &states {
+        for i in 0..8 {
+            assert_eq!(
+                state.in_flight(&format!("i-{i}")),
+                1,
+                "every opener's count in every mapping"
+            );
+        }
+    }
 }
