@@ -252,10 +252,12 @@ class HealthChecker:
         """Puts a check on the heap for `due` (looked at `look`, when later)."""
         heapq.heappush(self._due, (max(due, look), next(self._order), instance_id, name, state, due))
 
-    def _current(self, instance_id: str, name: str | None) -> CheckState | None:
-        if name is None:
-            return self._states.get(instance_id)
-        return self._verdicts.get(instance_id, {}).get(name)
+    def _live(self, entry: tuple[float, int, str, str | None, CheckState, float]) -> bool:
+        """Whether a heap entry still stands: its state is still the instance's (or the
+        check's), and still due when the entry says."""
+        _, _, instance_id, name, state, at = entry
+        current = self._states.get(instance_id) if name is None else self._verdicts.get(instance_id, {}).get(name)
+        return current is state and state.next_due == at
 
     def _start_due(self, semaphore: asyncio.Semaphore) -> None:
         """Starts every check whose time has come, and puts it back for its next turn."""
@@ -263,9 +265,10 @@ class HealthChecker:
         wall = time.time()
         due = self._due
         while due and due[0][0] <= now:
-            _, _, instance_id, name, state, at = heapq.heappop(due)
-            if self._current(instance_id, name) is not state or state.next_due != at:
+            entry = heapq.heappop(due)
+            if not self._live(entry):
                 continue  # forgotten, replaced, or put back for another time since
+            _, _, instance_id, name, state, at = entry
             if state.in_flight:
                 # Still running from its last turn: looked at again next tick (as late as
                 # it then is), so a slow check never runs twice at once.
@@ -293,7 +296,7 @@ class HealthChecker:
         """Drops the heap's stale entries (of forgotten or replaced checks) once the heap has
         doubled since it was last clean: amortised, no tick pays for all of them."""
         if len(self._due) > 2 * self._clean_size + 1024:
-            self._due = [e for e in self._due if self._current(e[2], e[3]) is e[4] and e[4].next_due == e[5]]
+            self._due = [entry for entry in self._due if self._live(entry)]
             heapq.heapify(self._due)
             self._clean_size = len(self._due)
 

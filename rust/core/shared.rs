@@ -415,17 +415,16 @@ impl Slot {
 /// Waits for the exclusive lock of `file` (held until `unlock`, or until the file and every
 /// mapping of it are closed).
 fn lock(file: &File) -> std::io::Result<()> {
-    // SAFETY: flock on a descriptor this File owns; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    flock(file, libc::LOCK_EX)
 }
 
 fn unlock(file: &File) -> std::io::Result<()> {
-    // SAFETY: as in `lock`.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) } == 0 {
+    flock(file, libc::LOCK_UN)
+}
+
+fn flock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock on a descriptor this File owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
