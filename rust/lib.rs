@@ -29,4 +29,6 @@ mod python_errors;
 #[cfg(feature = "python")]
 mod python_front;
 #[cfg(feature = "python")]
+mod python_picker;
+#[cfg(feature = "python")]
 mod python_rules;

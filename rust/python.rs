@@ -34,7 +34,7 @@ fn expect(version: Option<u64>) -> Expect {
     }
 }
 
-fn policy(name: &str) -> PyResult<Policy> {
+pub(crate) fn policy(name: &str) -> PyResult<Policy> {
     Policy::parse(name)
         .ok_or_else(|| PyValueError::new_err(format!("unknown policy '{name}'; use {}", Policy::NAMES.join(", "))))
 }
@@ -471,6 +471,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStore>()?;
     m.add_class::<crate::python_front::PyFront>()?;
     m.add_class::<crate::python_dns::PyDns>()?;
+    m.add_class::<crate::python_picker::PyPicker>()?;
     m.add_function(wrap_pyfunction!(crate::python_dns::check_dns_options, m)?)?;
     crate::python_rules::add(m)?;
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };

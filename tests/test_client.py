@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import Server, free_port, wait_for
+from registry_svc import _core
 from registry_svc.client import Registration, RegistryError, Resolver
 
 
@@ -111,6 +112,68 @@ def test_a_resolver_follows_adds_and_removals_and_serves_through_a_restart(tmp_p
             assert resolver.last_error is None
     finally:
         server.kill9()
+
+
+def open_files() -> set[str]:
+    """The files (not sockets, pipes or devices) this process holds open."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/") and not target.startswith(("/dev/", "/proc/")):
+            held.add(target)
+    return held
+
+
+def test_a_resolver_holds_its_instances_in_memory_not_in_a_store(server: Server) -> None:
+    """Review finding 11: a resolver used to open a private LMDB store (a temp dir, a map,
+    a balancer table) per slug."""
+    before = open_files()
+    assert server.register({"url": f"http://127.0.0.1:{free_port()}", "slug": "in-memory",
+                            "healthCheck": {"type": "none"}}).status == 201  # fmt: skip
+    with Resolver("in-memory", registry=server.url, token=server.admin_token) as resolver:
+        assert len(resolver.instances()) == 1
+        assert resolver.pick().url.startswith("http://127.0.0.1:")
+        assert open_files() - before == set()
+
+
+def instance(id_: str, **fields: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps({"id": id_, "url": f"http://127.0.0.1:{9000 + int(id_[1:])}", "status": "Healthy", **fields})
+
+
+def test_the_picker_selects_as_the_server_does_over_a_list_in_memory() -> None:
+    picker = _core.Picker("s")
+    with pytest.raises(_core.NotFoundError):
+        picker.pick()
+    assert picker.replace([instance("i2"), instance("i1"), instance("i3", status="Unhealthy")]) == 3
+    assert len(picker) == 3
+    assert [picker.pick()[0] for _ in range(4)] == ["i1", "i2", "i1", "i2"]  # round robin, id order
+    # A new list keeps the round robin's count (4 picks so far: the fifth takes the second).
+    picker.replace([instance("i1"), instance("i2"), instance("i4")])
+    assert [picker.pick()[0] for _ in range(3)] == ["i2", "i4", "i1"]
+    # Zones and tags filter; Unknown is used only when nothing is Healthy.
+    picker.replace([instance("i1", zone="a", tags=["x"]), instance("i2", zone="b"), instance("i3", status="Unknown")])
+    assert picker.pick(zone="b")[0] == "i2"
+    assert picker.pick(tags=["x"])[0] == "i1"
+    assert {picker.pick()[0] for _ in range(6)} == {"i1", "i2"}
+    picker.replace([instance("i3", status="Unknown")])
+    assert picker.pick() == ("i3", "http://127.0.0.1:9003")
+    picker.replace([instance("i1", status="Unhealthy"), instance("i2", maintenance={"reason": "x"})])
+    with pytest.raises(_core.NoRoutableError):
+        picker.pick()
+    # A list with something that is not an instance changes nothing.
+    with pytest.raises(ValueError, match=r"instances\[1\]"):
+        picker.replace([instance("i5"), b'{"id": "no-url"}'])
+    assert len(picker) == 2
+    with pytest.raises(ValueError, match="unknown policy"):
+        _core.Picker("s", "fastest")
+    hashed = _core.Picker("s", "consistent_hash")
+    hashed.replace([instance(f"i{n}") for n in range(1, 9)])
+    assert len({hashed.pick(key="user-7")[0] for _ in range(5)}) == 1
 
 
 def test_the_client_imports_without_the_server_stack() -> None:

@@ -193,6 +193,20 @@ class Front:
     def close(self) -> None:
         """Stops listening and drops every connection."""
 
+class Picker:
+    """One slug's instances held in memory and picked by the server's selection code
+    (rust/python_picker.rs): policies, zones, tags, Unknown only when nothing is Healthy.
+    ValueError for an unknown policy."""
+
+    def __init__(self, slug: str, policy: str = "round_robin") -> None: ...
+    def replace(self, instances: list[bytes]) -> int:
+        """Swaps in `instances` (each one's stored JSON); returns how many. ValueError
+        naming the first that has no id or url, and nothing changes then."""
+    def pick(self, zone: str | None = None, key: str | None = None, tags: list[str] | None = None) -> tuple[str, str]:
+        """(id, url) of the chosen instance. NotFoundError when none is known,
+        NoRoutableError when none is routable."""
+    def __len__(self) -> int: ...
+
 class Dns:
     """The DNS interface of one process (rust/dns/): UDP and TCP on `host:port` (SO_REUSEPORT:
     every process joins), authoritative for `domain`, answering from `store`. OSError when

@@ -6,17 +6,15 @@
 
 A thread follows the slug with blocking queries (`?index=&wait=`), so a change reaches the
 resolver within milliseconds of its write and an idle slug costs one parked request. The
-instances live in a private LMDB store in a temp dir and are picked by the same Rust
-selection code the server runs (policies, zones, tags, Unknown only when nothing is
-Healthy), so a local pick behaves as the server's `pick` would. When the server is away
-(restarting, unreachable) the last good list keeps serving, and the thread reconnects.
+instances live in memory (`_core.Picker`) and are picked by the same Rust selection code
+the server runs (policies, zones, tags, Unknown only when nothing is Healthy), so a local
+pick behaves as the server's `pick` would. When the server is away (restarting,
+unreachable) the last good list keeps serving, and the thread reconnects.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 from typing import NamedTuple
 from urllib.parse import quote
@@ -59,8 +57,8 @@ class Resolver:
         self.slug = slug
         self.policy = policy
         self.client = RegistryClient(registry, token, timeout=60.0)
-        self._dir = tempfile.mkdtemp(prefix="registry-resolver-")
-        self._store = _core.Store(f"{self._dir}/store", 64 << 20, default_policy=policy or "round_robin")
+        self._picker = _core.Picker(slug, policy or "round_robin")
+        self._instances: list[dict[str, object]] = []
         self.index = 0
         self.updates = 0
         self.last_error: str | None = None
@@ -74,20 +72,17 @@ class Resolver:
         """An instance of the slug, chosen locally. LookupError when none is known or none is
         routable."""
         try:
-            return _make(Picked, self._store.pick_target(self.slug, zone, key, list(tags) if tags else None))
+            return _make(Picked, self._picker.pick(zone, key, list(tags) if tags else None))
         except (_core.NotFoundError, _core.NoRoutableError) as e:
             raise LookupError(str(e)) from None
 
     def instances(self) -> list[dict[str, object]]:
         """The instances as last received."""
-        _, raws = self._store.list("instances")
-        return [orjson.loads(raw) for raw in raws]
+        return list(self._instances)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        self._store.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Resolver:
         return self
@@ -117,13 +112,8 @@ class Resolver:
             self._ready.set()
 
     def _replace(self, instances: list[dict[str, object]], index: int) -> None:
-        """Makes the private store hold exactly `instances`, in one transaction."""
-        listed = {str(i["id"]): i for i in instances}
-        revision = max(index, self._store.index() + 1)
-        changes: list[tuple[str, str, bytes | None, int]] = [
-            ("instances", old, None, revision) for old, _ in self._store.versions("instances") if old not in listed
-        ]
-        changes += [("instances", i, orjson.dumps(record), revision) for i, record in listed.items()]
-        self._store.apply_replica(changes, revision, exact=True)
+        """Makes the picker hold exactly `instances`, swapped in whole."""
+        self._picker.replace([orjson.dumps(record) for record in instances])
+        self._instances = instances
         self.index = index
         self.updates += 1
