@@ -91,6 +91,7 @@ impl PyStore {
                 selector,
                 responses: ResponseCache::default(),
                 tokens: Default::default(),
+                routes: Default::default(),
             }),
         })
     }

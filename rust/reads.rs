@@ -232,6 +232,7 @@ mod tests {
             selector: Selector::new(Policy::RoundRobin, std::collections::HashMap::new(), ejection),
             responses: ResponseCache::default(),
             tokens: Default::default(),
+            routes: Default::default(),
         };
         assert!(!replica_is_stale(&registry)); // a single-machine store never is
         registry.store.set_fresh_until(0);

@@ -5,6 +5,7 @@
 use crate::core::cache::ResponseCache;
 use crate::core::select::Selector;
 use crate::core::store::Store;
+use crate::route::RouteCache;
 use crate::tokens::Tokens;
 
 pub struct Registry {
@@ -13,4 +14,6 @@ pub struct Registry {
     pub responses: ResponseCache,
     /// Resolved tokens (`tokens.rs`): one cache per process, for its gates and its workers.
     pub tokens: Tokens,
+    /// The slugs' proxy settings (`route.rs`), as the proxy reads them per request.
+    pub routes: RouteCache,
 }

@@ -6,15 +6,21 @@
 //! One record per slug in the `routes` collection, keyed by the slug (replicated like any
 //! record in cluster mode). The rules live here only: the API checks a body with `parse`
 //! (through the binding) and stores `record`'s JSON; the gates read it per forwarded
-//! request with `SlugRoute::read`.
+//! request from the process's `RouteCache`.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::core::cache::Stamp;
 use crate::core::model::ROUTES;
 use crate::core::store::Store;
+
+/// The most slugs a `RouteCache` holds before it starts again.
+const MAX_CACHED_ROUTES: usize = 4096;
 
 /// Retries after the first try; each goes to an instance not tried yet.
 pub const DEFAULT_RETRIES: u32 = 1;
@@ -38,6 +44,41 @@ impl Default for SlugRoute {
             retries: DEFAULT_RETRIES,
             timeout: None,
         }
+    }
+}
+
+/// The slugs' settings as last read, dropped whenever the routes collection moves: a
+/// forwarded request reads no LMDB for them while nothing was written (`Stamp`).
+#[derive(Default)]
+pub struct RouteCache {
+    cached: RwLock<(Option<Stamp>, HashMap<String, SlugRoute>)>,
+}
+
+impl RouteCache {
+    /// The settings of `slug` (see `SlugRoute::read`).
+    pub fn get(&self, store: &Store, slug: &str) -> SlugRoute {
+        let current = |stamp: &Option<Stamp>| {
+            stamp
+                .as_ref()
+                .is_some_and(|s| s.is_current(store, &ROUTES, None).unwrap_or(false))
+        };
+        if let Ok(cached) = self.cached.read() {
+            if let Some(route) = cached.1.get(slug) {
+                if current(&cached.0) {
+                    return route.clone();
+                }
+            }
+        }
+        // The stamp is read before the route it guards.
+        let stamp = Stamp::read(store, &ROUTES, None).ok();
+        let route = SlugRoute::read(store, slug);
+        if let (Ok(mut cached), Some(stamp)) = (self.cached.write(), stamp) {
+            if !current(&cached.0) || cached.1.len() >= MAX_CACHED_ROUTES {
+                *cached = (Some(stamp), HashMap::new());
+            }
+            cached.1.insert(slug.to_owned(), route.clone());
+        }
+        route
     }
 }
 
@@ -151,6 +192,31 @@ mod tests {
             strip_prefix: true,
             ..SlugRoute::default()
         }
+    }
+
+    #[test]
+    fn the_cache_follows_every_write_of_a_route() {
+        use crate::core::store::Expect;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24).unwrap();
+        let routes = RouteCache::default();
+        assert_eq!(routes.get(&store, "web"), SlugRoute::default());
+        let put = |route: &SlugRoute| {
+            store
+                .put(&ROUTES, "web", route.record("web").into_bytes(), Expect::Any)
+                .unwrap()
+        };
+        put(&strip());
+        assert_eq!(routes.get(&store, "web"), strip());
+        assert_eq!(routes.get(&store, "other"), SlugRoute::default());
+        let timed = SlugRoute {
+            timeout: Some(Duration::from_secs(3)),
+            ..strip()
+        };
+        put(&timed);
+        assert_eq!(routes.get(&store, "web"), timed);
+        store.delete(&ROUTES, "web", Expect::Any).unwrap();
+        assert_eq!(routes.get(&store, "web"), SlugRoute::default());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! token is refused.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use sha2::{Digest, Sha256};
@@ -67,10 +68,27 @@ impl Refused {
 
 /// Resolved tokens by Authorization header, dropped whenever the tokens collection moves.
 /// The epoch and the map are one value: a lookup that raced a revocation is cached under
-/// the epoch it read, never under the next one.
+/// the epoch it read, never under the next one. `seen` is the store's write count at which
+/// the epoch was last confirmed: while no write began since, the epoch is not read again.
 #[derive(Default)]
 pub struct Tokens {
-    cache: RwLock<(u64, HashMap<String, Caller>)>,
+    cache: RwLock<Cached>,
+}
+
+struct Cached {
+    epoch: u64,
+    seen: AtomicU64,
+    callers: HashMap<String, Caller>,
+}
+
+impl Default for Cached {
+    fn default() -> Self {
+        Cached {
+            epoch: 0,
+            seen: AtomicU64::new(u64::MAX), // never confirmed
+            callers: HashMap::new(),
+        }
+    }
 }
 
 impl Tokens {
@@ -82,20 +100,37 @@ impl Tokens {
 
     /// The caller behind an Authorization header, or why there is none.
     pub fn resolve(&self, registry: &Registry, header: &str) -> Result<Caller, Refused> {
+        let counts = registry.store.write_counts();
+        let settled = counts.settled();
+        if let Ok(cache) = self.cache.read() {
+            if settled.is_some_and(|s| s == cache.seen.load(Ordering::Acquire)) {
+                if let Some(caller) = cache.callers.get(header) {
+                    return checked(caller.clone());
+                }
+            }
+        }
         let epoch = registry.store.collection_index(&TOKENS).map_err(Refused::Store)?;
         if let Ok(cache) = self.cache.read() {
-            if cache.0 == epoch {
-                if let Some(caller) = cache.1.get(header) {
+            if cache.epoch == epoch {
+                // Read after `settled` was taken: the epoch holds at that count.
+                if let Some(s) = settled {
+                    cache.seen.store(s, Ordering::Release);
+                }
+                if let Some(caller) = cache.callers.get(header) {
                     return checked(caller.clone());
                 }
             }
         }
         let caller = lookup(registry, bearer_secret(header).ok_or(Refused::Malformed)?)?;
         if let Ok(mut cache) = self.cache.write() {
-            if cache.0 != epoch || cache.1.len() >= MAX_CACHED_HEADERS {
-                *cache = (epoch, HashMap::new());
+            if cache.epoch != epoch || cache.callers.len() >= MAX_CACHED_HEADERS {
+                *cache = Cached {
+                    epoch,
+                    seen: AtomicU64::new(settled.unwrap_or(u64::MAX)),
+                    callers: HashMap::new(),
+                };
             }
-            cache.1.insert(header.to_owned(), caller.clone());
+            cache.callers.insert(header.to_owned(), caller.clone());
         }
         checked(caller)
     }

@@ -18,6 +18,7 @@ use crate::core::error::StoreError;
 use crate::core::keys::{collection_meta_key, partition_meta_key, read_u64, Tables, META_INDEX, VERSION_LEN};
 use crate::core::model::{self, CollectionSpec};
 use crate::core::record::{decode_record, Expect, Op, Record, Result};
+use crate::core::write_counts::{Counted, WriteCounts};
 
 /// Longest run of pending writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -72,6 +73,7 @@ pub(crate) fn writer_loop(
     receiver: &mpsc::Receiver<Pending>,
     runner: &OnceLock<CompletionRunner>,
     stats: &WriterStats,
+    counts: &WriteCounts,
 ) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
@@ -81,7 +83,7 @@ pub(crate) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let results = commit_batch(env, tables, &batch);
+        let results = commit_batch(env, tables, counts, &batch);
         let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
         if applied > 0 {
             stats.writes.fetch_add(applied, Ordering::Relaxed);
@@ -112,10 +114,12 @@ pub(crate) fn writer_loop(
 
 /// Applies each pending write in its own nested transaction inside one outer transaction,
 /// then commits (and syncs) once. Returns one result per pending write.
-fn commit_batch(env: &Env<WithoutTls>, tables: Tables, batch: &[Pending]) -> Vec<Result<u64>> {
+fn commit_batch(env: &Env<WithoutTls>, tables: Tables, counts: &WriteCounts, batch: &[Pending]) -> Vec<Result<u64>> {
     let mut results: Vec<Result<u64>> = Vec::with_capacity(batch.len());
     let outcome = (|| -> Result<()> {
         let mut wtxn = env.write_txn()?;
+        // Counted from here until after the commit (dropped last: declared after wtxn).
+        let _counted = Counted::new(counts);
         let start = read_u64(&tables.meta, &wtxn, META_INDEX)?;
         let mut counter = start;
         for pending in batch {

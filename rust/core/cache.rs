@@ -88,11 +88,15 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
 pub struct Stamp {
     token: u64,
     checked_at: AtomicU64,
+    /// The store's write count when the stamp was last confirmed (`write_counts.rs`;
+    /// u64::MAX: never): while it stays there, no LMDB read is needed at all.
+    seen: AtomicU64,
 }
 
 impl Stamp {
     /// Reads the stamp; call it before building what it guards.
     pub fn read(store: &Store, coll: &CollectionSpec, partition: Option<&str>) -> Result<Stamp> {
+        let seen = store.write_counts().settled().unwrap_or(u64::MAX);
         let checked = store.collection_index(coll)?;
         let token = match partition {
             Some(value) => store.partition_index(coll, value)?,
@@ -101,22 +105,30 @@ impl Stamp {
         Ok(Stamp {
             token,
             checked_at: AtomicU64::new(checked),
+            seen: AtomicU64::new(seen),
         })
     }
 
     /// Whether nothing the stamp guards was written since it was read.
     pub fn is_current(&self, store: &Store, coll: &CollectionSpec, partition: Option<&str>) -> Result<bool> {
-        let now = store.collection_index(coll)?;
-        if now == self.checked_at.load(Ordering::Acquire) {
+        let settled = store.write_counts().settled();
+        if settled.is_some_and(|s| s == self.seen.load(Ordering::Acquire)) {
             return Ok(true);
         }
-        let Some(value) = partition else {
-            return Ok(false);
-        };
-        if store.partition_index(coll, value)? != self.token {
-            return Ok(false);
+        let now = store.collection_index(coll)?;
+        if now != self.checked_at.load(Ordering::Acquire) {
+            let Some(value) = partition else {
+                return Ok(false);
+            };
+            if store.partition_index(coll, value)? != self.token {
+                return Ok(false);
+            }
+            self.checked_at.store(now, Ordering::Release);
         }
-        self.checked_at.store(now, Ordering::Release);
+        // Confirmed by reads made after `settled` was taken: current at that count.
+        if let Some(s) = settled {
+            self.seen.store(s, Ordering::Release);
+        }
         Ok(true)
     }
 }
@@ -219,6 +231,7 @@ mod tests {
     use super::*;
     use crate::core::model::INSTANCES;
     use crate::core::store::Expect;
+    use crate::core::write_counts::WriteCounts;
 
     fn put(store: &Store, id: &str, slug: &str) {
         let json = serde_json::json!({"id": id, "slug": slug, "url": format!("http://{id}")}).to_string();
@@ -260,6 +273,33 @@ mod tests {
             .list_json(&store, &INSTANCES, &slug_filter("a"), "instances")
             .unwrap();
         assert_eq!(gone.as_slice(), br#"{"instances":[]}"#);
+    }
+
+    #[test]
+    fn an_unchanged_write_count_serves_without_reading_and_a_write_never_goes_unseen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
+        let cache = ResponseCache::default();
+        put(&store, "a1", "a");
+        let list = || {
+            cache
+                .list_json(&store, &INSTANCES, &slug_filter("a"), "instances")
+                .unwrap()
+                .1
+        };
+        let first = list();
+        assert!(Arc::ptr_eq(&first, &list()), "served from the cache");
+        // Another process's write: counted in the shared file, seen here at once.
+        let other = WriteCounts::open(dir.path()).unwrap();
+        put(&store, "a2", "a");
+        let second = list();
+        assert_eq!(second.windows(4).filter(|w| w == b"\"id\"").count(), 2);
+        // A writer killed between its commit and its count: the counts stay unequal, and
+        // every read confirms against LMDB instead (still current, still no stale answer).
+        other.begin();
+        assert!(Arc::ptr_eq(&second, &list()));
+        put(&store, "a3", "a");
+        assert_eq!(list().windows(4).filter(|w| w == b"\"id\"").count(), 3);
     }
 
     #[test]

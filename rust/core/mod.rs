@@ -22,6 +22,7 @@ pub mod select;
 pub mod shared;
 pub mod store;
 pub(crate) mod wait;
+pub mod write_counts;
 
 #[cfg(test)]
 mod select_tests;

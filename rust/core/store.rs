@@ -25,6 +25,7 @@ pub(crate) use crate::core::record::decode_record;
 pub use crate::core::record::{Expect, Op, Record, Result};
 use crate::core::replica::{self, ReplicaChange};
 use crate::core::wait::IndexWaiter;
+use crate::core::write_counts::{Counted, WriteCounts};
 
 /// An equality filter on an indexed field (or `id`).
 pub type Filter = (String, String);
@@ -41,6 +42,8 @@ pub struct Store {
     fresh_until: AtomicU64,
     waiter: Arc<IndexWaiter>,
     stats: Arc<WriterStats>,
+    /// Write transactions begun and done, over every process of the store (`write_counts.rs`).
+    write_counts: Arc<WriteCounts>,
 }
 
 impl Store {
@@ -67,6 +70,9 @@ impl Store {
             meta: env.create_database(&mut wtxn, Some("meta"))?,
         };
         wtxn.commit()?;
+        let write_counts = Arc::new(
+            WriteCounts::open(path).map_err(|e| StoreError::Lmdb(format!("{}/write-counts: {e}", path.display())))?,
+        );
 
         let (sender, receiver) = mpsc::channel::<Pending>();
         let writer_env = env.clone();
@@ -74,9 +80,19 @@ impl Store {
         let writer_runner = Arc::clone(&runner);
         let stats = Arc::new(WriterStats::default());
         let writer_stats = Arc::clone(&stats);
+        let writer_counts = Arc::clone(&write_counts);
         let writer = std::thread::Builder::new()
             .name("registry-store-writer".into())
-            .spawn(move || writer_loop(&writer_env, tables, &receiver, &writer_runner, &writer_stats))
+            .spawn(move || {
+                writer_loop(
+                    &writer_env,
+                    tables,
+                    &receiver,
+                    &writer_runner,
+                    &writer_stats,
+                    &writer_counts,
+                )
+            })
             .map_err(|e| StoreError::Lmdb(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             env,
@@ -88,6 +104,7 @@ impl Store {
             fresh_until: AtomicU64::new(0),
             waiter: Arc::new(IndexWaiter::default()),
             stats,
+            write_counts,
         })
     }
 
@@ -163,6 +180,11 @@ impl Store {
     pub fn index(&self) -> Result<u64> {
         let rtxn = self.read_txn()?;
         read_u64(&self.tables.meta, &rtxn, META_INDEX)
+    }
+
+    /// The write counts every process of the store shares: what cached reads compare.
+    pub fn write_counts(&self) -> &WriteCounts {
+        &self.write_counts
     }
 
     /// The registry index of the last write to `coll` (0 if never written).
@@ -325,6 +347,7 @@ impl Store {
     pub fn apply_replica(&self, changes: &[ReplicaChange], applied: u64, mode: replica::Mode) -> Result<()> {
         self.replica.store(true, Ordering::Relaxed);
         let mut wtxn = self.env.write_txn()?;
+        let _counted = Counted::new(&self.write_counts);
         replica::apply(self.tables, &mut wtxn, changes, applied, mode)?;
         wtxn.commit()?;
         Ok(())
@@ -389,6 +412,7 @@ impl Store {
     /// Sets a state value (see `state`), durably.
     pub fn set_state(&self, name: &str, value: &[u8]) -> Result<()> {
         let mut wtxn = self.env.write_txn()?;
+        let _counted = Counted::new(&self.write_counts);
         self.tables.meta.put(&mut wtxn, &state_key(name), value)?;
         wtxn.commit()?;
         Ok(())

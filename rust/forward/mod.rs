@@ -52,7 +52,6 @@ use crate::core::select::{Candidate, Outcome, PickRequest, Picked};
 use crate::edge::Answer;
 use crate::netguard::NetPolicy;
 use crate::registry::Registry;
-use crate::route::SlugRoute;
 
 mod admit;
 mod outcome;
@@ -204,7 +203,7 @@ impl Forwarder {
         if let Some(Failed(status, message)) = admit(request) {
             return Err((status, message));
         }
-        let route = SlugRoute::read(&registry.store, request.slug);
+        let route = registry.routes.get(&registry.store, request.slug);
         let plan = Plan {
             headers: upstream_headers(request),
             target: route.upstream_target(request.target),
