@@ -11,6 +11,7 @@ pub mod dns;
 pub mod edge;
 pub mod etcd_http;
 pub mod forward;
+pub mod lanes;
 pub mod netguard;
 pub mod query;
 pub mod reads;

@@ -235,11 +235,14 @@ impl Front {
         runtimes[0].spawn(accept_loop(listener, gate, stopped.clone(), handles));
         let threads = runtimes
             .into_iter()
-            .map(|runtime| {
+            .enumerate()
+            .map(|(lane, runtime)| {
                 let mut stopped = stopped.clone();
                 std::thread::Builder::new()
                     .name("registry-front".into())
                     .spawn(move || {
+                        // Its own pools to the workers and the upstreams (`lanes.rs`).
+                        crate::lanes::enter(lane);
                         runtime.block_on(async move {
                             let _ = stopped.wait_for(|stop| *stop).await;
                         });

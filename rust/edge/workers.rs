@@ -5,6 +5,7 @@
 
 use super::*;
 
+use crate::lanes::PerLane;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -31,7 +32,8 @@ const NOT_RELAYED: [&str; 9] = [
 const NOT_ANSWERED: [&str; 4] = ["connection", "keep-alive", "transfer-encoding", "upgrade"];
 
 pub(crate) struct Workers {
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// One pool per gate thread (`lanes.rs`).
+    clients: PerLane<Client<HttpConnector, Full<Bytes>>>,
     /// `http://127.0.0.1:PORT`.
     base: String,
 }
@@ -49,16 +51,18 @@ pub(crate) struct ForWorkers {
 
 impl Workers {
     pub(crate) fn new(upstream: SocketAddr) -> Workers {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(TokioTimer::new())
-            .set_host(false)
-            .build(http);
+        let clients = PerLane::new(|| {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(Duration::from_secs(2)));
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_timer(TokioTimer::new())
+                .set_host(false)
+                .build(http)
+        });
         Workers {
-            client,
+            clients,
             base: format!("http://{upstream}"),
         }
     }
@@ -96,7 +100,7 @@ impl Workers {
             .parse()
             .unwrap_or_else(|_| hyper::Uri::from_static("/"));
         *outgoing.headers_mut() = headers;
-        let answer = self.client.request(outgoing).await?;
+        let answer = self.clients.get().request(outgoing).await?;
         let (mut parts, body) = answer.into_parts();
         for name in NOT_ANSWERED {
             parts.headers.remove(name);

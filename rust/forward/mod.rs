@@ -50,6 +50,7 @@ use tokio::sync::oneshot;
 use crate::core::candidate::Target;
 use crate::core::select::{Candidate, Outcome, PickRequest, Picked};
 use crate::edge::Answer;
+use crate::lanes::PerLane;
 use crate::netguard::NetPolicy;
 use crate::registry::Registry;
 
@@ -123,7 +124,8 @@ impl ProxyStats {
 
 /// The forwarding side of a gate: the upstream connection pool and the network fence.
 pub struct Forwarder {
-    client: Client<Connector, RequestBody>,
+    /// One pool per gate thread (`lanes.rs`).
+    clients: PerLane<Client<Connector, RequestBody>>,
     policy: Arc<NetPolicy>,
     timeout: Duration,
     pub stats: ProxyStats,
@@ -176,15 +178,17 @@ impl Forwarder {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_PER_HOST)
-            .pool_timer(TokioTimer::new())
-            .retry_canceled_requests(false)
-            .set_host(false)
-            .build(connector);
+        let clients = PerLane::new(move || {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_max_idle_per_host(POOL_PER_HOST)
+                .pool_timer(TokioTimer::new())
+                .retry_canceled_requests(false)
+                .set_host(false)
+                .build(connector.clone())
+        });
         Forwarder {
-            client,
+            clients,
             policy,
             timeout,
             stats: ProxyStats::default(),
@@ -269,7 +273,7 @@ impl Forwarder {
             tokio::time::sleep(plan.timeout).await;
         };
         let answered = tokio::select! {
-            answered = self.client.request(outgoing) => Some(answered),
+            answered = self.clients.get().request(outgoing) => Some(answered),
             () = deadline => None,
         };
         attempt.judge(answered, plan.timeout)
