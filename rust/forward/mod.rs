@@ -208,7 +208,7 @@ impl Forwarder {
             return Err((status, message));
         }
         let route = registry.routes.get(&registry.store, request.slug);
-        let plan = Plan {
+        let mut plan = Plan {
             headers: upstream_headers(request),
             target: route.upstream_target(request.target),
             timeout: route.timeout.unwrap_or(self.timeout),
@@ -217,7 +217,7 @@ impl Forwarder {
         let tries = if retryable { 1 + route.retries } else { 1 };
         let mut tried: Vec<String> = Vec::new();
         let mut last_error = String::new();
-        for _ in 0..tries {
+        for attempt_no in 0..tries {
             let chosen = match choose(registry, request, &tried, &last_error) {
                 Ok(chosen) => chosen,
                 Err(Failed(status, message)) => return Err((status, message)),
@@ -230,7 +230,13 @@ impl Forwarder {
                 url: &chosen.url,
                 target: chosen.target.as_ref(),
             };
-            match self.try_once(&attempt, request, &plan, &mut payload).await {
+            // The last attempt takes the headers instead of a copy.
+            let headers = if attempt_no + 1 == tries {
+                std::mem::take(&mut plan.headers)
+            } else {
+                plan.headers.clone()
+            };
+            match self.try_once(&attempt, request, &plan, headers, &mut payload).await {
                 Tried::Answered(answer) => return Ok(relay(answer, request, plan.timeout)),
                 Tried::Failed(Failed(status, message)) => return Err((status, message)),
                 Tried::NextInstance(why) => {
@@ -249,6 +255,7 @@ impl Forwarder {
         attempt: &Attempt<'_>,
         request: &Outgoing<'_>,
         plan: &Plan<'_>,
+        headers: hyper::HeaderMap,
         payload: &mut Payload,
     ) -> Tried {
         let (url, slug) = (attempt.url, attempt.slug);
@@ -259,7 +266,7 @@ impl Forwarder {
                 return Tried::NextInstance(format!("upstream {url} of '{slug}' not contacted: {why}"));
             }
         };
-        let (outgoing, body_sent) = match upstream_request(request, upstream, plan, payload) {
+        let (outgoing, body_sent) = match upstream_request(request, upstream, plan, headers, payload) {
             Ok(built) => built,
             Err(e) => {
                 attempt.abandon();

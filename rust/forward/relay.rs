@@ -19,19 +19,16 @@ pub(crate) fn relay(answer: hyper::Response<hyper::body::Incoming>, request: &Ou
     // (RFC 9110 section 8.6). Any other body's length is the one hyper reads.
     let announced = (request.method == "HEAD" && status >= 200 && status != 204) || status == 304;
     let length = parts.headers.get(CONTENT_LENGTH).filter(|_| announced).cloned();
+    // Removed in place: the map is not rebuilt for the few names that go.
     let drop = HopByHop::of(parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
-    let kept: Vec<_> = parts.headers.drain().collect();
-    let mut name = None;
-    for (n, value) in kept {
-        // `drain` names a header once, before all its values.
-        if n.is_some() {
-            name = n;
-        }
-        if let Some(name) = &name {
-            if !drop.contains(name.as_str()) {
-                parts.headers.append(name.clone(), value);
-            }
-        }
+    let doomed: Vec<_> = parts
+        .headers
+        .keys()
+        .filter(|n| drop.contains(n.as_str()))
+        .cloned()
+        .collect();
+    for name in doomed {
+        parts.headers.remove(name);
     }
     if let Some(length) = length {
         parts.headers.insert(CONTENT_LENGTH, length);
@@ -47,18 +44,20 @@ pub(crate) fn relay(answer: hyper::Response<hyper::body::Incoming>, request: &Ou
         Relayed {
             body,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: None,
         }
         .boxed_unsync()
     };
     hyper::Response::from_parts(parts, body)
 }
 
-/// An upstream's body on its way to the client: data only, each piece within `idle`.
+/// An upstream's body on its way to the client: data only, each piece within `idle`. The
+/// timer starts the first time a piece is not there yet: a body that arrived with its head
+/// (most small answers) never needs one.
 struct Relayed {
     body: hyper::body::Incoming,
     idle: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Body for Relayed {
@@ -69,7 +68,12 @@ impl Body for Relayed {
         let this = &mut *self;
         loop {
             return match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Pending => match this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.idle)))
+                    .as_mut()
+                    .poll(cx)
+                {
                     Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the upstream stalled mid-answer",
@@ -80,7 +84,9 @@ impl Body for Relayed {
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(io::Error::other(e)))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        this.sleep.as_mut().reset(tokio::time::Instant::now() + this.idle);
+                        if let Some(sleep) = &mut this.sleep {
+                            sleep.as_mut().reset(tokio::time::Instant::now() + this.idle);
+                        }
                         Poll::Ready(Some(Ok(Frame::data(data))))
                     }
                     Err(_) => continue, // trailers are dropped

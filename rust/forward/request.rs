@@ -48,8 +48,9 @@ pub(crate) fn upstream_headers(request: &Outgoing<'_>) -> hyper::HeaderMap {
     out
 }
 
-/// What every attempt of one request shares: the upstream's headers, the target (the
-/// slug's prefix stripped when its route says so) and the answer's timeout.
+/// What every attempt of one request shares: the upstream's headers (each attempt gets a
+/// copy, the last one the map itself), the target (the slug's prefix stripped when its
+/// route says so) and the answer's timeout.
 pub(crate) struct Plan<'t> {
     pub headers: hyper::HeaderMap,
     pub target: std::borrow::Cow<'t, str>,
@@ -61,6 +62,7 @@ pub(crate) fn upstream_request(
     request: &Outgoing<'_>,
     upstream: &Target,
     plan: &Plan<'_>,
+    headers: hyper::HeaderMap,
     payload: &mut Payload,
 ) -> Result<(hyper::Request<RequestBody>, oneshot::Receiver<()>), hyper::http::Error> {
     let (body, body_sent): (RequestBody, _) = match payload {
@@ -91,8 +93,9 @@ pub(crate) fn upstream_request(
     let mut built = hyper::Request::builder()
         .method(request.method)
         .uri(uri.as_str())
-        .header("host", upstream.netloc.as_str())
         .body(body)?;
-    built.headers_mut().extend(plan.headers.clone());
+    *built.headers_mut() = headers;
+    let host = hyper::header::HeaderValue::from_str(&upstream.netloc)?;
+    built.headers_mut().insert(hyper::header::HOST, host);
     Ok((built, body_sent))
 }
