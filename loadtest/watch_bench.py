@@ -62,11 +62,17 @@ def server_cpu(proc: subprocess.Popen[bytes], seconds: float) -> float:
     return (total() - before) / seconds * 100
 
 
+# Idle watchers per client address: under the server's cap of blocking queries per client
+# and process (watch.MAX_HELD_PER_CLIENT), which 1,000 watchers from one address pass.
+PER_ADDRESS = 100
+
+
 def idle_watchers(port: int, token: str, count: int) -> list[socket.socket]:
-    """`count` blocking queries parked on slugs nobody writes (raw sockets, no threads)."""
+    """`count` blocking queries parked on slugs nobody writes (raw sockets, no threads),
+    from 127.0.0.2 on, `PER_ADDRESS` per address (all loopback)."""
     socks = []
     for i in range(count):
-        s = socket.create_connection(("127.0.0.1", port))
+        s = socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.0.{2 + i // PER_ADDRESS}", 0))
         s.sendall(
             f"GET /registry-svc/instances?slug=idle-{i}&index=1000000&wait=10m HTTP/1.1\r\n"
             f"Host: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
@@ -84,12 +90,15 @@ def change_latency(port: int, token: str, slug: str) -> float:
     index = resp.getheader("x-registry-index")
     resp.read()
     done: list[float] = []
+    wrong: list[str] = []
 
     def watch() -> None:
         conn.request("GET", f"/registry-svc/instances?slug={slug}&index={index}&wait=30s", headers=headers)
         r = conn.getresponse()
-        r.read()
+        answer = r.read()
         done.append(time.perf_counter())
+        if r.status != 200 or slug.encode() not in answer:
+            wrong.append(f"the watcher of {slug} got {r.status} {answer[:200]!r}, not the change")
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -102,6 +111,8 @@ def change_latency(port: int, token: str, slug: str) -> float:
     writer.close()
     watcher.join(30)
     conn.close()
+    if wrong:
+        raise SystemExit(f"watch_bench: {wrong[0]}")
     return (done[0] - sent) * 1000
 
 
@@ -154,7 +165,7 @@ def run(idle: int, samples: int, seconds: float, picks: int) -> list[str]:
         proc.wait(timeout=15)
         shutil.rmtree(work, ignore_errors=True)
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-    verdict = "met" if p99 < 50 else "not met"
+    verdict = "met" if p99 < 10 else "not met"
     pick_verdict = "met" if pick_ns < 1000 else "not met"
     return [
         "## Watches and the client library",
@@ -170,7 +181,7 @@ def run(idle: int, samples: int, seconds: float, picks: int) -> list[str]:
         f"| server CPU, {idle:,} idle watchers | {watched:.1f}% |",
         f"| `Resolver.pick()` in process, 10 instances | {pick_ns:,.0f} ns |",
         "",
-        f"- **Change-to-watcher p99 (target < 50 ms): {verdict}**, at {p99:.1f} ms over {len(latencies)} changes "
+        f"- **Change-to-watcher p99 (target < 10 ms, issue 22): {verdict}**, at {p99:.1f} ms over {len(latencies)} changes "
         "(from sending the registration to the watcher's answer; includes the durable write).",
         f"- **`Resolver.pick()` (target < 1 us): {pick_verdict}**, at {pick_ns:,.0f} ns.",
         "",

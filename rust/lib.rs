@@ -33,3 +33,5 @@ mod python_front;
 mod python_picker;
 #[cfg(feature = "python")]
 mod python_rules;
+#[cfg(feature = "python")]
+mod python_signal;

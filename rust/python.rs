@@ -473,6 +473,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<crate::python_front::PyFront>()?;
     m.add_class::<crate::python_dns::PyDns>()?;
     m.add_class::<crate::python_picker::PyPicker>()?;
+    m.add_class::<crate::python_signal::PyChangeSignal>()?;
     m.add_function(wrap_pyfunction!(crate::python_dns::check_dns_options, m)?)?;
     crate::python_rules::add(m)?;
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -171,3 +172,42 @@ def test_oo_watch_resumes_after_the_server_restarts(tmp_path: Path) -> None:
     finally:
         proc.kill()
         server.kill9()
+
+
+def test_the_hub_wakes_on_the_stores_notifier_for_a_write_by_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller sleeps on `_core.ChangeSignal`, not on a timer: with its fallback look set
+    to an hour, a write by another process still ends the wait (a futex in the store's
+    shared page, an eventfd on the loop)."""
+    import asyncio
+
+    from registry_svc import _core, watch
+
+    monkeypatch.setattr(watch, "FALLBACK_S", 3600.0)
+    store = _core.Store(str(tmp_path / "store"))
+    hub = watch.WatchHub(store)
+    writer = (
+        "import sys, orjson\n"
+        "from registry_svc import _core\n"
+        "s = _core.Store(sys.argv[1])\n"
+        "s.put('instances', 'i1', orjson.dumps({'id': 'i1', 'url': 'http://127.0.0.1:9', 'slug': 'w'}), 0)\n"
+        "s.close()\n"
+    )
+
+    async def main() -> float:
+        start = index = store.collection_index("instances")
+        waiting = asyncio.ensure_future(hub.wait_past(watch.collection_stamp(store, "instances"), index, 60.0))
+        while hub.waiting == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the poller has looked once and sleeps on the signal
+        began = time.monotonic()
+        done = await asyncio.create_subprocess_exec(sys.executable, "-c", writer, str(tmp_path / "store"))
+        assert await done.wait() == 0
+        await asyncio.wait_for(waiting, 30)
+        assert store.collection_index("instances") > start
+        return time.monotonic() - began
+
+    took = asyncio.run(main())
+    assert took < 30  # came back because of the write, not at its 60 s wait or the fallback
+    store.close()

@@ -207,6 +207,18 @@ class Picker:
         NoRoutableError when none is routable."""
     def __len__(self) -> int: ...
 
+class ChangeSignal:
+    """The store's notifier as a file descriptor (rust/core/write_counts.rs): readable once
+    any process wrote to the store, or a gate gave notice of an abandoned query, since the
+    last `clear`. OSError when it cannot be made."""
+
+    def __init__(self, store: Store) -> None: ...
+    def fileno(self) -> int: ...
+    def clear(self) -> bool:
+        """Makes it unreadable until the next change; whether it was readable."""
+    def close(self) -> None:
+        """Stops its thread and closes the descriptor."""
+
 class Dns:
     """The DNS interface of one process (rust/dns/): UDP and TCP on `host:port` (SO_REUSEPORT:
     every process joins), authoritative for `domain`, answering from `store`. OSError when

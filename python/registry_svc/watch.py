@@ -7,10 +7,12 @@ higher index. A watcher waits until the *stamp* of its result passes N: the per-
 for instances of one slug (a write to slug A does not wake a watcher of slug B), a
 record's version for a get, otherwise the collection's index.
 
-One poller per process serves every watcher: while any waits, it reads the global registry
-index every `TICK_S` (one LMDB read) and checks the watchers' stamps only when it moved.
-All processes share the store, so a write by any process, or later a replica apply, wakes
-the watchers of every process. Idle watchers cost one read per tick in all.
+One poller per process serves every watcher: while any waits, it sleeps until the store's
+notifier moves (`_core.ChangeSignal`, a file descriptor on the loop: every write by any
+process, a replica apply included, and every query a gate saw abandoned, moves it), then
+reads the registry index and checks the watchers' stamps only when it moved. Idle watchers
+cost nothing until something is written; without a notice it still looks every
+`FALLBACK_S` (a writer killed between its commit and its notice).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from registry_svc.errors import ApiError, field_error
 
 DEFAULT_WAIT_S = 300.0
 MAX_WAIT_S = 600.0
-TICK_S = 0.005
+FALLBACK_S = 1.0
 # How long a read with `?index=N` waits at most for a cluster replica to reach N.
 CATCH_UP_S = 5.0
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
@@ -101,6 +103,9 @@ class WatchHub:
         self._by_query: dict[int, asyncio.Future[None]] = {}
         self._cancels_seen = store.cancelled_queries(0)[0]
         self._poller: asyncio.Task[None] | None = None
+        # The store's notifier, watched by the loop once a query first waits.
+        self._signal: _core.ChangeSignal | None = None
+        self._moved = asyncio.Event()
         self._by_token: Counter[str] = Counter()
         self._by_client: Counter[str] = Counter()
 
@@ -182,6 +187,9 @@ class WatchHub:
         self._waiters.append(waiter)
         if query:
             self._by_query[query] = future
+        if self._signal is None:
+            self._signal = _core.ChangeSignal(self.store)
+            asyncio.get_running_loop().add_reader(self._signal.fileno(), self._on_signal)
         if self._poller is None or self._poller.done():
             self._poller = asyncio.ensure_future(self._poll())
         try:
@@ -193,9 +201,16 @@ class WatchHub:
             if query:
                 self._by_query.pop(query, None)
 
+    def _on_signal(self) -> None:
+        if self._signal is not None:
+            self._signal.clear()
+        self._moved.set()
+
     async def _poll(self) -> None:
         seen = -1
         while self._waiters:
+            # Cleared before looking: a change after the look sets it again.
+            self._moved.clear()
             self._cancels_seen, gone = self.store.cancelled_queries(self._cancels_seen)
             for query in gone:
                 future = self._by_query.get(query)
@@ -207,7 +222,8 @@ class WatchHub:
                 for stamp, index, future in list(self._waiters):
                     if not future.done() and stamp() > index:
                         future.set_result(None)
-            await asyncio.sleep(TICK_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), FALLBACK_S)
 
 
 def collection_stamp(store: _core.Store, collection: str) -> Stamp:

@@ -183,7 +183,7 @@ impl Store {
     }
 
     /// The write counts every process of the store shares: what cached reads compare.
-    pub fn write_counts(&self) -> &WriteCounts {
+    pub fn write_counts(&self) -> &Arc<WriteCounts> {
         &self.write_counts
     }
 
@@ -373,8 +373,13 @@ impl Store {
         if self.index()? >= revision {
             return Ok(true);
         }
-        self.waiter
-            .wait(&self.env, self.tables.meta, revision, Instant::now() + timeout)
+        self.waiter.wait(
+            &self.env,
+            self.tables.meta,
+            &self.write_counts,
+            revision,
+            Instant::now() + timeout,
+        )
     }
 
     /// (writes, group-commit batches) this process's writer committed.

@@ -1,7 +1,8 @@
 //! Threads waiting for the registry index to reach a revision (a cluster write waits for
-//! its replica; the replicator may live in another process, so the index is polled). One
-//! poller thread per store, started while anyone waits, reads the index every
-//! `WAIT_POLL` and wakes the waiters; a waiter holds no lock of the caller (no GIL).
+//! its replica; the replicator may live in another process). One thread per store, started
+//! while anyone waits, reads the index whenever the store's shared notifier moves
+//! (`write_counts.rs`: every counted write, in any process, moves it) and wakes the
+//! waiters; a waiter holds no lock of the caller (no GIL).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -11,8 +12,10 @@ use heed::{Database, Env, WithoutTls};
 
 use crate::core::error::StoreError;
 use crate::core::keys::{read_u64, META_INDEX};
+use crate::core::write_counts::WriteCounts;
 
-const WAIT_POLL: Duration = Duration::from_micros(500);
+/// The longest the thread sleeps without looking (a writer killed before it notified).
+const WAIT_FALLBACK: Duration = Duration::from_millis(100);
 
 /// The waiters of one store, and its poller's state.
 #[derive(Default)]
@@ -36,15 +39,16 @@ impl IndexWaiter {
         self: &Arc<Self>,
         env: &Env<WithoutTls>,
         meta: Database<Bytes, Bytes>,
+        counts: &Arc<WriteCounts>,
         revision: u64,
         deadline: Instant,
     ) -> Result<bool, StoreError> {
         let mut state = self.state.lock().map_err(|_| StoreError::Closed)?;
         if !state.polling {
-            let (env, shared) = (env.clone(), Arc::clone(self));
+            let (env, shared, counts) = (env.clone(), Arc::clone(self), Arc::clone(counts));
             std::thread::Builder::new()
                 .name("registry-index-wait".into())
-                .spawn(move || poll_index(&env, meta, &shared))
+                .spawn(move || follow_index(&env, meta, &shared, &counts))
                 .map_err(|e| StoreError::Lmdb(format!("cannot start the index waiter: {e}")))?;
             state.polling = true;
         }
@@ -68,8 +72,10 @@ impl IndexWaiter {
     }
 }
 
-fn poll_index(env: &Env<WithoutTls>, meta: Database<Bytes, Bytes>, waiter: &IndexWaiter) {
+fn follow_index(env: &Env<WithoutTls>, meta: Database<Bytes, Bytes>, waiter: &IndexWaiter, counts: &WriteCounts) {
     loop {
+        // Taken before the index is read: a write after the read moves it.
+        let moved = counts.sequence();
         let index = env
             .read_txn()
             .ok()
@@ -88,6 +94,6 @@ fn poll_index(env: &Env<WithoutTls>, meta: Database<Bytes, Bytes>, waiter: &Inde
             return;
         }
         drop(state);
-        std::thread::sleep(WAIT_POLL);
+        counts.wait_past(moved, WAIT_FALLBACK);
     }
 }

@@ -13,10 +13,20 @@
 //! A process killed between its commit and its `done` leaves the counts unequal: readers
 //! then confirm against LMDB on every read, as they did before this file existed, until
 //! the store's directory is opened by a process that finds no other one using it.
+//!
+//! The same page carries the notifier every process shares: a sequence that moves after
+//! each counted write (and whenever someone calls [`WriteCounts::notify`], such as a gate
+//! whose client left a blocking query), and a futex on it. A waiter sleeps in the kernel
+//! until the sequence moves ([`WriteCounts::wait_past`]); a writer wakes the waiters of
+//! every process, and makes the system call only while someone waits. It replaces the
+//! pollers that read the registry index every 500 us (read-your-writes) and every 5 ms
+//! (blocking queries); [`ChangeSignal`] hands it to an event loop as a file descriptor.
 
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The file's length: one page (two counters are used).
 const FILE_BYTES: u64 = 4096;
@@ -52,6 +62,47 @@ impl WriteCounts {
         // SAFETY: the map is page-aligned and FILE_BYTES long; AtomicU64 has u64's layout,
         // and the counters are only accessed atomically.
         unsafe { &*self.map.as_ptr().cast::<AtomicU64>().add(which) }
+    }
+
+    /// The notifier's words after the counts: 0 the sequence (the futex), 1 how many wait.
+    fn word(&self, which: usize) -> &AtomicU32 {
+        assert!(which < 2);
+        // SAFETY: as for `counter`; bytes 16..24 of the page, 4-aligned.
+        unsafe { &*self.map.as_ptr().add(16).cast::<AtomicU32>().add(which) }
+    }
+
+    /// Where the notifier stands: pass it to `wait_past`.
+    pub fn sequence(&self) -> u32 {
+        self.word(0).load(Ordering::SeqCst)
+    }
+
+    /// Moves the sequence and wakes whoever waits on it, in every process.
+    pub fn notify(&self) {
+        self.word(0).fetch_add(1, Ordering::SeqCst);
+        if self.word(1).load(Ordering::SeqCst) > 0 {
+            futex(self.word(0), libc::FUTEX_WAKE, i32::MAX as u32, None);
+        }
+    }
+
+    /// Waits until the sequence is no longer `seen`, at most `timeout`; returns where it
+    /// stands then.
+    pub fn wait_past(&self, seen: u32, timeout: Duration) -> u32 {
+        let waiters = self.word(1);
+        waiters.fetch_add(1, Ordering::SeqCst);
+        // Counted as waiting before the sequence is read: a notify after that read sees
+        // the count and makes the call (or the kernel finds the value moved).
+        let deadline = std::time::Instant::now() + timeout;
+        let mut now = self.sequence();
+        while now == seen {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            futex(self.word(0), libc::FUTEX_WAIT, seen, Some(left));
+            now = self.sequence();
+        }
+        waiters.fetch_sub(1, Ordering::SeqCst);
+        now
     }
 
     /// Counts a write transaction that is about to commit (call it holding the write lock).
@@ -99,6 +150,109 @@ impl<'c> Counted<'c> {
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.end();
+        self.0.notify();
+    }
+}
+
+/// The futex system call on a word of the shared page (not FUTEX_PRIVATE: the waiters
+/// and the wakers are other processes too). Errors (EAGAIN: the value moved; ETIMEDOUT;
+/// EINTR) all mean "look again", which every caller does.
+fn futex(word: &AtomicU32, op: libc::c_int, value: u32, timeout: Option<Duration>) {
+    let spec = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
+    let spec_ptr = spec.as_ref().map_or(std::ptr::null(), |s| s as *const libc::timespec);
+    // SAFETY: `word` is a live, 4-aligned u32 in a shared mapping; the timespec outlives
+    // the call; FUTEX_WAIT and FUTEX_WAKE read nothing else.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            op,
+            value,
+            spec_ptr,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// The notifier as a file descriptor an event loop can watch (an eventfd): readable once
+/// the store's sequence moved since the last `clear`. One thread per signal waits on the
+/// futex and writes the eventfd; it ends within `POLL_STOP` of `close`.
+pub struct ChangeSignal {
+    fd: libc::c_int,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often the signal's thread looks whether it should stop.
+const POLL_STOP: Duration = Duration::from_millis(200);
+
+impl ChangeSignal {
+    pub fn start(counts: Arc<WriteCounts>) -> std::io::Result<ChangeSignal> {
+        // SAFETY: plain system call; the descriptor is owned by the signal from here on.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("registry-changes".into())
+            .spawn(move || {
+                let mut seen = counts.sequence();
+                while !thread_stop.load(Ordering::Relaxed) {
+                    let now = counts.wait_past(seen, POLL_STOP);
+                    if now != seen {
+                        seen = now;
+                        let one: u64 = 1;
+                        // SAFETY: writes 8 bytes from a live u64 to our eventfd (a full
+                        // counter, EAGAIN, only means it is readable already).
+                        unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+                    }
+                }
+            });
+        match spawned {
+            Ok(thread) => Ok(ChangeSignal {
+                fd,
+                stop,
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                // SAFETY: our descriptor, not handed out.
+                unsafe { libc::close(fd) };
+                Err(e)
+            }
+        }
+    }
+
+    pub fn fd(&self) -> libc::c_int {
+        self.fd
+    }
+
+    /// Makes the descriptor unreadable until the next move; whether it was readable.
+    pub fn clear(&self) -> bool {
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64 from our (non-blocking) eventfd.
+        unsafe { libc::read(self.fd, std::ptr::addr_of_mut!(value).cast(), 8) == 8 }
+    }
+
+    /// Stops the thread and closes the descriptor.
+    pub fn close(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+            // SAFETY: our descriptor; the thread that wrote it has ended.
+            unsafe { libc::close(self.fd) };
+        }
+    }
+}
+
+impl Drop for ChangeSignal {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -129,9 +283,56 @@ mod tests {
         assert_eq!(one.settled(), None);
         one.settle();
         assert_eq!(two.settled(), Some(2));
+        // Another opener's waiter wakes when a write is counted here.
+        let seen = one.sequence();
+        let waiter = {
+            let dir = dir.path().to_owned();
+            std::thread::spawn(move || {
+                let counts = WriteCounts::open(&dir).unwrap();
+                counts.wait_past(seen, Duration::from_secs(30))
+            })
+        };
+        while two.word(1).load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        drop(Counted::new(&two));
+        assert_ne!(waiter.join().unwrap(), seen);
+        // With nothing moving, a wait ends at its timeout.
+        let still = one.sequence();
+        assert_eq!(one.wait_past(still, Duration::from_millis(20)), still);
         // A shorter file (another layout) is grown, not refused.
         drop((one, two));
         std::fs::write(dir.path().join("write-counts"), [0u8; 8]).unwrap();
         assert_eq!(WriteCounts::open(dir.path()).unwrap().settled(), Some(0));
+    }
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+
+    fn readable(fd: libc::c_int, within: Duration) -> bool {
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut poll, 1, within.as_millis() as libc::c_int) == 1 }
+    }
+
+    #[test]
+    fn the_descriptor_is_readable_after_a_write_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let counts = Arc::new(WriteCounts::open(dir.path()).unwrap());
+        let mut signal = ChangeSignal::start(Arc::clone(&counts)).unwrap();
+        assert!(!readable(signal.fd(), Duration::from_millis(50)));
+        drop(Counted::new(&counts));
+        assert!(readable(signal.fd(), Duration::from_secs(10)));
+        assert!(signal.clear());
+        assert!(!signal.clear());
+        counts.notify(); // a gate's notice moves it too
+        assert!(readable(signal.fd(), Duration::from_secs(10)));
+        signal.close();
     }
 }

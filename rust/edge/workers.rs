@@ -112,7 +112,8 @@ impl Workers {
 
 /// Cancels a blocking query in the workers when its client goes away before the answer
 /// (hyper drops the request's future when the client closes): the workers' waiter goes
-/// with it, through the shared ring of abandoned queries.
+/// with it, through the shared ring of abandoned queries, told at once by the store's
+/// notifier.
 pub(crate) struct QueryGuard<'g> {
     pub gate: &'g Gate,
     pub id: Option<u64>,
@@ -122,6 +123,7 @@ impl Drop for QueryGuard<'_> {
     fn drop(&mut self) {
         if let (Some(id), Some(registry)) = (self.id, &self.gate.reads) {
             registry.selector.shared().cancel_query(id);
+            registry.store.write_counts().notify();
         }
     }
 }
