@@ -382,10 +382,15 @@ impl PyStore {
         Ok(value.map(|v| PyBytes::new(py, &v)))
     }
 
-    /// Until when (unix ms) the replica counts as fresh; the gate of this process leaves
-    /// reads to the workers (and their staleness header) after it.
+    /// Until when (unix ms) the replica counts as fresh; the gates and DNS of every process
+    /// of the server leave reads to the workers (and their staleness header) after it.
     fn set_fresh_until(&self, unix_ms: u64) {
         self.registry.store.set_fresh_until(unix_ms);
+    }
+
+    /// Marks the store as no cluster's replica (a server started without etcd).
+    fn forget_replica(&self) {
+        self.registry.store.forget_replica();
     }
 
     /// Sets a named state value, durably; it wakes no watcher and moves no index.

@@ -374,7 +374,8 @@ def test_dns_answers_from_the_replica_and_a_stale_replica_answers_uncached(clust
     def answer() -> dns.message.Message:
         return dns.query.udp(question, "127.0.0.1", port=C_DNS_PORT, timeout=3)
 
-    # Fresh: answered and cacheable (the workers follow the replica's freshness every 0.25 s).
+    # Fresh: answered and cacheable (every process reads the replica's freshness from the page
+    # the store's processes share).
     fresh = wait_for(
         lambda: (r := answer()).answer and r.answer[0].ttl == 30 and r, 10, "C's DNS to answer what A registered"
     )
@@ -385,11 +386,11 @@ def test_dns_answers_from_the_replica_and_a_stale_replica_answers_uncached(clust
     # Still answered from the replica, as the data port does, but not to be cached.
     assert [r.to_text() for r in stale.answer[0]] == ["127.0.0.1"] and stale.answer[0].ttl == 0
     # The data port of C's workers says so too (it answered by itself, without the header,
-    # before the workers followed the replica's freshness).
+    # before the workers knew the replica's freshness).
     lookup = c.server.call("GET", "/registry-svc/instances?slug=dns-svc", data_port=True)
     assert lookup.status == 200 and float(lookup.headers["x-registry-stale-seconds"]) > 0
     c.heal()
-    # The workers follow the replicator's state every 0.25 s: wait for the TTL itself.
+    # The replicator publishes its contact every few seconds: wait for the TTL itself.
     wait_for(lambda: answer().answer[0].ttl == 30, 15, "C's DNS to cache again once C reconnected")
 
 

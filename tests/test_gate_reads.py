@@ -10,12 +10,14 @@ import http.client
 import random
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import orjson
 import pytest
 
 from conftest import NO_CHECK, Server
+from registry_svc import _core
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +206,28 @@ def test_a_service_token_sees_only_its_slug_through_the_gate(srv: Server) -> Non
         assert get(conn, "/registry-svc/instance/pick?slug=solo", token)[0] == 200
         status, body, _ = get(conn, "/registry-svc/instance/pick?slug=shop", token)
     assert status == 404 and orjson.loads(body)["error"] == "no instances are registered for slug 'shop'"
+
+
+def test_a_data_dir_that_was_a_cluster_replica_serves_alone_with_the_gates_answering(tmp_path: Path) -> None:
+    """Replica freshness lives in a page the store's processes share, which outlives a
+    server: one started without etcd forgets it, or its gates would leave every read to
+    the workers as a stale replica's."""
+    data = tmp_path / "data"
+    (data / "store").mkdir(parents=True, mode=0o700)
+    data.chmod(0o700)
+    left = _core.Store(str(data / "store"))
+    left.set_fresh_until(0)  # a replica that lost etcd, as a cluster server leaves it
+    left.close()
+    server = Server(data, env={"REGISTRY_SVC_ANSWERED_BY": "1"}).start()
+    try:
+        assert server.register({"url": "http://127.0.0.1:9", "slug": "alone", "healthCheck": NO_CHECK}).status == 201
+        conn = http.client.HTTPConnection("127.0.0.1", server.data_port, timeout=10)
+        conn.request(
+            "GET", "/registry-svc/instances?slug=alone", headers={"Authorization": f"Bearer {server.admin_token}"}
+        )
+        resp = conn.getresponse()
+        resp.read()
+        assert (resp.status, resp.getheader("x-registry-answered-by")) == (200, "gate")
+        assert resp.getheader("x-registry-stale-seconds") is None
+    finally:
+        server.kill9()

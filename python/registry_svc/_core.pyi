@@ -140,8 +140,11 @@ class Store:
     def state(self, name: str) -> bytes | None:
         """A small named state value kept beside the records (None if never set)."""
     def set_fresh_until(self, unix_ms: int) -> None:
-        """Until when the replica counts as fresh; this process's gate leaves reads to the
-        workers (and their staleness header) after it."""
+        """Until when the replica counts as fresh, for every process of the server (a page
+        they all map): their gates and DNS leave reads to the workers (and their staleness
+        header) after it."""
+    def forget_replica(self) -> None:
+        """Marks the store as no cluster's replica (a server started without etcd)."""
     def set_state(self, name: str, value: bytes) -> None:
         """Sets a named state value durably; it moves no index and wakes no watcher."""
     def wait_index(self, revision: int, timeout: float) -> bool:

@@ -192,18 +192,6 @@ def fresh_until(state: dict[str, Any]) -> int:
     return int((float(state.get("contact") or 0) + STALE_AFTER_S) * 1000) if state.get("connected") else 0
 
 
-def follow_freshness(store: _core.Store, every: float = 0.25) -> None:
-    """In a worker: keeps the store's freshness (read by this process's data port and DNS
-    server) in step with what the supervisor's replicator publishes. Returns when the
-    store closes."""
-    while True:
-        try:
-            store.set_fresh_until(fresh_until(replica_state(store)))
-        except _core.StoreError:
-            return
-        time.sleep(every)
-
-
 def health(store: EtcdStore) -> dict[str, Any]:
     """`/health` of a cluster server: the mode, the replica's revision, etcd's state."""
     state = store.replica()

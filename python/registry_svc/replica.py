@@ -366,6 +366,6 @@ class Replicator:
         self._published = (now, connected)
         state = {**self.state, "appliedRevision": self.store.index()}
         self.store.set_state(REPLICA_STATE, orjson.dumps(state))
-        # The gate (in this process) leaves reads to the workers once this passes; the
-        # workers follow it (cluster.follow_freshness).
+        # Every process's gates and DNS leave reads to the workers once this passes (a
+        # page they all map: rust/core/write_counts.rs).
         self.store.set_fresh_until(fresh_until(state))

@@ -13,7 +13,6 @@ import inspect
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -236,9 +235,6 @@ def build_app(settings: Settings) -> Robyn:
         hub = watch.WatchHub(store, replica=settings.clustered)
         staleness = (lambda: cluster.staleness(store.replica())) if isinstance(store, EtcdStore) else None
         state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=hub, staleness=staleness)
-        if isinstance(store, EtcdStore):
-            # This process's data port and DNS answer by themselves only while fresh.
-            threading.Thread(target=cluster.follow_freshness, args=(store,), name="freshness", daemon=True).start()
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
         if settings.data_port:
             # The data plane of this process (rust/edge/, Role::Data): its own Tokio

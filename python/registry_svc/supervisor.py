@@ -264,6 +264,9 @@ def serve(settings: Settings) -> int:
     # The supervisor keeps its own store handle for the node agent and the gate's reads.
     # The workers are exec'd, not forked from here, so they inherit no LMDB state.
     store = settings.open_store()
+    if not settings.clustered:
+        # The data dir may have been a cluster's replica before: this server answers alone.
+        store.forget_replica()
     try:
         settings = claim_data_port(settings)
         check_dns_port(settings)

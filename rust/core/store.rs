@@ -6,7 +6,7 @@
 //! writers.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -36,10 +36,6 @@ pub struct Store {
     sender: Mutex<Option<mpsc::Sender<Pending>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     runner: Arc<OnceLock<CompletionRunner>>,
-    /// Set once this process applied changes from etcd: the store is a cluster replica.
-    replica: AtomicBool,
-    /// Until when (unix ms) this process's replicator counts the replica as fresh.
-    fresh_until: AtomicU64,
     waiter: Arc<IndexWaiter>,
     stats: Arc<WriterStats>,
     /// Write transactions begun and done, over every process of the store (`write_counts.rs`).
@@ -100,8 +96,6 @@ impl Store {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
             runner,
-            replica: AtomicBool::new(false),
-            fresh_until: AtomicU64::new(0),
             waiter: Arc::new(IndexWaiter::default()),
             stats,
             write_counts,
@@ -345,7 +339,7 @@ impl Store {
     /// Applies changes committed in etcd (cluster mode) in one transaction, and records
     /// that the replica has reached revision `applied`. See `replica.rs`.
     pub fn apply_replica(&self, changes: &[ReplicaChange], applied: u64, mode: replica::Mode) -> Result<()> {
-        self.replica.store(true, Ordering::Relaxed);
+        self.write_counts.set_replica(true);
         let mut wtxn = self.env.write_txn()?;
         let _counted = Counted::new(&self.write_counts);
         replica::apply(self.tables, &mut wtxn, changes, applied, mode)?;
@@ -390,21 +384,27 @@ impl Store {
         )
     }
 
-    /// Whether this process feeds the store from etcd (cluster mode's replicator).
+    /// Whether the store is a cluster replica: fed from etcd by the replicator of this
+    /// server (in whichever process), in the shared page (`write_counts.rs`).
     pub fn is_replica(&self) -> bool {
-        self.replica.load(Ordering::Relaxed)
+        self.write_counts.is_replica()
     }
 
     /// Until when (unix ms) the replica counts as fresh: set by the replicator at each
-    /// contact with etcd, read by the gate of the same process.
+    /// contact with etcd, read by the gates and DNS of every process of the server.
     pub fn fresh_until(&self) -> u64 {
-        self.fresh_until.load(Ordering::Relaxed)
+        self.write_counts.fresh_until()
     }
 
-    /// Marks the store a cluster replica, fresh until `unix_ms`.
+    /// Marks the store a cluster replica, fresh until `unix_ms`, for every process.
     pub fn set_fresh_until(&self, unix_ms: u64) {
-        self.replica.store(true, Ordering::Relaxed);
-        self.fresh_until.store(unix_ms, Ordering::Relaxed);
+        self.write_counts.set_fresh_until(unix_ms);
+    }
+
+    /// Marks the store as no cluster's replica (a server started without etcd: the page
+    /// may say otherwise from an earlier run).
+    pub fn forget_replica(&self) {
+        self.write_counts.set_replica(false);
     }
 
     /// A small state value kept beside the records (e.g. the replica's etcd contact), by

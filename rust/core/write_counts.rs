@@ -71,6 +71,37 @@ impl WriteCounts {
         unsafe { &*self.map.as_ptr().add(16).cast::<AtomicU32>().add(which) }
     }
 
+    /// The replica's freshness, after the notifier's words: 0 whether the store is a
+    /// cluster replica (0 or 1), 1 until when (unix ms) it counts as fresh. Set by the
+    /// replicator, read by the gates and DNS of every process.
+    fn freshness(&self, which: usize) -> &AtomicU64 {
+        assert!(which < 2);
+        // SAFETY: as for `counter`; bytes 24..40 of the page, 8-aligned.
+        unsafe { &*self.map.as_ptr().add(24).cast::<AtomicU64>().add(which) }
+    }
+
+    /// Whether the store is a cluster replica (see `set_replica`).
+    pub fn is_replica(&self) -> bool {
+        self.freshness(0).load(Ordering::Acquire) != 0
+    }
+
+    /// Marks the store a cluster replica or not; a server sets it at its start (the file
+    /// outlives it: a data dir once a replica may serve alone later).
+    pub fn set_replica(&self, replica: bool) {
+        self.freshness(0).store(u64::from(replica), Ordering::Release);
+    }
+
+    /// Until when (unix ms) the replica counts as fresh.
+    pub fn fresh_until(&self) -> u64 {
+        self.freshness(1).load(Ordering::Acquire)
+    }
+
+    /// Marks the store a replica, fresh until `unix_ms`.
+    pub fn set_fresh_until(&self, unix_ms: u64) {
+        self.freshness(1).store(unix_ms, Ordering::Release);
+        self.set_replica(true);
+    }
+
     /// Where the notifier stands: pass it to `wait_past`.
     pub fn sequence(&self) -> u32 {
         self.word(0).load(Ordering::SeqCst)
@@ -300,6 +331,13 @@ mod tests {
         // With nothing moving, a wait ends at its timeout.
         let still = one.sequence();
         assert_eq!(one.wait_past(still, Duration::from_millis(20)), still);
+        // Freshness set by one opener is what every other reads.
+        assert!(!two.is_replica());
+        one.set_fresh_until(1234);
+        assert!(two.is_replica());
+        assert_eq!(two.fresh_until(), 1234);
+        two.set_replica(false);
+        assert!(!one.is_replica());
         // A shorter file (another layout) is grown, not refused.
         drop((one, two));
         std::fs::write(dir.path().join("write-counts"), [0u8; 8]).unwrap();
