@@ -5,8 +5,13 @@
 //! through the email package); under 32 concurrent writers that contention, not etcd, set
 //! the pace. The gateway's unary answers are `Content-Length` framed, and a streaming RPC
 //! given one request (a lease keep-alive) answers one chunked message, so this client is
-//! small: one keep-alive connection per (thread, endpoint), reconnected once when a kept
-//! connection turns out to be closed.
+//! small: one keep-alive connection per (thread, endpoint).
+//!
+//! A request is never sent twice. A kept connection is checked before it is used (closed
+//! by the member meanwhile: a new one is opened, the request not yet written); once the
+//! whole request was written, any failure is [`PostError::MaybeApplied`]: the member may
+//! have applied it before the answer was lost, and only the caller can tell, by reading
+//! what the request would have written (`etcd.py`, `cluster.py`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,6 +26,24 @@ thread_local! {
     static CONNECTIONS: RefCell<HashMap<String, BufReader<TcpStream>>> = RefCell::new(HashMap::new());
 }
 
+/// Why a POST has no answer.
+#[derive(Debug)]
+pub enum PostError {
+    /// The request was not (wholly) written: the member cannot have applied it.
+    NotSent(io::Error),
+    /// The request was written, the answer did not come (timeout, reset, close): the
+    /// member may have applied it.
+    MaybeApplied(io::Error),
+}
+
+impl PostError {
+    pub fn io(&self) -> &io::Error {
+        match self {
+            PostError::NotSent(e) | PostError::MaybeApplied(e) => e,
+        }
+    }
+}
+
 /// POSTs `body` (JSON) to `http://endpoint/path` with `headers`; returns (status, body).
 pub fn post(
     endpoint: &str,
@@ -29,7 +52,7 @@ pub fn post(
     headers: &[(String, String)],
     timeout: Duration,
     connect_timeout: Duration,
-) -> io::Result<(u16, Vec<u8>)> {
+) -> Result<(u16, Vec<u8>), PostError> {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {endpoint}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
@@ -42,30 +65,31 @@ pub fn post(
     payload.extend_from_slice(body);
     CONNECTIONS.with(|cell| {
         let mut connections = cell.borrow_mut();
-        if let Some(mut kept) = connections.remove(endpoint) {
-            // A kept connection the member closed meanwhile fails before any answer: once more
-            // on a fresh one (the request was not taken, so this cannot apply it twice).
-            match exchange(&mut kept, &payload, timeout) {
-                Ok(answer) => {
-                    connections.insert(endpoint.to_owned(), kept);
-                    return Ok(answer);
-                }
-                Err(e) if !closed_meanwhile(&e) => return Err(e),
-                Err(_) => {}
-            }
+        let mut conn = match connections.remove(endpoint).filter(still_open) {
+            Some(kept) => kept,
+            None => connect(endpoint, connect_timeout).map_err(PostError::NotSent)?,
+        };
+        let (status, body, keep) = exchange(&mut conn, &payload, timeout)?;
+        if keep {
+            connections.insert(endpoint.to_owned(), conn);
         }
-        let mut fresh = connect(endpoint, connect_timeout)?;
-        let answer = exchange(&mut fresh, &payload, timeout)?;
-        connections.insert(endpoint.to_owned(), fresh);
-        Ok(answer)
+        Ok((status, body))
     })
 }
 
-fn closed_meanwhile(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
+/// Whether a kept connection can carry a request: nothing to read on it (the member
+/// closed it, or sent what no request asked for, and it is dropped otherwise).
+fn still_open(conn: &BufReader<TcpStream>) -> bool {
+    if !conn.buffer().is_empty() {
+        return false;
+    }
+    let stream = conn.get_ref();
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut probe = [0u8; 1];
+    let open = matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).is_ok() && open
 }
 
 fn connect(endpoint: &str, timeout: Duration) -> io::Result<BufReader<TcpStream>> {
@@ -78,10 +102,24 @@ fn connect(endpoint: &str, timeout: Duration) -> io::Result<BufReader<TcpStream>
     Ok(BufReader::new(stream))
 }
 
-fn exchange(conn: &mut BufReader<TcpStream>, payload: &[u8], timeout: Duration) -> io::Result<(u16, Vec<u8>)> {
-    conn.get_ref().set_read_timeout(Some(timeout))?;
-    conn.get_ref().set_write_timeout(Some(timeout))?;
-    conn.get_mut().write_all(payload)?;
+/// Sends the request and reads its answer: (status, body, whether the connection may be
+/// kept).
+fn exchange(
+    conn: &mut BufReader<TcpStream>,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>, bool), PostError> {
+    let set = |conn: &BufReader<TcpStream>| {
+        conn.get_ref().set_read_timeout(Some(timeout))?;
+        conn.get_ref().set_write_timeout(Some(timeout))
+    };
+    set(conn).map_err(PostError::NotSent)?;
+    // A request not wholly written cannot be applied: the member waits for its length.
+    conn.get_mut().write_all(payload).map_err(PostError::NotSent)?;
+    answer(conn).map_err(PostError::MaybeApplied)
+}
+
+fn answer(conn: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<u8>, bool)> {
     let mut head = Vec::with_capacity(512);
     loop {
         let before = head.len();
@@ -113,9 +151,10 @@ fn exchange(conn: &mut BufReader<TcpStream>, payload: &[u8], timeout: Duration) 
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .map(str::trim)
     };
+    let keep = !header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         // Streaming RPCs (lease keep-alive) answer one message, chunked.
-        return Ok((status, read_chunked(conn)?));
+        return Ok((status, read_chunked(conn)?, keep));
     }
     let length = header("content-length")
         .and_then(|v| v.parse::<usize>().ok())
@@ -126,7 +165,7 @@ fn exchange(conn: &mut BufReader<TcpStream>, payload: &[u8], timeout: Duration) 
     }
     let mut body = vec![0; length];
     conn.read_exact(&mut body)?;
-    Ok((status, body))
+    Ok((status, body, keep))
 }
 
 fn read_chunked(conn: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
@@ -196,7 +235,7 @@ mod tests {
         endpoint
     }
 
-    fn call(endpoint: &str) -> io::Result<(u16, Vec<u8>)> {
+    fn call(endpoint: &str) -> Result<(u16, Vec<u8>), PostError> {
         let second = Duration::from_secs(1);
         post(
             endpoint,
@@ -224,16 +263,50 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_connection_closed_by_the_peer_is_replaced_once() {
+    fn a_connection_the_peer_closes_is_not_used_again() {
         let endpoint = peer(
             vec![
-                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n1",
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2",
             ],
             1,
         );
         assert_eq!(call(&endpoint).unwrap().1, b"1");
         assert_eq!(call(&endpoint).unwrap().1, b"2");
+    }
+
+    #[test]
+    fn a_request_whose_answer_is_lost_is_never_sent_again() {
+        // The peer reads each request whole, counts it, and closes without answering: as a
+        // member that applied a txn and lost the connection before its answer.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&received);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut reader = BufReader::new(stream.unwrap());
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    if reader.read_until(b'\n', &mut head).unwrap_or(0) == 0 {
+                        break;
+                    }
+                }
+                let mut body = [0u8; 2];
+                let _ = reader.read_exact(&mut body);
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let err = call(&endpoint).unwrap_err();
+        assert!(matches!(err, PostError::MaybeApplied(_)), "{err:?}");
+        assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Nobody listening: not sent at all.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        assert!(matches!(call(&closed).unwrap_err(), PostError::NotSent(_)));
     }
 
     #[test]
@@ -247,7 +320,7 @@ mod tests {
         );
         for _ in 0..2 {
             let err = call(&endpoint).unwrap_err();
-            assert_eq!(err.to_string(), "answer too long");
+            assert_eq!(err.io().to_string(), "answer too long");
         }
     }
 
@@ -258,8 +331,8 @@ mod tests {
         let quick = Duration::from_millis(100);
         let err = post(&endpoint, "/", b"{}", &[], quick, quick).unwrap_err();
         assert!(
-            matches!(err.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock),
-            "{err}"
+            matches!(&err, PostError::MaybeApplied(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)),
+            "{err:?}"
         );
         drop(listener);
     }

@@ -474,6 +474,10 @@ impl PyStore {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(crate::python_front::http_post, m)?)?;
+    m.add(
+        "MaybeAppliedError",
+        m.py().get_type::<crate::python_front::MaybeAppliedError>(),
+    )?;
     m.add_class::<PyStore>()?;
     m.add_class::<crate::python_front::PyFront>()?;
     m.add_class::<crate::python_dns::PyDns>()?;

@@ -40,7 +40,10 @@ class FaultProxy:
     """A TCP proxy from a loopback port to `target`, with modes: `pass` (forward), `blackhole`
     (a silent partition: connections stay open and new ones are accepted, but no byte moves
     either way until healed, as when a network drops every packet and TCP keeps
-    retransmitting) and `reset` (close every connection, refuse new ones)."""
+    retransmitting), `reset` (close every connection, refuse new ones) and `lose-answer`
+    (`lose_answer_to`: the next request carrying one of some byte patterns reaches etcd,
+    and its answer is dropped with the connection, once: a member that applied a write and
+    lost the connection before the client heard)."""
 
     def __init__(self, target: str) -> None:
         host, _, port = target.rpartition(":")
@@ -54,6 +57,11 @@ class FaultProxy:
         self._selector.register(self.listener, selectors.EVENT_READ)
         self._stop = False
         self._lock = threading.Lock()
+        # lose-answer: what marks the request, the connections that carried one, and how
+        # many answers were dropped.
+        self._patterns: list[bytes] = []
+        self._marked: set[socket.socket] = set()
+        self.lost = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -61,8 +69,16 @@ class FaultProxy:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def lose_answer_to(self, patterns: list[bytes]) -> None:
+        """Drops the answer to the next request that carries one of `patterns` (and that
+        connection), then passes everything again."""
+        with self._lock:
+            self._patterns = list(patterns)
+            self.mode = "lose-answer"
+
     def set(self, mode: str) -> None:
         assert mode in ("pass", "blackhole", "reset")
+        self._patterns, self._marked = [], set()
         with self._lock:
             previous, self.mode = self.mode, mode
             if mode == "reset":
@@ -115,6 +131,7 @@ class FaultProxy:
         if self.mode == "reset":
             client.close()
             return
+        registered = self.mode in ("pass", "lose-answer")
         try:
             upstream = socket.create_connection(self.target, timeout=2)
         except OSError:
@@ -123,7 +140,7 @@ class FaultProxy:
         for s in (client, upstream):
             s.setblocking(False)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.mode == "pass":
+            if registered:
                 self._selector.register(s, selectors.EVENT_READ)
         self._pairs[client] = upstream
         self._pairs[upstream] = client
@@ -139,6 +156,15 @@ class FaultProxy:
             self._close(sock)
             return
         peer = self._pairs[sock]
+        if self.mode == "lose-answer":
+            if sock in self._marked:  # etcd answered the marked request: drop it, and the connection
+                self._marked.discard(sock)
+                self._close(sock)
+                self.lost += 1
+                self.mode, self._patterns = "pass", []
+                return
+            if any(p in data for p in self._patterns):
+                self._marked.add(peer)  # the upstream side: its next bytes are the answer
         try:
             peer.setblocking(True)
             peer.settimeout(2)

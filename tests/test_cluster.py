@@ -7,6 +7,7 @@ suite itself: etcd through its gateway, the replicas straight from their LMDB fi
 
 from __future__ import annotations
 
+import base64
 import shutil
 import signal
 import subprocess
@@ -134,6 +135,40 @@ def replicas_equal_etcd_afterwards(cluster: Cluster) -> Iterator[None]:
 
 def instance_body(port: int, slug: str, **extra: Any) -> dict[str, Any]:
     return {"url": f"http://127.0.0.1:{port}", "slug": slug, "healthCheck": NO_CHECK, **extra}
+
+
+def in_base64(marker: bytes) -> list[bytes]:
+    """What `marker` looks like inside any base64 text, at each of the three alignments (the
+    characters its bytes alone decide)."""
+    out = []
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + marker + b"\0\0\0")
+        start, end = -(-8 * shift // 6), 8 * (shift + len(marker)) // 6
+        out.append(encoded[start:end])
+    return out
+
+
+def test_a_write_whose_answer_is_lost_is_read_back_never_sent_again(cluster: Cluster) -> None:
+    """Issue 22, no blind retries: etcd applies the registration's txn and the connection
+    drops before its answer. The server reads the record back instead of sending the txn
+    again (which would find its own record and answer 409): 201, one record."""
+    a = cluster.nodes[0]
+    port = free_port()
+    body = instance_body(port, "lost-answer-svc")
+    for proxy in a.proxies:
+        proxy.lose_answer_to(in_base64(body["url"].encode()))
+    try:
+        reply = a.server.register(body)
+    finally:
+        lost = sum(proxy.lost for proxy in a.proxies)
+        a.heal()
+    assert lost == 1, "the txn's answer was not the one dropped"
+    assert reply.status == 201, reply.body
+    listed = a.server.call("GET", f"/registry-svc/instances?slug=lost-answer-svc&index={reply.index}&wait=0s")
+    assert [i["id"] for i in listed.json["instances"]] == [reply.json["instance"]["id"]]
+    # Once more, as a client that did not hear would: the same URL is this record (200).
+    again = a.server.register(body)
+    assert again.status == 200 and again.json["instance"]["id"] == reply.json["instance"]["id"], again.body
 
 
 def test_a_registration_on_one_server_is_visible_on_the_others(cluster: Cluster) -> None:

@@ -20,7 +20,11 @@ def http_post(
     connect_timeout: float,
 ) -> tuple[int, bytes]:
     """POSTs a JSON body to http://endpoint/path (etcd's gateway) with the GIL released;
-    (status, body). OSError, TimeoutError on a timeout."""
+    (status, body). MaybeAppliedError when it was sent and its answer did not come (never
+    send it again blindly); OSError, TimeoutError on a timeout, when it was not sent."""
+
+class MaybeAppliedError(OSError):
+    """The request was sent and its answer did not come: the peer may have applied it."""
 
 class StoreError(Exception):
     """Base class of every store error."""

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from registry_svc import _core
-from registry_svc.etcd import Client, EtcdError, EtcdUnavailable, b64, unb64
+from registry_svc.etcd import Client, EtcdAmbiguous, EtcdError, EtcdUnavailable, b64, unb64
 
 log = logging.getLogger("registry_svc")
 
@@ -45,6 +45,12 @@ UNIQUE: dict[str, tuple[str, ...]] = {"instances": ("url",), "nodes": ("url",), 
 # Collections whose deletes may be guarded on "nothing else changed" (the last admin token).
 GUARDED = ("tokens",)
 MAX_ATTEMPTS = 8
+
+
+class LostAnswer(Exception):
+    """A txn was sent and its answer lost: it may have been applied."""
+
+
 # The replica's state, written by the replicator (replica.py) beside the records.
 REPLICA_STATE = "replica"
 # A replica that has not heard from etcd for this long is stale: reads say so, writes are
@@ -282,8 +288,12 @@ class EtcdStore(_core.Store):
     def _txn(
         self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]]
     ) -> dict[str, Any]:
+        """The txn's answer. LostAnswer when it was sent and its answer lost (it may have
+        been applied: the caller reads the record before anything is sent again)."""
         try:
             return self.etcd.txn(compare, success, failure)
+        except EtcdAmbiguous as e:
+            raise LostAnswer(str(e)) from None
         except EtcdUnavailable as e:
             raise _core.StoreError(
                 f"etcd did not confirm the write ({e}); it was not acknowledged: read before retrying"
@@ -297,6 +307,21 @@ class EtcdStore(_core.Store):
         except (EtcdUnavailable, EtcdError) as e:
             raise _core.StoreError(f"etcd is unavailable ({e}); nothing was written") from None
         return None if kv is None else (kv.mod_revision, kv.value)
+
+    def _read_back(self, collection: str, record_id: str) -> tuple[int, tuple[int, bytes] | None]:
+        """After a lost answer: etcd's revision and the record as it is now (a linearizable
+        read). StoreError when etcd cannot say: the write is then neither confirmed nor
+        refused."""
+        try:
+            answer = self.etcd.range(self.layout.rec(collection, record_id))
+        except (EtcdUnavailable, EtcdError) as e:
+            raise _core.StoreError(
+                f"etcd did not confirm the write and cannot be read back ({e}); it was not acknowledged: "
+                "read before retrying"
+            ) from None
+        kvs = answer.get("kvs") or []
+        now = (int(kvs[0]["mod_revision"]), unb64(kvs[0].get("value", ""))) if kvs else None
+        return int(answer["header"]["revision"]), now
 
     @staticmethod
     def _mismatch(collection: str, record_id: str, expected: int | None, actual: int) -> _core.VersionMismatchError:
@@ -330,9 +355,21 @@ class EtcdStore(_core.Store):
                 cmp_value(c[2], record_id) if c[2] in own_guards else cmp
                 for c, cmp in zip(claimed, compares, strict=True)
             ]
-            answer = self._txn(
-                [cmp_mod(key, version), *compares], ops, [op_get(key), *(op_get(guard) for _, _, guard in claimed)]
-            )
+            try:
+                answer = self._txn(
+                    [cmp_mod(key, version), *compares], ops, [op_get(key), *(op_get(guard) for _, _, guard in claimed)]
+                )
+            except LostAnswer:
+                # Applied or not: the record says. Ours (the same bytes) means applied; still
+                # at the version the txn compared, not applied, so it may be sent again;
+                # anything else was written by someone else meanwhile: decide again on it.
+                _, now = self._read_back(collection, record_id)
+                if now is not None and now[1] == json:
+                    return now[0]
+                if (now[0] if now else 0) != version and expect is not None:
+                    raise self._mismatch(collection, record_id, expect or None, now[0] if now else 0) from None
+                current = now
+                continue
             revision = int(answer["header"]["revision"])
             if answer.get("succeeded"):
                 return revision
@@ -419,7 +456,19 @@ class EtcdStore(_core.Store):
                 compares.append(cmp_mod(self.layout.coll(collection_name), expect_collection_index + 1, "LESS"))
             if collection_name in GUARDED:
                 ops.append(op_put(self.layout.coll(collection_name), b""))
-            answer = self._txn(compares, ops, [op_get(key), op_get(self.layout.coll(collection_name))])
+            try:
+                answer = self._txn(compares, ops, [op_get(key), op_get(self.layout.coll(collection_name))])
+            except LostAnswer:
+                # Gone means applied (or deleted by another: gone either way); still at the
+                # compared version, not applied; otherwise decide again on what is there.
+                revision, now = self._read_back(collection_name, id)
+                if now is None:
+                    self.wait_applied(revision)
+                    return revision
+                if now[0] != version and expect_version is not None:
+                    raise self._mismatch(collection_name, id, expect_version or None, now[0]) from None
+                current = now
+                continue
             revision = int(answer["header"]["revision"])
             if answer.get("succeeded"):
                 self.wait_applied(revision)

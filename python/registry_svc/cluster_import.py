@@ -21,7 +21,7 @@ from registry_svc.cluster import (
     range_kv,
     record_ops,
 )
-from registry_svc.etcd import Client, EtcdError, EtcdUnavailable, parse_endpoints, prefix_end, unb64
+from registry_svc.etcd import Client, EtcdAmbiguous, EtcdError, EtcdUnavailable, parse_endpoints, prefix_end, unb64
 
 log = logging.getLogger("registry_svc")
 
@@ -36,20 +36,32 @@ def ensure_admin_token(store: EtcdStore, path: Path) -> bool:
     secret, record = new_token_record("admin", None, "bootstrap admin token (admin.token of the first server)")
     json = orjson.dumps(record)
     _, ops, _ = record_ops(store.layout, TOKENS, record["id"], json, record, None)
-    answer = store.etcd.txn(
-        [cmp_absent(store.layout.bootstrap)],
-        [*ops, op_put(store.layout.bootstrap, record["id"])],
-        [op_get(store.layout.bootstrap)],
-    )
-    if not answer.get("succeeded"):
-        holder = range_kv(answer, 0)
+    try:
+        answer = store.etcd.txn(
+            [cmp_absent(store.layout.bootstrap)],
+            [*ops, op_put(store.layout.bootstrap, record["id"])],
+            [op_get(store.layout.bootstrap)],
+        )
+        ours = bool(answer.get("succeeded"))
+        holder_kv = None if ours else range_kv(answer, 0)
+        holder = unb64(holder_kv.get("value", "")).decode() if holder_kv else "?"
+        revision = int(answer["header"]["revision"])
+    except EtcdAmbiguous:
+        # Sent, its answer lost: the bootstrap key says whether it was ours (never sent twice).
+        held = store.etcd.get(store.layout.bootstrap)
+        if held is None:
+            raise EtcdUnavailable("the bootstrap txn's answer was lost and it did not apply; start again") from None
+        holder = held.value.decode()
+        ours = holder == record["id"]
+        revision = held.mod_revision
+    if not ours:
         log.warning(
             "registry-svc: this cluster's admin token was created by another server (token %s); copy its "
             "admin.token here or log in with a token made there (see README, Running a cluster)",
-            unb64(holder.get("value", "")).decode() if holder else "?",
+            holder,
         )
         return False
-    store.wait_applied(int(answer["header"]["revision"]))
+    store.wait_applied(revision)
     write_secret_file(path, secret)
     return True
 

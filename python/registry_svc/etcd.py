@@ -37,6 +37,12 @@ class EtcdUnavailable(Exception):
     """No endpoint answered (refused, reset, timed out, or no leader)."""
 
 
+class EtcdAmbiguous(EtcdUnavailable):
+    """A write was sent and its answer lost (a timeout, a reset, or etcd's own "unavailable"
+    after it took the request): it may have been applied. Never sent again blindly: the
+    caller reads what it would have written (`cluster.py`)."""
+
+
 class EtcdError(Exception):
     """etcd answered the request with an error."""
 
@@ -143,17 +149,26 @@ class Client:
 
     # -- transport ------------------------------------------------------------------
 
-    def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    def call(
+        self, path: str, body: dict[str, Any], timeout: float | None = None, *, idempotent: bool = True
+    ) -> dict[str, Any]:
         """POSTs `body` to `path` on the first endpoint that answers; returns the JSON answer.
-        Raises EtcdUnavailable when none answers, EtcdError for an error answer."""
+        Raises EtcdUnavailable when none answers, EtcdError for an error answer. A request
+        that is not `idempotent` (a txn) moves to the next endpoint only when it was not
+        sent; sent and unanswered, it raises EtcdAmbiguous instead of being sent again."""
         payload = orjson.dumps(body)
-        errors = []
+        errors: list[str] = []
         start = self._preferred
         for attempt in range(len(self.endpoints)):
             index = (start + attempt) % len(self.endpoints)
             endpoint = self.endpoints[index]
             try:
                 status, raw = self._post(endpoint, path, payload, timeout or self.timeout)
+            except _core.MaybeAppliedError as e:
+                if not idempotent:
+                    raise EtcdAmbiguous("; ".join([*errors, str(e)])) from None
+                errors.append(f"{endpoint}: {e}")
+                continue
             except OSError as e:
                 errors.append(f"{endpoint}: {e or type(e).__name__}")
                 continue
@@ -162,6 +177,10 @@ class Client:
                 code = int(answer.get("code", 0))
                 message = str(answer.get("message") or answer.get("error") or f"HTTP {status}")
                 if code == CODE_UNAVAILABLE:
+                    # "No leader" (refused before any proposal, require-leader) is never
+                    # applied; "request timed out" or "leader changed" may be.
+                    if not idempotent and "no leader" not in message:
+                        raise EtcdAmbiguous("; ".join([*errors, f"{endpoint}: {message}"]))
                     errors.append(f"{endpoint}: {message}")
                     continue
                 if code == CODE_OUT_OF_RANGE and "compacted" in message:
@@ -226,7 +245,9 @@ class Client:
     def txn(
         self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]] | None = None
     ) -> dict[str, Any]:
-        return self.call("/v3/kv/txn", {"compare": compare, "success": success, "failure": failure or []})
+        return self.call(
+            "/v3/kv/txn", {"compare": compare, "success": success, "failure": failure or []}, idempotent=False
+        )
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
