@@ -27,7 +27,7 @@ import pytest
 from conftest import NO_CHECK, Backend, Server, free_dns_port, free_port, wait_for
 from etcd_cluster import EtcdCluster, FaultProxy, replica_records
 from registry_svc import _core
-from registry_svc.cluster import Layout
+from registry_svc.cluster import EtcdStore, Layout
 from registry_svc.etcd import Client
 from registry_svc.replica import Replicator
 
@@ -589,6 +589,41 @@ def test_anti_entropy_repairs_a_replica_that_diverged_from_etcd(cluster: Cluster
     finally:
         replicator.stop()
         store.close()
+
+
+def test_put_many_is_one_txn_in_etcd_as_it_is_one_write_locally(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 22: `put_many` means the same on both backends: all or nothing, and refused
+    past etcd's ops per txn with nothing written."""
+    layout = Layout("/many/")
+    store = EtcdStore(str(tmp_path / "store"), 64 << 20, etcd=Client(cluster.etcd.endpoints), layout=layout)
+    replicator = Replicator(store, store.etcd, layout, str(tmp_path), anti_entropy_seconds=3600)
+    replicator.start()
+
+    def item(n: int, port: int) -> tuple[str, bytes]:
+        return f"m{n}", orjson.dumps({"id": f"m{n}", "url": f"http://127.0.0.1:{port}", "slug": "many"})
+
+    try:
+        assert replicator.wait_synced(10)
+        taken = free_port()
+        revision = store.put_many("instances", [item(1, taken), item(2, free_port())])
+        assert store.index() >= revision
+        assert {i for i, _ in store.versions("instances")} == {"m1", "m2"}
+        # A unique URL held by m1: the whole write is refused, m3 included.
+        with pytest.raises(_core.ConflictError, match="m1"):
+            store.put_many("instances", [item(3, free_port()), item(4, taken)])
+        # Past etcd's ops per txn (128): refused before anything is sent.
+        with pytest.raises(_core.InvalidRecordError, match="128"):
+            store.put_many("instances", [item(n, free_port()) for n in range(10, 80)])
+        assert {i for i, _ in store.versions("instances")} == {"m1", "m2"}
+        assert client_keys(store.etcd, layout) == {"m1", "m2"}
+    finally:
+        replicator.stop()
+        store.close()
+
+
+def client_keys(client: Client, layout: Layout) -> set[str]:
+    _, kvs = client.list_prefix(layout.rec("instances", ""))
+    return {kv.key.decode().rsplit("/", 1)[-1] for kv in kvs}
 
 
 def test_a_token_created_on_one_server_works_on_another_read_with_its_index(cluster: Cluster) -> None:

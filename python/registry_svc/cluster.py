@@ -45,6 +45,8 @@ UNIQUE: dict[str, tuple[str, ...]] = {"instances": ("url",), "nodes": ("url",), 
 # Collections whose deletes may be guarded on "nothing else changed" (the last admin token).
 GUARDED = ("tokens",)
 MAX_ATTEMPTS = 8
+# etcd's --max-txn-ops (its default): the most operations (or compares) one txn may carry.
+MAX_TXN_OPS = 128
 
 
 class LostAnswer(Exception):
@@ -419,12 +421,58 @@ class EtcdStore(_core.Store):
         self._async.submit(run)
 
     def put_many(self, collection_name: str, items: list[tuple[str, bytes]]) -> int:
-        """Writes each record (one txn each: etcd caps the ops of one txn); returns the last
-        revision."""
-        revision = self.index()
+        """Writes every record, each with its guard keys, in one etcd txn: all or nothing, as
+        on the local store. More than etcd's ops per txn (MAX_TXN_OPS) is refused, with
+        nothing written; returns the txn's revision."""
+        if len({record_id for record_id, _ in items}) != len(items):
+            raise _core.InvalidRecordError(f"{collection_name}: the same id twice in one write")
         for record_id, json in items:
-            revision = self.put(collection_name, record_id, json)
-        return revision
+            self.check_record(collection_name, record_id, json)
+        self._require_etcd()
+        theirs = {record_id for record_id, _ in items}
+        for _ in range(MAX_ATTEMPTS):
+            compares: list[dict[str, Any]] = []
+            ops: list[dict[str, Any]] = []
+            claimed: list[tuple[str, str, bytes]] = []
+            for record_id, json in items:
+                current = self._fetch(collection_name, record_id)
+                version, old_json = current if current is not None else (0, None)
+                old = orjson.loads(old_json) if old_json else None
+                own_compares, own_ops, own_claimed = record_ops(
+                    self.layout, collection_name, record_id, json, orjson.loads(json), old
+                )
+                compares += [cmp_mod(self.layout.rec(collection_name, record_id), version), *own_compares]
+                ops += own_ops
+                claimed += own_claimed
+            if max(len(ops), len(compares)) > MAX_TXN_OPS:
+                raise _core.InvalidRecordError(
+                    f"{len(items)} records need {max(len(ops), len(compares))} operations in one etcd txn, past "
+                    f"etcd's {MAX_TXN_OPS}; nothing was written: write fewer at once"
+                )
+            try:
+                answer = self._txn(compares, ops, [op_get(guard) for _, _, guard in claimed])
+            except LostAnswer:
+                if all((now := self._fetch(collection_name, i)) is not None and now[1] == j for i, j in items):
+                    revision = self.etcd.range(self.layout.rec(collection_name, items[0][0]))["header"]["revision"]
+                    self.wait_applied(int(revision))
+                    return int(revision)
+                continue  # one txn: none of it applied (or another changed them): decide again
+            revision = int(answer["header"]["revision"])
+            if answer.get("succeeded"):
+                self.wait_applied(revision)
+                return revision
+            for position, (field, value, _) in enumerate(claimed):
+                holder_kv = range_kv(answer, position)
+                holder = unb64(holder_kv.get("value", "")).decode() if holder_kv else None
+                if holder is not None and holder not in theirs:
+                    self.wait_applied(revision)
+                    raise _core.ConflictError(
+                        f"{collection_name}: {field} '{value}' is already held by '{holder}'", holder
+                    )
+            # A record changed meanwhile: read the versions again.
+        raise _core.VersionMismatchError(
+            f"{collection_name}: the records kept changing concurrently; nothing was written"
+        )
 
     def delete(
         self,
