@@ -41,6 +41,8 @@ log = logging.getLogger("registry_svc")
 PING_S = 0.5
 PING_TIMEOUT_S = 1.0
 ANTI_ENTROPY_S = 60.0
+# Keys per page of the anti-entropy scan (keys only).
+SCAN_PAGE = 5000
 BACKOFF_MAX_S = 2.0
 STATE_EVERY_S = 0.25
 # Most watch responses applied in one LMDB transaction.
@@ -308,32 +310,47 @@ class Replicator:
                     log.warning("replica: anti-entropy check failed: %s", e)
 
     def anti_entropy(self) -> int:
-        """Compares every record key and mod revision at the applied revision with etcd's,
-        and repairs what differs. Returns how many records differed."""
+        """Compares every record key and mod revision with etcd's, and repairs what differs.
+        Returns how many records differed.
+
+        The scan does not hold the replica's apply lock (review finding 9): etcd is listed
+        page by page at the revision the replica had when the scan began, while watch
+        events go on being applied. What differs is only a candidate (it may have changed
+        since): each is read again from etcd, holding the lock, at the revision the replica
+        is at then, and repaired only if it still differs (a compare on mod_revision)."""
+        began = self.store.index()
+        end = self.layout.rec_prefix
+        listed: list[KeyValue] = []
+        answer = self.client.range(end, prefix_end(end), revision=began, keys_only=True, limit=SCAN_PAGE)
+        listed += [KeyValue.of(kv) for kv in answer.get("kvs") or []]
+        while answer.get("more") and listed:
+            answer = self.client.range(
+                listed[-1].key + b"\0", prefix_end(end), revision=began, keys_only=True, limit=SCAN_PAGE
+            )
+            listed += [KeyValue.of(kv) for kv in answer.get("kvs") or []]
+        # Records the watch changed after `began` are newer than the listing: not candidates.
+        candidates = [
+            (collection, record_id)
+            for collection, record_id, _, _ in self._differences(listed, began)
+            if (self.store.get(collection, record_id) or (0, b""))[0] <= began
+        ]
+        if not candidates:
+            return 0
         with self._apply:
             applied = self.store.index()
-            end = self.layout.rec_prefix
-            listed: list[KeyValue] = []
-            answer = self.client.range(end, prefix_end(end), revision=applied, keys_only=True, limit=5000)
-            listed += [KeyValue.of(kv) for kv in answer.get("kvs") or []]
-            while answer.get("more") and listed:
-                answer = self.client.range(
-                    listed[-1].key + b"\0", prefix_end(end), revision=applied, keys_only=True, limit=5000
-                )
-                listed += [KeyValue.of(kv) for kv in answer.get("kvs") or []]
-            wrong = self._differences(listed, applied)
-            if not wrong:
-                return 0
-            # Keys-only: fetch the values of what differs, at the same revision.
             repairs: list[Change] = []
-            for collection, record_id, value, revision in wrong:
-                if value is None:
-                    repairs.append((collection, record_id, None, revision))
-                    continue
+            for collection, record_id in candidates:
                 found = self.client.range(self.layout.rec(collection, record_id), revision=applied).get("kvs") or []
+                local = self.store.get(collection, record_id)
                 if found:
-                    repairs.append((collection, record_id, KeyValue.of(found[0]).value, revision))
-            ids = sorted({f"{c}/{i}" for c, i, _, _ in wrong})
+                    kv = KeyValue.of(found[0])
+                    if local is None or local[0] != kv.mod_revision:
+                        repairs.append((collection, record_id, kv.value, kv.mod_revision))
+                elif local is not None:
+                    repairs.append((collection, record_id, None, applied))
+            if not repairs:
+                return 0
+            ids = sorted({f"{c}/{i}" for c, i, _, _ in repairs})
             log.error("replica: anti-entropy found %d records differing from etcd at revision %d, repaired: %s",
                       len(ids), applied, ", ".join(ids[:20]))  # fmt: skip
             self.store.apply_replica(repairs, applied, exact=True)
