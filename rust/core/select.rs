@@ -248,8 +248,13 @@ impl Selector {
     }
 
     fn without_ejected<'c>(&self, routable: Vec<&'c Arc<Candidate>>, now: Instant) -> Vec<&'c Arc<Candidate>> {
+        // Most picks end here without reading the clock: nothing was ejected lately.
+        if !self.shared.ever_ejected() {
+            return routable;
+        }
         let now = ms_at(now);
         if !self.shared.any_ejected(now) {
+            self.shared.forget_ejections_over(now);
             return routable;
         }
         let kept: Vec<&Arc<Candidate>> = routable

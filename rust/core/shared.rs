@@ -357,6 +357,22 @@ impl SharedState {
         self.header().latest_until_ms.load(Ordering::Acquire) > now
     }
 
+    /// Whether any ejection may still last: false without reading the clock while none
+    /// was made since they were last all found over (`forget_ejections_over`).
+    pub fn ever_ejected(&self) -> bool {
+        self.header().latest_until_ms.load(Ordering::Acquire) != 0
+    }
+
+    /// Notes that every ejection is over at `now`, so that `ever_ejected` is false again;
+    /// an ejection made meanwhile raised the latest end, and is kept.
+    pub fn forget_ejections_over(&self, now: u64) {
+        let latest = &self.header().latest_until_ms;
+        let seen = latest.load(Ordering::Acquire);
+        if seen != 0 && seen <= now {
+            let _ = latest.compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
     /// Whether `id` is ejected at `now`.
     pub fn is_ejected(&self, id: &str, now: u64) -> bool {
         self.slot(id, false)

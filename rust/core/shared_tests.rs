@@ -194,3 +194,18 @@ fn processes_opening_a_new_table_at_once_all_get_the_same_one() {
         }
     }
 }
+
+#[test]
+fn ejections_are_forgotten_only_once_all_are_over() {
+    let state = SharedState::private();
+    assert!(!state.ever_ejected(), "a pick reads no clock before any ejection");
+    state.eject("i-1", 1_000);
+    state.eject("i-2", 2_000);
+    assert!(state.ever_ejected());
+    state.forget_ejections_over(1_500); // i-2 still lasts
+    assert!(state.ever_ejected() && state.any_ejected(1_500));
+    state.forget_ejections_over(2_000);
+    assert!(!state.ever_ejected());
+    state.eject("i-3", 3_000);
+    assert!(state.ever_ejected() && state.is_ejected("i-3", 2_500));
+}
