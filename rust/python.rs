@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::PyBytes;
 
 use std::sync::Arc;
 
@@ -142,28 +142,6 @@ impl PyStore {
             ..PickRequest::default()
         };
         Ok(PyBytes::new(py, &self.picked(slug, &request)?.body))
-    }
-
-    /// (id, url) of a pick, for an in-process resolver: the lightest answer (no body).
-    #[pyo3(signature = (slug, zone = None, key = None, tags = None))]
-    fn pick_target<'py>(
-        &self,
-        py: Python<'py>,
-        slug: &str,
-        zone: Option<&str>,
-        key: Option<&str>,
-        tags: Option<Vec<String>>,
-    ) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyString>)> {
-        let tags = tags.unwrap_or_default();
-        let request = PickRequest {
-            slug,
-            zone,
-            key,
-            tags: &tags,
-            ..PickRequest::default()
-        };
-        let chosen = self.picked(slug, &request)?;
-        Ok((PyString::new(py, &chosen.id), PyString::new(py, &chosen.url)))
     }
 
     /// Takes the in-flight requests of server processes that died (a crashed worker) out
@@ -454,20 +432,27 @@ impl PyStore {
         slug: &str,
         request: &PickRequest<'_>,
     ) -> PyResult<std::sync::Arc<crate::core::select::Candidate>> {
-        match self
-            .registry
-            .selector
-            .pick(&self.registry.store, request)
-            .map_err(to_py)?
-        {
-            Picked::Instance(c) => Ok(c),
-            Picked::UnknownSlug => Err(NotFoundError::new_err(format!(
-                "no instances are registered for slug '{slug}'"
-            ))),
-            Picked::NoneRoutable => Err(NoRoutableError::new_err(format!(
-                "no healthy instance of slug '{slug}'"
-            ))),
-        }
+        chosen(
+            self.registry
+                .selector
+                .pick(&self.registry.store, request)
+                .map_err(to_py)?,
+            slug,
+        )
+    }
+}
+
+/// The instance a pick chose, or the error that says why there is none (NotFoundError,
+/// NoRoutableError): the store's picks and the in-memory `Picker`'s.
+pub(crate) fn chosen(picked: Picked, slug: &str) -> PyResult<Arc<crate::core::select::Candidate>> {
+    match picked {
+        Picked::Instance(c) => Ok(c),
+        Picked::UnknownSlug => Err(NotFoundError::new_err(format!(
+            "no instances are registered for slug '{slug}'"
+        ))),
+        Picked::NoneRoutable => Err(NoRoutableError::new_err(format!(
+            "no healthy instance of slug '{slug}'"
+        ))),
     }
 }
 

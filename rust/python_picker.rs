@@ -9,9 +9,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-use crate::core::select::{Candidate, EjectionConfig, PickRequest, Picked, Selector, SlugCandidates};
-use crate::python::policy;
-use crate::python_errors::{NoRoutableError, NotFoundError};
+use crate::core::select::{Candidate, EjectionConfig, PickRequest, Selector, SlugCandidates};
+use crate::python::{chosen, policy};
 
 /// One slug's instances held in memory and picked by `core::select` (policies, zones,
 /// tags, Unknown only when nothing is Healthy). `replace` swaps the whole list; the
@@ -79,17 +78,11 @@ impl PyPicker {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        match self.selector.pick_among(&candidates, &request, Instant::now()) {
-            Picked::Instance(c) => Ok((PyString::new(py, &c.id), PyString::new(py, &c.url))),
-            Picked::UnknownSlug => Err(NotFoundError::new_err(format!(
-                "no instances are known for slug '{}'",
-                self.slug
-            ))),
-            Picked::NoneRoutable => Err(NoRoutableError::new_err(format!(
-                "no healthy instance of slug '{}'",
-                self.slug
-            ))),
-        }
+        let c = chosen(
+            self.selector.pick_among(&candidates, &request, Instant::now()),
+            &self.slug,
+        )?;
+        Ok((PyString::new(py, &c.id), PyString::new(py, &c.url)))
     }
 
     fn __len__(&self) -> usize {

@@ -87,11 +87,6 @@ class Store:
         tags: builtins.list[str] = ...,
     ) -> bytes:
         """The `{"instance": ...}` body of a pick (same errors as `pick`)."""
-    def pick_target(
-        self, slug: str, zone: str | None = None, key: str | None = None, tags: builtins.list[str] | None = None
-    ) -> tuple[str, str]:
-        """(id, url) of a pick with the default policy (same errors as `pick`): the lightest
-        answer, for an in-process resolver."""
     def cancelled_queries(self, seen: int) -> tuple[int, list[int]]:
         """The blocking queries whose clients went away since `seen` (0 at first), as the
         gates' `x-registry-query` ids, and the count to pass next time."""
