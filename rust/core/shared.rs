@@ -3,12 +3,15 @@
 //! process maps (`MAP_SHARED`), so a process's failures eject an instance for all of them,
 //! and a least-request pick sees the requests the other processes have in flight.
 //!
-//! The file is a fixed table of slots addressed by a 64-bit hash of the instance id (open
+//! The file is a fixed table of slots addressed by a hash of the instance id (open
 //! addressing, linear probing over a short window). Every field is an atomic; a slot is
 //! claimed by a compare-and-swap of its key, and kept. When the window is full, a slot that
 //! holds nothing (no request in flight, no failures, never ejected) is taken over; when
 //! none is, the instance goes untracked (counted as idle and never ejected) rather than
-//! blocking a pick. Times are CLOCK_MONOTONIC milliseconds, which every process of the
+//! blocking a pick. A slot's key and its count of requests in flight share one word: a
+//! count is added only while the key is still the instance's, and a takeover happens only
+//! while the count is zero, each by one compare-and-swap, so a count can never land on the
+//! slot's next owner nor be left behind when its request ends (review finding 15). Times are CLOCK_MONOTONIC milliseconds, which every process of the
 //! machine shares. Without a file (tests, an in-process store) the same table lives on the
 //! heap and is private to the process.
 //!
@@ -30,9 +33,9 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use crate::core::hash::fnv1a64;
+use crate::core::hash::{fnv1a64, mix64};
 
-const MAGIC: u64 = 0x7273_765f_6c62_0002; // "rsv_lb" v2: per-process columns
+const MAGIC: u64 = 0x7273_765f_6c62_0003; // "rsv_lb" v3: key and count in one word
 const SLOTS: usize = 1 << 15;
 const PROBES: usize = 32;
 const HEADER_BYTES: usize = 64;
@@ -40,14 +43,34 @@ const HEADER_BYTES: usize = 64;
 /// (its counts are then not reaped if it dies).
 pub const PROCESSES: usize = 64;
 
+/// Bits of a slot's `held` word that count requests in flight (the rest is the key).
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+/// The key of `id` in a slot's `held` word: 40 bits of its hash, mixed (FNV-1a alone
+/// spreads ids that differ in their last bytes poorly over the middle bits), odd (0 is a
+/// free slot).
+fn key_of(id: &str) -> u64 {
+    (mix64(fnv1a64(id.as_bytes())) >> COUNT_BITS) | 1
+}
+
+fn key_in(held: u64) -> u64 {
+    held >> COUNT_BITS
+}
+
+fn count_in(held: u64) -> u64 {
+    held & COUNT_MASK
+}
+
 /// One instance's shared record.
 #[repr(C)]
 pub struct Slot {
-    /// fnv1a64(id) | 1; 0 = free.
-    key: AtomicU64,
+    /// The key (`key_of`, high 40 bits; 0 = free) and the requests in flight to the
+    /// instance over every process (low 24 bits).
+    held: AtomicU64,
     /// Ejected until this CLOCK_MONOTONIC millisecond (0 = never ejected).
     until_ms: AtomicU64,
-    in_flight: AtomicU32,
+    _spare: AtomicU32,
     failures: AtomicU32,
     successes: AtomicU32,
     ejections: AtomicU32,
@@ -270,9 +293,9 @@ impl SharedState {
                 let n = count.swap(0, Ordering::AcqRel);
                 if n > 0 {
                     forgotten += u64::from(n);
-                    let _ = slots[i]
-                        .in_flight
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some(c.saturating_sub(n)));
+                    let _ = slots[i].held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                        Some(held - count_in(held).min(u64::from(n)))
+                    });
                 }
             }
             let _ = entry.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire);
@@ -282,17 +305,21 @@ impl SharedState {
 
     /// The slot of `id`, claiming one when `claim` (None: untracked).
     fn slot(&self, id: &str, claim: bool) -> Option<&Slot> {
-        let key = fnv1a64(id.as_bytes()) | 1;
+        let key = key_of(id);
         let slots = self.slots();
         let start = (key as usize) & (SLOTS - 1);
         for probe in 0..PROBES {
             let slot = &slots[(start + probe) & (SLOTS - 1)];
-            match slot.key.load(Ordering::Acquire) {
+            let held = slot.held.load(Ordering::Acquire);
+            match key_in(held) {
                 k if k == key => return Some(slot),
                 0 if !claim => return None, // keys are never removed: a free slot ends the run
-                0 => match slot.key.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+                0 => match slot
+                    .held
+                    .compare_exchange(0, key << COUNT_BITS, Ordering::AcqRel, Ordering::Acquire)
+                {
                     Ok(_) => return Some(slot),
-                    Err(k) if k == key => return Some(slot),
+                    Err(now) if key_in(now) == key => return Some(slot),
                     Err(_) => continue,
                 },
                 _ => continue,
@@ -301,15 +328,19 @@ impl SharedState {
         if !claim {
             return None;
         }
-        // The window is full: take over a slot that holds nothing.
+        // The window is full: take over a slot that holds nothing. The word compared is the
+        // one whose count was seen to be zero: a count added meanwhile fails the swap.
         let now = now_ms();
         for probe in 0..PROBES {
             let slot = &slots[(start + probe) & (SLOTS - 1)];
-            let k = slot.key.load(Ordering::Acquire);
-            if slot.is_idle(now)
+            let held = slot.held.load(Ordering::Acquire);
+            if key_in(held) == key {
+                return Some(slot); // another process took one over for this id meanwhile
+            }
+            if slot.is_idle(held, now)
                 && slot
-                    .key
-                    .compare_exchange(k, key, Ordering::AcqRel, Ordering::Acquire)
+                    .held
+                    .compare_exchange(held, key << COUNT_BITS, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
             {
                 slot.successes.store(0, Ordering::Relaxed);
@@ -319,37 +350,74 @@ impl SharedState {
         None
     }
 
+    /// Every slot of `id`'s window holding its key: one, except when two processes took
+    /// over slots for a new id at the same moment (its counts then spread over both).
+    fn slots_of(&self, id: &str) -> impl Iterator<Item = &Slot> {
+        let key = key_of(id);
+        let slots = self.slots();
+        let start = (key as usize) & (SLOTS - 1);
+        (0..PROBES)
+            .map(move |probe| &slots[(start + probe) & (SLOTS - 1)])
+            .take_while(|slot| slot.held.load(Ordering::Acquire) != 0)
+            .filter(move |slot| key_in(slot.held.load(Ordering::Acquire)) == key)
+    }
+
     /// One more request in flight to `id`, from this process.
     pub fn begin(&self, id: &str) {
-        if let Some(slot) = self.slot(id, true) {
-            if let Some(column) = self.own_column() {
-                column[self.index_of(slot)].fetch_add(1, Ordering::AcqRel);
+        let key = key_of(id);
+        for _ in 0..3 {
+            let Some(slot) = self.slot(id, true) else {
+                return; // untracked
+            };
+            let counted = slot.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (key_in(held) == key && count_in(held) < COUNT_MASK).then_some(held + 1)
+            });
+            match counted {
+                Ok(_) => {
+                    if let Some(column) = self.own_column() {
+                        column[self.index_of(slot)].fetch_add(1, Ordering::AcqRel);
+                    }
+                    return;
+                }
+                // Taken over between the look and the count: look again.
+                Err(held) if key_in(held) != key => continue,
+                Err(_) => return, // the count is full
             }
-            slot.in_flight.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    /// One request fewer in flight to `id` (never below zero), from this process.
+    /// One request fewer in flight to `id` (never below zero), from this process: on a slot
+    /// this process counted on, when it keeps counts apart. The slot is still `id`'s: it
+    /// cannot be taken over while the request counts on it.
     pub fn end(&self, id: &str) {
-        if let Some(slot) = self.slot(id, false) {
-            if let Some(column) = self.own_column() {
+        let key = key_of(id);
+        let column = self.own_column();
+        for slot in self.slots_of(id) {
+            if let Some(column) = column {
                 let own = &column[self.index_of(slot)];
                 if own
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
                     .is_err()
                 {
-                    return; // reaped, or never counted here: the sum no longer holds it
+                    continue; // not counted here by this process (or reaped)
                 }
             }
-            let _ = slot
-                .in_flight
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            let ended = slot.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (key_in(held) == key && count_in(held) > 0).then(|| held - 1)
+            });
+            if ended.is_ok() || column.is_some() {
+                return;
+            }
         }
     }
 
     /// Requests in flight to `id`, over every process.
     pub fn in_flight(&self, id: &str) -> u32 {
-        self.slot(id, false).map_or(0, |s| s.in_flight.load(Ordering::Acquire))
+        let total: u64 = self
+            .slots_of(id)
+            .map(|s| count_in(s.held.load(Ordering::Acquire)))
+            .sum();
+        u32::try_from(total).unwrap_or(u32::MAX)
     }
 
     /// Whether anything may be ejected at `now` (a cheap test before per-instance ones).
@@ -420,8 +488,9 @@ impl SharedState {
 }
 
 impl Slot {
-    fn is_idle(&self, now: u64) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0
+    /// Whether the slot, whose `held` word is `held`, holds nothing worth keeping at `now`.
+    fn is_idle(&self, held: u64, now: u64) -> bool {
+        count_in(held) == 0
             && self.failures.load(Ordering::Acquire) == 0
             && self.ejections.load(Ordering::Acquire) == 0
             && self.until_ms.load(Ordering::Acquire) <= now

@@ -209,3 +209,63 @@ fn ejections_are_forgotten_only_once_all_are_over() {
     state.eject("i-3", 3_000);
     assert!(state.ever_ejected() && state.is_ejected("i-3", 2_500));
 }
+
+/// Ids whose slots all start in one probe window: more of them than the window holds, so
+/// every claim past the first 32 takes over an idle slot.
+fn colliding_ids(count: usize) -> Vec<String> {
+    let band = (key_of("anchor") as usize) & (SLOTS - 1);
+    (0u64..)
+        .map(|n| format!("c-{n}"))
+        .filter(|id| ((key_of(id) as usize) & (SLOTS - 1)).wrapping_sub(band) < 4)
+        .take(count)
+        .collect()
+}
+
+fn takeovers_under_load_leave_no_count_behind(state: Arc<SharedState>) {
+    let ids = Arc::new(colliding_ids(48));
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let (state, ids) = (Arc::clone(&state), Arc::clone(&ids));
+            std::thread::spawn(move || {
+                for n in 0..4000 {
+                    let id = &ids[(n * 7 + t * 13) % ids.len()];
+                    state.begin(id);
+                    if n % 3 == 0 {
+                        std::thread::yield_now();
+                    }
+                    state.end(id);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let left: u64 = state
+        .slots()
+        .iter()
+        .map(|s| count_in(s.held.load(Ordering::SeqCst)))
+        .sum();
+    assert_eq!(left, 0, "in-flight counts left behind by ended requests");
+    if let Some(column) = state.own_column() {
+        assert_eq!(
+            column.iter().map(|c| u64::from(c.load(Ordering::SeqCst))).sum::<u64>(),
+            0
+        );
+    }
+    for id in ids.iter() {
+        assert_eq!(state.in_flight(id), 0, "{id}");
+    }
+}
+
+#[test]
+fn slots_changing_hands_under_concurrent_requests_leak_no_count() {
+    // Review finding 15: a takeover between a request's look-up and its count used to
+    // leave the count on the slot's next owner, never ended.
+    for _ in 0..5 {
+        takeovers_under_load_leave_no_count_behind(Arc::new(SharedState::private()));
+        let dir = tempfile::tempdir().unwrap();
+        let mapped = SharedState::open(&dir.path().join("balancer.state")).unwrap();
+        takeovers_under_load_leave_no_count_behind(Arc::new(mapped));
+    }
+}
