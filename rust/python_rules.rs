@@ -197,6 +197,22 @@ fn lookup_filters(params: Vec<(String, Vec<String>)>) -> PyResult<Vec<(String, S
     crate::query::lookup_filters(&params).map_err(|refused| PyValueError::new_err((refused.error, refused.errors)))
 }
 
+/// A blocking query's parameters (`rust/query.rs` `blocking`: the last `index` and
+/// `wait` values): None for a plain query, else (index, seconds to wait). ValueError with
+/// (error, errors) naming the bad parameter.
+#[pyfunction]
+#[pyo3(signature = (index, wait))]
+fn blocking_params(index: Option<&str>, wait: Option<&str>) -> PyResult<Option<(u64, f64)>> {
+    crate::query::blocking(index, wait).map_err(|refused| PyValueError::new_err((refused.error, refused.errors)))
+}
+
+/// An index as a client sends it (`?index=`, an xDS `version_info`): up to 19 ASCII
+/// digits, else None.
+#[pyfunction]
+fn parse_index(text: &str) -> Option<u64> {
+    crate::query::parse_index(text)
+}
+
 /// A pick's query checked (`rust/query.rs`): (slug, policy or None, zone or None, key or
 /// None, tags sorted and distinct). ValueError with (error, errors) when refused.
 #[pyfunction]
@@ -234,6 +250,8 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(canonical_path, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_ip, m)?)?;
     m.add_function(wrap_pyfunction!(lookup_filters, m)?)?;
+    m.add_function(wrap_pyfunction!(blocking_params, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_index, m)?)?;
     m.add_function(wrap_pyfunction!(pick_query, m)?)?;
     let names: Vec<&str> = crate::query::LOOKUP_FILTERS.iter().map(|(name, _)| *name).collect();
     m.add("LOOKUP_FILTERS", names)?;

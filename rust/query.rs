@@ -47,6 +47,66 @@ impl Refused {
     }
 }
 
+/// How long a blocking query waits without `wait`, and at most (seconds).
+pub const DEFAULT_WAIT_SECONDS: f64 = 300.0;
+pub const MAX_WAIT_SECONDS: f64 = 600.0;
+
+/// A blocking query's parameters (Consul's `?index=N&wait=D`, the last value of each,
+/// decoded): None for a plain query, else the index and the wait in seconds (`wait`
+/// defaults to 300 s, and is cut to 600 s). The gates ask it to tell a blocking read (it
+/// goes to the workers with an id the gate can cancel); the workers, to wait.
+pub fn blocking(index: Option<&str>, wait: Option<&str>) -> Result<Option<(u64, f64)>, Refused> {
+    let Some(text) = index else {
+        return match wait {
+            Some(_) => Err(Refused::one(
+                "wait",
+                "only with index (the X-Registry-Index of the previous answer)",
+            )),
+            None => Ok(None),
+        };
+    };
+    let index = parse_index(text)
+        .ok_or_else(|| Refused::one("index", format!("must be a non-negative integer, got '{text}'")))?;
+    let seconds = match wait {
+        None => DEFAULT_WAIT_SECONDS,
+        Some(text) => parse_duration(text).ok_or_else(|| {
+            Refused::one(
+                "wait",
+                format!("must be a duration such as 30s, 500ms or 5m, got '{text}'"),
+            )
+        })?,
+    };
+    Ok(Some((index, seconds.min(MAX_WAIT_SECONDS))))
+}
+
+/// An index as a client sends it (`?index=`, an xDS `version_info`): 1 to 19 ASCII digits.
+pub fn parse_index(text: &str) -> Option<u64> {
+    (!text.is_empty() && text.len() <= 19 && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// `30s`, `500ms`, `5m`, `1h`, `2.5` (seconds): digits, an optional fraction, a unit.
+fn parse_duration(text: &str) -> Option<f64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(fraction) {
+        return None;
+    }
+    number.parse::<f64>().ok().map(|value| value * scale)
+}
+
 /// The store filters of a lookup: `params` (name -> values, in the order the problems of
 /// unknown names are reported) checked, each value in its stored form, repeats removed,
 /// sorted by field and value.
@@ -250,6 +310,36 @@ fn spelled(names: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocking_parameters_are_read_as_consul_writes_them() {
+        assert_eq!(blocking(None, None), Ok(None));
+        assert_eq!(blocking(Some("7"), None), Ok(Some((7, DEFAULT_WAIT_SECONDS))));
+        assert_eq!(blocking(Some("0"), Some("500ms")), Ok(Some((0, 0.5))));
+        assert_eq!(blocking(Some("3"), Some("2.5")), Ok(Some((3, 2.5))));
+        assert_eq!(blocking(Some("3"), Some("5m")), Ok(Some((3, 300.0))));
+        assert_eq!(blocking(Some("3"), Some("2h")), Ok(Some((3, MAX_WAIT_SECONDS))));
+        assert_eq!(
+            blocking(Some("9999999999999999999"), None).unwrap().unwrap().0,
+            9_999_999_999_999_999_999
+        );
+        for index in ["", "-1", "1e3", "²", "12345678901234567890", " 1"] {
+            assert!(
+                blocking(Some(index), None).unwrap_err().error.starts_with("index: "),
+                "{index}"
+            );
+        }
+        for wait in ["", "1.", ".5", "5x", "1.2.3", "1 s", "-1s"] {
+            assert!(
+                blocking(Some("1"), Some(wait)).unwrap_err().error.starts_with("wait: "),
+                "{wait}"
+            );
+        }
+        assert!(blocking(None, Some("5s"))
+            .unwrap_err()
+            .error
+            .starts_with("wait: only with index"));
+    }
 
     fn params(pairs: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
         pairs

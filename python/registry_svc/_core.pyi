@@ -291,6 +291,14 @@ def canonical_ip(text: str) -> str:
     """An IP address as `str(ipaddress.ip_address(text))` writes it; ValueError saying what is
     wrong (not an address, or an IPv6 zone)."""
 
+def blocking_params(index: str | None, wait: str | None) -> tuple[int, float] | None:
+    """A blocking query's parameters (the last `index` and `wait` values, decoded): None for
+    a plain query, else (index, seconds to wait: 300 by default, at most 600). ValueError
+    with (error, errors) naming the bad parameter. The gates apply the same rule."""
+
+def parse_index(text: str) -> int | None:
+    """An index as a client sends it: 1 to 19 ASCII digits, else None."""
+
 def lookup_filters(params: list[tuple[str, list[str]]]) -> list[tuple[str, str]]:
     """The store filters of an instance lookup (rust/query.rs), each value in its stored
     form, repeats removed, sorted; ValueError((error, errors)) when refused."""

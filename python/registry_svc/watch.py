@@ -20,23 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from registry_svc import _core
 from registry_svc.auth import TOKENS
-from registry_svc.errors import ApiError, field_error
+from registry_svc.errors import ApiError
 
-DEFAULT_WAIT_S = 300.0
-MAX_WAIT_S = 600.0
 FALLBACK_S = 1.0
 # How long a read with `?index=N` waits at most for a cluster replica to reach N.
 CATCH_UP_S = 5.0
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
-_INDEX = re.compile(r"[0-9]{1,19}")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 # Blocking queries one process holds at once for one token, and for one client address
 # (Consul's default is 200 connections per client); past either, a 429.
@@ -64,29 +58,26 @@ class ClientGone(Exception):
 
 def parse_index(text: str | None) -> int | None:
     """An index as a client sends it (`?index=`, an xDS `version_info`): up to 19 ASCII
-    digits, else None. `str.isdigit()` is not enough: it takes '²', which `int()` refuses."""
-    return int(text) if text is not None and _INDEX.fullmatch(text) else None
+    digits, else None (`rust/query.rs`). `str.isdigit()` is not enough: it takes '²'."""
+    return None if text is None else _core.parse_index(text)
 
 
 def take_blocking(params: dict[str, list[str]]) -> tuple[int, float] | None:
     """Removes `index` and `wait` from query `params`: (index, seconds to wait with jitter),
-    or None for a plain query. 400s name the bad parameter."""
+    or None for a plain query. 400s name the bad parameter. The rule is the gates' too
+    (`rust/query.rs` `blocking`: it tells them which reads the workers will hold)."""
     index_values = params.pop("index", None)
     wait_values = params.pop("wait", None)
-    if index_values is None:
-        if wait_values is not None:
-            raise field_error("wait", "only with index (the X-Registry-Index of the previous answer)")
+    try:
+        blocking = _core.blocking_params(
+            index_values[-1] if index_values else None, wait_values[-1] if wait_values else None
+        )
+    except ValueError as e:
+        error, errors = e.args
+        raise ApiError(400, error, errors=errors or None) from None
+    if blocking is None:
         return None
-    text = index_values[-1]
-    index = parse_index(text)
-    if index is None:
-        raise field_error("index", f"must be a non-negative integer, got '{text}'")
-    wait = DEFAULT_WAIT_S
-    if wait_values is not None:
-        match = _DURATION.fullmatch(wait_values[-1])
-        if match is None:
-            raise field_error("wait", f"must be a duration such as 30s, 500ms or 5m, got '{wait_values[-1]}'")
-        wait = min(MAX_WAIT_S, float(match[1]) * _UNITS[match[2]])
+    index, wait = blocking
     # Jitter spreads the answers of watchers that timed out together (Consul adds wait/16).
     return index, wait + random.uniform(0, wait / 16)
 

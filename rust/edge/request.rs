@@ -132,8 +132,16 @@ pub(crate) fn is_health_check(request: &Request) -> bool {
     matches!(request.method().as_str(), "GET" | "HEAD") && request.uri().path() == "/health"
 }
 
-/// Whether the query of `path` asks to block (`index=`): the workers hold such reads.
+/// Whether the query of `path` is a blocking query the workers will hold: decoded, and
+/// judged by the rule the workers apply (`query::blocking`; one that is refused is
+/// answered at once).
 pub(crate) fn is_blocking(path: &str) -> bool {
-    path.split_once('?')
-        .is_some_and(|(_, query)| query.split('&').any(|pair| pair.split('=').next() == Some("index")))
+    let Some((_, query)) = path.split_once('?') else {
+        return false;
+    };
+    let Some(pairs) = crate::reads::parse_query(query) else {
+        return false;
+    };
+    let last = |name: &str| pairs.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    matches!(crate::query::blocking(last("index"), last("wait")), Ok(Some(_)))
 }
