@@ -32,6 +32,7 @@ import orjson
 
 from registry_svc import _core, auth, nodes, records, status, telemetry
 from registry_svc.clock import parse_time
+from registry_svc.cluster import replica_state, staleness
 from registry_svc.etcd import EtcdError, EtcdUnavailable
 from registry_svc.gpu import GpuSampler
 from registry_svc.health import HealthChecker, pause, write_status
@@ -180,7 +181,18 @@ class NodeAgent:
             return True
         if self._etcd_failing or not self.membership.sweeper or self._sweeper_since is None:
             return False
+        if self._replica_in_contact_since() is None:
+            return False
         return time.monotonic() - self._sweeper_since >= self.membership.ttl
+
+    def _replica_in_contact_since(self) -> float | None:
+        """Cluster mode: since when (unix s) this node's replica is in unbroken contact with
+        etcd, None while it is not. A heartbeat that hung through an outage and then went
+        through never saw the outage; the replicator's pings did."""
+        state = replica_state(self.store)
+        if not state.get("connected") or staleness(state) is not None:
+            return None
+        return float(state.get("since") or 0)
 
     def refresh_nodes(self) -> None:
         """Marks nodes that missed their heartbeats Unhealthy (with their instances) and
@@ -191,7 +203,9 @@ class NodeAgent:
         sweeps = self.judging()
         leased = self.membership.live_node_ids() if self.membership is not None and sweeps else None
         # In a cluster, silence while etcd took no writes is nobody's fault.
-        counted_from = self._etcd_ok_since if self.membership is not None else 0.0
+        counted_from = 0.0
+        if self.membership is not None:
+            counted_from = max(self._etcd_ok_since, self._replica_in_contact_since() or 0.0)
         for node in node_records:
             if not sweeps or node["url"] == self.settings.self_url or node.get("status") != "Healthy":
                 continue

@@ -88,6 +88,9 @@ class Replicator:
             "clusterId": previous.get("clusterId"),
             "connected": False,
             "contact": previous.get("contact", 0),
+            # Since when contact is unbroken (0 while there is none): the sweeper counts
+            # a node's silence from here, as nobody could heartbeat before.
+            "since": 0,
             "etcdRevision": previous.get("etcdRevision", 0),
             "endpoint": None,
             "relists": previous.get("relists", 0),
@@ -361,7 +364,10 @@ class Replicator:
 
     def _contact(self, etcd_revision: int) -> None:
         was = self.state["connected"]
-        self.state.update(connected=True, contact=time.time(), lastError=None)
+        now = time.time()
+        self.state.update(connected=True, contact=now, lastError=None)
+        if not was:
+            self.state["since"] = now
         self.state["etcdRevision"] = max(int(self.state["etcdRevision"]), etcd_revision)
         if not was:
             log.warning("replica: connected to etcd (applied revision %d)", self.store.index())
@@ -370,7 +376,7 @@ class Replicator:
     def _lost(self, error: str) -> None:
         if self.state["connected"]:
             log.warning("replica: lost etcd: %s", error)
-        self.state.update(connected=False, lastError=error[:300])
+        self.state.update(connected=False, since=0, lastError=error[:300])
         self._write_state()
 
     def _write_state(self) -> None:
