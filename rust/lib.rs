@@ -16,6 +16,7 @@ pub mod netguard;
 pub mod query;
 pub mod reads;
 pub mod registry;
+pub mod roles;
 pub mod route;
 pub mod rules;
 pub mod tokens;

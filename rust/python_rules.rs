@@ -152,6 +152,18 @@ fn authenticate(
     }
 }
 
+/// Whether `role` grants `permission` (`roles.rs`: the gates ask the same).
+#[pyfunction]
+fn role_allows(role: &str, permission: &str) -> bool {
+    crate::roles::allows(role, permission)
+}
+
+/// Whether a caller of `role` sees every slug's records, not only its own slug's.
+#[pyfunction]
+fn sees_every_slug(role: &str) -> bool {
+    crate::roles::sees_every_slug(role)
+}
+
 /// The IPv4 address an IPv6 spelling carries (IPv4-mapped, IPv4-compatible, NAT64, 6to4),
 /// or the address itself: the fence's one rule for spellings (`netguard.rs`).
 #[pyfunction]
@@ -257,6 +269,12 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LOOKUP_FILTERS", names)?;
     m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;
     m.add_function(wrap_pyfunction!(authenticate, m)?)?;
+    m.add_function(wrap_pyfunction!(role_allows, m)?)?;
+    m.add_function(wrap_pyfunction!(sees_every_slug, m)?)?;
+    let permissions: std::collections::HashMap<&str, &str> = crate::roles::PERMISSIONS.into_iter().collect();
+    m.add("PERMISSIONS", permissions)?;
+    let roles: Vec<(&str, Vec<&str>)> = crate::roles::ROLES.iter().map(|(r, g)| (*r, g.to_vec())).collect();
+    m.add("ROLES", roles)?;
     m.add_function(wrap_pyfunction!(parse_networks, m)?)?;
     m.add_function(wrap_pyfunction!(is_sensitive, m)?)?;
     m.add("POLICIES", crate::core::select::Policy::NAMES.to_vec())?;

@@ -62,6 +62,10 @@ pub fn answer(registry: &Registry, path: &str, authorization: Option<&str>) -> O
     }
     let params = parse_query(query)?;
     let caller = registry.tokens.caller(registry, authorization?)?;
+    // A role that may not view instances gets the workers' 403.
+    if !caller.allows(crate::roles::INSTANCE_VIEW) {
+        return None;
+    }
     match read {
         Read::List => list(registry, &caller, &params),
         Read::Pick => pick(registry, &caller, &params),

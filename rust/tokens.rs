@@ -38,7 +38,12 @@ impl Caller {
     }
 
     pub(crate) fn sees_every_slug(&self) -> bool {
-        self.role == "admin" || self.role == "proxy"
+        crate::roles::sees_every_slug(&self.role)
+    }
+
+    /// Whether the caller's role grants `permission` (`roles.rs`).
+    pub(crate) fn allows(&self, permission: &str) -> bool {
+        crate::roles::allows(&self.role, permission)
     }
 }
 

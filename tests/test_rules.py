@@ -47,6 +47,10 @@ def test_the_request_models_policies_are_the_selectors() -> None:
     assert typing.get_args(models.Policy) == tuple(_core.POLICIES)
 
 
+def test_the_request_models_roles_are_the_gates() -> None:
+    assert typing.get_args(models.Role) == tuple(role for role, _ in _core.ROLES)
+
+
 def generated_urls(count: int, seed: int) -> list[str]:
     """Endpoint URLs, valid and not, from hostile pieces."""
     rng = random.Random(seed)

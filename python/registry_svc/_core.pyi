@@ -280,6 +280,16 @@ def authenticate(store: Store, header: str) -> tuple[str, str, str | None, float
     """(token id, role, slug, expiry in unix seconds) of the token an Authorization header
     names (rust/tokens.rs, cached until the tokens move); ValueError(the 401's message)."""
 
+def role_allows(role: str, permission: str) -> bool:
+    """Whether `role` grants `permission` (rust/roles.rs; the gates ask the same)."""
+
+def sees_every_slug(role: str) -> bool:
+    """Whether a caller of `role` sees every slug's records (admins, proxies)."""
+
+# Every permission by its constant's name, and each role with what it grants (rust/roles.rs).
+PERMISSIONS: dict[str, str]
+ROLES: list[tuple[str, list[str]]]
+
 def parse_url(text: str) -> tuple[str, str, int | None, str]:
     """(scheme, host, port or None, path) of an endpoint URL in canonical form (rust/url.rs);
     ValueError saying what is wrong."""

@@ -27,39 +27,22 @@ if TYPE_CHECKING:
 TOKENS = "tokens"
 SECRET_PREFIX = "rsv_"
 
-INSTANCE_VIEW = "registry-svc:instance:view"
-INSTANCE_EDIT = "registry-svc:instance:edit"
-INSTANCE_DELETE = "registry-svc:instance:delete"
-DEFINITION_VIEW = "registry-svc:definition:view"
-DEFINITION_EDIT = "registry-svc:definition:edit"
-DEFINITION_DELETE = "registry-svc:definition:delete"
-NODE_VIEW = "registry-svc:node:view"
-NODE_DELETE = "registry-svc:node:delete"
-ADMIN = "admin"
+# Permissions and roles are the gates' too: kept once in rust/roles.rs.
+INSTANCE_VIEW = _core.PERMISSIONS["INSTANCE_VIEW"]
+INSTANCE_EDIT = _core.PERMISSIONS["INSTANCE_EDIT"]
+INSTANCE_DELETE = _core.PERMISSIONS["INSTANCE_DELETE"]
+DEFINITION_VIEW = _core.PERMISSIONS["DEFINITION_VIEW"]
+DEFINITION_EDIT = _core.PERMISSIONS["DEFINITION_EDIT"]
+DEFINITION_DELETE = _core.PERMISSIONS["DEFINITION_DELETE"]
+NODE_VIEW = _core.PERMISSIONS["NODE_VIEW"]
+NODE_DELETE = _core.PERMISSIONS["NODE_DELETE"]
+ADMIN = _core.PERMISSIONS["ADMIN"]
 # Routes anyone may call, without a token: /health, /version, echo, and this node's own
 # record (node/self carries only what the node says about itself; see README).
 PUBLIC = "public"
 
-ALL_PERMISSIONS = frozenset(
-    {
-        INSTANCE_VIEW,
-        INSTANCE_EDIT,
-        INSTANCE_DELETE,
-        DEFINITION_VIEW,
-        DEFINITION_EDIT,
-        DEFINITION_DELETE,
-        NODE_VIEW,
-        NODE_DELETE,
-        ADMIN,
-    }
-)
-
-ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
-    "admin": ALL_PERMISSIONS,
-    # A service sees and registers only instances of its own slug (enforced by the handlers).
-    "service": frozenset({INSTANCE_VIEW, INSTANCE_EDIT, DEFINITION_VIEW}),
-    "proxy": frozenset({INSTANCE_VIEW, NODE_VIEW}),
-}
+# What each role grants, for the OpenAPI document (a check asks `_core.role_allows`).
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {role: frozenset(granted) for role, granted in _core.ROLES}
 ROLES = tuple(ROLE_PERMISSIONS)
 
 
@@ -77,7 +60,7 @@ class Caller:
         """Raises 403 naming `permission` unless the caller's role grants it."""
         if permission == PUBLIC:
             return
-        if permission not in ROLE_PERMISSIONS.get(self.role, frozenset()):
+        if not _core.role_allows(self.role, permission):
             if permission == ADMIN:
                 raise ApiError(403, "this endpoint requires an admin token")
             raise ApiError(403, f"token lacks permission {permission}")
@@ -85,7 +68,7 @@ class Caller:
     @property
     def sees_every_slug(self) -> bool:
         """Admins and proxies see all instances; services only their own slug's."""
-        return self.role in ("admin", "proxy")
+        return _core.sees_every_slug(self.role)
 
 
 ANONYMOUS = Caller(token_id="", role="anonymous", slug=None)

@@ -70,6 +70,7 @@ Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 # the selector's own list (`_core.POLICIES`).
 Policy = Literal["round_robin", "random", "weighted", "least_request", "consistent_hash"]
 Status = Literal["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]
+# Held by tests/test_rules.py to the roles of rust/roles.rs (`_core.ROLES`).
 Role = Literal["admin", "service", "proxy"]
 
 

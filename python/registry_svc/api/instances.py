@@ -124,7 +124,7 @@ def merged_objects(record: dict[str, Any], fields: dict[str, Any]) -> None:
 def owning_slug(call: Call, requested: str | None) -> str | None:
     """The slug a registration is made under: a service token's own, or what an admin sets."""
     caller = call.caller
-    if caller.role == "service":
+    if not caller.sees_every_slug:
         if requested is not None and requested != caller.slug:
             raise ApiError(403, f"a token of slug '{caller.slug}' cannot register instances of slug '{requested}'")
         return caller.slug
@@ -202,7 +202,7 @@ def plan_registration(call: Call, fields: dict[str, Any]) -> Plan:
     else:
         current = by_url
     existing = current[1] if current else None
-    requested = fields.get("slug", existing.get("slug") if existing and call.caller.role != "service" else None)
+    requested = fields.get("slug", existing.get("slug") if existing and call.caller.sees_every_slug else None)
     slug = owning_slug(call, requested)
     # An admin may give a slug to an instance that has none (registered the product page's
     # way, without one); moving an instance between slugs stays a conflict.
