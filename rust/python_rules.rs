@@ -152,6 +152,24 @@ fn authenticate(
     }
 }
 
+/// Query pairs as the HTTP server hands them over (raw), decoded by the gates' rule
+/// (`reads.rs`) and grouped by name, sorted: [(name, [values])]. ValueError (error,
+/// errors) naming the first part that is not percent-encoded UTF-8.
+#[pyfunction]
+fn query_pairs(pairs: Vec<(String, String)>) -> PyResult<Vec<(String, Vec<String>)>> {
+    let mut decoded = Vec::with_capacity(pairs.len());
+    for (name, value) in &pairs {
+        let one = |text: &str| {
+            crate::reads::decode(text).ok_or_else(|| {
+                let error = format!("query: '{text}' is not percent-encoded UTF-8");
+                PyValueError::new_err((error.clone(), vec![error]))
+            })
+        };
+        decoded.push((one(name)?, one(value)?));
+    }
+    Ok(crate::reads::by_name(&decoded))
+}
+
 /// Whether `role` grants `permission` (`roles.rs`: the gates ask the same).
 #[pyfunction]
 fn role_allows(role: &str, permission: &str) -> bool {
@@ -269,6 +287,7 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LOOKUP_FILTERS", names)?;
     m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;
     m.add_function(wrap_pyfunction!(authenticate, m)?)?;
+    m.add_function(wrap_pyfunction!(query_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(role_allows, m)?)?;
     m.add_function(wrap_pyfunction!(sees_every_slug, m)?)?;
     let permissions: std::collections::HashMap<&str, &str> = crate::roles::PERMISSIONS.into_iter().collect();

@@ -97,7 +97,9 @@ pub fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
     Some(pairs)
 }
 
-fn decode(text: &str) -> Option<String> {
+/// One percent-encoded query name or value, decoded (`+` is a space), or None when it is
+/// not percent-encoded UTF-8.
+pub fn decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -105,8 +107,11 @@ fn decode(text: &str) -> Option<String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits, nothing else (`from_str_radix` alone would take "+1").
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 2;
             }
             b => out.push(b),
@@ -118,7 +123,7 @@ fn decode(text: &str) -> Option<String> {
 
 /// Query pairs by name (the first appearance's order), sorted by name as the workers get
 /// them.
-fn by_name(params: &[(String, String)]) -> Vec<(String, Vec<String>)> {
+pub fn by_name(params: &[(String, String)]) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for (name, value) in params {
         match out.iter_mut().find(|(n, _)| n == name) {
@@ -216,7 +221,11 @@ mod tests {
         assert_eq!(pairs, want.map(|(k, v)| (k.to_owned(), v.to_owned())));
         assert_eq!(parse_query("a=%zz"), None);
         assert_eq!(parse_query("a=%4"), None);
-        assert_eq!(parse_query("a=%ff"), None); // not UTF-8: left to the workers
+        assert_eq!(parse_query("a=%ff"), None); // not UTF-8: the workers refuse it too
+                                                // Two hex digits and nothing else: `from_str_radix` alone takes a sign.
+        assert_eq!(parse_query("a=%+1"), None);
+        assert_eq!(parse_query("a=%-1"), None);
+        assert_eq!(decode("%2B%2b"), Some("++".to_owned()));
     }
 
     #[test]

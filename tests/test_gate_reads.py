@@ -107,6 +107,13 @@ QUERIES = [
     ("/registry-svc/instance/pick?slug=Bad_Slug", False),
     ("/registry-svc/instance/pick?slug=shop&slug=solo", False),
     ("/registry-svc/instance/pick?slug=shop&policy=consistent_hash", False),
+    # One decoding rule (rust/reads.rs) on both sides: what is not percent-encoded UTF-8 is
+    # the workers' 400 (they took "%zz" literally, and the gate read "%+1" as a byte 1), and
+    # names spelled two ways are one name (the workers kept one spelling's values).
+    ("/registry-svc/instances?slug=%zz", False),
+    ("/registry-svc/instances?slug=%+1", False),
+    ("/registry-svc/instances?slug=%ff", False),
+    ("/registry-svc/instances?tag=prod&%74ag=eu&slug=shop", True),
 ]
 
 
@@ -119,6 +126,17 @@ def test_the_gate_answers_exactly_as_the_workers(srv: Server, path: str, by_the_
     assert by_gate[1:] == by_workers[1:], (by_gate, by_workers)
 
 
+@pytest.mark.parametrize("query", ["slug=%zz", "slug=%+1", "slug=%ff", "%zz=shop", "tag=x%2"])
+def test_a_query_that_is_not_percent_encoded_utf8_is_a_400_naming_the_part(srv: Server, query: str) -> None:
+    """Before, the workers took such parts literally (a lookup of slug '%zz': 200, empty)."""
+    for path in (f"/registry-svc/instances?{query}", f"/registry-svc/instance/pick?{query}"):
+        by_workers, by_gate = both_sides(srv, path, srv.admin_token)
+        assert by_gate == by_workers
+        assert by_workers[1] == 400, by_workers
+        bad = next(part for part in query.split("=") if "%" in part)
+        assert orjson.loads(by_workers[2])["error"] == f"query: '{bad}' is not percent-encoded UTF-8"
+
+
 def generated_queries(count: int, seed: int) -> list[str]:
     """Lookups and picks, valid and not: known and unknown names, repeats, odd values,
     encodings, and values the workers would first canonicalize."""
@@ -126,7 +144,7 @@ def generated_queries(count: int, seed: int) -> list[str]:
     names = ["slug", "tag", "zone", "status", "deploymentId", "scheme", "host", "ip", "id", "nodeUrl", "colour"]
     values = ["shop", "solo", "down", "ghost", "prod", "eu", "canary", "z1", "z2", "Healthy", "Unhealthy", "http",
               "gate-1", "GATE-1", "127.0.0.1", "0:0::1", "::1", "http://127.0.0.1:11337", "HTTP://N:80", "",
-              "depl a+b", "Bad_Slug", "a" * 300, "%C3%A9", "x%2", "inst_nope"]  # fmt: skip
+              "depl a+b", "Bad_Slug", "a" * 300, "%C3%A9", "x%2", "%+1", "%zz", "inst_nope"]  # fmt: skip
     pick_names = ["slug", "policy", "zone", "key", "tag", "colour"]
     policies = ["round_robin", "random", "weighted", "least_request", "consistent_hash", "fastest"]
     out = []

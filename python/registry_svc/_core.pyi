@@ -280,6 +280,10 @@ def authenticate(store: Store, header: str) -> tuple[str, str, str | None, float
     """(token id, role, slug, expiry in unix seconds) of the token an Authorization header
     names (rust/tokens.rs, cached until the tokens move); ValueError(the 401's message)."""
 
+def query_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """Raw query pairs decoded by the gates' rule (rust/reads.rs), grouped by name and
+    sorted; ValueError((error, errors)) naming a part that is not percent-encoded UTF-8."""
+
 def role_allows(role: str, permission: str) -> bool:
     """Whether `role` grants `permission` (rust/roles.rs; the gates ask the same)."""
 

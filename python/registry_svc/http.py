@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
-from urllib.parse import unquote, unquote_plus
+from urllib.parse import unquote
 
 import orjson
 from robyn import Request, Response
@@ -121,11 +121,17 @@ def read_json_object(request: Request, *, allow_empty: bool = False) -> dict[str
 
 
 def query_params(request: Request) -> dict[str, list[str]]:
-    """Query parameters, percent-decoded (Robyn hands them over raw), by name in sorted
-    order: Robyn's map has no order of its own (a random one per request), and which of
-    several problems a 400 names first must not change from one request to the next."""
-    raw: dict[str, list[str]] = request.query_params.to_dict()
-    return {unquote_plus(k): [unquote_plus(v) for v in values] for k, values in sorted(raw.items())}
+    """Query parameters, percent-decoded by the gates' rule (Robyn hands them over raw), by
+    name in sorted order: Robyn's map has no order of its own (a random one per request),
+    and which of several problems a 400 names first must not change from one request to
+    the next. A part that is not percent-encoded UTF-8 is a 400, as the gates decline it."""
+    raw: list[tuple[str, str]] = request.query_params.multi_items()
+    try:
+        pairs = _core.query_pairs(sorted(raw, key=lambda pair: pair[0]))
+    except ValueError as e:
+        error, errors = e.args
+        raise ApiError(400, error, errors=errors) from None
+    return dict(pairs)
 
 
 def path_param(request: Request, name: str) -> str:
