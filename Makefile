@@ -102,6 +102,7 @@ fuzz: build
 bench: build bench-tools
 	$(PY) -m loadtest.bench --seconds 10 --out BENCHMARKS.md
 	$(PY) -m loadtest.cluster_bench --seconds 10 --append BENCHMARKS.md
+	$(PY) -m loadtest.scan_bench --keys 100000 --append BENCHMARKS.md
 	$(PY) -m loadtest.watch_bench --append BENCHMARKS.md
 	$(PY) -m loadtest.dns_bench --append BENCHMARKS.md
 	$(PY) -m loadtest.health_capacity --per-core 100000 --append BENCHMARKS.md

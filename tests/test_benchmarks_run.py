@@ -87,6 +87,16 @@ def test_cluster_benchmark_runs_in_a_tiny_mode() -> None:
         assert row in text
 
 
+def test_scan_benchmark_runs_in_a_tiny_mode() -> None:
+    """One etcd member, a replica in process, scans back to back; both rows are reported."""
+    from loadtest import scan_bench
+
+    assert shutil.which("etcd") is not None, "etcd missing: run `make bench-tools` (CI does)"
+    text = "\n".join(scan_bench.run(keys=3000, samples=20))
+    assert "| no scan running |" in text and "| anti-entropy scanning |" in text
+    assert "Propagation during a scan" in text
+
+
 def test_watch_benchmark_runs_in_a_tiny_mode() -> None:
     from loadtest import watch_bench
 
