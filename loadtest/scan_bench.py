@@ -25,6 +25,7 @@ from pathlib import Path
 import orjson
 
 from loadtest.bench import publish
+from loadtest.cluster_bench import percentile
 from loadtest.etcd_cluster import EtcdCluster
 from registry_svc import _core
 from registry_svc.cluster import Layout, op_put
@@ -51,11 +52,6 @@ def propagation_ms(client: Client, layout: Layout, store: _core.Store, name: str
     if not store.wait_index(revision, 10):
         raise RuntimeError(f"the replica did not apply revision {revision} within 10 s")
     return 1000 * (time.perf_counter() - began)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run(keys: int, samples: int) -> list[str]:
