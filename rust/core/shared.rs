@@ -25,10 +25,6 @@
 //! workers held its `?index=` query writes the query's id there, and the worker holding
 //! it drops the waiter (Robyn does not tell a handler that its connection closed).
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -116,58 +112,6 @@ impl SharedState {
         };
         state.init();
         state
-    }
-
-    /// The table in `path`, created (zeroed) when it is missing or not one of ours. Every
-    /// process of a server opens the same file; the supervisor removes it at start.
-    ///
-    /// Openers take turns (an exclusive `flock` on the file while it is sized and its header
-    /// checked), so two processes starting together cannot reset each other's slots. A file
-    /// is never shrunk while someone may map it (that would fault their reads): one of
-    /// another length (another layout) is replaced by a new file renamed over it.
-    pub fn open(path: &Path) -> std::io::Result<SharedState> {
-        let file = loop {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)?;
-            lock(&file)?;
-            // Another opener may have renamed a new table over the path while this one
-            // waited for the lock of the old: open that one instead.
-            if !same_file(&file, path)? {
-                continue;
-            }
-            match file.metadata()?.len() {
-                0 => file.set_len(TABLE_BYTES as u64)?, // new: grown, never shrunk
-                len if len == TABLE_BYTES as u64 => {}
-                _ => break replace(path)?,
-            }
-            break file;
-        };
-        // SAFETY: the file is ours (the data dir is 0700), TABLE_BYTES long and never
-        // shrunk, and only ever accessed through atomics, by this and the other processes
-        // of the server.
-        let mut map = unsafe { memmap2::MmapMut::map_mut(&file)? };
-        let magic = u64::from_ne_bytes(map[..8].try_into().expect("8 bytes"));
-        if magic != MAGIC && magic != 0 {
-            // Another layout's table of the same length: start from nothing at all (its
-            // counts, process table and ring mean nothing here). No process of this layout
-            // maps it yet: they would have found our magic.
-            map.fill(0);
-        }
-        let state = SharedState {
-            region: Region::File(map),
-            column: OnceLock::new(),
-        };
-        if magic != MAGIC {
-            state.init();
-        }
-        // Explicitly: the mapping holds the open file, so closing it would not release
-        // the lock.
-        unlock(&file)?;
-        Ok(state)
     }
 
     fn init(&self) {
@@ -497,48 +441,6 @@ impl Slot {
     }
 }
 
-/// Waits for the exclusive lock of `file` (held until `unlock`, or until the file and every
-/// mapping of it are closed).
-fn lock(file: &File) -> std::io::Result<()> {
-    flock(file, libc::LOCK_EX)
-}
-
-fn unlock(file: &File) -> std::io::Result<()> {
-    flock(file, libc::LOCK_UN)
-}
-
-fn flock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: flock on a descriptor this File owns; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Whether `file` is still the one at `path`.
-fn same_file(file: &File, path: &Path) -> std::io::Result<bool> {
-    let (open, named) = (file.metadata()?, std::fs::metadata(path)?);
-    Ok(open.dev() == named.dev() && open.ino() == named.ino())
-}
-
-/// A new, empty table renamed over `path`, locked (whoever maps the old file keeps it).
-fn replace(path: &Path) -> std::io::Result<File> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".new-{}", std::process::id()));
-    let new = Path::new(&name);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(new)?;
-    lock(&file)?;
-    file.set_len(TABLE_BYTES as u64)?;
-    std::fs::rename(new, path)?;
-    Ok(file)
-}
-
 /// Whether process `pid` exists (a signal 0 reaches it, or it is another user's).
 fn process_alive(pid: i64) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
@@ -565,6 +467,9 @@ pub fn ms_at(at: Instant) -> u64 {
         ms.saturating_sub(u64::try_from((now - at).as_millis()).unwrap_or(u64::MAX))
     }
 }
+
+#[path = "shared_file.rs"]
+mod file;
 
 #[cfg(test)]
 #[path = "shared_tests.rs"]

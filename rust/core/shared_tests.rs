@@ -1,6 +1,7 @@
 //! The shared balancer state: slots, counts and ejections across (simulated) processes.
 
 use super::*;
+use std::fs::OpenOptions;
 use std::sync::Arc;
 
 #[test]
