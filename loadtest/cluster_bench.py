@@ -35,7 +35,7 @@ import psutil
 
 from loadtest.bench import Bench, publish, wait_http
 from loadtest.etcd_cluster import EtcdCluster, free_port
-from registry_svc.cluster import Layout, cmp_absent, cmp_mod, op_put
+from registry_svc.etcd_keys import Layout, cmp_absent, cmp_mod, op_put
 
 GENERATOR_THREADS = 32
 INSTANCES = 1000

@@ -28,8 +28,8 @@ from loadtest.bench import publish
 from loadtest.cluster_bench import percentile
 from loadtest.etcd_cluster import EtcdCluster
 from registry_svc import _core
-from registry_svc.cluster import Layout, op_put
 from registry_svc.etcd import Client
+from registry_svc.etcd_keys import Layout, op_put
 from registry_svc.replica import Replicator
 
 OPS_PER_TXN = 128  # etcd's default --max-txn-ops

@@ -297,6 +297,25 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_networks, m)?)?;
     m.add_function(wrap_pyfunction!(is_sensitive, m)?)?;
     m.add("POLICIES", crate::core::select::Policy::NAMES.to_vec())?;
+    // The collections, and the fields at most one record of each may hold: the cluster's
+    // guard keys (`etcd_keys.py`) follow the store's unique indexes.
+    let collections = &crate::core::model::COLLECTIONS;
+    m.add("COLLECTIONS", collections.iter().map(|c| c.name).collect::<Vec<_>>())?;
+    let unique: std::collections::HashMap<&str, Vec<&str>> = collections
+        .iter()
+        .map(|c| {
+            (
+                c.name,
+                c.indexes
+                    .iter()
+                    .filter(|i| i.unique)
+                    .map(|i| i.field)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .filter(|(_, fields)| !fields.is_empty())
+        .collect();
+    m.add("UNIQUE_FIELDS", unique)?;
     m.add("RESERVED_SLUGS", crate::rules::RESERVED_SLUGS.to_vec())?;
     m.add("SLUG_PATTERN", crate::rules::SLUG_PATTERN)?;
     m.add("ID_PATTERN", crate::rules::ID_PATTERN)?;

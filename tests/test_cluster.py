@@ -27,8 +27,9 @@ import pytest
 from conftest import NO_CHECK, Backend, Server, free_dns_port, free_port, wait_for
 from etcd_cluster import EtcdCluster, FaultProxy, replica_records
 from registry_svc import _core
-from registry_svc.cluster import EtcdStore, Layout
+from registry_svc.cluster import EtcdStore
 from registry_svc.etcd import Client
+from registry_svc.etcd_keys import Layout
 from registry_svc.replica import Replicator
 
 pytestmark = pytest.mark.skipif(

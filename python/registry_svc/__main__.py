@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from registry_svc import _core, about, cluster, cluster_import, etcd
+from registry_svc import _core, about, cluster_import, etcd, etcd_keys
 from registry_svc import settings as settings_mod
 from registry_svc.supervisor import serve
 from registry_svc.urls import UrlError
@@ -153,8 +153,8 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--etcd-prefix",
-        default=os.environ.get("OB_ETCD_PREFIX", cluster.DEFAULT_PREFIX),
-        help=f"key prefix of this registry in etcd (default {cluster.DEFAULT_PREFIX}; env OB_ETCD_PREFIX)",
+        default=os.environ.get("OB_ETCD_PREFIX", etcd_keys.DEFAULT_PREFIX),
+        help=f"key prefix of this registry in etcd (default {etcd_keys.DEFAULT_PREFIX}; env OB_ETCD_PREFIX)",
     )
     s.add_argument(
         "--map-size-mib",
@@ -172,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--data-dir", required=True, help="the single-machine data directory to read")
     imp.add_argument("--etcd", required=True, metavar="http://H:P[,http://H:P...]", help="etcd client endpoints")
     imp.add_argument(
-        "--etcd-prefix", default=cluster.DEFAULT_PREFIX, help=f"key prefix (default {cluster.DEFAULT_PREFIX})"
+        "--etcd-prefix", default=etcd_keys.DEFAULT_PREFIX, help=f"key prefix (default {etcd_keys.DEFAULT_PREFIX})"
     )
     return p
 
@@ -221,7 +221,7 @@ def checked_settings(args: argparse.Namespace) -> settings_mod.Settings:
             etcd_endpoints = tuple(etcd.parse_endpoints(args.etcd))
         except ValueError as e:
             raise FlagError(f"--etcd: {e}") from None
-    if problem := cluster.prefix_problem(args.etcd_prefix):
+    if problem := etcd_keys.prefix_problem(args.etcd_prefix):
         raise FlagError(f"--etcd-prefix {problem}")
     try:
         settings = settings_mod.resolve(

@@ -290,6 +290,10 @@ def role_allows(role: str, permission: str) -> bool:
 def sees_every_slug(role: str) -> bool:
     """Whether a caller of `role` sees every slug's records (admins, proxies)."""
 
+# The store's collections, and each one's unique fields (rust/core/model.rs).
+COLLECTIONS: list[str]
+UNIQUE_FIELDS: dict[str, list[str]]
+
 # Every permission by its constant's name, and each role with what it grants (rust/roles.rs).
 PERMISSIONS: dict[str, str]
 ROLES: list[tuple[str, list[str]]]

@@ -10,18 +10,9 @@ import orjson
 
 from registry_svc import _core
 from registry_svc.auth import TOKENS, hash_secret, holds_valid_token, new_token_record, write_secret_file
-from registry_svc.cluster import (
-    COLLECTIONS,
-    EtcdStore,
-    Layout,
-    cmp_absent,
-    op_get,
-    op_put,
-    prefix_problem,
-    range_kv,
-    record_ops,
-)
+from registry_svc.cluster import EtcdStore
 from registry_svc.etcd import Client, EtcdAmbiguous, EtcdError, EtcdUnavailable, parse_endpoints, prefix_end, unb64
+from registry_svc.etcd_keys import COLLECTIONS, Layout, cmp_absent, op_get, op_put, prefix_problem, range_kv, record_ops
 
 log = logging.getLogger("registry_svc")
 

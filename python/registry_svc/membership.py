@@ -16,8 +16,8 @@ import time
 
 import orjson
 
-from registry_svc.cluster import Layout, cmp_absent, op_get, op_put, range_kv
 from registry_svc.etcd import Client, prefix_end, unb64
+from registry_svc.etcd_keys import Layout, cmp_absent, op_get, op_put, range_kv
 
 log = logging.getLogger("registry_svc")
 

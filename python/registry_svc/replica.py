@@ -33,8 +33,9 @@ from typing import IO, Any
 import orjson
 
 from registry_svc import _core
-from registry_svc.cluster import COLLECTIONS, REPLICA_STATE, Layout, fresh_until, replica_state
+from registry_svc.cluster import REPLICA_STATE, fresh_until, replica_state
 from registry_svc.etcd import Client, Compacted, EtcdError, EtcdUnavailable, KeyValue, Watch, WatchMessage, prefix_end
+from registry_svc.etcd_keys import COLLECTIONS, Layout
 
 log = logging.getLogger("registry_svc")
 

@@ -127,8 +127,9 @@ class Settings:
         }
         if not self.clustered:
             return _core.Store(str(self.store_path), self.map_size, **options)
-        from registry_svc.cluster import EtcdStore, Layout
+        from registry_svc.cluster import EtcdStore
         from registry_svc.etcd import Client
+        from registry_svc.etcd_keys import Layout
 
         return EtcdStore(
             str(self.store_path),
