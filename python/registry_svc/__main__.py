@@ -43,6 +43,53 @@ def parser() -> argparse.ArgumentParser:
         default=10.0,
         help="node heartbeat interval; a node silent for 3 intervals turns Unhealthy (default 10)",
     )
+    _balancing_flags(s)
+    _dns_flags(s)
+    s.add_argument(
+        "--log-level",
+        default=os.environ.get("OB_LOG_LEVEL", "info"),
+        choices=LOG_LEVELS,
+        help="log detail: debug, info (status transitions, tokens created and revoked, start-up), "
+        "warning, error (default info; env OB_LOG_LEVEL)",
+    )
+    s.add_argument(
+        "--log-format",
+        default=os.environ.get("OB_LOG_FORMAT", "text"),
+        choices=("text", "json"),
+        help="text, or json: every log line a JSON object, plus an access log line per request (method, path, "
+        "status, duration, token id); the gate then leaves lookups to the workers so each is logged "
+        "(default text; env OB_LOG_FORMAT)",
+    )
+    s.add_argument(
+        "--metrics",
+        default=os.environ.get("OB_METRICS", "open"),
+        choices=("open", "token"),
+        help="GET /metrics: open, or token (needs node:view) (default open; env OB_METRICS)",
+    )
+    s.add_argument(
+        "--etcd",
+        default=os.environ.get("OB_ETCD_ENDPOINTS"),
+        metavar="http://H:P[,http://H:P...]",
+        help="cluster mode: etcd client endpoints; etcd holds the registry and this server keeps a local replica "
+        "that serves reads (default: none, the embedded single-machine store; env OB_ETCD_ENDPOINTS)",
+    )
+    s.add_argument(
+        "--etcd-prefix",
+        default=os.environ.get("OB_ETCD_PREFIX", etcd_keys.DEFAULT_PREFIX),
+        help=f"key prefix of this registry in etcd (default {etcd_keys.DEFAULT_PREFIX}; env OB_ETCD_PREFIX)",
+    )
+    s.add_argument(
+        "--map-size-mib",
+        type=int,
+        default=settings_mod.DEFAULT_MAP_SIZE >> 20,
+        help="LMDB map size in MiB: the most the store can hold (default 8192; disk is used only as filled)",
+    )
+    _cluster_parser(sub)
+    return p
+
+
+def _balancing_flags(s: argparse.ArgumentParser) -> None:
+    """`serve`'s flags for load balancing, the proxy and the connection cap."""
     s.add_argument(
         "--policy",
         default="round_robin",
@@ -97,6 +144,10 @@ def parser() -> argparse.ArgumentParser:
         help="client connections each port holds at once; a new one past it gets 503 and is closed "
         "(default: a third of the open-files limit)",
     )
+
+
+def _dns_flags(s: argparse.ArgumentParser) -> None:
+    """`serve`'s flags for the DNS interface."""
     s.add_argument(
         "--dns-port",
         type=int,
@@ -123,45 +174,10 @@ def parser() -> argparse.ArgumentParser:
         help="clients not rate limited (default 127.0.0.0/8,::1/128: a forged loopback source cannot arrive from "
         "the network; '' for none)",
     )
-    s.add_argument(
-        "--log-level",
-        default=os.environ.get("OB_LOG_LEVEL", "info"),
-        choices=LOG_LEVELS,
-        help="log detail: debug, info (status transitions, tokens created and revoked, start-up), "
-        "warning, error (default info; env OB_LOG_LEVEL)",
-    )
-    s.add_argument(
-        "--log-format",
-        default=os.environ.get("OB_LOG_FORMAT", "text"),
-        choices=("text", "json"),
-        help="text, or json: every log line a JSON object, plus an access log line per request (method, path, "
-        "status, duration, token id); the gate then leaves lookups to the workers so each is logged "
-        "(default text; env OB_LOG_FORMAT)",
-    )
-    s.add_argument(
-        "--metrics",
-        default=os.environ.get("OB_METRICS", "open"),
-        choices=("open", "token"),
-        help="GET /metrics: open, or token (needs node:view) (default open; env OB_METRICS)",
-    )
-    s.add_argument(
-        "--etcd",
-        default=os.environ.get("OB_ETCD_ENDPOINTS"),
-        metavar="http://H:P[,http://H:P...]",
-        help="cluster mode: etcd client endpoints; etcd holds the registry and this server keeps a local replica "
-        "that serves reads (default: none, the embedded single-machine store; env OB_ETCD_ENDPOINTS)",
-    )
-    s.add_argument(
-        "--etcd-prefix",
-        default=os.environ.get("OB_ETCD_PREFIX", etcd_keys.DEFAULT_PREFIX),
-        help=f"key prefix of this registry in etcd (default {etcd_keys.DEFAULT_PREFIX}; env OB_ETCD_PREFIX)",
-    )
-    s.add_argument(
-        "--map-size-mib",
-        type=int,
-        default=settings_mod.DEFAULT_MAP_SIZE >> 20,
-        help="LMDB map size in MiB: the most the store can hold (default 8192; disk is used only as filled)",
-    )
+
+
+def _cluster_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`cluster import`."""
     c = sub.add_parser("cluster", help="cluster tools").add_subparsers(dest="cluster_command", required=True)
     imp = c.add_parser(
         "import",
@@ -174,7 +190,6 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--etcd-prefix", default=etcd_keys.DEFAULT_PREFIX, help=f"key prefix (default {etcd_keys.DEFAULT_PREFIX})"
     )
-    return p
 
 
 class FlagError(Exception):
