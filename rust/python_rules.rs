@@ -170,6 +170,16 @@ fn query_pairs(pairs: Vec<(String, String)>) -> PyResult<Vec<(String, Vec<String
     Ok(crate::reads::by_name(&decoded))
 }
 
+/// A path parameter as the HTTP server hands it over (raw), decoded (`reads.rs`);
+/// ValueError (error, errors) when it is not percent-encoded UTF-8.
+#[pyfunction]
+fn path_segment(name: &str, raw: &str) -> PyResult<String> {
+    crate::reads::decode_segment(raw).ok_or_else(|| {
+        let error = format!("{name}: '{raw}' is not percent-encoded UTF-8");
+        PyValueError::new_err((error.clone(), vec![error]))
+    })
+}
+
 /// Whether `role` grants `permission` (`roles.rs`: the gates ask the same).
 #[pyfunction]
 fn role_allows(role: &str, permission: &str) -> bool {
@@ -288,6 +298,7 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unmapped_address, m)?)?;
     m.add_function(wrap_pyfunction!(authenticate, m)?)?;
     m.add_function(wrap_pyfunction!(query_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(path_segment, m)?)?;
     m.add_function(wrap_pyfunction!(role_allows, m)?)?;
     m.add_function(wrap_pyfunction!(sees_every_slug, m)?)?;
     let permissions: std::collections::HashMap<&str, &str> = crate::roles::PERMISSIONS.into_iter().collect();

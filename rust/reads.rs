@@ -100,12 +100,22 @@ pub fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
 /// One percent-encoded query name or value, decoded (`+` is a space), or None when it is
 /// not percent-encoded UTF-8.
 pub fn decode(text: &str) -> Option<String> {
+    percent_decode(text, true)
+}
+
+/// One percent-encoded path segment, decoded (`+` is itself), or None when it is not
+/// percent-encoded UTF-8.
+pub fn decode_segment(text: &str) -> Option<String> {
+    percent_decode(text, false)
+}
+
+fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 // Two hex digits, nothing else (`from_str_radix` alone would take "+1").
                 let hex = bytes
@@ -226,6 +236,8 @@ mod tests {
         assert_eq!(parse_query("a=%+1"), None);
         assert_eq!(parse_query("a=%-1"), None);
         assert_eq!(decode("%2B%2b"), Some("++".to_owned()));
+        assert_eq!(decode_segment("a+b%20c"), Some("a+b c".to_owned()));
+        assert_eq!(decode_segment("inst%zz"), None);
     }
 
     #[test]

@@ -137,6 +137,15 @@ def test_a_query_that_is_not_percent_encoded_utf8_is_a_400_naming_the_part(srv: 
         assert orjson.loads(by_workers[2])["error"] == f"query: '{bad}' is not percent-encoded UTF-8"
 
 
+@pytest.mark.parametrize("raw", ["inst%zz", "inst%ff", "inst%+1"])
+def test_a_path_id_that_is_not_percent_encoded_utf8_is_a_400_naming_it(srv: Server, raw: str) -> None:
+    """Before, the workers took it literally (a 404 for an instance 'inst%zz')."""
+    by_workers, by_gate = both_sides(srv, f"/registry-svc/instance/{raw}", srv.admin_token)
+    assert by_gate == by_workers
+    assert by_workers[1] == 400, by_workers
+    assert orjson.loads(by_workers[2])["error"] == f"id: '{raw}' is not percent-encoded UTF-8"
+
+
 def generated_queries(count: int, seed: int) -> list[str]:
     """Lookups and picks, valid and not: known and unknown names, repeats, odd values,
     encodings, and values the workers would first canonicalize."""

@@ -284,6 +284,10 @@ def query_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
     """Raw query pairs decoded by the gates' rule (rust/reads.rs), grouped by name and
     sorted; ValueError((error, errors)) naming a part that is not percent-encoded UTF-8."""
 
+def path_segment(name: str, raw: str) -> str:
+    """A raw path parameter decoded by the gates' rule (rust/reads.rs; `+` stays `+`);
+    ValueError((error, errors)) naming it when it is not percent-encoded UTF-8."""
+
 def role_allows(role: str, permission: str) -> bool:
     """Whether `role` grants `permission` (rust/roles.rs; the gates ask the same)."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
-from urllib.parse import unquote
 
 import orjson
 from robyn import Request, Response
@@ -135,5 +134,10 @@ def query_params(request: Request) -> dict[str, list[str]]:
 
 
 def path_param(request: Request, name: str) -> str:
-    """A path parameter, percent-decoded (Robyn hands them over raw)."""
-    return unquote(request.path_params[name])
+    """A path parameter, percent-decoded by the gates' rule (Robyn hands them over raw);
+    one that is not percent-encoded UTF-8 is a 400 naming it."""
+    try:
+        return _core.path_segment(name, request.path_params[name])
+    except ValueError as e:
+        error, errors = e.args
+        raise ApiError(400, error, errors=errors) from None
