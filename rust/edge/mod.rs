@@ -52,6 +52,8 @@ mod answer;
 mod dispatch;
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod idle_tests;
 mod proxy;
 mod request;
 mod server;
