@@ -9,7 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod core;
 pub mod dns;
 pub mod edge;
-pub mod etcd_http;
+pub mod etcd;
 pub mod forward;
 pub mod lanes;
 pub mod netguard;
@@ -21,6 +21,7 @@ pub mod route;
 pub mod rules;
 pub mod tokens;
 pub mod url;
+pub mod writes;
 
 #[cfg(feature = "python")]
 mod python;
@@ -28,6 +29,8 @@ mod python;
 mod python_dns;
 #[cfg(feature = "python")]
 mod python_errors;
+#[cfg(feature = "python")]
+mod python_etcd;
 #[cfg(feature = "python")]
 mod python_front;
 #[cfg(feature = "python")]

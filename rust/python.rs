@@ -19,8 +19,12 @@ use crate::core::replica::{Mode, ReplicaChange};
 use crate::core::select::{EjectionConfig, PickRequest, Picked, Policy, Selector};
 use crate::core::shared::SharedState;
 use crate::core::store::{self, Expect, StoreError};
+use crate::etcd::keys::{Layout, DEFAULT_PREFIX};
+use crate::etcd::writes::{EtcdWrites, REPLICA_STATE};
 use crate::python_errors::{to_py, NoRoutableError, NotFoundError};
+use crate::python_etcd::{PyEtcdClient, PyEtcdLayout};
 use crate::registry::Registry;
+use crate::writes::{Local, Write, WriteBackend};
 
 fn collection(name: &str) -> PyResult<&'static CollectionSpec> {
     model::collection(name).ok_or_else(|| to_py(StoreError::UnknownCollection(name.to_owned())))
@@ -51,7 +55,8 @@ impl PyStore {
     #[new]
     #[pyo3(signature = (
         path, map_size = 8 << 30, default_policy = "round_robin", slug_policies = HashMap::new(),
-        eject_seconds = 30.0, eject_max_seconds = 300.0, eject_failures = 5, balancer_state = None
+        eject_seconds = 30.0, eject_max_seconds = 300.0, eject_failures = 5, balancer_state = None,
+        etcd = None, etcd_layout = None, catch_up_seconds = 5.0
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -64,6 +69,9 @@ impl PyStore {
         eject_max_seconds: f64,
         eject_failures: u32,
         balancer_state: Option<PathBuf>,
+        etcd: Option<PyRef<'_, PyEtcdClient>>,
+        etcd_layout: Option<PyRef<'_, PyEtcdLayout>>,
+        catch_up_seconds: f64,
     ) -> PyResult<Self> {
         let default_policy = policy(default_policy)?;
         let slug_policies = slug_policies
@@ -82,12 +90,25 @@ impl PyStore {
             None => SharedState::private(),
         };
         let selector = Selector::with_state(default_policy, slug_policies, ejection, shared);
+        let writes: Arc<dyn WriteBackend> = match etcd {
+            // Cluster mode: writes go to etcd, this store is its replica.
+            Some(client) => Arc::new(EtcdWrites::new(
+                Arc::clone(&client.inner),
+                etcd_layout.map_or_else(
+                    || Layout::new(DEFAULT_PREFIX).expect("the default prefix"),
+                    |l| l.inner.clone(),
+                ),
+                seconds(catch_up_seconds)?,
+            )),
+            None => Arc::new(Local),
+        };
         let inner = py.detach(|| store::Store::open(&path, map_size)).map_err(to_py)?;
         // One GIL acquisition per committed batch runs all of its `put_nowait` callbacks.
         inner.set_completion_runner(Box::new(|run| Python::attach(|_py| run())));
         Ok(PyStore {
             registry: Arc::new(Registry {
-                store: inner,
+                store: Arc::new(inner),
+                writes,
                 selector,
                 responses: ResponseCache::default(),
                 tokens: Default::default(),
@@ -232,9 +253,13 @@ impl PyStore {
         json: Vec<u8>,
         expect_version: Option<u64>,
     ) -> PyResult<u64> {
-        let coll = collection(collection_name)?;
-        py.detach(|| self.registry.store.put(coll, id, json, expect(expect_version)))
-            .map_err(to_py)
+        let write = Write::Put {
+            coll: collection(collection_name)?,
+            id: id.to_owned(),
+            json,
+            expect: expect(expect_version),
+        };
+        py.detach(|| self.registry.write(write)).map_err(to_py)
     }
 
     /// `put` without blocking: `done(result)` is called from the store's writer thread
@@ -248,9 +273,8 @@ impl PyStore {
         expect_version: Option<u64>,
         done: Py<PyAny>,
     ) -> PyResult<()> {
-        let coll = collection(collection_name)?;
-        let op = store::Op::Put {
-            coll,
+        let write = Write::Put {
+            coll: collection(collection_name)?,
             id: id.to_owned(),
             json,
             expect: expect(expect_version),
@@ -269,22 +293,19 @@ impl PyStore {
                 }
             })
         });
-        self.registry.store.submit(vec![op], completion).map_err(to_py)
+        let writes = Arc::clone(&self.registry.writes);
+        writes
+            .submit(Arc::clone(&self.registry.store), write, completion)
+            .map_err(to_py)
     }
 
     /// Writes many records in one atomic, durable write (bulk import); returns its index.
     fn put_many(&self, py: Python<'_>, collection_name: &str, items: Vec<(String, Vec<u8>)>) -> PyResult<u64> {
-        let coll = collection(collection_name)?;
-        let ops = items
-            .into_iter()
-            .map(|(id, json)| store::Op::Put {
-                coll,
-                id,
-                json,
-                expect: Expect::Any,
-            })
-            .collect();
-        py.detach(|| self.registry.store.write(ops)).map_err(to_py)
+        let write = Write::PutMany {
+            coll: collection(collection_name)?,
+            items,
+        };
+        py.detach(|| self.registry.write(write)).map_err(to_py)
     }
 
     /// Deletes a record. With `expect_collection_index`, only if nothing in the collection
@@ -298,17 +319,13 @@ impl PyStore {
         expect_version: Option<u64>,
         expect_collection_index: Option<u64>,
     ) -> PyResult<u64> {
-        let coll = collection(collection_name)?;
-        let mut ops = Vec::with_capacity(2);
-        if let Some(collection_index) = expect_collection_index {
-            ops.push(store::Op::Guard { coll, collection_index });
-        }
-        ops.push(store::Op::Delete {
-            coll,
+        let write = Write::Delete {
+            coll: collection(collection_name)?,
             id: id.to_owned(),
             expect: expect(expect_version),
-        });
-        py.detach(|| self.registry.store.write(ops)).map_err(to_py)
+            collection_index: expect_collection_index,
+        };
+        py.detach(|| self.registry.write(write)).map_err(to_py)
     }
 
     /// Applies changes committed in etcd, in one transaction, and sets the applied revision
@@ -364,6 +381,21 @@ impl PyStore {
     /// of the server leave reads to the workers (and their staleness header) after it.
     fn set_fresh_until(&self, unix_ms: u64) {
         self.registry.store.set_fresh_until(unix_ms);
+    }
+
+    /// Where this store's writes go: "local" (its own writer) or "etcd" (cluster mode).
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.registry.writes.name()
+    }
+
+    /// Seconds since this store's replica last heard from etcd, when that is past
+    /// STALE_AFTER_S; None while it is fresh (and on a store no replicator wrote to).
+    fn replica_staleness(&self) -> PyResult<Option<f64>> {
+        if self.registry.store.state(REPLICA_STATE).map_err(to_py)?.is_none() {
+            return Ok(None);
+        }
+        crate::etcd::writes::staleness(&self.registry.store).map_err(to_py)
     }
 
     /// Marks the store as no cluster's replica (a server started without etcd).
@@ -458,11 +490,6 @@ pub(crate) fn chosen(picked: Picked, slug: &str) -> PyResult<Arc<crate::core::se
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(crate::python_front::http_post, m)?)?;
-    m.add(
-        "MaybeAppliedError",
-        m.py().get_type::<crate::python_front::MaybeAppliedError>(),
-    )?;
     m.add_class::<PyStore>()?;
     m.add_class::<crate::python_front::PyFront>()?;
     m.add_class::<crate::python_dns::PyDns>()?;
@@ -476,5 +503,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         format!("registry-svc-core {} ({profile})", env!("CARGO_PKG_VERSION")),
     )?;
     crate::python_errors::add(m)?;
+    crate::python_etcd::add(m)?;
     Ok(())
 }

@@ -49,7 +49,7 @@ pub(crate) fn to_py(err: StoreError) -> PyErr {
             InvalidRecordError::new_err(msg)
         }
         StoreError::Full(_) => StoreFullError::new_err(msg),
-        StoreError::Lmdb(_) | StoreError::Closed => StoreErrorPy::new_err(msg),
+        StoreError::Lmdb(_) | StoreError::Closed | StoreError::Unavailable(_) => StoreErrorPy::new_err(msg),
     }
 }
 

@@ -1,24 +1,15 @@
-//! The binding of the gates (`edge/`: `_core.Front`) and of the etcd client's POST.
+//! The binding of the gates (`edge/`: `_core.Front`).
 
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyTimeoutError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 
 use crate::edge::{Front, Limits, Options, Role};
-use crate::etcd_http::PostError;
 use crate::forward::Forwarder;
 use crate::netguard::NetPolicy;
 use crate::python::PyStore;
 use std::sync::Arc;
-
-pyo3::create_exception!(
-    _core,
-    MaybeAppliedError,
-    PyOSError,
-    "The request was sent and its answer did not come: the peer may have applied it."
-);
 
 /// The gate in front of the API port (see `edge/`): listens on `host:port` and
 /// forwards checked requests to the workers on `127.0.0.1:upstream_port`.
@@ -121,38 +112,5 @@ impl PyFront {
     fn close(&self, py: Python<'_>) {
         let front = self.inner.lock().ok().and_then(|mut f| f.take());
         py.detach(move || drop(front));
-    }
-}
-
-/// POSTs a JSON `body` to `http://endpoint/path` (etcd's gateway) with the GIL released;
-/// returns (status, body). MaybeAppliedError when the request was sent and its answer did
-/// not come (the member may have applied it: never send it again blindly); OSError
-/// (TimeoutError on a timeout) when it was not sent.
-#[pyfunction]
-#[pyo3(signature = (endpoint, path, body, headers, timeout, connect_timeout))]
-pub fn http_post<'py>(
-    py: Python<'py>,
-    endpoint: &str,
-    path: &str,
-    body: &[u8],
-    headers: Vec<(String, String)>,
-    timeout: f64,
-    connect_timeout: f64,
-) -> PyResult<(u16, Bound<'py, PyBytes>)> {
-    let seconds = |s: f64| Duration::try_from_secs_f64(s).map_err(|e| PyValueError::new_err(e.to_string()));
-    let (timeout, connect_timeout) = (seconds(timeout)?, seconds(connect_timeout)?);
-    let answer = py.detach(|| crate::etcd_http::post(endpoint, path, body, &headers, timeout, connect_timeout));
-    let timed_out =
-        |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock);
-    match answer {
-        Ok((status, body)) => Ok((status, PyBytes::new(py, &body))),
-        Err(PostError::MaybeApplied(e)) if timed_out(&e) => Err(MaybeAppliedError::new_err(format!(
-            "{endpoint}: timed out after the request was sent"
-        ))),
-        Err(PostError::MaybeApplied(e)) => Err(MaybeAppliedError::new_err(format!(
-            "{endpoint}: {e} after the request was sent"
-        ))),
-        Err(PostError::NotSent(e)) if timed_out(&e) => Err(PyTimeoutError::new_err(format!("{endpoint}: timed out"))),
-        Err(PostError::NotSent(e)) => Err(PyOSError::new_err(format!("{endpoint}: {e}"))),
     }
 }

@@ -253,7 +253,8 @@ mod tests {
             max: Duration::from_secs(2),
         };
         let registry = Registry {
-            store: crate::core::store::Store::open(dir.path(), 1 << 24).unwrap(),
+            store: std::sync::Arc::new(crate::core::store::Store::open(dir.path(), 1 << 24).unwrap()),
+            writes: std::sync::Arc::new(crate::writes::Local),
             selector: Selector::new(Policy::RoundRobin, std::collections::HashMap::new(), ejection),
             responses: ResponseCache::default(),
             tokens: Default::default(),

@@ -27,7 +27,6 @@ import pytest
 from conftest import NO_CHECK, Backend, Server, free_dns_port, free_port, wait_for
 from etcd_cluster import EtcdCluster, FaultProxy, replica_records
 from registry_svc import _core
-from registry_svc.cluster import EtcdStore
 from registry_svc.etcd import Client
 from registry_svc.etcd_keys import Layout
 from registry_svc.replica import Replicator
@@ -295,6 +294,19 @@ def test_a_killed_server_is_marked_unhealthy_and_its_instances_get_new_checkers(
             return str(a.server.call("GET", f"/registry-svc/instance/{instance_id}").json["instance"]["status"])
 
         wait_for(lambda: status() == "Healthy", 10, "C to probe its instance Healthy")
+        # Every status the instance shows from the kill on: the cascade's Unhealthy may be
+        # probed back to Healthy by a survivor before both survivors list C as Unhealthy.
+        history: list[tuple[str, str | None]] = []
+        watching = threading.Event()
+
+        def watch_instance() -> None:
+            while not watching.is_set():
+                record = a.server.call("GET", f"/registry-svc/instance/{instance_id}").json["instance"]
+                history.append((record["status"], record.get("statusReason")))
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch_instance, daemon=True)
+        watcher.start()
         c.server.kill9()
         killed = time.monotonic()
 
@@ -305,18 +317,19 @@ def test_a_killed_server_is_marked_unhealthy_and_its_instances_get_new_checkers(
         for survivor in (a.server, b.server):
             wait_for(lambda s=survivor: c_node(s)["status"] == "Unhealthy", 3 * HEARTBEAT_S + 3, "C marked Unhealthy")
         detected = time.monotonic() - killed
-        # The cascade marks C's instance Unhealthy; a survivor adopts it and probes it back.
-        history = []
 
+        # The cascade marks C's instance Unhealthy; a survivor adopts it and probes it back.
         def adopted() -> bool:
-            record = a.server.call("GET", f"/registry-svc/instance/{instance_id}").json["instance"]
-            history.append((record["status"], record.get("statusReason")))
-            return bool(record["status"] == "Healthy" and any(s == "Unhealthy" for s, _ in history))
+            unhealthy = [n for n, (s, _) in enumerate(history) if s == "Unhealthy"]
+            return bool(unhealthy and any(s == "Healthy" for s, _ in history[unhealthy[0] :]))
 
         try:
             wait_for(adopted, 10, "a survivor to probe C's instance back to Healthy")
         except AssertionError as e:
             raise AssertionError(f"{e}; statuses seen: {sorted(set(history))}") from None
+        finally:
+            watching.set()
+            watcher.join(5)
         print(f"C detected dead after {detected:.2f}s; instance history {history[:3]}...")
         reasons = [r for s, r in history if s == "Unhealthy"]
         assert any("is gone" in (r or "") or "missed" in (r or "") for r in reasons), history
@@ -635,8 +648,10 @@ def test_put_many_is_one_txn_in_etcd_as_it_is_one_write_locally(cluster: Cluster
     """Issue 22: `put_many` means the same on both backends: all or nothing, and refused
     past etcd's ops per txn with nothing written."""
     layout = Layout("/many/")
-    store = EtcdStore(str(tmp_path / "store"), 64 << 20, etcd=Client(cluster.etcd.endpoints), layout=layout)
-    replicator = Replicator(store, store.etcd, layout, str(tmp_path), anti_entropy_seconds=3600)
+    etcd = Client(cluster.etcd.endpoints)
+    store = _core.Store(str(tmp_path / "store"), 64 << 20, etcd=etcd.core, etcd_layout=layout)
+    assert store.backend == "etcd"
+    replicator = Replicator(store, etcd, layout, str(tmp_path), anti_entropy_seconds=3600)
     replicator.start()
 
     def item(n: int, port: int) -> tuple[str, bytes]:
@@ -655,7 +670,7 @@ def test_put_many_is_one_txn_in_etcd_as_it_is_one_write_locally(cluster: Cluster
         with pytest.raises(_core.InvalidRecordError, match="128"):
             store.put_many("instances", [item(n, free_port()) for n in range(10, 80)])
         assert {i for i, _ in store.versions("instances")} == {"m1", "m2"}
-        assert client_keys(store.etcd, layout) == {"m1", "m2"}
+        assert client_keys(etcd, layout) == {"m1", "m2"}
     finally:
         replicator.stop()
         store.close()

@@ -11,20 +11,94 @@ def unmapped_address(address: str) -> str:
     """The IPv4 address an IPv6 spelling carries (IPv4-mapped, IPv4-compatible, NAT64
     `64:ff9b::/96`, 6to4 `2002::/16`), or the address itself. ValueError for a non-address."""
 
-def http_post(
-    endpoint: str,
-    path: str,
-    body: bytes,
-    headers: builtins.list[tuple[str, str]],
-    timeout: float,
-    connect_timeout: float,
-) -> tuple[int, bytes]:
-    """POSTs a JSON body to http://endpoint/path (etcd's gateway) with the GIL released;
-    (status, body). MaybeAppliedError when it was sent and its answer did not come (never
-    send it again blindly); OSError, TimeoutError on a timeout, when it was not sent."""
+class EtcdUnavailable(Exception):
+    """No etcd endpoint took the request (refused, reset, timed out, or no leader)."""
 
-class MaybeAppliedError(OSError):
-    """The request was sent and its answer did not come: the peer may have applied it."""
+class EtcdAmbiguous(EtcdUnavailable):
+    """A write was sent and its answer lost: it may have been applied. Never sent again
+    blindly: read what it would have written first."""
+
+class EtcdError(Exception):
+    """etcd answered with an error; args = (code, message)."""
+
+class Compacted(EtcdError):
+    """The revision asked for is older than etcd's compaction."""
+
+class EtcdClient:
+    """etcd's JSON gateway with failover across `endpoints` (`host:port`), the GIL released
+    while it waits (rust/etcd/client.rs): the write path's client and Python's."""
+
+    def __new__(cls, endpoints: builtins.list[str], timeout: float = 3.0, connect_timeout: float = 1.0) -> Self: ...
+    @property
+    def endpoints(self) -> builtins.list[str]: ...
+    @property
+    def preferred(self) -> int:
+        """The index of the endpoint that answered last."""
+    def call(self, path: str, body: bytes, timeout: float | None = None, idempotent: bool = True) -> bytes:
+        """POSTs the JSON `body` to `path`; the answer's JSON. A call that is not
+        `idempotent` and lost its answer raises EtcdAmbiguous and is never sent again."""
+
+class WatchMessage:
+    """One message of a watch stream (rust/etcd/watch.rs)."""
+
+    revision: int
+    created: bool
+    canceled: bool
+    compact_revision: int
+    cancel_reason: str
+    @property
+    def events(self) -> builtins.list[tuple[bytes, bytes | None, int]]:
+        """(key, value or None for a delete, mod revision) of each change."""
+
+class EtcdWatch:
+    """A watch of every key under `prefix` from `start_revision`, on the first endpoint that
+    takes it (EtcdUnavailable if none)."""
+
+    endpoint: str
+    def __new__(cls, client: EtcdClient, prefix: bytes, start_revision: int, progress_notify: bool = True) -> Self: ...
+    def next(self) -> WatchMessage:
+        """The next message, waited for with the GIL released; EtcdUnavailable when the
+        stream breaks, ends, fails or is closed."""
+    def close(self) -> None:
+        """Ends the stream from any thread."""
+
+def etcd_prefix_end(prefix: bytes) -> bytes:
+    """The range end covering every key that starts with `prefix`."""
+
+class EtcdLayout:
+    """Where a registry's keys live under `prefix` in etcd (rust/etcd/keys.rs)."""
+
+    def __new__(cls, prefix: str = "/registry-svc/") -> Self: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def root(self) -> bytes: ...
+    @property
+    def rec_prefix(self) -> bytes: ...
+    def rec(self, collection: str, record_id: str) -> bytes: ...
+    def parse_rec(self, key: bytes) -> tuple[str, str] | None: ...
+    def uniq(self, collection: str, field: str, value: str) -> bytes: ...
+    def coll(self, collection: str) -> bytes: ...
+    @property
+    def live_prefix(self) -> bytes: ...
+    def live(self, node_id: str) -> bytes: ...
+    def elect(self, job: str) -> bytes: ...
+    @property
+    def bootstrap(self) -> bytes: ...
+
+def etcd_record_ops(
+    layout: EtcdLayout, collection: str, record_id: str, json: bytes, old: bytes | None = None
+) -> bytes:
+    """The JSON of [compares, ops] that put a record with its guard keys in step."""
+
+def etcd_prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot hold a registry's keys in etcd, or None."""
+
+ETCD_DEFAULT_PREFIX: str
+ETCD_MAX_TXN_OPS: int
+ETCD_GUARDED: list[str]
+REPLICA_STATE: str
+STALE_AFTER_S: float
 
 class StoreError(Exception):
     """Base class of every store error."""
@@ -65,9 +139,19 @@ class Store:
         eject_max_seconds: float = 300.0,
         eject_failures: int = 5,
         balancer_state: str | None = None,
+        etcd: EtcdClient | None = None,
+        etcd_layout: EtcdLayout | None = None,
+        catch_up_seconds: float = 5.0,
     ) -> Self:
         """`balancer_state`: a file holding the in-flight counts and outlier ejections,
-        mapped by every process that opens it (rust/shared.rs); None keeps them private."""
+        mapped by every process that opens it (rust/shared.rs); None keeps them private.
+        `etcd`: cluster mode, every write goes to etcd under `etcd_layout` and is answered
+        once this replica applied it (at most `catch_up_seconds` later)."""
+    @property
+    def backend(self) -> str:
+        """Where writes go: "local" (this store's writer) or "etcd"."""
+    def replica_staleness(self) -> float | None:
+        """Seconds since the replica last heard from etcd, when past STALE_AFTER_S."""
     def pick(
         self,
         slug: str,

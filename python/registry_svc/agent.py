@@ -32,7 +32,7 @@ import orjson
 
 from registry_svc import _core, auth, nodes, records, status, telemetry
 from registry_svc.clock import parse_time
-from registry_svc.cluster import replica_state, staleness
+from registry_svc.cluster import replica_state
 from registry_svc.etcd import EtcdError, EtcdUnavailable
 from registry_svc.gpu import GpuSampler
 from registry_svc.health import HealthChecker, pause, write_status
@@ -190,7 +190,7 @@ class NodeAgent:
         etcd, None while it is not. A heartbeat that hung through an outage and then went
         through never saw the outage; the replicator's pings did."""
         state = replica_state(self.store)
-        if not state.get("connected") or staleness(state) is not None:
+        if not state.get("connected") or self.store.replica_staleness() is not None:
             return None
         return float(state.get("since") or 0)
 

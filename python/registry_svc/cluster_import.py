@@ -10,14 +10,14 @@ import orjson
 
 from registry_svc import _core
 from registry_svc.auth import TOKENS, hash_secret, holds_valid_token, new_token_record, write_secret_file
-from registry_svc.cluster import EtcdStore
+from registry_svc.cluster import CATCH_UP_S
 from registry_svc.etcd import Client, EtcdAmbiguous, EtcdError, EtcdUnavailable, parse_endpoints, prefix_end, unb64
 from registry_svc.etcd_keys import COLLECTIONS, Layout, cmp_absent, op_get, op_put, prefix_problem, range_kv, record_ops
 
 log = logging.getLogger("registry_svc")
 
 
-def ensure_admin_token(store: EtcdStore, path: Path) -> bool:
+def ensure_admin_token(store: _core.Store, etcd: Client, layout: Layout, path: Path) -> bool:
     """The cluster's first admin token: created (with `path` holding its secret) by the
     first server to start on an empty prefix, in one create-if-absent txn on the bootstrap
     key; every later server keeps the token file it has, if that token is valid. Returns
@@ -26,12 +26,12 @@ def ensure_admin_token(store: EtcdStore, path: Path) -> bool:
         return False
     secret, record = new_token_record("admin", None, "bootstrap admin token (admin.token of the first server)")
     json = orjson.dumps(record)
-    _, ops, _ = record_ops(store.layout, TOKENS, record["id"], json, record, None)
+    _, ops = record_ops(layout, TOKENS, record["id"], json)
     try:
-        answer = store.etcd.txn(
-            [cmp_absent(store.layout.bootstrap)],
-            [*ops, op_put(store.layout.bootstrap, record["id"])],
-            [op_get(store.layout.bootstrap)],
+        answer = etcd.txn(
+            [cmp_absent(layout.bootstrap)],
+            [*ops, op_put(layout.bootstrap, record["id"])],
+            [op_get(layout.bootstrap)],
         )
         ours = bool(answer.get("succeeded"))
         holder_kv = None if ours else range_kv(answer, 0)
@@ -39,7 +39,7 @@ def ensure_admin_token(store: EtcdStore, path: Path) -> bool:
         revision = int(answer["header"]["revision"])
     except EtcdAmbiguous:
         # Sent, its answer lost: the bootstrap key says whether it was ours (never sent twice).
-        held = store.etcd.get(store.layout.bootstrap)
+        held = etcd.get(layout.bootstrap)
         if held is None:
             raise EtcdUnavailable("the bootstrap txn's answer was lost and it did not apply; start again") from None
         holder = held.value.decode()
@@ -52,7 +52,7 @@ def ensure_admin_token(store: EtcdStore, path: Path) -> bool:
             holder,
         )
         return False
-    store.wait_applied(revision)
+    store.wait_index(revision, CATCH_UP_S)
     write_secret_file(path, secret)
     return True
 
@@ -68,7 +68,7 @@ def import_store(store: _core.Store, client: Client, layout: Layout, admin_token
         _, raws = store.list(collection)
         for raw in raws:
             record = orjson.loads(raw)
-            compares, ops, _ = record_ops(layout, collection, record["id"], raw, record, None)
+            compares, ops = record_ops(layout, collection, record["id"], raw)
             key = layout.rec(collection, record["id"])
             answer = client.txn([cmp_absent(key), *compares], ops, [])
             if not answer.get("succeeded"):
@@ -102,7 +102,7 @@ def main(data_dir: str, endpoints: str, prefix: str) -> int:
         log.error("registry-svc: %s is not a registry-svc store (LMDB) it can open: %s", source / "store", e)
         return 2
     try:
-        if store.state("replica"):
+        if store.state(_core.REPLICA_STATE):
             log.error("registry-svc: %s is a cluster replica, not a single-machine store", source)
             return 2
         token_file = source / "admin.token"

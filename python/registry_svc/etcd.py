@@ -1,5 +1,7 @@
 """A small client of etcd's v3 API through its JSON gateway (`/v3/kv/range`, `/v3/kv/txn`,
-`/v3/watch`, `/v3/lease/*`), over plain HTTP/1.1 with pooled keep-alive connections.
+`/v3/watch`, `/v3/lease/*`), over plain HTTP/1.1 with pooled keep-alive connections. The
+unary calls go through the Rust client (`_core.EtcdClient`, rust/etcd/client.rs), the one
+the write path uses; the watch stream is read here.
 
 etcd serves this gateway on every client port beside gRPC, with the same semantics (it
 translates each call to the gRPC service in process), so no protoc-built stubs are needed.
@@ -11,10 +13,6 @@ error (compacted, no leader, too many ops) is raised as `EtcdError` with etcd's 
 from __future__ import annotations
 
 import base64
-import contextlib
-import http.client
-import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,36 +21,16 @@ import orjson
 
 from registry_svc import _core
 
-# gRPC codes etcd answers with.
-CODE_OUT_OF_RANGE = 11  # "required revision has been compacted"
-CODE_UNAVAILABLE = 14  # "no leader", "leader changed", member stopping
-
 # A member that cannot reach a leader refuses requests carrying this metadata instead of
 # answering from its own (possibly stale) state, and cancels such watches.
 REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
-_HEADERS = list(REQUIRE_LEADER.items())
 
 
-class EtcdUnavailable(Exception):
-    """No endpoint answered (refused, reset, timed out, or no leader)."""
-
-
-class EtcdAmbiguous(EtcdUnavailable):
-    """A write was sent and its answer lost (a timeout, a reset, or etcd's own "unavailable"
-    after it took the request): it may have been applied. Never sent again blindly: the
-    caller reads what it would have written (`cluster.py`)."""
-
-
-class EtcdError(Exception):
-    """etcd answered the request with an error."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Compacted(EtcdError):
-    """The revision asked for is older than etcd's compaction."""
+# etcd's errors, raised by the Rust client (rust/etcd/client.rs) and by the watch below.
+EtcdUnavailable = _core.EtcdUnavailable
+EtcdAmbiguous = _core.EtcdAmbiguous
+EtcdError = _core.EtcdError
+Compacted = _core.Compacted
 
 
 def b64(data: bytes | str) -> str:
@@ -64,15 +42,8 @@ def unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-def prefix_end(prefix: bytes) -> bytes:
-    """The range end covering every key that starts with `prefix`."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"
+# The range end covering every key that starts with a prefix (the watch's rule too).
+prefix_end = _core.etcd_prefix_end
 
 
 @dataclass(frozen=True)
@@ -94,25 +65,11 @@ class KeyValue:
         )
 
 
-@dataclass(frozen=True)
-class Event:
-    """One change seen by a watch: a put (value set) or a delete (value None)."""
-
-    key: bytes
-    value: bytes | None
-    revision: int
-
-
-@dataclass(frozen=True)
-class WatchMessage:
-    """One message of a watch stream."""
-
-    revision: int  # the header revision
-    events: list[Event]
-    created: bool = False
-    canceled: bool = False
-    compact_revision: int = 0
-    cancel_reason: str = ""
+# One message of a watch stream: `revision` (the header's), `events` as (key, value or
+# None for a delete, mod revision), `created`, `canceled`, `compact_revision`,
+# `cancel_reason`. Read and decoded in Rust (rust/etcd/watch.rs).
+WatchMessage = _core.WatchMessage
+Watch = _core.EtcdWatch
 
 
 def parse_endpoints(text: str) -> list[str]:
@@ -145,7 +102,8 @@ class Client:
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self._preferred = 0
+        # The unary calls: the same client the write path calls from Rust (`Store(etcd=)`).
+        self.core = _core.EtcdClient(self.endpoints, timeout, connect_timeout)
 
     # -- transport ------------------------------------------------------------------
 
@@ -155,45 +113,10 @@ class Client:
         """POSTs `body` to `path` on the first endpoint that answers; returns the JSON answer.
         Raises EtcdUnavailable when none answers, EtcdError for an error answer. A request
         that is not `idempotent` (a txn) moves to the next endpoint only when it was not
-        sent; sent and unanswered, it raises EtcdAmbiguous instead of being sent again."""
-        payload = orjson.dumps(body)
-        errors: list[str] = []
-        start = self._preferred
-        for attempt in range(len(self.endpoints)):
-            index = (start + attempt) % len(self.endpoints)
-            endpoint = self.endpoints[index]
-            try:
-                status, raw = self._post(endpoint, path, payload, timeout or self.timeout)
-            except _core.MaybeAppliedError as e:
-                if not idempotent:
-                    raise EtcdAmbiguous("; ".join([*errors, str(e)])) from None
-                errors.append(f"{endpoint}: {e}")
-                continue
-            except OSError as e:
-                errors.append(f"{endpoint}: {e or type(e).__name__}")
-                continue
-            answer: dict[str, Any] = orjson.loads(raw) if raw else {}
-            if status != 200:
-                code = int(answer.get("code", 0))
-                message = str(answer.get("message") or answer.get("error") or f"HTTP {status}")
-                if code == CODE_UNAVAILABLE:
-                    # "No leader" (refused before any proposal, require-leader) is never
-                    # applied; "request timed out" or "leader changed" may be.
-                    if not idempotent and "no leader" not in message:
-                        raise EtcdAmbiguous("; ".join([*errors, f"{endpoint}: {message}"]))
-                    errors.append(f"{endpoint}: {message}")
-                    continue
-                if code == CODE_OUT_OF_RANGE and "compacted" in message:
-                    raise Compacted(code, message)
-                raise EtcdError(code, message)
-            self._preferred = index
-            return answer
-        raise EtcdUnavailable("; ".join(errors) or "no etcd endpoint")
-
-    def _post(self, endpoint: str, path: str, payload: bytes, timeout: float) -> tuple[int, bytes]:
-        # In Rust with the GIL released: the write path's threads then hold the GIL only for
-        # their own JSON, not for HTTP parsing (see rust/etcd_http.rs).
-        return _core.http_post(endpoint, path, payload, _HEADERS, timeout, self.connect_timeout)
+        sent; sent and unanswered, it raises EtcdAmbiguous instead of being sent again.
+        The rule and the failover are the Rust client's, which the write path uses too."""
+        answer: dict[str, Any] = orjson.loads(self.core.call(path, orjson.dumps(body), timeout, idempotent))
+        return answer
 
     # -- KV -------------------------------------------------------------------------
 
@@ -279,95 +202,5 @@ class Client:
 
     def watch(self, prefix: bytes, start_revision: int, progress_notify: bool = True) -> Watch:
         """A watch of every key under `prefix` from `start_revision`, on the first endpoint
-        that takes it."""
-        body = {
-            "create_request": {
-                "key": b64(prefix),
-                "range_end": b64(prefix_end(prefix)),
-                "start_revision": str(start_revision),
-                "progress_notify": progress_notify,
-            }
-        }
-        errors = []
-        start = self._preferred
-        for attempt in range(len(self.endpoints)):
-            endpoint = self.endpoints[(start + attempt) % len(self.endpoints)]
-            host, _, port = endpoint.rpartition(":")
-            conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=self.connect_timeout)
-            try:
-                conn.connect()
-                assert conn.sock is not None
-                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.sock.settimeout(self.timeout)
-                conn.request(
-                    "POST", "/v3/watch", orjson.dumps(body), {"Content-Type": "application/json", **REQUIRE_LEADER}
-                )
-                response = conn.getresponse()
-                # Established: the stream may rightly stay silent for long; the
-                # replicator's ping tells a dead stream from a quiet one and closes it.
-                conn.sock.settimeout(None)
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
-                errors.append(f"{endpoint}: {e or type(e).__name__}")
-                continue
-            if response.status != 200:
-                conn.close()
-                errors.append(f"{endpoint}: HTTP {response.status}")
-                continue
-            return Watch(conn, response, endpoint)
-        raise EtcdUnavailable("; ".join(errors) or "no etcd endpoint")
-
-
-class Watch:
-    """An open watch stream: iterate for messages; `close` (from any thread) ends it."""
-
-    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, endpoint: str) -> None:
-        self._conn = conn
-        self._response = response
-        self.endpoint = endpoint
-
-    def __iter__(self) -> Iterator[WatchMessage]:
-        while True:
-            try:
-                line = self._response.readline()
-            # AttributeError: http.client's reader when `close` ran from another thread.
-            except (OSError, http.client.HTTPException, ValueError, AttributeError) as e:
-                raise EtcdUnavailable(f"{self.endpoint}: watch stream broke: {e or type(e).__name__}") from None
-            if not line:
-                raise EtcdUnavailable(f"{self.endpoint}: watch stream ended")
-            if not line.strip():
-                continue
-            message = orjson.loads(line)
-            if "error" in message:
-                error = message["error"]
-                raise EtcdUnavailable(f"{self.endpoint}: watch failed: {error.get('message') or error}")
-            yield _watch_message(message.get("result") or {})
-
-    def close(self) -> None:
-        sock = self._conn.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self._conn.close()
-
-
-def _watch_message(result: dict[str, Any]) -> WatchMessage:
-    events = []
-    for event in result.get("events") or []:
-        kv = event.get("kv") or {}
-        deleted = event.get("type") == "DELETE"
-        events.append(
-            Event(
-                key=unb64(kv["key"]),
-                value=None if deleted else unb64(kv.get("value", "")),
-                revision=int(kv.get("mod_revision", 0)),
-            )
-        )
-    return WatchMessage(
-        revision=int((result.get("header") or {}).get("revision", 0)),
-        events=events,
-        created=bool(result.get("created")),
-        canceled=bool(result.get("canceled")),
-        compact_revision=int(result.get("compact_revision", 0)),
-        cancel_reason=str(result.get("cancel_reason", "")),
-    )
+        that takes it: `next()` for each message, `close()` from any thread."""
+        return _core.EtcdWatch(self.core, prefix, start_revision, progress_notify)

@@ -235,12 +235,12 @@ class _Live:
         yield GaugeMetricFamily("registry_store_map_bytes", "The LMDB map size (the most the store holds)",
                                 value=self.map_size)  # fmt: skip
         yield from _node_metrics(store)
-        if isinstance(store, cluster.EtcdStore):
-            state = store.replica()
+        if store.backend == "etcd":
+            state = cluster.replica_state(store)
             applied = store.index()
             yield GaugeMetricFamily("registry_replica_lag_revisions", "etcd's revision minus the replica's",
                                     value=max(0, int(state.get("etcdRevision") or 0) - applied))  # fmt: skip
-            stale = cluster.staleness(state)
+            stale = store.replica_staleness()
             yield GaugeMetricFamily("registry_replica_stale_seconds", "Seconds since the replica heard from etcd "
                                     "(0 while fresh)", value=stale or 0.0)  # fmt: skip
 

@@ -248,7 +248,8 @@ class Replicator:
     def _read(self, watch: Watch, arrived: queue.Queue[WatchMessage | BaseException]) -> None:
         """Hands each message of the stream to the applier, and the reason it ended."""
         try:
-            for message in watch:
+            while True:
+                message = watch.next()
                 if message.canceled:
                     if message.compact_revision:
                         raise Compacted(11, f"watch canceled: compacted at {message.compact_revision}")
@@ -264,16 +265,17 @@ class Replicator:
             changes: list[Change] = []
             top = applied
             for message in messages:
-                if not message.events:
+                events = message.events
+                if not events:
                     # A progress notification: every later event has a higher revision.
                     top = max(top, message.revision)
-                for event in message.events:
-                    if event.revision <= applied:
+                for key, value, revision in events:
+                    if revision <= applied:
                         continue  # a duplicate, or a replay after a resume
-                    top = max(top, event.revision)
-                    parsed = self.layout.parse_rec(event.key)
+                    top = max(top, revision)
+                    parsed = self.layout.parse_rec(key)
                     if parsed is not None:
-                        changes.append((parsed[0], parsed[1], event.value, event.revision))
+                        changes.append((parsed[0], parsed[1], value, revision))
             if top > applied:
                 self.store.apply_replica(changes, top)
         self._contact(max(top, messages[-1].revision))

@@ -39,7 +39,6 @@ from registry_svc.api import (
     ui,
 )  # fmt: skip
 from registry_svc.auth import Authenticator, Caller
-from registry_svc.cluster import EtcdStore
 from registry_svc.errors import ApiError
 from registry_svc.http import error_response, json_response, store_error_response
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV, die_with_parent
@@ -233,7 +232,7 @@ def build_app(settings: Settings) -> Robyn:
             die_with_parent()  # a forked worker goes when the Robyn parent goes
         store = settings.open_store()
         hub = watch.WatchHub(store, replica=settings.clustered)
-        staleness = (lambda: cluster.staleness(store.replica())) if isinstance(store, EtcdStore) else None
+        staleness = store.replica_staleness if settings.clustered else None
         state.ctx = Context(store=store, settings=settings, auth=Authenticator(store), watch=hub, staleness=staleness)
         state.writes = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="write")
         if settings.data_port:
@@ -260,8 +259,8 @@ def build_app(settings: Settings) -> Robyn:
         started = time.perf_counter()
         if state.ctx is None:
             response = error_response(503, "store not open yet")
-        elif isinstance(state.ctx.store, EtcdStore):
-            response = json_response(200, cluster.health(state.ctx.store))
+        elif settings.clustered:
+            response = json_response(200, cluster.health(state.ctx.store, list(settings.etcd_endpoints)))
         else:
             response = json_response(200, {"status": "ok"})
         return answered(state, "/health", request, response, started, None)

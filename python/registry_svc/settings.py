@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry_svc import _core, urls
+
+if TYPE_CHECKING:
+    from registry_svc.etcd import Client
 
 DEFAULT_PORT = 11337
 DEFAULT_MAP_SIZE = 8 << 30
@@ -125,19 +128,21 @@ class Settings:
             "eject_max_seconds": max(300.0, self.eject_seconds * 10),
             "balancer_state": str(self.balancer_state_path),
         }
-        if not self.clustered:
-            return _core.Store(str(self.store_path), self.map_size, **options)
-        from registry_svc.cluster import EtcdStore
-        from registry_svc.etcd import Client
-        from registry_svc.etcd_keys import Layout
+        if self.clustered:
+            from registry_svc.cluster import CATCH_UP_S
 
-        return EtcdStore(
-            str(self.store_path),
-            self.map_size,
-            etcd=Client(list(self.etcd_endpoints)),
-            layout=Layout(self.etcd_prefix),
-            **options,
-        )
+            options.update(etcd=self.etcd().core, etcd_layout=self.etcd_layout(), catch_up_seconds=CATCH_UP_S)
+        return _core.Store(str(self.store_path), self.map_size, **options)
+
+    def etcd(self) -> Client:
+        """A client of this cluster's etcd (cluster mode)."""
+        from registry_svc.etcd import Client
+
+        return Client(list(self.etcd_endpoints))
+
+    def etcd_layout(self) -> _core.EtcdLayout:
+        """Where this registry's keys live in etcd (cluster mode)."""
+        return _core.EtcdLayout(self.etcd_prefix)
 
     def describe(self) -> str:
         """The configuration in one log line (no secrets: the admin token only by path)."""

@@ -33,7 +33,7 @@ import psutil
 from registry_svc import _core, cluster_import, metrics, nodes, telemetry
 from registry_svc.agent import NodeAgent
 from registry_svc.auth import ensure_admin_token
-from registry_svc.cluster import EtcdStore, replica_state
+from registry_svc.cluster import replica_state
 from registry_svc.etcd import EtcdError, EtcdUnavailable
 from registry_svc.gpu import GpuSampler
 from registry_svc.lifecycle import SUPERVISOR_PID_ENV
@@ -123,9 +123,11 @@ def check_dns_port(settings: Settings) -> None:
 def bootstrap(store: _core.Store, settings: Settings, gpus: GpuSampler) -> bool:
     """Creates the admin token (if needed) and this node's first record.
     Returns True when a new admin token was written."""
-    if isinstance(store, EtcdStore):
+    if settings.clustered:
         try:
-            created = cluster_import.ensure_admin_token(store, settings.admin_token_path)
+            created = cluster_import.ensure_admin_token(
+                store, settings.etcd(), settings.etcd_layout(), settings.admin_token_path
+            )
         except (EtcdUnavailable, EtcdError) as e:
             log.warning("registry-svc: cannot check the cluster's admin token now (%s)", e)
             created = False
@@ -142,14 +144,14 @@ def bootstrap(store: _core.Store, settings: Settings, gpus: GpuSampler) -> bool:
     return created
 
 
-def start_replica(settings: Settings, store: EtcdStore) -> Replicator | None:
+def start_replica(settings: Settings, store: _core.Store) -> Replicator | None:
     """Starts the replicator and waits for its first sync with etcd. None (after logging
     why) when the server cannot start; with etcd away but a replica on disk, the server
     starts and serves it read-only until etcd is back."""
     # A replica worth serving is one that heard from etcd at least once: the replicator
     # writes its state (connected: false) before any contact too.
     had_replica = bool(replica_state(store).get("contact"))
-    replicator = Replicator(store, store.etcd, store.layout, settings.data_dir)
+    replicator = Replicator(store, settings.etcd(), settings.etcd_layout(), settings.data_dir)
     try:
         replicator.check_data_dir()
         replicator.start()
@@ -279,7 +281,7 @@ def serve(settings: Settings) -> int:
         log.error("registry-svc: %s%s", e.strerror or e, in_use)
         return 1
     replicator = None
-    if isinstance(store, EtcdStore):
+    if settings.clustered:
         replicator = start_replica(settings, store)
         if replicator is None:
             front.close()
@@ -319,7 +321,7 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
 
     child = spawn()
     membership = (
-        Membership(store.etcd, store.layout, settings.heartbeat_seconds) if isinstance(store, EtcdStore) else None
+        Membership(settings.etcd(), settings.etcd_layout(), settings.heartbeat_seconds) if settings.clustered else None
     )
     agent = NodeAgent(store, settings, gpus, membership)
     try:

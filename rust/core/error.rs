@@ -42,6 +42,9 @@ pub enum StoreError {
     Full(String),
     Lmdb(String),
     Closed,
+    /// The source of truth (etcd, in cluster mode) did not take or did not confirm the
+    /// write; the message says which, and whether it may have been applied.
+    Unavailable(String),
 }
 
 impl fmt::Display for StoreError {
@@ -81,6 +84,7 @@ impl fmt::Display for StoreError {
             StoreError::Full(msg) => write!(f, "store is full: {msg}"),
             StoreError::Lmdb(msg) => write!(f, "storage error: {msg}"),
             StoreError::Closed => write!(f, "the store is closed"),
+            StoreError::Unavailable(msg) => f.write_str(msg),
         }
     }
 }
