@@ -19,12 +19,10 @@ use crate::core::replica::{Mode, ReplicaChange};
 use crate::core::select::{EjectionConfig, PickRequest, Picked, Policy, Selector};
 use crate::core::shared::SharedState;
 use crate::core::store::{self, Expect, StoreError};
-use crate::etcd::keys::{Layout, DEFAULT_PREFIX};
-use crate::etcd::writes::{EtcdWrites, REPLICA_STATE};
 use crate::python_errors::{to_py, NoRoutableError, NotFoundError};
 use crate::python_etcd::{PyEtcdClient, PyEtcdLayout};
 use crate::registry::Registry;
-use crate::writes::{Local, Write, WriteBackend};
+use crate::writes::Write;
 
 fn collection(name: &str) -> PyResult<&'static CollectionSpec> {
     model::collection(name).ok_or_else(|| to_py(StoreError::UnknownCollection(name.to_owned())))
@@ -90,18 +88,7 @@ impl PyStore {
             None => SharedState::private(),
         };
         let selector = Selector::with_state(default_policy, slug_policies, ejection, shared);
-        let writes: Arc<dyn WriteBackend> = match etcd {
-            // Cluster mode: writes go to etcd, this store is its replica.
-            Some(client) => Arc::new(EtcdWrites::new(
-                Arc::clone(&client.inner),
-                etcd_layout.map_or_else(
-                    || Layout::new(DEFAULT_PREFIX).expect("the default prefix"),
-                    |l| l.inner.clone(),
-                ),
-                seconds(catch_up_seconds)?,
-            )),
-            None => Arc::new(Local),
-        };
+        let writes = crate::python_etcd::write_backend(etcd, etcd_layout, seconds(catch_up_seconds)?);
         let inner = py.detach(|| store::Store::open(&path, map_size)).map_err(to_py)?;
         // One GIL acquisition per committed batch runs all of its `put_nowait` callbacks.
         inner.set_completion_runner(Box::new(|run| Python::attach(|_py| run())));
@@ -392,10 +379,7 @@ impl PyStore {
     /// Seconds since this store's replica last heard from etcd, when that is past
     /// STALE_AFTER_S; None while it is fresh (and on a store no replicator wrote to).
     fn replica_staleness(&self) -> PyResult<Option<f64>> {
-        if self.registry.store.state(REPLICA_STATE).map_err(to_py)?.is_none() {
-            return Ok(None);
-        }
-        crate::etcd::writes::staleness(&self.registry.store).map_err(to_py)
+        crate::python_etcd::replica_staleness(&self.registry.store)
     }
 
     /// Marks the store as no cluster's replica (a server started without etcd).

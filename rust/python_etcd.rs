@@ -11,10 +11,15 @@ use pyo3::types::{PyBytes, PyTuple};
 use serde_json::Value;
 
 use crate::core::model;
+use crate::core::store::Store;
 use crate::etcd::client::{Client, EtcdError as Failure, CODE_OUT_OF_RANGE};
 use crate::etcd::keys::{self, Layout};
+use crate::etcd::list;
 use crate::etcd::watch::{Event, Watch};
-use crate::etcd::writes::{REPLICA_STATE, STALE_AFTER_S};
+use crate::etcd::writes::{EtcdWrites, REPLICA_STATE, STALE_AFTER_S};
+use crate::python::PyStore;
+use crate::python_errors::to_py;
+use crate::writes::{Local, WriteBackend};
 
 pyo3::create_exception!(
     _core,
@@ -49,6 +54,33 @@ pub(crate) fn etcd_to_py(e: Failure) -> PyErr {
         Failure::Compacted(m) => Compacted::new_err((CODE_OUT_OF_RANGE, m)),
         Failure::Answer { code, message } => EtcdError::new_err((code, message)),
     }
+}
+
+/// Where a store's writes go: etcd under `layout` with a client (cluster mode), else the
+/// store's own writer.
+pub(crate) fn write_backend(
+    etcd: Option<PyRef<'_, PyEtcdClient>>,
+    layout: Option<PyRef<'_, PyEtcdLayout>>,
+    catch_up: Duration,
+) -> Arc<dyn WriteBackend> {
+    match etcd {
+        Some(client) => {
+            let layout = layout.map_or_else(
+                || Layout::new(keys::DEFAULT_PREFIX).expect("the default prefix"),
+                |l| l.inner.clone(),
+            );
+            Arc::new(EtcdWrites::new(Arc::clone(&client.inner), layout, catch_up))
+        }
+        None => Arc::new(Local),
+    }
+}
+
+/// `Store.replica_staleness`: None on a store no replicator wrote to.
+pub(crate) fn replica_staleness(store: &Store) -> PyResult<Option<f64>> {
+    if store.state(REPLICA_STATE).map_err(to_py)?.is_none() {
+        return Ok(None);
+    }
+    crate::etcd::writes::staleness(store).map_err(to_py)
 }
 
 fn seconds(s: f64) -> PyResult<Duration> {
@@ -86,6 +118,23 @@ impl PyEtcdClient {
         self.inner.preferred()
     }
 
+    /// Every key under `prefix` at `revision` (0: now), `page` keys per request, held in
+    /// Rust (`EtcdListing`). Compacted if that revision is compacted meanwhile.
+    #[pyo3(signature = (prefix, revision = 0, keys_only = false, page = 1000))]
+    fn list_prefix(
+        &self,
+        py: Python<'_>,
+        prefix: &[u8],
+        revision: u64,
+        keys_only: bool,
+        page: usize,
+    ) -> PyResult<PyEtcdListing> {
+        let listing = py
+            .detach(|| list::list_prefix(&self.inner, prefix, revision, keys_only, page.max(1)))
+            .map_err(etcd_to_py)?;
+        Ok(PyEtcdListing { inner: listing })
+    }
+
     /// POSTs the JSON `body` to `path` on the first endpoint that answers; returns the
     /// answer's JSON. EtcdUnavailable when none took it; EtcdAmbiguous when a call that is
     /// not `idempotent` was sent and its answer lost; EtcdError (Compacted) for etcd's own.
@@ -101,6 +150,50 @@ impl PyEtcdClient {
         let timeout = timeout.map(seconds).transpose()?;
         let answer = py.detach(|| self.inner.call(path, body, timeout, idempotent));
         Ok(PyBytes::new(py, &answer.map_err(etcd_to_py)?))
+    }
+}
+
+/// A listing of etcd's keys at one revision (rust/etcd/list.rs), kept in Rust.
+#[pyclass(frozen, name = "EtcdListing", module = "registry_svc._core")]
+pub struct PyEtcdListing {
+    inner: list::Listing,
+}
+
+#[pymethods]
+impl PyEtcdListing {
+    #[getter]
+    fn revision(&self) -> u64 {
+        self.inner.revision
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.kvs.len()
+    }
+
+    /// (key, value, mod revision) of every key listed (value empty when keys only).
+    fn items<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, u64)> {
+        let kvs = &self.inner.kvs;
+        kvs.iter()
+            .map(|kv| (PyBytes::new(py, &kv.key), PyBytes::new(py, &kv.value), kv.mod_revision))
+            .collect()
+    }
+
+    /// The changes that make `store`'s records equal this listing, as `apply_replica` takes
+    /// them: (collection, id, JSON or None for a delete, revision).
+    #[allow(clippy::type_complexity)]
+    fn differences<'py>(
+        &self,
+        py: Python<'py>,
+        store: &PyStore,
+        layout: &PyEtcdLayout,
+    ) -> PyResult<Vec<(&'static str, String, Option<Bound<'py, PyBytes>>, u64)>> {
+        let changes = py
+            .detach(|| list::differences(&store.registry.store, &layout.inner, &self.inner))
+            .map_err(to_py)?;
+        Ok(changes
+            .into_iter()
+            .map(|c| (c.coll.name, c.id, c.json.map(|j| PyBytes::new(py, &j)), c.revision))
+            .collect())
     }
 }
 
@@ -212,6 +305,7 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEtcdClient>()?;
     m.add_class::<PyEtcdLayout>()?;
     m.add_class::<PyEtcdWatch>()?;
+    m.add_class::<PyEtcdListing>()?;
     m.add_class::<PyWatchMessage>()?;
     m.add_function(wrap_pyfunction!(etcd_record_ops, m)?)?;
     m.add_function(wrap_pyfunction!(etcd_prefix_problem, m)?)?;

@@ -62,6 +62,10 @@ class FaultProxy:
         self._patterns: list[bytes] = []
         self._marked: set[socket.socket] = set()
         self.lost = 0
+        # hold: what marks a request to hold back, and the held (peer, bytes) until release.
+        self._hold: list[bytes] = []
+        self._held: list[tuple[socket.socket, bytes]] = []
+        self.held = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -75,6 +79,23 @@ class FaultProxy:
         with self._lock:
             self._patterns = list(patterns)
             self.mode = "lose-answer"
+
+    def hold_requests(self, patterns: list[bytes]) -> None:
+        """Holds back every request carrying one of `patterns` (it reaches etcd only at
+        `release`): a slow answer to that request alone, while other connections flow."""
+        with self._lock:
+            self._hold, self.held = list(patterns), 0
+
+    def release(self) -> None:
+        """Sends the held requests on, and holds nothing more."""
+        with self._lock:
+            held, self._hold, self._held = self._held, [], []
+            for peer, data in held:
+                with contextlib.suppress(OSError):
+                    peer.setblocking(True)
+                    peer.settimeout(2)
+                    peer.sendall(data)
+                    peer.setblocking(False)
 
     def set(self, mode: str) -> None:
         assert mode in ("pass", "blackhole", "reset")
@@ -156,6 +177,10 @@ class FaultProxy:
             self._close(sock)
             return
         peer = self._pairs[sock]
+        if self._hold and any(p in data for p in self._hold):
+            self._held.append((peer, data))
+            self.held += 1
+            return
         if self.mode == "lose-answer":
             if sock in self._marked:  # etcd answered the marked request: drop it, and the connection
                 self._marked.discard(sock)

@@ -607,41 +607,45 @@ def test_anti_entropy_repairs_a_replica_that_diverged_from_etcd(cluster: Cluster
 
 def test_watch_events_are_applied_while_anti_entropy_scans(cluster: Cluster, tmp_path: Path) -> None:
     """Review finding 9: the scan lists etcd without the replica's apply lock. Its page
-    read is held open here; a record put meanwhile still reaches the replica, and the scan
-    then finds nothing to repair (the new record is newer than its listing)."""
+    read is held back here (by a proxy in front of each member); a record put meanwhile
+    still reaches the replica, and the scan then finds nothing to repair (the new record is
+    newer than its listing)."""
     client = Client(cluster.etcd.endpoints)
     layout = Layout("/scan/")
     store = _core.Store(str(tmp_path / "store"), 64 << 20)
-    scanner = Client(cluster.etcd.endpoints)
-    replicator = Replicator(store, scanner, layout, str(tmp_path), anti_entropy_seconds=3600)
-    listing, go_on = threading.Event(), threading.Event()
-    plain_range = scanner.range
-
-    def held_range(key: bytes, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if kwargs.get("keys_only"):  # the scan's page: wait until the test lets it go
-            listing.set()
-            assert go_on.wait(30)
-        return plain_range(key, *args, **kwargs)
-
+    proxies = [FaultProxy(endpoint) for endpoint in cluster.etcd.endpoints]
+    replicator = Replicator(
+        store, Client([p.endpoint for p in proxies]), layout, str(tmp_path), anti_entropy_seconds=3600
+    )
     replicator.start()
+    scan: threading.Thread | None = None
     try:
         assert replicator.wait_synced(10)
         client.put(layout.rec("definitions", "before"), orjson.dumps({"id": "before", "image": {"name": "b:1"}}))
         wait_for(lambda: store.get("definitions", "before") is not None, 5, "the replica to apply the first put")
-        scanner.range = held_range  # type: ignore[method-assign]
+        for proxy in proxies:
+            proxy.hold_requests([b'"keys_only":true'])  # the scan's page read
         found: list[int] = []
         scan = threading.Thread(target=lambda: found.append(replicator.anti_entropy()))
         scan.start()
-        assert listing.wait(10)
+        wait_for(lambda: sum(p.held for p in proxies) == 1, 10, "the scan's page read to be held")
         client.put(layout.rec("definitions", "during"), orjson.dumps({"id": "during", "image": {"name": "d:1"}}))
-        wait_for(lambda: store.get("definitions", "during") is not None, 10, "the put to apply during the scan")
-        go_on.set()
+        # Within the scan client's timeout (3 s): the page read is still held meanwhile.
+        wait_for(lambda: store.get("definitions", "during") is not None, 2.5, "the put to apply during the scan")
+        assert scan.is_alive(), "the scan did not wait for its page"
+        for proxy in proxies:
+            proxy.release()
         scan.join(30)
         assert found == [0]
     finally:
-        go_on.set()
+        for proxy in proxies:
+            proxy.release()
+        if scan is not None:
+            scan.join(30)
         replicator.stop()
         store.close()
+        for proxy in proxies:
+            proxy.close()
 
 
 def test_put_many_is_one_txn_in_etcd_as_it_is_one_write_locally(cluster: Cluster, tmp_path: Path) -> None:

@@ -419,6 +419,37 @@ def test_imported_instances_with_partial_checks_do_not_break_the_checker(tmp_pat
     store.close()
 
 
+def test_a_full_reload_keeps_the_verdicts_of_checks_it_keeps(tmp_path: Path) -> None:
+    """A full reload (the nodes changed: which node checks what is decided again) used to
+    forget every instance's verdicts, so the next probe of one check wrote a `checkStatus`
+    without the others (seen in CI: Healthy, "all 2 checks pass", and one check listed)."""
+    import orjson
+
+    from registry_svc import _core, checks
+    from registry_svc.health import HealthChecker
+
+    store = _core.Store(str(tmp_path / "store"))
+    two = [
+        {"name": "web", "type": "http", "path": "/", "intervalSeconds": 1},
+        {"name": "tcp", "type": "tcp", "intervalSeconds": 1},
+    ]
+    mine = {"id": "two", "url": "http://127.0.0.1:9", "healthCheck": {"type": "none"}, "checks": two}
+    gone = {"id": "gone", "url": "http://127.0.0.1:8", "healthCheck": {"type": "tcp"}}
+    store.put_many("instances", [(r["id"], orjson.dumps(r)) for r in (mine, gone)])
+    checker = HealthChecker(store, lambda _instance: True)
+    checker.reload()
+    for name in ("web", "tcp"):
+        checker._verdicts["two"][name].judge(next(c for c in two if c["name"] == name), ProbeResult(True, "ok"))
+    store.delete("instances", "gone")
+    checker.request_full_reload()
+    checker._loaded_at = float("-inf")
+    checker.reload()
+    assert set(checker._instances) == {"two"}
+    status = checks.check_status(checker._instances["two"]["_judged"], checker._verdicts["two"])
+    assert set(status) == {"web", "tcp"}
+    store.close()
+
+
 def test_a_tick_starts_what_is_due_from_a_heap_not_a_scan(tmp_path: Path) -> None:
     """Finding 10 of the review: the checker keeps a heap keyed on each check's next due
     time. Instances with nothing to check never enter it; each tick starts exactly the

@@ -34,9 +34,24 @@ class EtcdClient:
     @property
     def preferred(self) -> int:
         """The index of the endpoint that answered last."""
+    def list_prefix(self, prefix: bytes, revision: int = 0, keys_only: bool = False, page: int = 1000) -> EtcdListing:
+        """Every key under `prefix` at `revision` (0: now), paginated, held in Rust.
+        Compacted if that revision is compacted between pages."""
     def call(self, path: str, body: bytes, timeout: float | None = None, idempotent: bool = True) -> bytes:
         """POSTs the JSON `body` to `path`; the answer's JSON. A call that is not
         `idempotent` and lost its answer raises EtcdAmbiguous and is never sent again."""
+
+class EtcdListing:
+    """Etcd's keys under a prefix at one revision (rust/etcd/list.rs)."""
+
+    @property
+    def revision(self) -> int: ...
+    def __len__(self) -> int: ...
+    def items(self) -> builtins.list[tuple[bytes, bytes, int]]:
+        """(key, value, mod revision) of each key (value empty when listed keys only)."""
+    def differences(self, store: Store, layout: EtcdLayout) -> builtins.list[tuple[str, str, bytes | None, int]]:
+        """The changes that make `store`'s records equal this listing, as
+        `Store.apply_replica` takes them."""
 
 class WatchMessage:
     """One message of a watch stream (rust/etcd/watch.rs)."""

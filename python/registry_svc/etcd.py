@@ -152,18 +152,10 @@ class Client:
         return KeyValue.of(kvs[0]) if kvs else None
 
     def list_prefix(self, prefix: bytes, page: int = 1000) -> tuple[int, list[KeyValue]]:
-        """Every key under `prefix` at one revision (paginated): (revision, key-values).
-        Raises Compacted if that revision is compacted between pages."""
-        end = prefix_end(prefix)
-        first = self.range(prefix, end, limit=page)
-        revision = int(first["header"]["revision"])
-        kvs = [KeyValue.of(kv) for kv in first.get("kvs") or []]
-        more = bool(first.get("more"))
-        while more and kvs:
-            answer = self.range(kvs[-1].key + b"\0", end, revision=revision, limit=page)
-            kvs.extend(KeyValue.of(kv) for kv in answer.get("kvs") or [])
-            more = bool(answer.get("more"))
-        return revision, kvs
+        """Every key under `prefix` at one revision (paginated, in Rust): (revision,
+        key-values). Raises Compacted if that revision is compacted between pages."""
+        listing = self.core.list_prefix(prefix, page=page)
+        return listing.revision, [KeyValue(k, v, 0, r) for k, v, r in listing.items()]
 
     def txn(
         self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]] | None = None

@@ -177,13 +177,16 @@ class HealthChecker:
         self._loaded_index, self._loaded_at = index, now
 
     def _full_reload(self, now: float) -> None:
+        """Re-decides every instance. What it keeps checking keeps its counts, verdicts and
+        schedule: a reload (which node checks what changed) must not blank a check's last
+        result in `checkStatus` until its next probe."""
         index, raws = self.store.list(INSTANCES)
         first = not self._known
         self._known = set()
-        for instance_id in list(self._instances):
-            self._forget(instance_id)
         for raw in raws:
             self._track(orjson.loads(raw), now, spread=first)
+        for instance_id in set(self._instances) - self._known:
+            self._forget(instance_id)
         self._loaded_index, self._loaded_at = index, now
 
     def _track(self, instance: dict[str, Any], now: float, spread: bool) -> None:

@@ -34,8 +34,8 @@ import orjson
 
 from registry_svc import _core
 from registry_svc.cluster import REPLICA_STATE, fresh_until, replica_state
-from registry_svc.etcd import Client, Compacted, EtcdError, EtcdUnavailable, KeyValue, Watch, WatchMessage, prefix_end
-from registry_svc.etcd_keys import COLLECTIONS, Layout
+from registry_svc.etcd import Client, Compacted, EtcdError, EtcdUnavailable, KeyValue, Watch, WatchMessage
+from registry_svc.etcd_keys import Layout
 
 log = logging.getLogger("registry_svc")
 
@@ -187,33 +187,17 @@ class Replicator:
                 time.sleep(BACKOFF_MAX_S)
 
     def _list_and_replace(self) -> None:
-        revision, kvs = self.client.list_prefix(self.layout.rec_prefix)
+        listing = self.client.core.list_prefix(self.layout.rec_prefix)
+        revision, kvs = listing.revision, len(listing)
         with self._apply:
-            changes = self._differences(kvs, revision)
+            changes = listing.differences(self.store, self.layout)
             self.store.apply_replica(changes, revision, exact=True)
         self._relist = False
         self.state["relists"] = int(self.state["relists"]) + 1
         self._published = (0.0, None)  # publish the new count at once
-        log.info("replica: listed %d records at revision %d (%d changes applied)", len(kvs), revision, len(changes))
+        log.info("replica: listed %d records at revision %d (%d changes applied)", kvs, revision, len(changes))
         self._contact(revision)
         self._synced.set()
-
-    def _differences(self, kvs: list[KeyValue], revision: int) -> list[Change]:
-        """Changes that make the local records equal `kvs`, etcd's records at `revision`."""
-        listed: dict[str, dict[str, KeyValue]] = {c: {} for c in COLLECTIONS}
-        for kv in kvs:
-            parsed = self.layout.parse_rec(kv.key)
-            if parsed is not None:
-                listed[parsed[0]][parsed[1]] = kv
-        changes: list[Change] = []
-        for collection in COLLECTIONS:
-            local = dict(self.store.versions(collection))
-            for record_id in sorted(set(local) - set(listed[collection])):
-                changes.append((collection, record_id, None, revision))
-            for record_id, kv in listed[collection].items():
-                if local.get(record_id) != kv.mod_revision:
-                    changes.append((collection, record_id, kv.value, kv.mod_revision))
-        return changes
 
     def _watch_from(self, start: int, resumed: bool) -> None:
         """Applies the watch from `start` until it breaks. A reader thread parses the stream;
@@ -325,19 +309,11 @@ class Replicator:
         since): each is read again from etcd, holding the lock, at the revision the replica
         is at then, and repaired only if it still differs (a compare on mod_revision)."""
         began = self.store.index()
-        end = self.layout.rec_prefix
-        listed: list[KeyValue] = []
-        answer = self.client.range(end, prefix_end(end), revision=began, keys_only=True, limit=SCAN_PAGE)
-        listed += [KeyValue.of(kv) for kv in answer.get("kvs") or []]
-        while answer.get("more") and listed:
-            answer = self.client.range(
-                listed[-1].key + b"\0", prefix_end(end), revision=began, keys_only=True, limit=SCAN_PAGE
-            )
-            listed += [KeyValue.of(kv) for kv in answer.get("kvs") or []]
+        listing = self.client.core.list_prefix(self.layout.rec_prefix, began, keys_only=True, page=SCAN_PAGE)
         # Records the watch changed after `began` are newer than the listing: not candidates.
         candidates = [
             (collection, record_id)
-            for collection, record_id, _, _ in self._differences(listed, began)
+            for collection, record_id, _, _ in listing.differences(self.store, self.layout)
             if (self.store.get(collection, record_id) or (0, b""))[0] <= began
         ]
         if not candidates:

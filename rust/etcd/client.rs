@@ -63,14 +63,18 @@ pub struct Kv {
 }
 
 impl Client {
-    /// A client of `endpoints` (`host:port`, tried in order from the one that answered last).
+    /// A client of `endpoints` (`host:port`, tried in turn from the one that answered
+    /// last). Each process starts at its own endpoint (by its pid), as etcd's own clients
+    /// spread over the members: the servers' calls and watches do not all land on one
+    /// member, which would then translate every gateway call and stream every event alone.
     pub fn new(endpoints: Vec<String>, timeout: Duration, connect_timeout: Duration) -> Client {
+        let start = std::process::id() as usize % endpoints.len().max(1);
         Client {
             endpoints,
             headers: vec![(REQUIRE_LEADER.0.to_owned(), REQUIRE_LEADER.1.to_owned())],
             timeout,
             connect_timeout,
-            preferred: AtomicUsize::new(0),
+            preferred: AtomicUsize::new(start),
         }
     }
 
@@ -148,7 +152,7 @@ impl Client {
         }))
     }
 
-    fn call_json(&self, path: &str, body: &Value, idempotent: bool) -> Result<Value, EtcdError> {
+    pub(crate) fn call_json(&self, path: &str, body: &Value, idempotent: bool) -> Result<Value, EtcdError> {
         let raw = self.call(path, body.to_string().as_bytes(), None, idempotent)?;
         serde_json::from_slice(&raw).map_err(|e| EtcdError::Answer {
             code: 0,
@@ -277,8 +281,11 @@ pub(crate) mod tests {
         endpoint
     }
 
+    /// A client that tries `endpoints` in order, whatever this process's pid.
     fn client(endpoints: Vec<String>) -> Client {
-        Client::new(endpoints, Duration::from_secs(2), Duration::from_millis(200))
+        let c = Client::new(endpoints, Duration::from_secs(2), Duration::from_millis(200));
+        c.preferred.store(0, Ordering::Relaxed);
+        c
     }
 
     fn closed_port() -> String {

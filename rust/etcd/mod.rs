@@ -6,5 +6,6 @@
 pub mod client;
 pub mod http;
 pub mod keys;
+pub mod list;
 pub mod watch;
 pub mod writes;
