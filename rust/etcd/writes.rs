@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use super::client::{header_revision, range_kv, succeeded, Client, EtcdError, Kv};
 use super::keys::{
-    cmp_mod, cmp_value, op_delete, op_get, op_put, record_ops, unique_values, Layout, GUARDED, MAX_TXN_OPS,
+    cmp_mod, cmp_value, op_delete, op_get, op_put, record_ops, unique_values, Claim, Layout, RecordTxn, GUARDED,
+    MAX_TXN_OPS,
 };
 use crate::core::apply::Completion;
 use crate::core::error::StoreError;
@@ -177,24 +178,7 @@ impl EtcdWrites {
             if expect.is_some_and(|e| e != at) {
                 return Err(mismatch(coll, id, expect, at));
             }
-            let txn = record_ops(
-                &self.layout,
-                coll,
-                id,
-                json,
-                current.as_ref().map(|c| c.value.as_slice()),
-            );
-            let mut compares = vec![cmp_mod(&key, at, "EQUAL")];
-            let mut failure = vec![op_get(&key)];
-            for (claim, compare) in txn.claimed.iter().zip(txn.compares) {
-                let own = own_guards.contains(&claim.guard);
-                compares.push(if own {
-                    cmp_value(&claim.guard, id.as_bytes())
-                } else {
-                    compare
-                });
-                failure.push(op_get(&claim.guard));
-            }
+            let (txn, compares, failure) = self.put_request(coll, id, json, &current, &own_guards);
             let answer = match self.client.txn(compares, txn.ops, failure) {
                 Ok(answer) => answer,
                 Err(EtcdError::Ambiguous(_)) => {
@@ -223,24 +207,64 @@ impl EtcdWrites {
                 continue;
             }
             for (position, claim) in txn.claimed.iter().enumerate() {
-                let Some(holder) = range_kv(&answer, position + 1) else {
-                    continue;
-                };
-                let holder = String::from_utf8_lossy(&holder.value).into_owned();
-                if holder == id {
-                    own_guards.push(claim.guard.clone());
-                    continue;
+                match holder(&answer, position + 1) {
+                    Some(holder) if holder == id => own_guards.push(claim.guard.clone()),
+                    Some(holder) => {
+                        self.wait_applied(store, revision);
+                        return Err(conflict(coll, claim, holder));
+                    }
+                    None => {}
                 }
-                self.wait_applied(store, revision);
-                return Err(StoreError::Unique {
-                    collection: coll.name,
-                    field: claim.field,
-                    value: claim.value.clone(),
-                    holder,
-                });
             }
         }
         Err(mismatch(coll, id, expect, version(&current)))
+    }
+
+    /// A put's txn on the record as it is (`current`): its ops and claims, the compares
+    /// (its version; each newly claimed guard absent, or still ours where an earlier
+    /// attempt found it ours), and the reads that explain a failure.
+    fn put_request(
+        &self,
+        coll: &'static CollectionSpec,
+        id: &str,
+        json: &[u8],
+        current: &Option<Kv>,
+        own_guards: &[Vec<u8>],
+    ) -> (RecordTxn, Vec<Value>, Vec<Value>) {
+        let key = self.layout.rec(coll.name, id);
+        let mut txn = record_ops(
+            &self.layout,
+            coll,
+            id,
+            json,
+            current.as_ref().map(|c| c.value.as_slice()),
+        );
+        let mut compares = vec![cmp_mod(&key, version(current), "EQUAL")];
+        let mut failure = vec![op_get(&key)];
+        for (claim, compare) in txn.claimed.iter().zip(std::mem::take(&mut txn.compares)) {
+            let own = own_guards.contains(&claim.guard);
+            compares.push(if own {
+                cmp_value(&claim.guard, id.as_bytes())
+            } else {
+                compare
+            });
+            failure.push(op_get(&claim.guard));
+        }
+        (txn, compares, failure)
+    }
+}
+
+/// Who holds the guard read at `position` of a failed txn's answer (None: nobody).
+fn holder(answer: &Value, position: usize) -> Option<String> {
+    range_kv(answer, position).map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+}
+
+fn conflict(coll: &CollectionSpec, claim: &Claim, holder: String) -> StoreError {
+    StoreError::Unique {
+        collection: coll.name,
+        field: claim.field,
+        value: claim.value.clone(),
+        holder,
     }
 }
 
@@ -259,22 +283,7 @@ impl EtcdWrites {
         }
         self.require_contact(store)?;
         for _ in 0..MAX_ATTEMPTS {
-            let (mut compares, mut ops, mut claimed) = (Vec::new(), Vec::new(), Vec::new());
-            for (id, json) in items {
-                let key = self.layout.rec(coll.name, id);
-                let current = self.fetch(&key)?;
-                let txn = record_ops(
-                    &self.layout,
-                    coll,
-                    id,
-                    json,
-                    current.as_ref().map(|c| c.value.as_slice()),
-                );
-                compares.push(cmp_mod(&key, version(&current), "EQUAL"));
-                compares.extend(txn.compares);
-                ops.extend(txn.ops);
-                claimed.extend(txn.claimed);
-            }
+            let (compares, ops, claimed) = self.many_request(coll, items)?;
             let needed = ops.len().max(compares.len());
             if needed > MAX_TXN_OPS {
                 return Err(StoreError::InvalidRecord(format!(
@@ -309,18 +318,9 @@ impl EtcdWrites {
                 return Ok(revision);
             }
             for (position, claim) in claimed.iter().enumerate() {
-                let Some(holder) = range_kv(&answer, position) else {
-                    continue;
-                };
-                let holder = String::from_utf8_lossy(&holder.value).into_owned();
-                if !ids.contains(&holder.as_str()) {
+                if let Some(holder) = holder(&answer, position).filter(|h| !ids.contains(&h.as_str())) {
                     self.wait_applied(store, revision);
-                    return Err(StoreError::Unique {
-                        collection: coll.name,
-                        field: claim.field,
-                        value: claim.value.clone(),
-                        holder,
-                    });
+                    return Err(conflict(coll, claim, holder));
                 }
             }
             // A record changed meanwhile: read the versions again.
@@ -331,6 +331,32 @@ impl EtcdWrites {
             expected: None,
             actual: None,
         })
+    }
+
+    /// One txn putting every record of a `put_many` on etcd's records as they are now:
+    /// (compares, ops, claims).
+    fn many_request(
+        &self,
+        coll: &'static CollectionSpec,
+        items: &[(String, Vec<u8>)],
+    ) -> Result<(Vec<Value>, Vec<Value>, Vec<Claim>)> {
+        let (mut compares, mut ops, mut claimed) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, json) in items {
+            let key = self.layout.rec(coll.name, id);
+            let current = self.fetch(&key)?;
+            let txn = record_ops(
+                &self.layout,
+                coll,
+                id,
+                json,
+                current.as_ref().map(|c| c.value.as_slice()),
+            );
+            compares.push(cmp_mod(&key, version(&current), "EQUAL"));
+            compares.extend(txn.compares);
+            ops.extend(txn.ops);
+            claimed.extend(txn.claimed);
+        }
+        Ok((compares, ops, claimed))
     }
 
     fn delete(
