@@ -54,7 +54,7 @@ impl PyStore {
     #[pyo3(signature = (
         path, map_size = 8 << 30, default_policy = "round_robin", slug_policies = HashMap::new(),
         eject_seconds = 30.0, eject_max_seconds = 300.0, eject_failures = 5, balancer_state = None,
-        etcd = None, etcd_layout = None, catch_up_seconds = 5.0
+        etcd = None, etcd_layout = None, catch_up_seconds = crate::etcd::writes::CATCH_UP_S
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -341,15 +341,6 @@ impl PyStore {
             .collect::<PyResult<Vec<_>>>()?;
         py.detach(|| self.registry.store.apply_replica(&changes, applied, mode))
             .map_err(to_py)
-    }
-
-    /// Checks that `json` is a record the store accepts under `id` (InvalidRecordError if
-    /// not), without writing: cluster mode checks before it writes to etcd.
-    fn check_record(&self, collection_name: &str, id: &str, json: &[u8]) -> PyResult<()> {
-        let coll = collection(collection_name)?;
-        model::record_keys(coll, id, json)
-            .map(|_| ())
-            .map_err(|e| to_py(StoreError::InvalidRecord(e)))
     }
 
     /// (id, version) of every record of a collection, sorted by id.

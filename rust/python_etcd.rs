@@ -16,7 +16,7 @@ use crate::etcd::client::{Client, EtcdError as Failure, CODE_OUT_OF_RANGE};
 use crate::etcd::keys::{self, Layout};
 use crate::etcd::list;
 use crate::etcd::watch::{Event, Watch};
-use crate::etcd::writes::{EtcdWrites, REPLICA_STATE, STALE_AFTER_S};
+use crate::etcd::writes::{EtcdWrites, CATCH_UP_S, REPLICA_STATE, STALE_AFTER_S};
 use crate::python::PyStore;
 use crate::python_errors::to_py;
 use crate::writes::{Local, WriteBackend};
@@ -316,9 +316,9 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Compacted", py.get_type::<Compacted>())?;
     m.add("ETCD_DEFAULT_PREFIX", keys::DEFAULT_PREFIX)?;
     m.add("ETCD_MAX_TXN_OPS", keys::MAX_TXN_OPS)?;
-    m.add("ETCD_GUARDED", keys::GUARDED.to_vec())?;
     m.add("REPLICA_STATE", REPLICA_STATE)?;
     m.add("STALE_AFTER_S", STALE_AFTER_S)?;
+    m.add("CATCH_UP_S", CATCH_UP_S)?;
     Ok(())
 }
 

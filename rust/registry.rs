@@ -1,6 +1,6 @@
 //! The registry of one process: the store with where its writes go, this process's
-//! instance selector and its cached list responses, composed in plain Rust so that the Python binding and the API
-//! port's gate (`edge/`) share one of each.
+//! instance selector and its cached list responses, composed in plain Rust so that the
+//! Python binding and the API port's gate (`edge/`) share one of each.
 
 use std::sync::Arc;
 

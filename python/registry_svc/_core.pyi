@@ -111,9 +111,9 @@ def etcd_prefix_problem(prefix: str) -> str | None:
 
 ETCD_DEFAULT_PREFIX: str
 ETCD_MAX_TXN_OPS: int
-ETCD_GUARDED: list[str]
 REPLICA_STATE: str
 STALE_AFTER_S: float
+CATCH_UP_S: float
 
 class StoreError(Exception):
     """Base class of every store error."""
@@ -231,8 +231,6 @@ class Store:
         revision) in one transaction and sets the applied revision (cluster replicas).
         `exact`: etcd's state at a revision (relist, repair), applied as given; otherwise
         watch events, skipped where the record is already at or past them."""
-    def check_record(self, collection_name: str, id: str, json: bytes) -> None:
-        """InvalidRecordError unless the store would accept `json` under `id`."""
     def versions(self, collection_name: str) -> builtins.list[tuple[str, int]]:
         """(id, version) of every record of a collection, sorted by id."""
     def state(self, name: str) -> bytes | None:

@@ -24,7 +24,7 @@ REPLICA_STATE = _core.REPLICA_STATE
 # refused without being sent (rust/etcd/writes.rs holds the same number: it is exported).
 STALE_AFTER_S = _core.STALE_AFTER_S
 # How long a write waits for the local replica to apply it before answering anyway.
-CATCH_UP_S = 5.0
+CATCH_UP_S = _core.CATCH_UP_S
 
 
 def replica_state(store: _core.Store) -> dict[str, Any]:

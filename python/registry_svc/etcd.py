@@ -1,7 +1,7 @@
 """A small client of etcd's v3 API through its JSON gateway (`/v3/kv/range`, `/v3/kv/txn`,
 `/v3/watch`, `/v3/lease/*`), over plain HTTP/1.1 with pooled keep-alive connections. The
-unary calls go through the Rust client (`_core.EtcdClient`, rust/etcd/client.rs), the one
-the write path uses; the watch stream is read here.
+calls, the watch stream and the listings go through the Rust client (`_core.EtcdClient`,
+rust/etcd/), the one the write path uses; Python builds the JSON of its own calls.
 
 etcd serves this gateway on every client port beside gRPC, with the same semantics (it
 translates each call to the gRPC service in process), so no protoc-built stubs are needed.
@@ -21,12 +21,7 @@ import orjson
 
 from registry_svc import _core
 
-# A member that cannot reach a leader refuses requests carrying this metadata instead of
-# answering from its own (possibly stale) state, and cancels such watches.
-REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
-
-
-# etcd's errors, raised by the Rust client (rust/etcd/client.rs) and by the watch below.
+# etcd's errors, raised by the Rust client (rust/etcd/client.rs, watch.rs, list.rs).
 EtcdUnavailable = _core.EtcdUnavailable
 EtcdAmbiguous = _core.EtcdAmbiguous
 EtcdError = _core.EtcdError
@@ -100,8 +95,6 @@ class Client:
 
     def __init__(self, endpoints: list[str], timeout: float = 3.0, connect_timeout: float = 1.0) -> None:
         self.endpoints = list(endpoints)
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
         # The unary calls: the same client the write path calls from Rust (`Store(etcd=)`).
         self.core = _core.EtcdClient(self.endpoints, timeout, connect_timeout)
 

@@ -188,14 +188,14 @@ class Replicator:
 
     def _list_and_replace(self) -> None:
         listing = self.client.core.list_prefix(self.layout.rec_prefix)
-        revision, kvs = listing.revision, len(listing)
+        revision = listing.revision
         with self._apply:
             changes = listing.differences(self.store, self.layout)
             self.store.apply_replica(changes, revision, exact=True)
         self._relist = False
         self.state["relists"] = int(self.state["relists"]) + 1
         self._published = (0.0, None)  # publish the new count at once
-        log.info("replica: listed %d records at revision %d (%d changes applied)", kvs, revision, len(changes))
+        log.info("replica: listed %d records at revision %d (%d changes applied)", len(listing), revision, len(changes))
         self._contact(revision)
         self._synced.set()
 

@@ -3,6 +3,7 @@ processes through the environment."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,13 +130,14 @@ class Settings:
             "balancer_state": str(self.balancer_state_path),
         }
         if self.clustered:
-            from registry_svc.cluster import CATCH_UP_S
-
-            options.update(etcd=self.etcd().core, etcd_layout=self.etcd_layout(), catch_up_seconds=CATCH_UP_S)
+            options.update(etcd=self.etcd.core, etcd_layout=self.etcd_layout())
         return _core.Store(str(self.store_path), self.map_size, **options)
 
+    @functools.cached_property
     def etcd(self) -> Client:
-        """A client of this cluster's etcd (cluster mode)."""
+        """This process's client of the cluster's etcd (cluster mode): one for the store's
+        writes, the replica, membership and bootstrap, so they share what it learned of
+        which endpoint answers."""
         from registry_svc.etcd import Client
 
         return Client(list(self.etcd_endpoints))

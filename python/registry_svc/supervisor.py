@@ -126,7 +126,7 @@ def bootstrap(store: _core.Store, settings: Settings, gpus: GpuSampler) -> bool:
     if settings.clustered:
         try:
             created = cluster_import.ensure_admin_token(
-                store, settings.etcd(), settings.etcd_layout(), settings.admin_token_path
+                store, settings.etcd, settings.etcd_layout(), settings.admin_token_path
             )
         except (EtcdUnavailable, EtcdError) as e:
             log.warning("registry-svc: cannot check the cluster's admin token now (%s)", e)
@@ -151,7 +151,7 @@ def start_replica(settings: Settings, store: _core.Store) -> Replicator | None:
     # A replica worth serving is one that heard from etcd at least once: the replicator
     # writes its state (connected: false) before any contact too.
     had_replica = bool(replica_state(store).get("contact"))
-    replicator = Replicator(store, settings.etcd(), settings.etcd_layout(), settings.data_dir)
+    replicator = Replicator(store, settings.etcd, settings.etcd_layout(), settings.data_dir)
     try:
         replicator.check_data_dir()
         replicator.start()
@@ -321,7 +321,7 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
 
     child = spawn()
     membership = (
-        Membership(settings.etcd(), settings.etcd_layout(), settings.heartbeat_seconds) if settings.clustered else None
+        Membership(settings.etcd, settings.etcd_layout(), settings.heartbeat_seconds) if settings.clustered else None
     )
     agent = NodeAgent(store, settings, gpus, membership)
     try:

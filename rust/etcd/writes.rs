@@ -36,6 +36,9 @@ pub const STALE_AFTER_S: f64 = 3.0;
 /// The replicator's state beside the records (`replica.py`): `contact` is when it last
 /// heard from etcd (unix seconds).
 pub const REPLICA_STATE: &str = "replica";
+/// How long a write waits for the local replica to apply it before answering anyway (it
+/// is committed in etcd; a read with `?index=` then waits for it).
+pub const CATCH_UP_S: f64 = 5.0;
 /// Threads that carry `submit`ted writes (each waits on etcd and on its replica).
 const SUBMIT_THREADS: usize = 32;
 
