@@ -67,7 +67,7 @@ def run(instances: int, slugs: int, calls: int, put_calls: int) -> dict[str, tup
         }
         for slug in range(slugs):  # ...warm the rest, then measure the steady state.
             store.list_json("instances", [("slug", f"svc-{slug}")], "instances")
-            store.pick(f"svc-{slug}")
+            store.pick_json(f"svc-{slug}")
         results[f"lookup slug, cached ({per_slug} of {instances})"] = timed(
             calls, lambda i: store.list_json("instances", [("slug", slug_of[i])], "instances")
         )

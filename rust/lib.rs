@@ -12,6 +12,7 @@ pub mod edge;
 pub mod etcd;
 pub mod forward;
 pub mod lanes;
+pub mod load;
 pub mod netguard;
 pub mod query;
 pub mod reads;
@@ -33,6 +34,8 @@ mod python_errors;
 mod python_etcd;
 #[cfg(feature = "python")]
 mod python_front;
+#[cfg(feature = "python")]
+mod python_load;
 #[cfg(feature = "python")]
 mod python_picker;
 #[cfg(feature = "python")]

@@ -14,12 +14,13 @@ use pyo3::types::PyBytes;
 use std::sync::Arc;
 
 use crate::core::cache::ResponseCache;
+use crate::core::load::LoadTable;
 use crate::core::model::{self, CollectionSpec};
 use crate::core::replica::{Mode, ReplicaChange};
 use crate::core::select::{EjectionConfig, PickRequest, Picked, Policy, Selector};
 use crate::core::shared::SharedState;
 use crate::core::store::{self, Expect, StoreError};
-use crate::python_errors::{to_py, NoRoutableError, NotFoundError};
+use crate::python_errors::{to_py, NoRoutableError, NotFoundError, SaturatedError};
 use crate::python_etcd::{PyEtcdClient, PyEtcdLayout};
 use crate::registry::Registry;
 use crate::writes::Write;
@@ -82,12 +83,19 @@ impl PyStore {
             base: seconds(eject_seconds)?,
             max: seconds(eject_max_seconds)?,
         };
-        let shared = match balancer_state {
-            Some(state) => SharedState::open(&state)
-                .map_err(|e| PyOSError::new_err(format!("cannot map {}: {e}", state.display())))?,
-            None => SharedState::private(),
+        let cannot_map = |path: &std::path::Path, e| PyOSError::new_err(format!("cannot map {}: {e}", path.display()));
+        let (shared, load) = match balancer_state {
+            Some(state) => {
+                // The load signals beside the balancer state (`balancer.load`).
+                let load_path = state.with_extension("load");
+                (
+                    SharedState::open(&state).map_err(|e| cannot_map(&state, e))?,
+                    LoadTable::open(&load_path).map_err(|e| cannot_map(&load_path, e))?,
+                )
+            }
+            None => (SharedState::private(), LoadTable::private()),
         };
-        let selector = Selector::with_state(default_policy, slug_policies, ejection, shared);
+        let selector = Selector::with_state(default_policy, slug_policies, ejection, shared).with_load(load);
         let writes = crate::python_etcd::write_backend(etcd, etcd_layout, seconds(catch_up_seconds)?);
         let inner = py.detach(|| store::Store::open(&path, map_size)).map_err(to_py)?;
         // One GIL acquisition per committed batch runs all of its `put_nowait` callbacks.
@@ -104,33 +112,11 @@ impl PyStore {
         })
     }
 
-    /// Picks an instance of `slug`: (id, url, `{"instance": ...}` body).
-    /// The GIL stays held: a pick never blocks (LMDB readers do not wait for writers).
-    #[pyo3(signature = (slug, policy_name = None, zone = None, key = None, tags = Vec::new()))]
-    fn pick<'py>(
-        &self,
-        py: Python<'py>,
-        slug: &str,
-        policy_name: Option<&str>,
-        zone: Option<&str>,
-        key: Option<&str>,
-        tags: Vec<String>,
-    ) -> PyResult<(String, String, Bound<'py, PyBytes>)> {
-        let policy = policy_name.map(policy).transpose()?;
-        let request = PickRequest {
-            slug,
-            policy,
-            zone,
-            key,
-            tags: &tags,
-            ..PickRequest::default()
-        };
-        let chosen = self.picked(slug, &request)?;
-        Ok((chosen.id.clone(), chosen.url.clone(), PyBytes::new(py, &chosen.body)))
-    }
-
-    /// The `{"instance": ...}` body of a pick: what the pick endpoint sends.
-    #[pyo3(signature = (slug, policy_name = None, zone = None, key = None, tags = Vec::new()))]
+    /// The `{"instance": ...}` body of a pick, with the instance's load reading: what the
+    /// pick endpoint sends. The GIL stays held: a pick never blocks (LMDB readers do not
+    /// wait for writers).
+    #[pyo3(signature = (slug, policy_name = None, zone = None, key = None, tags = Vec::new(), model = None, prefix = None))]
+    #[allow(clippy::too_many_arguments)]
     fn pick_json<'py>(
         &self,
         py: Python<'py>,
@@ -139,6 +125,8 @@ impl PyStore {
         zone: Option<&str>,
         key: Option<&str>,
         tags: Vec<String>,
+        model: Option<&str>,
+        prefix: Option<&[u8]>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let policy = policy_name.map(policy).transpose()?;
         let request = PickRequest {
@@ -147,9 +135,42 @@ impl PyStore {
             zone,
             key,
             tags: &tags,
+            model,
+            prefix,
             ..PickRequest::default()
         };
-        Ok(PyBytes::new(py, &self.picked(slug, &request)?.body))
+        let picked = self
+            .registry
+            .selector
+            .pick(&self.registry.store, &request)
+            .map_err(to_py)?;
+        if let (Picked::NoModel, Some(model)) = (&picked, model) {
+            return Err(NotFoundError::new_err(format!(
+                "no instance of slug '{slug}' serves model '{model}'"
+            )));
+        }
+        let body = Arc::clone(&chosen(picked, slug)?.body);
+        Ok(PyBytes::new(py, &crate::reads::with_load(&self.registry, body)))
+    }
+
+    /// `body` (an answer carrying instances) with their load readings (`core/load_json.rs`).
+    fn with_load<'py>(&self, py: Python<'py>, body: &[u8]) -> Bound<'py, PyBytes> {
+        match crate::core::load_json::with_load(self.registry.selector.load(), body) {
+            Some(annotated) => PyBytes::new(py, &annotated),
+            None => PyBytes::new(py, body),
+        }
+    }
+
+    /// Records a model server's load, reported now by a source that reports every
+    /// `interval_ms` (`core/load.rs`); False when the table has no room for it.
+    fn report_load(&self, id: &str, queued: u32, running: u32, kv_cache: f64, interval_ms: u32) -> bool {
+        let load = crate::core::load::Load {
+            queued,
+            running,
+            kv_cache,
+        };
+        let now = crate::core::shared::now_ms();
+        self.registry.selector.load().report(id, load, interval_ms, now)
     }
 
     /// Takes the in-flight requests of server processes that died (a crashed worker) out
@@ -433,22 +454,6 @@ impl Drop for PyStore {
     }
 }
 
-impl PyStore {
-    fn picked(
-        &self,
-        slug: &str,
-        request: &PickRequest<'_>,
-    ) -> PyResult<std::sync::Arc<crate::core::select::Candidate>> {
-        chosen(
-            self.registry
-                .selector
-                .pick(&self.registry.store, request)
-                .map_err(to_py)?,
-            slug,
-        )
-    }
-}
-
 /// The instance a pick chose, or the error that says why there is none (NotFoundError,
 /// NoRoutableError): the store's picks and the in-memory `Picker`'s.
 pub(crate) fn chosen(picked: Picked, slug: &str) -> PyResult<Arc<crate::core::select::Candidate>> {
@@ -460,6 +465,10 @@ pub(crate) fn chosen(picked: Picked, slug: &str) -> PyResult<Arc<crate::core::se
         Picked::NoneRoutable => Err(NoRoutableError::new_err(format!(
             "no healthy instance of slug '{slug}'"
         ))),
+        Picked::NoModel => Err(NotFoundError::new_err(format!(
+            "no instance of slug '{slug}' serves that model"
+        ))),
+        Picked::Saturated => Err(SaturatedError::new_err(crate::core::least_load::saturated(slug))),
     }
 }
 
@@ -470,6 +479,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<crate::python_dns::PyDns>()?;
     m.add_class::<crate::python_picker::PyPicker>()?;
     m.add_class::<crate::python_signal::PyChangeSignal>()?;
+    m.add_class::<crate::python_load::PyLoadScraper>()?;
+    m.add_function(wrap_pyfunction!(crate::python_load::load_stats, m)?)?;
     m.add_function(wrap_pyfunction!(crate::python_dns::check_dns_options, m)?)?;
     crate::python_rules::add(m)?;
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };

@@ -39,6 +39,13 @@ create_exception!(
     "The slug has instances, but none is routable."
 );
 
+create_exception!(
+    _core,
+    SaturatedError,
+    StoreErrorPy,
+    "Every routable instance is over its queue limit or has its KV cache full (a 429)."
+);
+
 pub(crate) fn to_py(err: StoreError) -> PyErr {
     let msg = err.to_string();
     match err {
@@ -63,5 +70,6 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InvalidRecordError", py.get_type::<InvalidRecordError>())?;
     m.add("StoreFullError", py.get_type::<StoreFullError>())?;
     m.add("NoRoutableError", py.get_type::<NoRoutableError>())?;
+    m.add("SaturatedError", py.get_type::<SaturatedError>())?;
     Ok(())
 }

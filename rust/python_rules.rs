@@ -265,6 +265,7 @@ fn pick_query(
     Option<String>,
     Option<String>,
     Vec<String>,
+    Option<String>,
 )> {
     let query =
         crate::query::pick_query(&params).map_err(|refused| PyValueError::new_err((refused.error, refused.errors)))?;
@@ -274,6 +275,7 @@ fn pick_query(
         query.zone,
         query.key,
         query.tags,
+        query.model,
     ))
 }
 
@@ -308,6 +310,10 @@ pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_networks, m)?)?;
     m.add_function(wrap_pyfunction!(is_sensitive, m)?)?;
     m.add("POLICIES", crate::core::select::Policy::NAMES.to_vec())?;
+    m.add("LOAD_MIN_INTERVAL_MS", crate::core::load::MIN_INTERVAL_MS)?;
+    m.add("LOAD_MAX_INTERVAL_MS", crate::core::load::MAX_INTERVAL_MS)?;
+    m.add("LOAD_DEFAULT_INTERVAL_MS", crate::core::load::DEFAULT_INTERVAL_MS)?;
+    m.add("PREFIX_HEADER", crate::forward::inference::PREFIX_HEADER)?;
     // The collections, and the fields at most one record of each may hold: the cluster's
     // guard keys (`etcd_keys.py`) follow the store's unique indexes.
     let collections = &crate::core::model::COLLECTIONS;

@@ -174,7 +174,7 @@ fn stored_form(name: &str, value: &str) -> Result<String, String> {
 /// Distinct tags a pick may ask for.
 pub const MAX_PICK_TAGS: usize = 16;
 /// A pick's parameters, in the order their problems are reported.
-const PICK_NAMES: [&str; 5] = ["slug", "policy", "zone", "key", "tag"];
+const PICK_NAMES: [&str; 6] = ["slug", "policy", "zone", "key", "tag", "model"];
 
 /// A pick's query, checked.
 #[derive(Debug, PartialEq, Eq)]
@@ -185,6 +185,8 @@ pub struct PickQuery {
     pub key: Option<String>,
     /// Sorted, distinct.
     pub tags: Vec<String>,
+    /// Only instances serving this model (`models`).
+    pub model: Option<String>,
 }
 
 /// A pick's query checked: `params` (name -> values, in the order the problems of unknown
@@ -239,6 +241,9 @@ pub fn pick_query(params: &[(String, Vec<String>)]) -> Result<PickQuery, Refused
             format!("at most {MAX_PICK_TAGS} distinct tags per query"),
         );
     }
+    if let Some(Err(problem)) = one("model").map(|v| text(v, 256)) {
+        note(&mut problems, "model", problem);
+    }
     let policy = policy.and_then(Result::ok);
     if problems.is_empty() && policy == Some(Policy::ConsistentHash) && one("key").is_none() {
         note(&mut problems, "key", "required with policy=consistent_hash".to_owned());
@@ -255,6 +260,7 @@ pub fn pick_query(params: &[(String, Vec<String>)]) -> Result<PickQuery, Refused
         zone: one("zone").cloned(),
         key: one("key").cloned(),
         tags,
+        model: one("model").cloned(),
     })
 }
 
@@ -415,6 +421,7 @@ mod tests {
                 zone: None,
                 key: None,
                 tags: vec!["a".to_owned(), "b".to_owned()],
+                model: None,
             }
         );
         let refused = |pairs: &[(&str, &[&str])]| pick_query(&params(pairs)).unwrap_err().error;
@@ -422,11 +429,11 @@ mod tests {
         assert_eq!(refused(&[("slug", &["a", "b"])]), "slug: give it once");
         assert_eq!(
             refused(&[("colour", &["red"])]),
-            "colour: unknown parameter; use slug, policy, zone, key, tag"
+            "colour: unknown parameter; use slug, policy, zone, key, tag, model"
         );
         assert_eq!(
             refused(&[("slug", &["a"]), ("policy", &["x"])]),
-            "policy: must be one of 'round_robin', 'random', 'weighted', 'least_request' or 'consistent_hash'"
+            "policy: must be one of 'round_robin', 'random', 'weighted', 'least_request', 'consistent_hash', 'least_load' or 'prefix'"
         );
         assert!(refused(&[("slug", &["A_b"])]).starts_with("slug: must be lowercase letters"));
         assert_eq!(refused(&[("slug", &["a"]), ("zone", &[""])]), "zone: must not be empty");

@@ -53,8 +53,14 @@ pub fn read_of(route: &str) -> Option<Read<'_>> {
     }
 }
 
-/// The answer to `GET path?query` with `authorization`, or None to leave it to the workers.
-pub fn answer(registry: &Registry, path: &str, authorization: Option<&str>) -> Option<Answer> {
+/// The answer to `GET path?query` with `authorization` (and a pick's prefix key, the
+/// `X-Registry-Prefix-Key` header), or None to leave it to the workers.
+pub fn answer(
+    registry: &Registry,
+    path: &str,
+    authorization: Option<&str>,
+    prefix_key: Option<&[u8]>,
+) -> Option<Answer> {
     let (route, query) = path.split_once('?').unwrap_or((path, ""));
     let read = read_of(route)?;
     if replica_is_stale(registry) {
@@ -68,7 +74,7 @@ pub fn answer(registry: &Registry, path: &str, authorization: Option<&str>) -> O
     }
     match read {
         Read::List => list(registry, &caller, &params),
-        Read::Pick => pick(registry, &caller, &params),
+        Read::Pick => pick(registry, &caller, &params, prefix_key),
         // `?index=`/`wait` block: the workers hold those.
         Read::Instance(id) if params.is_empty() => instance(registry, &caller, id),
         Read::Instance(_) => None,
@@ -156,9 +162,17 @@ fn list(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
         .list_json(&registry.store, &INSTANCES, &filters, "instances")
         .ok()?;
     Some(Answer {
-        body,
+        body: with_load(registry, body),
         index: Some(index),
     })
+}
+
+/// `body` with the load readings of the instances it carries (`core/load_json.rs`).
+pub fn with_load(registry: &Registry, body: Arc<Vec<u8>>) -> Arc<Vec<u8>> {
+    match crate::core::load_json::with_load(registry.selector.load(), &body) {
+        Some(annotated) => Arc::new(annotated),
+        None => body,
+    }
 }
 
 /// `GET /registry-svc/instance/{id}`: `{"instance": ...}` with the record's version as the
@@ -180,7 +194,7 @@ fn instance(registry: &Registry, caller: &Caller, id: &str) -> Option<Answer> {
     body.extend_from_slice(&record.json);
     body.push(b'}');
     Some(Answer {
-        body: Arc::new(body),
+        body: with_load(registry, Arc::new(body)),
         index: Some(record.version),
     })
 }
@@ -191,7 +205,7 @@ pub use crate::rules::is_slug;
 /// query the rule takes (`query.rs`) with a result is answered here; every refusal (a bad
 /// parameter, a slug the caller may not see, an unknown slug, nothing routable) is the
 /// workers'.
-fn pick(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Option<Answer> {
+fn pick(registry: &Registry, caller: &Caller, params: &[(String, String)], prefix: Option<&[u8]>) -> Option<Answer> {
     let query = crate::query::pick_query(&by_name(params)).ok()?;
     if !caller.sees_every_slug() && caller.slug.as_ref() != Some(&query.slug) {
         return None;
@@ -202,14 +216,16 @@ fn pick(registry: &Registry, caller: &Caller, params: &[(String, String)]) -> Op
         zone: query.zone.as_deref(),
         key: query.key.as_deref(),
         tags: &query.tags,
+        model: query.model.as_deref(),
+        prefix,
         ..PickRequest::default()
     };
     match registry.selector.pick(&registry.store, &request).ok()? {
         Picked::Instance(chosen) => Some(Answer {
-            body: Arc::clone(&chosen.body),
+            body: with_load(registry, Arc::clone(&chosen.body)),
             index: None,
         }),
-        Picked::UnknownSlug | Picked::NoneRoutable => None,
+        Picked::UnknownSlug | Picked::NoneRoutable | Picked::NoModel | Picked::Saturated => None,
     }
 }
 

@@ -37,6 +37,7 @@ OPERATIONS = {
     ("put", "/registry-svc/instance"), ("get", "/registry-svc/instances"), ("get", "/registry-svc/instance/pick"),
     ("get", "/registry-svc/instance/{id}"), ("delete", "/registry-svc/instance/{id}"),
     ("put", "/registry-svc/instance/{id}/heartbeat"), ("put", "/registry-svc/instance/{id}/maintenance"),
+    ("put", "/registry-svc/instance/{id}/load"),
     ("put", "/registry-svc/node/maintenance"),
     ("put", "/registry-svc/definition"), ("get", "/registry-svc/definitions"),
     ("get", "/registry-svc/definition/{id}"), ("delete", "/registry-svc/definition/{id}"),

@@ -184,8 +184,9 @@ def test_refused_lookups_name_the_field(query: dict[str, list[str]], error: str)
 
 def generated_pick_queries(count: int, seed: int) -> list[dict[str, list[str]]]:
     rng = random.Random(seed)
-    names = ["slug", "slug", "policy", "zone", "key", "tag", "tag", "colour"]
-    values = ["shop", "", "Bad_Slug", "a" * 64, "a" * 300, "random", "consistent_hash", "fastest", "z1", "x\x01", "é"]
+    names = ["slug", "slug", "policy", "zone", "key", "tag", "tag", "model", "colour"]
+    values = ["shop", "", "Bad_Slug", "a" * 64, "a" * 300, "random", "consistent_hash", "fastest", "z1", "x\x01", "é",
+              "prefix", "least_load"]  # fmt: skip
     out = []
     for _ in range(count):
         query: dict[str, list[str]] = {}
@@ -207,7 +208,7 @@ def test_the_pick_rule_answers_as_the_documented_model() -> None:
             q = models.parse_query(models.PickQuery, query, repeatable=frozenset({"tag"}))
         except Exception as e:  # ApiError
             return f"error {e}"
-        return f"ok {(q.slug, q.policy, q.zone, q.key, q.tag or [])}"
+        return f"ok {(q.slug, q.policy, q.zone, q.key, q.tag or [], q.model)}"
 
     def by_rule(query: dict[str, list[str]]) -> str:
         try:

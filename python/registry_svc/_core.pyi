@@ -133,6 +133,9 @@ class InvalidRecordError(StoreError):
 class StoreFullError(StoreError):
     """The LMDB map is full; nothing was written."""
 
+class SaturatedError(StoreError):
+    """Every routable instance is over its queue limit or has its KV cache full."""
+
 class NoRoutableError(StoreError):
     """The slug has instances, but none is routable."""
 
@@ -167,16 +170,6 @@ class Store:
         """Where writes go: "local" (this store's writer) or "etcd"."""
     def replica_staleness(self) -> float | None:
         """Seconds since the replica last heard from etcd, when past STALE_AFTER_S."""
-    def pick(
-        self,
-        slug: str,
-        policy_name: str | None = None,
-        zone: str | None = None,
-        key: str | None = None,
-        tags: builtins.list[str] = ...,
-    ) -> tuple[str, str, bytes]:
-        """(id, url, `{"instance": ...}` body); NotFoundError for an unknown slug,
-        NoRoutableError when no instance is routable, ValueError for an unknown policy."""
     def pick_json(
         self,
         slug: str,
@@ -184,8 +177,18 @@ class Store:
         zone: str | None = None,
         key: str | None = None,
         tags: builtins.list[str] = ...,
+        model: str | None = None,
+        prefix: bytes | None = None,
     ) -> bytes:
-        """The `{"instance": ...}` body of a pick (same errors as `pick`)."""
+        """The `{"instance": ...}` body of a pick, with its load reading. NotFoundError for
+        an unknown slug or a model no instance serves, NoRoutableError when none is
+        routable, SaturatedError when every one is over its bounds, ValueError for an
+        unknown policy."""
+    def with_load(self, body: bytes) -> bytes:
+        """An answer carrying instances, with their load readings (rust/core/load_json.rs)."""
+    def report_load(self, id: str, queued: int, running: int, kv_cache: float, interval_ms: int) -> bool:
+        """Records a model server's load, taken now (rust/core/load.rs); False when the
+        table has no room for it."""
     def cancelled_queries(self, seen: int) -> tuple[int, list[int]]:
         """The blocking queries whose clients went away since `seen` (0 at first), as the
         gates' `x-registry-query` ids, and the count to pass next time."""
@@ -305,6 +308,17 @@ class Picker:
         """(id, url) of the chosen instance. NotFoundError when none is known,
         NoRoutableError when none is routable."""
     def __len__(self) -> int: ...
+
+class LoadScraper:
+    """Scrapes the load of every instance that declares `"load": {"type": "prometheus"}`
+    (rust/load/), fenced by `networks`; ValueError for a bad network, OSError when its
+    thread cannot start."""
+    def __init__(self, store: Store, networks: list[str]) -> None: ...
+    def stop(self) -> None: ...
+
+def load_stats(store: Store) -> tuple[int, int, int, list[tuple[float, bool]]]:
+    """(sources scraped now, scrapes, failed scrapes, [(a reading's age in seconds, whether
+    it still counts)]): the load scraper and the load table, for /metrics."""
 
 class ChangeSignal:
     """The store's notifier as a file descriptor (rust/core/write_counts.rs): readable once
@@ -426,9 +440,9 @@ LOOKUP_FILTERS: list[str]
 
 def pick_query(
     params: list[tuple[str, list[str]]],
-) -> tuple[str, str | None, str | None, str | None, list[str]]:
+) -> tuple[str, str | None, str | None, str | None, list[str], str | None]:
     """A pick's query checked (rust/query.rs): (slug, policy, zone, key, tags sorted and
-    distinct); ValueError((error, errors)) when refused."""
+    distinct, model); ValueError((error, errors)) when refused."""
 
 def canonical_path(path: str) -> str:
     """A URL path of RFC 3986 characters ('' for none or '/'); ValueError."""
@@ -440,6 +454,10 @@ def is_sensitive(address: str) -> bool:
     """Whether an address is link-local or a cloud metadata address (any IPv6 spelling)."""
 
 POLICIES: list[str]
+LOAD_MIN_INTERVAL_MS: int
+LOAD_MAX_INTERVAL_MS: int
+LOAD_DEFAULT_INTERVAL_MS: int
+PREFIX_HEADER: str
 """The selector's policy names (`select.rs` `Policy::NAMES`)."""
 RESERVED_SLUGS: list[str]
 """Slugs that name the registry's own routes (`rules.rs`)."""

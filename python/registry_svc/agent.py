@@ -79,16 +79,21 @@ class NodeAgent:
         self._restore_due = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self.load_scraper: _core.LoadScraper | None = None
         self._thread = threading.Thread(target=self._run, name="registry-node-agent", daemon=True)
         self._ready = threading.Event()
 
     def start(self) -> None:
         self.refresh_nodes()
+        # Model servers' load, scraped in Rust (rust/load/), fenced like the health checks.
+        self.load_scraper = _core.LoadScraper(self.store, list(self.settings.probe_networks))
         self._thread.start()
         self._ready.wait(10)
 
     def stop(self) -> None:
         """Stops the agent's loop and waits for it (nothing to do if it never started)."""
+        if self.load_scraper is not None:
+            self.load_scraper.stop()
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread.is_alive():

@@ -235,6 +235,7 @@ class _Live:
         yield GaugeMetricFamily("registry_store_map_bytes", "The LMDB map size (the most the store holds)",
                                 value=self.map_size)  # fmt: skip
         yield from _node_metrics(store)
+        yield from _load_metrics(store)
         if store.backend == "etcd":
             state = cluster.replica_state(store)
             applied = store.index()
@@ -243,6 +244,34 @@ class _Live:
             stale = store.replica_staleness()
             yield GaugeMetricFamily("registry_replica_stale_seconds", "Seconds since the replica heard from etcd "
                                     "(0 while fresh)", value=stale or 0.0)  # fmt: skip
+
+
+# The age buckets of model servers' load readings, in seconds.
+LOAD_AGE_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
+
+
+def _load_metrics(store: _core.Store) -> Iterator[Metric]:
+    """Model servers' load (rust/core/load.rs): what the scraper does, and how old the
+    readings the picks use are (a snapshot of every reading held, as a gauge histogram)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
+
+    sources, scrapes, failures, ages = _core.load_stats(store)
+    yield GaugeMetricFamily("registry_load_sources", "Instances whose load this server scrapes", value=sources)
+    scraped = CounterMetricFamily("registry_load_scrapes", "Load scrapes, by result", labels=["result"])
+    scraped.add_metric(["ok"], scrapes - failures)
+    scraped.add_metric(["failed"], failures)
+    yield scraped
+    readings = GaugeMetricFamily("registry_load_readings", "Load readings held, by whether they still count",
+                                 labels=["state"])  # fmt: skip
+    readings.add_metric(["fresh"], sum(1 for _, fresh in ages if fresh))
+    readings.add_metric(["stale"], sum(1 for _, fresh in ages if not fresh))
+    yield readings
+    buckets = [(str(bound), sum(1 for age, _ in ages if age <= bound)) for bound in LOAD_AGE_BUCKETS]
+    buckets.append(("+Inf", len(ages)))
+    yield GaugeHistogramMetricFamily(
+        "registry_load_age_seconds", "Age of the load readings held", buckets=buckets,
+        gsum_value=sum(age for age, _ in ages),
+    )  # fmt: skip
 
 
 def _node_metrics(store: _core.Store) -> Iterator[Metric]:

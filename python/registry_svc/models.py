@@ -68,7 +68,7 @@ MAX_RESOURCE_NAMES = 1000
 Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 # Spelled out for the type checker and the OpenAPI enum; tests/test_rules.py holds it to
 # the selector's own list (`_core.POLICIES`).
-Policy = Literal["round_robin", "random", "weighted", "least_request", "consistent_hash"]
+Policy = Literal["round_robin", "random", "weighted", "least_request", "consistent_hash", "least_load", "prefix"]
 Status = Literal["Unknown", "Healthy", "Unhealthy", "Starting", "Stopping"]
 # Held by tests/test_rules.py to the roles of rust/roles.rs (`_core.ROLES`).
 Role = Literal["admin", "service", "proxy"]
@@ -278,6 +278,38 @@ def named_checks(checks: list[Check]) -> list[dict[str, Any]]:
     return out
 
 
+class LoadSource(Model):
+    """`load`: where a model server's load comes from. `prometheus`: the server scrapes
+    `path` every `intervalMs` and reads vLLM's, SGLang's or `registry_load_*` metrics;
+    `push`: the instance sends `PUT /registry-svc/instance/{id}/load` itself. A reading
+    older than ten intervals counts as unknown. Lookups add the latest reading's values."""
+
+    type: Literal["prometheus", "push"] = "prometheus"
+    path: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=1024, pattern=CHECK_PATH)] = Field(
+        default="/metrics", description="the metrics path of a prometheus source"
+    )
+    intervalMs: Annotated[int, Strict(), Field(ge=_core.LOAD_MIN_INTERVAL_MS, le=_core.LOAD_MAX_INTERVAL_MS)] = Field(
+        default=_core.LOAD_DEFAULT_INTERVAL_MS, description="how often it is scraped or pushed"
+    )
+    queued: Any = Field(default=None, json_schema_extra={"readOnly": True})
+    running: Any = Field(default=None, json_schema_extra={"readOnly": True})
+    kvCacheUsage: Any = Field(default=None, json_schema_extra={"readOnly": True})
+
+
+LOAD_READING = ("queued", "running", "kvCacheUsage")
+
+
+class LoadReport(Model):
+    """`PUT /registry-svc/instance/{id}/load`: a model server's load now (what is not sent
+    counts as 0)."""
+
+    queued: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = Field(default=0, description="requests waiting")
+    running: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = Field(default=0, description="requests in the batch")
+    kvCacheUsage: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
+        default=0.0, description="the share of the KV cache in use, 0 to 1"
+    )
+
+
 class InstanceRegistration(Model):
     """`PUT /registry-svc/instance`: register or re-register (upsert by url, or by id).
 
@@ -304,6 +336,11 @@ class InstanceRegistration(Model):
     checks: Annotated[list[Check], Field(max_length=16)] | None = Field(
         default=None, description="several checks (replaced as a whole on re-registration; null removes them)"
     )
+    models: Annotated[list[ShortText], Field(max_length=64), AfterValidator(_distinct)] | None = Field(
+        default=None, description="the models and adapters it serves (`pick?model=`, the proxy's `model`)"
+    )
+    load: LoadSource | None = Field(default=None, description="where its load signals come from (null: none)")
+    loadAgeMs: Any = Field(default=None, json_schema_extra={"readOnly": True})
     statusReason: Any = Field(default=None, json_schema_extra={"readOnly": True})
     details: Any = Field(default=None, json_schema_extra={"readOnly": True})
     maintenance: Any = Field(default=None, json_schema_extra={"readOnly": True})
@@ -383,89 +420,19 @@ class NodeFilter(Model):
     region: ShortText | None = None
     availabilityZone: ShortText | None = None
     hasGpu: Annotated[bool, Strict()] | None = None
-
-
-# -- Queries ---------------------------------------------------------------------------
-# Query values are strings; a model of a query describes it for the OpenAPI document and
-# checks it like a body (repeatable parameters are lists).
-
-
-class Query(Model):
-    """A query string's parameters."""
-
-
-def _at_most_16_distinct(tags: list[str]) -> list[str]:
-    """Repeats are one tag; each distinct set of tags is a cache entry, so few are allowed."""
-    distinct = sorted(set(tags))
-    if len(distinct) > 16:
-        raise ValueError("at most 16 distinct tags per query")
-    return distinct
-
-
-PickTags = Annotated[
-    list[ShortText],
-    AfterValidator(_at_most_16_distinct),
-    Field(json_schema_extra={"maxItems": 16, "uniqueItems": True}),
-]
-
-
-class PickQuery(Query):
-    """`GET /registry-svc/instance/pick`."""
-
-    slug: Slug
-    policy: Policy | None = Field(default=None, description="default: the slug's policy, else the server's")
-    zone: ShortText | None = Field(default=None, description="prefer instances in this zone")
-    key: Text | None = Field(default=None, description="the hash key of consistent_hash (required with it)")
-    tag: PickTags | None = Field(default=None, description="every tag must be present (repeatable)")
-
-    @model_validator(mode="after")
-    def _key_for_consistent_hash(self) -> PickQuery:
-        if self.policy == "consistent_hash" and not self.key:
-            raise field_problem("key", "required with policy=consistent_hash")
-        return self
-
-
-FilterValues = Annotated[list[FreeText], Field(min_length=1)]
-
-
-class InstanceFilters(Query):
-    """`GET /registry-svc/instances`: each filter is repeatable; all must match."""
-
-    id: FilterValues | None = None
-    slug: FilterValues | None = None
-    host: FilterValues | None = None
-    ip: Annotated[list[Annotated[FreeText, AfterValidator(_ip_address)]], Field(min_length=1)] | None = None
-    deploymentId: FilterValues | None = None
-    nodeUrl: Annotated[list[NodeUrl], Field(min_length=1)] | None = None
-    status: FilterValues | None = None
-    tag: FilterValues | None = None
-    zone: FilterValues | None = None
-    scheme: FilterValues | None = None
-
-
-class SlugQuery(Query):
-    """`GET /registry-svc/discovery/prometheus`."""
-
-    slug: Slug | None = None
-
-
-class DryRunQuery(Query):
-    """`PUT /registry-svc/definition`."""
-
-    dryRun: Literal["true", "false"] = Field(default="false", description="true: validate only, write nothing")
-
-
-class BlockingQuery(Query):
-    """A blocking query: answer once the result's index passes `index`, or after `wait`."""
-
-    index: Annotated[str, Field(pattern=r"^[0-9]{1,19}$")] | None = Field(
-        default=None, description="the X-Registry-Index of the previous answer"
+    gpuFreeMiB: Annotated[int, Strict(), Field(ge=0, le=1 << 30)] | None = Field(
+        default=None, description="GPUs with at least this much free memory (MiB)"
     )
-    wait: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$")] | None = Field(
-        default=None, description="how long to hold the request (default 5m, at most 10m); only with index"
+    gpuMaxUtilization: Annotated[int, Strict(), Field(ge=0, le=100)] | None = Field(
+        default=None, description="GPUs at most this busy (percent)"
+    )
+    gpuCount: Annotated[int, Strict(), Field(ge=1, le=1024)] | None = Field(
+        default=None, description="how many GPUs must meet gpuFreeMiB and gpuMaxUtilization (default 1)"
     )
 
 
-# Definitions (definition_models.py), re-exported: models.SaveDefinition etc.
+# Queries (query_models.py), definitions (definition_models.py) and xDS (xds_models.py),
+# re-exported: models.PickQuery, models.SaveDefinition etc.
 from registry_svc.definition_models import *  # noqa: E402, F403
+from registry_svc.query_models import *  # noqa: E402, F403
 from registry_svc.xds_models import *  # noqa: E402, F403

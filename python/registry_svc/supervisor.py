@@ -263,6 +263,7 @@ def serve(settings: Settings) -> int:
     metrics.prepare(settings.data_dir, settings.port)  # before any process imports prometheus_client
     # The processes' shared load-balancing state starts empty with each server.
     settings.balancer_state_path.unlink(missing_ok=True)
+    settings.balancer_state_path.with_suffix(".load").unlink(missing_ok=True)  # load signals (rust/core/load.rs)
     # The supervisor keeps its own store handle for the node agent and the gate's reads.
     # The workers are exec'd, not forked from here, so they inherit no LMDB state.
     store = settings.open_store()

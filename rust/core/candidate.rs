@@ -72,12 +72,19 @@ pub struct Candidate {
     pub weight: u32,
     pub zone: Option<String>,
     pub tags: Vec<String>,
+    /// The models (and adapters) it serves, as registered (`models`).
+    pub models: Vec<String>,
     /// The pick response body: `{"instance": <stored JSON>}` (shared with the gates'
     /// answers, never copied per pick).
     pub body: Arc<Vec<u8>>,
 }
 
 impl Candidate {
+    /// Whether it lists `model` among the models it serves.
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == model)
+    }
+
     /// Builds a candidate from an instance's stored JSON.
     pub fn from_json(json: &[u8]) -> Option<Candidate> {
         let value: Value = serde_json::from_slice(json).ok()?;
@@ -90,11 +97,14 @@ impl Candidate {
             Some("Unknown") | None => Health::Unknown,
             Some(_) => Health::Excluded,
         };
-        let tags = value
-            .get("tags")
-            .and_then(Value::as_array)
-            .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-            .unwrap_or_default();
+        let strings = |key: &str| -> Vec<String> {
+            value
+                .get(key)
+                .and_then(Value::as_array)
+                .map(|items| items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        let (tags, models) = (strings("tags"), strings("models"));
         let url = text("url")?;
         let (host, port, target) = match parts(&url) {
             Some((host, port, target)) => (Some(host), port, Some(target)),
@@ -118,6 +128,7 @@ impl Candidate {
                 .clamp(1, 1000) as u32,
             zone: text("zone"),
             tags,
+            models,
             body: Arc::new(body),
         })
     }

@@ -14,8 +14,12 @@ pub mod candidate;
 pub(crate) mod error;
 pub mod hash;
 pub(crate) mod keys;
+pub mod least_load;
+pub mod load;
+pub mod load_json;
 pub mod model;
 pub mod policy;
+pub mod prefix;
 pub(crate) mod record;
 pub mod replica;
 pub mod select;
@@ -24,6 +28,8 @@ pub mod store;
 pub(crate) mod wait;
 pub mod write_counts;
 
+#[cfg(test)]
+mod select_load_tests;
 #[cfg(test)]
 mod select_tests;
 #[cfg(test)]

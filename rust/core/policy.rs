@@ -16,12 +16,24 @@ pub enum Policy {
     Weighted,
     LeastRequest,
     ConsistentHash,
+    /// Model servers by their load signals (`least_load.rs`).
+    LeastLoad,
+    /// Model servers by prompt-prefix affinity, then load (`prefix.rs`).
+    Prefix,
 }
 
 impl Policy {
     /// Every policy's name, in the order the API documents them (exported to Python as
     /// `_core.POLICIES`: the CLI, the flags and the request models take them from here).
-    pub const NAMES: [&'static str; 5] = ["round_robin", "random", "weighted", "least_request", "consistent_hash"];
+    pub const NAMES: [&'static str; 7] = [
+        "round_robin",
+        "random",
+        "weighted",
+        "least_request",
+        "consistent_hash",
+        "least_load",
+        "prefix",
+    ];
 
     pub fn parse(name: &str) -> Option<Policy> {
         Some(match name {
@@ -30,6 +42,8 @@ impl Policy {
             "weighted" => Policy::Weighted,
             "least_request" => Policy::LeastRequest,
             "consistent_hash" => Policy::ConsistentHash,
+            "least_load" => Policy::LeastLoad,
+            "prefix" => Policy::Prefix,
             _ => return None,
         })
     }
@@ -42,6 +56,8 @@ impl Policy {
             Policy::Weighted => "weighted",
             Policy::LeastRequest => "least_request",
             Policy::ConsistentHash => "consistent_hash",
+            Policy::LeastLoad => "least_load",
+            Policy::Prefix => "prefix",
         }
     }
 }

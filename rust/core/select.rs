@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 use crate::core::cache::{BoundedMap, Stamp};
 pub use crate::core::candidate::{host_and_port, Candidate, Health, Host};
 use crate::core::hash::mix64;
+use crate::core::load::LoadTable;
 pub use crate::core::policy::Policy;
 use crate::core::policy::{rendezvous, smooth_weighted};
+use crate::core::prefix::PrefixIndex;
 
 /// Bytes of cached pick candidates one process keeps (their bodies dominate). Keys are
 /// valid slugs and entries are bounded by what the store holds, so one slug may use it all.
@@ -39,6 +41,10 @@ pub struct PickRequest<'a> {
     pub track: bool,
     /// Instances to avoid while another is routable (a retry goes elsewhere).
     pub exclude: &'a [String],
+    /// Only instances that list this model (`models`) may be chosen.
+    pub model: Option<&'a str>,
+    /// The prompt (or prefix key) the `prefix` policy places by.
+    pub prefix: Option<&'a [u8]>,
 }
 
 #[derive(Debug)]
@@ -48,6 +54,11 @@ pub enum Picked {
     UnknownSlug,
     /// The slug has instances, but none is routable.
     NoneRoutable,
+    /// No instance of the slug lists the model asked for.
+    NoModel,
+    /// Every routable instance is over its queue limit or has its KV cache full
+    /// (`least_load`, `prefix`).
+    Saturated,
 }
 
 /// How a proxied request to an instance went, for outlier detection.
@@ -114,6 +125,10 @@ pub struct Selector {
     /// In-flight counts and outlier ejection, shared by the server's processes when
     /// mapped from a file (`shared.rs`).
     shared: SharedState,
+    /// Model servers' load signals, shared like `shared` (`load.rs`).
+    load: LoadTable,
+    /// Where prompt prefixes were sent (`prefix.rs`; this process's own).
+    prefix: Mutex<PrefixIndex>,
     rng: AtomicU64,
 }
 
@@ -149,8 +164,26 @@ impl Selector {
             cache: RwLock::new(BoundedMap::new(CANDIDATE_CACHE_BYTES, CANDIDATE_CACHE_BYTES)),
             policy_state: RwLock::new(HashMap::new()),
             shared,
+            load: LoadTable::private(),
+            prefix: Mutex::new(PrefixIndex::default()),
             rng: AtomicU64::new(seed),
         }
+    }
+
+    /// The selector with `load` as its table of load signals (one every process maps).
+    pub fn with_load(mut self, load: LoadTable) -> Selector {
+        self.load = load;
+        self
+    }
+
+    /// The load signals picks read.
+    pub fn load(&self) -> &LoadTable {
+        &self.load
+    }
+
+    /// The policy a pick of `slug` uses when it names none.
+    pub fn policy_of(&self, slug: &str) -> Policy {
+        self.slug_policies.get(slug).copied().unwrap_or(self.default_policy)
     }
 
     /// The candidates of `slug`, from the cache while no write touched the slug.
@@ -201,7 +234,8 @@ impl Selector {
 
     /// `pick_from`, using the precomputed routable set when the request has no filters.
     pub fn pick_among(&self, candidates: &SlugCandidates, req: &PickRequest<'_>, now: Instant) -> Picked {
-        if req.tags.is_empty() && req.zone.is_none() && req.exclude.is_empty() && !candidates.all.is_empty() {
+        let unfiltered = req.tags.is_empty() && req.zone.is_none() && req.exclude.is_empty() && req.model.is_none();
+        if unfiltered && !candidates.all.is_empty() {
             if candidates.default_routable.is_empty() {
                 return Picked::NoneRoutable;
             }
@@ -216,6 +250,17 @@ impl Selector {
         if candidates.is_empty() {
             return Picked::UnknownSlug;
         }
+        let serving: Vec<Arc<Candidate>>;
+        let candidates = match req.model {
+            None => candidates,
+            Some(model) => {
+                serving = candidates.iter().filter(|c| c.serves(model)).cloned().collect();
+                if serving.is_empty() {
+                    return Picked::NoModel;
+                }
+                &serving
+            }
+        };
         let mut routable = routable(candidates, req.tags, req.zone);
         if routable.is_empty() {
             return Picked::NoneRoutable;
@@ -236,11 +281,14 @@ impl Selector {
 
     /// Applies the policy to the usable instances and records a tracked pick.
     fn finish(&self, req: &PickRequest<'_>, usable: Vec<&Arc<Candidate>>) -> Picked {
-        let policy = req
-            .policy
-            .or_else(|| self.slug_policies.get(req.slug).copied())
-            .unwrap_or(self.default_policy);
-        let chosen = Arc::clone(self.choose(req.slug, &usable, policy, req.key));
+        let policy = req.policy.unwrap_or_else(|| self.policy_of(req.slug));
+        let chosen = match policy {
+            Policy::LeastLoad | Policy::Prefix => match self.choose_by_load(req, &usable, policy) {
+                Some(chosen) => Arc::clone(chosen),
+                None => return Picked::Saturated,
+            },
+            _ => Arc::clone(self.choose(req.slug, &usable, policy, req.key)),
+        };
         if req.track {
             self.shared.begin(&chosen.id);
         }
@@ -332,6 +380,8 @@ impl Selector {
                 Some(key) => rendezvous(usable, key),
                 None => usable[(self.random() % n as u64) as usize],
             },
+            // `finish` sends these to `choose_by_load`; a caller here gets a random one.
+            Policy::LeastLoad | Policy::Prefix => usable[(self.random() % n as u64) as usize],
         }
     }
 
@@ -426,3 +476,6 @@ fn routable<'c>(candidates: &'c [Arc<Candidate>], tags: &[String], zone: Option<
     }
     chosen
 }
+
+#[path = "select_load.rs"]
+mod by_load;

@@ -281,9 +281,9 @@ proptest! {
     /// Whatever the statuses, a pick never returns an excluded instance, and returns Unknown
     /// ones only when no instance is Healthy.
     #[test]
-    fn picks_respect_routability(statuses in proptest::collection::vec(0usize..5, 1..8), policy in 0usize..5) {
+    fn picks_respect_routability(statuses in proptest::collection::vec(0usize..5, 1..8), policy in 0usize..Policy::NAMES.len()) {
         let names = ["Healthy", "Unknown", "Unhealthy", "Starting", "Stopping"];
-        let policy = [Policy::RoundRobin, Policy::Random, Policy::Weighted, Policy::LeastRequest, Policy::ConsistentHash][policy];
+        let policy = Policy::parse(Policy::NAMES[policy]).unwrap();
         let sel = Selector::default();
         let list: Vec<_> = statuses.iter().enumerate().map(|(i, s)| cand(&format!("i{i}"), names[*s])).collect();
         let any_healthy = statuses.contains(&0);
@@ -297,7 +297,7 @@ proptest! {
                     prop_assert!(status == "Healthy" || (status == "Unknown" && !any_healthy));
                 }
                 Picked::NoneRoutable => prop_assert!(!any_healthy && !any_unknown),
-                Picked::UnknownSlug => prop_assert!(false),
+                Picked::UnknownSlug | Picked::NoModel | Picked::Saturated => prop_assert!(false),
             }
         }
     }

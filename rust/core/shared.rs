@@ -470,6 +470,7 @@ pub fn ms_at(at: Instant) -> u64 {
 
 #[path = "shared_file.rs"]
 mod file;
+pub(crate) use file::open_table;
 
 #[cfg(test)]
 #[path = "shared_tests.rs"]

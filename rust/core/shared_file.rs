@@ -12,55 +12,62 @@ use super::{Region, SharedState, MAGIC, TABLE_BYTES};
 impl SharedState {
     /// The table in `path`, created (zeroed) when it is missing or not one of ours. Every
     /// process of a server opens the same file; the supervisor removes it at start.
-    ///
-    /// Openers take turns (an exclusive `flock` on the file while it is sized and its header
-    /// checked), so two processes starting together cannot reset each other's slots. A file
-    /// is never shrunk while someone may map it (that would fault their reads): one of
-    /// another length (another layout) is replaced by a new file renamed over it.
     pub fn open(path: &Path) -> std::io::Result<SharedState> {
-        let file = loop {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)?;
-            lock(&file)?;
-            // Another opener may have renamed a new table over the path while this one
-            // waited for the lock of the old: open that one instead.
-            if !same_file(&file, path)? {
-                continue;
-            }
-            match file.metadata()?.len() {
-                0 => file.set_len(TABLE_BYTES as u64)?, // new: grown, never shrunk
-                len if len == TABLE_BYTES as u64 => {}
-                _ => break replace(path)?,
-            }
-            break file;
-        };
-        // SAFETY: the file is ours (the data dir is 0700), TABLE_BYTES long and never
-        // shrunk, and only ever accessed through atomics, by this and the other processes
-        // of the server.
-        let mut map = unsafe { memmap2::MmapMut::map_mut(&file)? };
-        let magic = u64::from_ne_bytes(map[..8].try_into().expect("8 bytes"));
-        if magic != MAGIC && magic != 0 {
-            // Another layout's table of the same length: start from nothing at all (its
-            // counts, process table and ring mean nothing here). No process of this layout
-            // maps it yet: they would have found our magic.
-            map.fill(0);
-        }
+        let (map, fresh) = open_table(path, TABLE_BYTES, MAGIC)?;
         let state = SharedState {
             region: Region::File(map),
             column: OnceLock::new(),
         };
-        if magic != MAGIC {
+        if fresh {
             state.init();
         }
-        // Explicitly: the mapping holds the open file, so closing it would not release
-        // the lock.
-        unlock(&file)?;
         Ok(state)
     }
+}
+
+/// A shared table of `bytes` bytes in `path`, mapped, and whether it is new (zeroed: its
+/// header is the caller's to write; the first 8 bytes hold `magic` once it is written).
+///
+/// Openers take turns (an exclusive `flock` on the file while it is sized and its header
+/// checked), so two processes starting together cannot reset each other's slots. A file
+/// is never shrunk while someone may map it (that would fault their reads): one of
+/// another length (another layout) is replaced by a new file renamed over it. The balancer
+/// state (`shared.rs`) and the load signals (`load.rs`) are such tables.
+pub(crate) fn open_table(path: &Path, bytes: usize, magic: u64) -> std::io::Result<(memmap2::MmapMut, bool)> {
+    let file = loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        lock(&file)?;
+        // Another opener may have renamed a new table over the path while this one
+        // waited for the lock of the old: open that one instead.
+        if !same_file(&file, path)? {
+            continue;
+        }
+        match file.metadata()?.len() {
+            0 => file.set_len(bytes as u64)?, // new: grown, never shrunk
+            len if len == bytes as u64 => {}
+            _ => break replace(path, bytes)?,
+        }
+        break file;
+    };
+    // SAFETY: the file is ours (the data dir is 0700), `bytes` long and never shrunk, and
+    // only ever accessed through atomics, by this and the other processes of the server.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&file)? };
+    let found = u64::from_ne_bytes(map[..8].try_into().expect("8 bytes"));
+    if found != magic && found != 0 {
+        // Another layout's table of the same length: start from nothing at all. No
+        // process of this layout maps it yet: they would have found our magic.
+        map.fill(0);
+    }
+    // Explicitly: the mapping holds the open file, so closing it would not release the
+    // lock. The caller then writes a fresh table's header; another opener in between also
+    // finds it fresh and writes the same header (never the slots), which is harmless.
+    unlock(&file)?;
+    Ok((map, found != magic))
 }
 
 /// Waits for the exclusive lock of `file` (held until `unlock`, or until the file and every
@@ -89,7 +96,7 @@ fn same_file(file: &File, path: &Path) -> std::io::Result<bool> {
 }
 
 /// A new, empty table renamed over `path`, locked (whoever maps the old file keeps it).
-fn replace(path: &Path) -> std::io::Result<File> {
+fn replace(path: &Path, bytes: usize) -> std::io::Result<File> {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".new-{}", std::process::id()));
     let new = Path::new(&name);
@@ -100,7 +107,7 @@ fn replace(path: &Path) -> std::io::Result<File> {
         .truncate(true)
         .open(new)?;
     lock(&file)?;
-    file.set_len(TABLE_BYTES as u64)?;
+    file.set_len(bytes as u64)?;
     std::fs::rename(new, path)?;
     Ok(file)
 }

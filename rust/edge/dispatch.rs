@@ -67,7 +67,11 @@ impl Gate {
                 .get(hyper::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
             // The tokens are the registry's: one cache per process, the workers' too.
-            if let Some(answer) = reads::answer(registry, path, authorization) {
+            let prefix_key = request
+                .headers()
+                .get(crate::forward::inference::PREFIX_HEADER)
+                .map(hyper::header::HeaderValue::as_bytes);
+            if let Some(answer) = reads::answer(registry, path, authorization, prefix_key) {
                 self.stats.answered.fetch_add(1, Ordering::Relaxed);
                 return Ok(read_answer(&answer));
             }

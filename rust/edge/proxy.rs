@@ -12,6 +12,8 @@ use std::task::{Context, Poll};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
 
+use crate::core::select::Policy;
+use crate::forward::inference::{inference_of, Inference, PREFIX_HEADER};
 use crate::forward::{Outgoing, Payload, RETRY_BODY};
 
 impl Gate {
@@ -23,37 +25,37 @@ impl Gate {
         let started = std::time::Instant::now();
         let (parts, body) = request.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let slug = proxied_slug(path).unwrap_or_default();
+        // Model servers' requests are read whole: their body says where they go.
+        let by_load = matches!(registry.selector.policy_of(slug), Policy::LeastLoad | Policy::Prefix);
+        // Why a streamed body stopped short, when it was the client's doing.
+        let cut = Arc::new(Mutex::new(None));
+        let (payload, whole) = if by_load && !body.is_end_stream() {
+            match read_body(body, limit, self.limits.request_timeout).await {
+                Ok(bytes) => (Ok(Payload::Kept(bytes.clone())), bytes),
+                Err(refusal) => (Err(refusal), Bytes::new()),
+            }
+        } else {
+            (self.payload(body, limit, &cut).await, Bytes::new())
+        };
+        let facts = if by_load {
+            inference_of(&whole)
+        } else {
+            Inference::default()
+        };
         let outgoing = Outgoing {
             method: parts.method.as_str(),
             target: path,
-            slug: proxied_slug(path).unwrap_or_default(),
+            slug,
             headers: &parts.headers,
             client_ip,
             sandboxed: self.role == Role::Api,
-        };
-        // Why a streamed body stopped short, when it was the client's doing.
-        let cut = Arc::new(Mutex::new(None));
-        let payload = match body.size_hint().exact() {
-            _ if body.is_end_stream() => Ok(Payload::Kept(Bytes::new())),
-            Some(n) if n <= RETRY_BODY => read_body(body, limit, self.limits.request_timeout)
-                .await
-                .map(Payload::Kept),
-            _ => {
-                let (sent, body_sent) = oneshot::channel();
-                let streamed = ClientBody {
-                    body,
-                    left: limit,
-                    limit,
-                    timeout: self.limits.request_timeout,
-                    sleep: Box::pin(tokio::time::sleep(self.limits.request_timeout)),
-                    sent: Some(sent),
-                    cut: Arc::clone(&cut),
-                };
-                Ok(Payload::Streamed(
-                    http_body_util::BodyExt::boxed_unsync(streamed),
-                    body_sent,
-                ))
-            }
+            model: facts.model.as_deref(),
+            prompt: parts
+                .headers
+                .get(PREFIX_HEADER)
+                .map(|key| key.as_bytes())
+                .or(facts.prompt),
         };
         let answer = match payload {
             Err(refusal) => refusal.answer(),
@@ -61,6 +63,8 @@ impl Gate {
                 Ok(answer) => answer,
                 Err((status, message)) => match cut.lock().ok().and_then(|mut c| c.take()) {
                     Some(refusal) => refusal,
+                    // Saturated model servers: ask again in a second.
+                    None if status == 429 => Refusal::new(status, message).keeping().retry_after(1),
                     None => Refusal::new(status, message).keeping(),
                 }
                 .answer(),
@@ -76,6 +80,34 @@ impl Gate {
             );
         }
         answer
+    }
+
+    /// The body to forward: none, a small one kept whole (so that an idempotent request
+    /// can be retried), or a larger one streamed as it arrives (`cut` says why it stopped
+    /// short when that was the client's doing).
+    async fn payload(&self, body: Incoming, limit: u64, cut: &Arc<Mutex<Option<Refusal>>>) -> Result<Payload, Refusal> {
+        match body.size_hint().exact() {
+            _ if body.is_end_stream() => Ok(Payload::Kept(Bytes::new())),
+            Some(n) if n <= RETRY_BODY => read_body(body, limit, self.limits.request_timeout)
+                .await
+                .map(Payload::Kept),
+            _ => {
+                let (sent, body_sent) = oneshot::channel();
+                let streamed = ClientBody {
+                    body,
+                    left: limit,
+                    limit,
+                    timeout: self.limits.request_timeout,
+                    sleep: Box::pin(tokio::time::sleep(self.limits.request_timeout)),
+                    sent: Some(sent),
+                    cut: Arc::clone(cut),
+                };
+                Ok(Payload::Streamed(
+                    http_body_util::BodyExt::boxed_unsync(streamed),
+                    body_sent,
+                ))
+            }
+        }
     }
 }
 

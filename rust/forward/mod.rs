@@ -55,6 +55,7 @@ use crate::netguard::NetPolicy;
 use crate::registry::Registry;
 
 mod admit;
+pub mod inference;
 mod outcome;
 mod peer;
 mod relay;
@@ -64,6 +65,7 @@ use admit::*;
 pub use admit::{has_dot_segment, is_registry_token};
 pub(crate) use outcome::source_text;
 use outcome::*;
+pub(crate) use peer::Connector;
 use peer::*;
 use relay::*;
 use request::*;
@@ -142,6 +144,10 @@ pub struct Outgoing<'a> {
     /// Served on the dashboard's origin (the API port): the answer is sandboxed, so that
     /// a proxied page runs in an opaque origin and cannot read the dashboard's token.
     pub sandboxed: bool,
+    /// Only an instance serving this model may answer (`inference.rs`).
+    pub model: Option<&'a str>,
+    /// The prompt a `prefix` pick places by.
+    pub prompt: Option<&'a [u8]>,
 }
 
 /// Sent with every proxied answer on the API port: scripts, forms and popups work, but
@@ -163,21 +169,27 @@ pub enum Payload {
 /// error answer the client gets.
 pub struct Failed(pub u16, pub String);
 
+/// Connections to instances: http or https, each address fenced by `policy` (the proxy's,
+/// or the probes' for the load scraper, `load/`).
+pub(crate) fn fenced_connector(policy: &Arc<NetPolicy>) -> Connector {
+    let mut http = HttpConnector::new_with_resolver(Fenced(Arc::clone(policy)));
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
 impl Forwarder {
     /// https upstreams are verified against the system's CA certificates (`SSL_CERT_FILE`
     /// / `SSL_CERT_DIR` point elsewhere); without any, every https upstream fails its
     /// handshake (a 502 naming the unknown issuer), and plain http works as ever.
     pub fn new(policy: NetPolicy, timeout: Duration) -> Forwarder {
         let policy = Arc::new(policy);
-        let mut http = HttpConnector::new_with_resolver(Fenced(Arc::clone(&policy)));
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = fenced_connector(&policy);
         let clients = PerLane::new(move || {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE)

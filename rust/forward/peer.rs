@@ -41,7 +41,7 @@ impl tower_service::Service<Name> for Fenced {
     }
 }
 
-pub(crate) type Connector = HttpsConnector<HttpConnector<Fenced>>;
+pub type Connector = HttpsConnector<HttpConnector<Fenced>>;
 
 /// TLS to upstreams: rustls with ring, the system's CA certificates as roots.
 pub(crate) fn tls_config() -> rustls::ClientConfig {
@@ -69,6 +69,8 @@ pub(crate) fn choose(
         slug,
         track: true,
         exclude: tried,
+        model: request.model,
+        prefix: request.prompt,
         ..PickRequest::default()
     };
     match registry.selector.pick(&registry.store, &pick) {
@@ -85,6 +87,14 @@ pub(crate) fn choose(
         }
         Ok(Picked::UnknownSlug) => Err(Failed(502, last_error.to_owned())),
         Ok(Picked::NoneRoutable) => Err(Failed(503, format!("no healthy instance of '{slug}'"))),
+        Ok(Picked::NoModel) => Err(Failed(
+            404,
+            format!(
+                "no instance of '{slug}' serves model '{}'",
+                request.model.unwrap_or_default()
+            ),
+        )),
+        Ok(Picked::Saturated) => Err(Failed(429, crate::core::least_load::saturated(slug))),
         Err(e) => Err(Failed(503, format!("the registry cannot be read: {e}"))),
     }
 }

@@ -29,6 +29,8 @@ FIELD_ORDER = (
     "metadata", "weight", "zone", "status", "statusReason", "details", "lastHeartbeat", "registeredAt",
     "healthCheck", "checks", "checkStatus", "maintenance",
 )  # fmt: skip
+# Fields a record has only once they were set (a model server's): after the others.
+OPTIONAL_FIELDS = ("models", "load")
 
 
 # Objects a re-registration merges into what is stored (RFC 7396), rather than replaces.
@@ -90,6 +92,10 @@ def parse_registration(raw: dict[str, Any]) -> dict[str, Any]:
         check = body.healthCheck
         patch = None if check is None else check.model_dump(include=check.model_fields_set)
         fields["healthCheck"] = None if patch is None else {**patch, **dict.fromkeys(removed.get("healthCheck", ()))}
+    if "models" in sent:
+        fields["models"] = body.models or None
+    if "load" in sent:
+        fields["load"] = None if body.load is None else body.load.model_dump(exclude=set(models.LOAD_READING))
     if "checks" in sent:
         fields["checks"] = models.named_checks(body.checks) if body.checks else None
         if fields["checks"]:
@@ -137,7 +143,9 @@ def slug_name(slug: str | None) -> str:
 
 
 def ordered(record: dict[str, Any]) -> dict[str, Any]:
-    return {key: record.get(key) for key in FIELD_ORDER}
+    out = {key: record.get(key) for key in FIELD_ORDER}
+    out.update({key: record[key] for key in OPTIONAL_FIELDS if record.get(key) is not None})
+    return out
 
 
 def merge(
@@ -271,7 +279,7 @@ async def list_instances(call: Call) -> Response:
     if blocking is not None:
         await call.ctx.watch.wait_past(instances_stamp(store, filters), *blocking, holder=call.holder)
     index, body = store.list_json(INSTANCES, filters, INSTANCES)
-    return raw_json(200, body, index)
+    return raw_json(200, store.with_load(body), index)
 
 
 def instances_stamp(store: _core.Store, filters: list[tuple[str, str]]) -> watch.Stamp:
@@ -298,7 +306,7 @@ async def get_instance(call: Call) -> Response:
     stamp = watch.record_stamp(call.ctx.store, INSTANCES, instance_id)
     await watch.wait_if_asked(call.ctx.watch, query_params(call.request), stamp, call.holder)
     version, body = visible(call, instance_id)
-    return raw_json(200, b'{"instance":' + body + b"}", version)
+    return raw_json(200, call.ctx.store.with_load(b'{"instance":' + body + b"}"), version)
 
 
 def heartbeat(call: Call) -> Response:
@@ -358,6 +366,20 @@ def set_maintenance(call: Call) -> Response:
     return json_response(200, {"instance": applied.record}, applied.index)
 
 
+def report_load(call: Call) -> Response:
+    """A model server's load, pushed (`core/load.rs`): kept in shared memory with the time
+    it arrived, never written to the store. Judged by the interval the instance declares
+    (`load.intervalMs`), else the default."""
+    instance_id = path_param(call.request, "id")
+    body = models.parse(models.LoadReport, read_json_object(call.request))
+    _, stored = visible(call, instance_id)
+    declared = orjson.loads(stored).get("load") or {}
+    interval = declared.get("intervalMs") or _core.LOAD_DEFAULT_INTERVAL_MS
+    if not call.ctx.store.report_load(instance_id, body.queued, body.running, body.kvCacheUsage, interval):
+        raise ApiError(503, "the load table has no room for this instance now; try again in a minute")
+    return no_content()
+
+
 def delete_instance(call: Call) -> Response:
     instance_id = path_param(call.request, "id")
     try:
@@ -386,6 +408,10 @@ ROUTES = [
     Route("put", "/registry-svc/instance/:id/maintenance", set_maintenance, auth.INSTANCE_EDIT, Doc(
         "Maintenance: out of routing with a reason (`enable: false` puts it back); its checks go on",
         {200: replies.InstanceReply}, body=models.Maintenance, body_optional=True, errors=(404,),
+    )),
+    Route("put", "/registry-svc/instance/:id/load", report_load, auth.INSTANCE_EDIT, Doc(
+        "Report a model server's load (queued, running, KV-cache usage): kept in memory for picks",
+        {204: None}, body=models.LoadReport, errors=(404, 503),
     )),
     Route("delete", "/registry-svc/instance/:id", delete_instance, auth.INSTANCE_DELETE, Doc(
         "Deregister an instance", {204: None}, errors=(404,),

@@ -18,13 +18,42 @@ from registry_svc.http import json_response, no_content, path_param, query_param
 _MERGED_SCHEME = re.compile(r"^(https?):/(?!/)")
 
 
+GPU_FILTERS = ("gpuFreeMiB", "gpuMaxUtilization", "gpuCount")
+
+
+def gpu_free_mib(gpu: dict[str, Any]) -> int | None:
+    """A GPU's free memory in MiB: total less used and driver-reserved (None: unknown)."""
+    total, used = gpu.get("memoryTotal"), gpu.get("memoryUsage")
+    if total is None or used is None:
+        return None
+    return int(total) - int(used) - int(gpu.get("memoryReserved") or 0)
+
+
+def _gpu_fits(gpu: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """Whether one GPU meets the free-memory and utilisation filters (unknown fails)."""
+    if "gpuFreeMiB" in filters:
+        free = gpu_free_mib(gpu)
+        if free is None or free < filters["gpuFreeMiB"]:
+            return False
+    if "gpuMaxUtilization" in filters:
+        busy = gpu.get("gpuUtilization")
+        if busy is None or busy > filters["gpuMaxUtilization"]:
+            return False
+    return True
+
+
 def _matches(node: dict[str, Any], filters: dict[str, Any]) -> bool:
     if "ids" in filters and node.get("id") not in filters["ids"]:
         return False
     for key in ("region", "availabilityZone"):
         if key in filters and node.get(key) != filters[key]:
             return False
-    return "hasGpu" not in filters or bool(node.get("gpus")) == filters["hasGpu"]
+    if "hasGpu" in filters and bool(node.get("gpus")) != filters["hasGpu"]:
+        return False
+    if any(key in filters for key in GPU_FILTERS):
+        fitting = sum(1 for gpu in node.get("gpus") or [] if _gpu_fits(gpu, filters))
+        return fitting >= int(filters.get("gpuCount", 1))
+    return True
 
 
 async def list_nodes(call: Call) -> Response:

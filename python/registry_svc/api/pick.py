@@ -14,20 +14,24 @@ from registry_svc.http import query_params, raw_json
 def pick(call: Call) -> Response:
     # The query's rule is the gates' too (rust/query.rs); the model only describes it.
     try:
-        slug, policy, zone, key, tags = _core.pick_query(list(query_params(call.request).items()))
+        slug, policy, zone, key, tags, model = _core.pick_query(list(query_params(call.request).items()))
     except ValueError as e:
         error, errors = e.args
         raise ApiError(400, error, errors=errors or None) from None
     caller = call.caller
     if not caller.sees_every_slug and slug != caller.slug:
         raise ApiError(404, f"no instances are registered for slug '{slug}'")
-    body = call.ctx.store.pick_json(slug, policy, zone, key, tags)
+    prefix = call.request.headers.get(_core.PREFIX_HEADER)
+    try:
+        body = call.ctx.store.pick_json(slug, policy, zone, key, tags, model, prefix.encode() if prefix else None)
+    except _core.SaturatedError as e:
+        raise ApiError(429, str(e), headers={"retry-after": "1"}) from None
     return raw_json(200, body)
 
 
 ROUTES = [
     Route("get", "/registry-svc/instance/pick", pick, auth.INSTANCE_VIEW, Doc(
         "Choose one routable instance of a slug by a load-balancing policy", {200: replies.InstanceReply},
-        query=models.PickQuery, errors=(404,),
+        query=models.PickQuery, errors=(404, 429, 503),
     )),
 ]  # fmt: skip

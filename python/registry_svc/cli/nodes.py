@@ -17,12 +17,35 @@ def nodes() -> None:
     """Cluster nodes: list and remove."""
 
 
-@nodes.command("list", epilog="\b\nExamples:\n  oo nodes ls\n  oo n ls -o json | jq '.nodes[] | select(.gpus | length > 0)'")  # fmt: skip
+SIZE_UNITS = {"mib": 1, "gib": 1024, "tib": 1024 * 1024}
+
+
+def mebibytes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """`20GiB`, `512MiB` or `1TiB` in MiB."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    for unit, factor in SIZE_UNITS.items():
+        number = text.removesuffix(unit)
+        if number != text:
+            try:
+                return round(float(number) * factor)
+            except ValueError:
+                break
+    raise click.BadParameter(f"'{value}': give a size with its unit, e.g. 20GiB or 512MiB")
+
+
+@nodes.command("list", epilog="\b\nExamples:\n  oo nodes ls\n  oo n ls --gpu-free 20GiB --gpu-util-max 50\n  oo n ls --gpu-free 40GiB --gpus 2 -o json | jq -r '.nodes[].url'")  # fmt: skip
+@click.option("--gpu-free", callback=mebibytes, help="only nodes with a GPU with this much free memory (20GiB)")
+@click.option("--gpu-util-max", type=click.IntRange(0, 100), help="... and at most this busy (percent)")
+@click.option("--gpus", type=click.IntRange(1, 1024), help="how many such GPUs a node needs (default 1)")
 @OUTPUT
 @pass_session
-def nodes_list(session: Session, output: str) -> None:
-    """List cluster nodes with their usage."""
-    data = session.client.request("POST", "/registry-svc/nodes").json()
+def nodes_list(session: Session, gpu_free: int | None, gpu_util_max: int | None, gpus: int | None, output: str) -> None:
+    """List cluster nodes with their usage (optionally only those with free GPUs)."""
+    wanted = {"gpuFreeMiB": gpu_free, "gpuMaxUtilization": gpu_util_max, "gpuCount": gpus}
+    body = {k: v for k, v in wanted.items() if v is not None}
+    data = session.client.request("POST", "/registry-svc/nodes", body or None).json()
     rows = [[n["id"], n["url"], n.get("status") or "", n.get("region") or "", n.get("availabilityZone") or "",
              percent(n.get("usage"), "cpu"), percent(n.get("usage"), "memory"), len(n.get("gpus") or []),
              ago(n.get("lastHeartbeat"))]

@@ -115,12 +115,13 @@ def service_detail(session: Session, slug: str, output: str) -> None:
     click.echo(table(["ID", "URL", "STATUS", "REASON", "CHECK", "ZONE", "WEIGHT", "TAGS"], rows))
 
 
-@cli.command("pick", epilog="\b\nExamples:\n  oo pick user-svc\n  oo pick user-svc --policy consistent_hash --key user-42\n  oo pick user-svc -o json | jq -r .instance.url")  # fmt: skip
+@cli.command("pick", epilog="\b\nExamples:\n  oo pick user-svc\n  oo pick user-svc --policy consistent_hash --key user-42\n  oo pick llama --policy least_load --model llama-3-8b\n  oo pick user-svc -o json | jq -r .instance.url")  # fmt: skip
 @click.argument("slug")
 @click.option("--policy", type=click.Choice(_core.POLICIES))
 @click.option("--zone", help="prefer this zone")
 @click.option("--key", help="the key for consistent_hash")
 @click.option("--tag", "--tags", "tags", multiple=True, help="only instances with this tag")
+@click.option("--model", help="only instances that serve this model")
 @OUTPUT
 @pass_session
 def pick(
@@ -130,10 +131,12 @@ def pick(
     zone: str | None,
     key: str | None,
     tags: tuple[str, ...],
+    model: str | None,
     output: str,
 ) -> None:
     """Pick one routable instance of SLUG, as the proxy would."""
-    query = [("slug", slug)] + [(k, v) for k, v in (("policy", policy), ("zone", zone), ("key", key)) if v]
+    given = (("policy", policy), ("zone", zone), ("key", key), ("model", model))
+    query = [("slug", slug)] + [(k, v) for k, v in given if v]
     query += [("tag", t.strip()) for value in tags for t in value.split(",") if t.strip()]
     data = session.client.request("GET", f"/registry-svc/instance/pick?{urlencode(query)}").json()
     inst = data["instance"]
