@@ -106,6 +106,7 @@ bench: build bench-tools
 	$(PY) -m loadtest.watch_bench --append BENCHMARKS.md
 	$(PY) -m loadtest.dns_bench --append BENCHMARKS.md
 	$(PY) -m loadtest.health_capacity --per-core 100000 --append BENCHMARKS.md
+	$(PY) -m loadtest.inference_bench --seconds 20 --append BENCHMARKS.md
 
 # Locust scenarios (sidecars, services, operators) against a fresh server; CSV in loadtest/out/.
 loadtest: build

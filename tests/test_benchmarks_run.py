@@ -114,3 +114,22 @@ def test_dns_benchmark_runs_in_a_tiny_mode() -> None:
     text = "\n".join(dns_bench.run(seconds=0.5, repeats=1, rate=2000, slugs=3))
     assert "| registry-svc DNS |" in text and "| NSD 4.6, static zone |" in text
     assert "Queries/s vs NSD" in text and "p99 vs NSD" in text
+
+
+def test_inference_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
+    """The inference section end to end at 1 s per policy: the fake fleet, the registry's
+    proxy under each policy, the report (no timing asserted)."""
+    from loadtest import inference_bench
+
+    registry = inference_bench.Registry(tmp_path)
+    try:
+        outcomes = inference_bench.run_policies(tmp_path, registry, seconds=1.0, share=0.3, seed=1)
+        picker = inference_bench.picker_cost(tmp_path, samples=200)
+        large, rate = inference_bench.large_prompt_cost(tmp_path, registry, samples=3, wrk_seconds=1)
+    finally:
+        registry.stop()
+    assert [o.policy for o in outcomes] == list(inference_bench.POLICIES)
+    for o in outcomes:
+        assert o.completed > 0 and o.errors == 0, o
+    report = "\n".join(inference_bench.report(outcomes, picker, rate, large, 1.0))
+    assert "| prefix |" in report and "p90 TTFT" in report
