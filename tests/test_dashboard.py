@@ -296,3 +296,30 @@ def test_a_slug_named_like_an_object_property_shows_its_policy(srv: Server, driv
     wait_for(driver, lambda d: text_of(d, row), "the constructor row")
     assert "round_robin (default)" in text_of(driver, row), text_of(driver, row)
     assert "function" not in text_of(driver, row) and "native code" not in text_of(driver, row)
+
+
+def test_a_model_server_s_load_and_its_age_are_shown(srv: Server, driver: WebDriver) -> None:
+    reply = srv.register({"url": "http://127.0.0.1:19101", "slug": "dash-llm", "status": "Healthy",
+                          "healthCheck": NO_CHECK, "load": {"type": "push", "intervalMs": 60000}})  # fmt: skip
+    instance = reply.json["instance"]["id"]
+    pushed = srv.call("PUT", f"/registry-svc/instance/{instance}/load", {"queued": 7, "running": 3, "kvCacheUsage": 0.42})
+    assert pushed.status == 204, pushed.body
+    sign_in(driver, srv, srv.admin_token)
+    driver.get(f"{srv.url}/ui#/service/dash-llm")
+    cell = f'tr[data-id="{instance}"] td.load'
+    wait_for(driver, lambda d: "7 queued · 3 running · KV 42%" in text_of(d, cell), "the load reading")
+    assert " old" in text_of(driver, cell)
+
+
+def test_each_node_shows_its_gpus_free_memory(tmp_path: Path, driver: WebDriver) -> None:
+    from test_health import FAKE_NVML
+
+    path = os.pathsep.join([FAKE_NVML, os.environ.get("PYTHONPATH", "")])
+    gpu_srv = Server(tmp_path / "data", env={"PYTHONPATH": path}).start()
+    try:
+        sign_in(driver, gpu_srv, gpu_srv.admin_token)
+        driver.get(f"{gpu_srv.url}/ui#/nodes")
+        # The fake H100: 81,559 MiB, 2,592 used and 615 reserved by the driver.
+        wait_for(driver, lambda d: "78352 MiB free of 81559" in live_text(d), "the GPU's free memory")
+    finally:
+        gpu_srv.kill9()

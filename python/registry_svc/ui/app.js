@@ -35,6 +35,21 @@ function ago(timestamp) {
   return `${Math.floor(seconds / 3600)}h ${Math.floor((seconds % 3600) / 60)}m ago`;
 }
 
+// A model server's latest load reading (`load`, `loadAgeMs`), or "-" without one.
+function loadOf(i) {
+  const l = i.load;
+  if (!l || l.queued == null) return '<span class="muted">-</span>';
+  const age = i.loadAgeMs < 1000 ? `${i.loadAgeMs} ms` : `${(i.loadAgeMs / 1000).toFixed(1)} s`;
+  return `${esc(l.queued)} queued · ${esc(l.running)} running · KV ${Math.round(100 * Number(l.kvCacheUsage))}%`
+    + `<span class="sub">${esc(age)} old</span>`;
+}
+
+// A GPU's free memory in MiB: total less used and driver-reserved (as POST /nodes filters it).
+function gpuFree(g) {
+  if (g.memoryTotal == null || g.memoryUsage == null) return "?";
+  return g.memoryTotal - g.memoryUsage - (g.memoryReserved || 0);
+}
+
 function bytes(n) {
   if (n == null) return "-";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -129,9 +144,9 @@ const VIEWS = {
           + `<td>${badge(i.status)}</td><td class="wrap">${esc(i.statusReason)}</td>`
           + `<td class="mono" title="${esc(i.nodeUrl)}">${esc((i.nodeUrl || "").replace(/^https?:\/\//, ""))}</td>`
           + `<td>${esc(i.zone)}</td><td class="chips">${tags}</td><td class="num">${esc(i.weight)}</td>`
-          + `<td>${esc(ago(i.lastHeartbeat))}</td>${actions}</tr>`;
+          + `<td class="load">${loadOf(i)}</td><td>${esc(ago(i.lastHeartbeat))}</td>${actions}</tr>`;
       });
-      const headers = ["ID", "URL", "Status", "Reason", "Node", "Zone", "Tags", { label: "Weight", num: true }, "Heartbeat"];
+      const headers = ["ID", "URL", "Status", "Reason", "Node", "Zone", "Tags", { label: "Weight", num: true }, "Load", "Heartbeat"];
       if (state.admin) headers.push("Actions");
       return table(headers, rows, "This service has no instances.");
     },
@@ -153,7 +168,7 @@ const VIEWS = {
         };
         const gpus = (n.gpus || []).map((g) => `<span class="gpu">${esc(g.name)}: `
           + `<meter min="0" max="${Number(g.memoryTotal) || 1}" value="${Number(g.memoryUsage) || 0}"></meter> `
-          + `${esc(g.memoryUsage)} / ${esc(g.memoryTotal)} MiB, ${esc(g.gpuUtilization)}% busy</span>`).join("");
+          + `${esc(gpuFree(g))} MiB free of ${esc(g.memoryTotal)}, ${esc(g.gpuUtilization)}% busy</span>`).join("");
         return `<tr data-node="${esc(n.url)}"><td class="mono">${esc(n.id)}</td><td class="mono">${esc(n.url)}</td>`
           + `<td>${badge(n.status)}</td><td>${esc(ago(n.lastHeartbeat))}</td><td>${esc(n.region)} ${esc(n.availabilityZone)}</td>`
           + `<td class="usage">${use("cpu")}</td><td class="usage">${use("memory")}</td><td class="usage">${use("disk")}</td>`
