@@ -144,7 +144,9 @@ def schedule(seed: int, rate: float, seconds: float) -> list[tuple[float, int]]:
         out.append((t, rng.randrange(USERS)))
 
 
-async def one(port: int, path: str, body: bytes, idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> tuple[float, dict[str, object] | None]:
+async def one(
+    port: int, path: str, body: bytes, idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+) -> tuple[float, dict[str, object] | None]:
     """One request; (time to the first chunk in ms, the first chunk's JSON or None)."""
     reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
     started = time.perf_counter()
@@ -291,6 +293,10 @@ def large_prompt_cost(
         fleet.stop()
 
 
+def met(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
 def report(outcomes: list[Outcome], picker: tuple[float, float], rate: tuple[float, float] | None,
            large: dict[tuple[str, int], float], seconds: float) -> list[str]:  # fmt: skip
     lines = ["## Inference routing (fake model servers)", "",
@@ -305,14 +311,16 @@ def report(outcomes: list[Outcome], picker: tuple[float, float], rate: tuple[flo
                      f"| {o.completed / max(o.seconds, 1e-9):.1f} | {hit:.0%} | {o.errors} |")  # fmt: skip
     by = {o.policy: o for o in outcomes}
     ratio = by["prefix"].percentile(0.9) / by["round_robin"].percentile(0.9)
-    lines += ["", f"- `prefix` p90 TTFT / `round_robin`'s: **{ratio:.2f}x** (target <= 0.5x: "
-              f"{'met' if ratio <= 0.5 else 'not met'}).",  # fmt: skip
-              f"- the picker's own cost, `prefix` with a 2 KB prompt, in process: p50 {picker[0]:.1f} us, "
-              f"p99 **{picker[1]:.1f} us** (target < 200 us: {'met' if picker[1] < 200 else 'not met'})."]  # fmt: skip
+    lines.append("")
+    lines.append(f"- `prefix` p90 TTFT / `round_robin`'s: **{ratio:.2f}x** (target <= 0.5x: {met(ratio <= 0.5)}).")
+    lines.append(
+        f"- the picker's own cost, `prefix` with a 2 KB prompt, in process: p50 {picker[0]:.1f} us, "
+        f"p99 **{picker[1]:.1f} us** (target < 200 us: {met(picker[1] < 200)})."
+    )
     if rate is not None:
         lines.append(f"- `prefix` picks on the data port with a 2 KB key (wrk, 16 connections): {rate[0]:,.0f}/s, "
                      f"**{rate[1]:,.0f} per CPU-second** of the server (target >= 20,000 per core: "
-                     f"{'met' if rate[1] >= 20_000 else 'not met'}).")  # fmt: skip
+                     f"{met(rate[1] >= 20_000)}).")  # fmt: skip
     small, big = 2048, 220 * 1024
     proxy_small = large[("proxy", small)] - large[("direct", small)]
     proxy_big = large[("proxy", big)] - large[("direct", big)]
@@ -320,7 +328,7 @@ def report(outcomes: list[Outcome], picker: tuple[float, float], rate: tuple[flo
     lines.append(f"- a 220 KB prompt through the proxy (`prefix`, the body read whole, parsed and hashed): the proxy "
                  f"adds {proxy_big:.2f} ms to the upstream's median (direct {large[('direct', big)]:.2f} ms), "
                  f"{proxy_small:.2f} ms for a 2 KB one: **{added:.2f} ms more** "
-                 f"(target < 5 ms: {'met' if added < 5 else 'not met'}).")  # fmt: skip
+                 f"(target < 5 ms: {met(added < 5)}).")  # fmt: skip
     return lines
 
 

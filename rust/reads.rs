@@ -220,7 +220,7 @@ fn pick(registry: &Registry, caller: &Caller, params: &[(String, String)], prefi
         prefix,
         ..PickRequest::default()
     };
-    match registry.selector.pick(&registry.store, &request).ok()? {
+    match registry.pick(&request).ok()? {
         Picked::Instance(chosen) => Some(Answer {
             body: with_load(registry, Arc::clone(&chosen.body)),
             index: None,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::core::cache::ResponseCache;
 use crate::core::record::Result;
-use crate::core::select::Selector;
+use crate::core::select::{PickRequest, Picked, Policy, Selector};
 use crate::core::store::Store;
 use crate::route::RouteCache;
 use crate::tokens::Tokens;
@@ -25,6 +25,20 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Picks for `request` (every door's pick: the gates, the proxy, the workers), with the
+    /// slug's `least_load` weights (`route.rs`) when its policy scores load.
+    pub fn pick(&self, request: &PickRequest<'_>) -> Result<Picked> {
+        let policy = request.policy.unwrap_or_else(|| self.selector.policy_of(request.slug));
+        if matches!(policy, Policy::LeastLoad | Policy::Prefix) && request.weights.is_none() {
+            let weighted = PickRequest {
+                weights: Some(self.routes.get(&self.store, request.slug).load_weights),
+                ..request.clone()
+            };
+            return self.selector.pick(&self.store, &weighted);
+        }
+        self.selector.pick(&self.store, request)
+    }
+
     /// Applies `write` through this process's backend (see `writes.rs`).
     pub fn write(&self, write: Write) -> Result<u64> {
         self.writes.write(&self.store, write)

@@ -1,7 +1,8 @@
 //! A slug's proxy settings, set with `PUT /registry-svc/routing/{slug}`: whether the slug
 //! is cut from the forwarded path (`stripPrefix`), on how many other instances a request
-//! is tried again after one could not be reached (`retries`), and how long an upstream may
-//! take to answer (`timeoutSeconds`, else `--proxy-timeout-seconds`).
+//! is tried again after one could not be reached (`retries`), how long an upstream may
+//! take to answer (`timeoutSeconds`, else `--proxy-timeout-seconds`), and the weights of
+//! `least_load`'s score (`loadWeights`: queued, running, KV cache; 2:2:1 by default).
 //!
 //! One record per slug in the `routes` collection, keyed by the slug (replicated like any
 //! record in cluster mode). The rules live here only: the API checks a body with `parse`
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::core::cache::Stamp;
+use crate::core::least_load::Weights;
 use crate::core::model::ROUTES;
 use crate::core::store::Store;
 
@@ -35,7 +37,12 @@ pub struct SlugRoute {
     pub retries: u32,
     /// None: the server's `--proxy-timeout-seconds`.
     pub timeout: Option<Duration>,
+    /// The weights of `least_load`'s score (and of `prefix`'s, past its bound).
+    pub load_weights: Weights,
 }
+
+/// The largest weight a term of `least_load`'s score may have.
+pub const MAX_LOAD_WEIGHT: f64 = 100.0;
 
 impl Default for SlugRoute {
     fn default() -> Self {
@@ -43,6 +50,7 @@ impl Default for SlugRoute {
             strip_prefix: false,
             retries: DEFAULT_RETRIES,
             timeout: None,
+            load_weights: Weights::default(),
         }
     }
 }
@@ -106,7 +114,8 @@ impl SlugRoute {
         }
     }
 
-    /// The stored record for `slug`: `{"id", "stripPrefix", "retries", "timeoutSeconds"?}`.
+    /// The stored record for `slug`:
+    /// `{"id", "stripPrefix", "retries", "timeoutSeconds"?, "loadWeights"}`.
     pub fn record(&self, slug: &str) -> String {
         let mut out = Map::new();
         out.insert("id".into(), Value::from(slug));
@@ -115,6 +124,9 @@ impl SlugRoute {
         if let Some(timeout) = self.timeout {
             out.insert("timeoutSeconds".into(), Value::from(timeout.as_secs_f64()));
         }
+        let w = self.load_weights;
+        let weights = serde_json::json!({"queued": w.queued, "running": w.running, "kvCache": w.kv_cache});
+        out.insert("loadWeights".into(), weights);
         Value::Object(out).to_string()
     }
 
@@ -172,15 +184,54 @@ pub fn parse(json: &[u8]) -> Result<SlugRoute, FieldError> {
                     })?;
                 route.timeout = Some(Duration::from_secs_f64(seconds));
             }
+            "loadWeights" => route.load_weights = load_weights(value)?,
             other => {
                 return Err(problem(
                     other,
-                    "unknown field (known: stripPrefix, retries, timeoutSeconds)",
+                    "unknown field (known: stripPrefix, retries, timeoutSeconds, loadWeights)",
                 ))
             }
         }
     }
     Ok(route)
+}
+
+/// `{"queued": 2, "running": 2, "kvCache": 1}`: each term from 0 to `MAX_LOAD_WEIGHT`
+/// (an absent one keeps its default), not all 0.
+fn load_weights(value: &Value) -> Result<Weights, FieldError> {
+    let Value::Object(fields) = value else {
+        return Err(problem(
+            "loadWeights",
+            "must be an object of queued, running and kvCache",
+        ));
+    };
+    let mut weights = Weights::default();
+    for (name, term) in fields {
+        let slot = match name.as_str() {
+            "queued" => &mut weights.queued,
+            "running" => &mut weights.running,
+            "kvCache" => &mut weights.kv_cache,
+            _ => {
+                return Err(problem(
+                    &format!("loadWeights.{name}"),
+                    "unknown term (known: queued, running, kvCache)",
+                ))
+            }
+        };
+        *slot = term
+            .as_f64()
+            .filter(|w| (0.0..=MAX_LOAD_WEIGHT).contains(w))
+            .ok_or_else(|| {
+                problem(
+                    &format!("loadWeights.{name}"),
+                    format!("must be a number from 0 to {MAX_LOAD_WEIGHT}"),
+                )
+            })?;
+    }
+    if weights.queued + weights.running + weights.kv_cache <= 0.0 {
+        return Err(problem("loadWeights", "at least one weight must be over 0"));
+    }
+    Ok(weights)
 }
 
 #[cfg(test)]
@@ -237,7 +288,8 @@ mod tests {
             SlugRoute {
                 strip_prefix: true,
                 retries: 3,
-                timeout: Some(Duration::from_millis(2500))
+                timeout: Some(Duration::from_millis(2500)),
+                load_weights: Weights::default(),
             }
         );
         assert_eq!(parse(b"{}").unwrap(), SlugRoute::default());
@@ -250,6 +302,15 @@ mod tests {
         assert_eq!(field(br#"{"timeoutSeconds":0}"#), "timeoutSeconds");
         assert_eq!(field(br#"{"timeoutSeconds":3601}"#), "timeoutSeconds");
         assert_eq!(field(br#"{"timeout":1}"#), "timeout");
+        assert_eq!(field(br#"{"loadWeights":[1]}"#), "loadWeights");
+        assert_eq!(
+            field(br#"{"loadWeights":{"queued":0,"running":0,"kvCache":0}}"#),
+            "loadWeights"
+        );
+        assert_eq!(field(br#"{"loadWeights":{"queued":101}}"#), "loadWeights.queued");
+        assert_eq!(field(br#"{"loadWeights":{"queue":1}}"#), "loadWeights.queue");
+        let weighted = parse(br#"{"loadWeights":{"kvCache":5}}"#).unwrap().load_weights;
+        assert_eq!((weighted.queued, weighted.running, weighted.kv_cache), (2.0, 2.0, 5.0));
         assert_eq!(field(b"[1]"), "body");
         assert_eq!(field(b"{"), "body");
     }
@@ -260,6 +321,11 @@ mod tests {
             strip_prefix: true,
             retries: 0,
             timeout: Some(Duration::from_secs(7)),
+            load_weights: Weights {
+                queued: 1.0,
+                running: 0.0,
+                kv_cache: 3.5,
+            },
         };
         let record = route.record("web");
         assert!(record.starts_with(r#"{"id":"web","#), "{record}");

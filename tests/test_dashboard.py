@@ -302,7 +302,9 @@ def test_a_model_server_s_load_and_its_age_are_shown(srv: Server, driver: WebDri
     reply = srv.register({"url": "http://127.0.0.1:19101", "slug": "dash-llm", "status": "Healthy",
                           "healthCheck": NO_CHECK, "load": {"type": "push", "intervalMs": 60000}})  # fmt: skip
     instance = reply.json["instance"]["id"]
-    pushed = srv.call("PUT", f"/registry-svc/instance/{instance}/load", {"queued": 7, "running": 3, "kvCacheUsage": 0.42})
+    pushed = srv.call(
+        "PUT", f"/registry-svc/instance/{instance}/load", {"queued": 7, "running": 3, "kvCacheUsage": 0.42}
+    )
     assert pushed.status == 204, pushed.body
     sign_in(driver, srv, srv.admin_token)
     driver.get(f"{srv.url}/ui#/service/dash-llm")

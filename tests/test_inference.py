@@ -297,3 +297,35 @@ def test_nodes_with_free_gpus_are_found_by_the_api_and_oo(tmp_path: Path) -> Non
         assert bad.returncode == 1 and "20GiB" in bad.stderr, bad.stderr
     finally:
         gpu_srv.kill9()
+
+
+def test_a_slug_s_load_weights_change_least_load_s_choice(srv: Server) -> None:
+    """Two instances: one with a long queue and an empty KV cache, one with no queue and a
+    nearly full cache. The default weights (2:2:1) prefer the second; weights that count
+    only the KV cache prefer the first."""
+    queue = register(srv, "http://127.0.0.1:19201", "llm-weights", load={"type": "push", "intervalMs": 60000})
+    cache = register(srv, "http://127.0.0.1:19202", "llm-weights", load={"type": "push", "intervalMs": 60000})
+    push(srv, queue, queued=40, running=8, kvCacheUsage=0.0)
+    push(srv, cache, queued=0, running=8, kvCacheUsage=0.9)
+    query = "slug=llm-weights&policy=least_load"
+    assert set(picks(srv, query, 10, data_port=True)) == {cache}
+    put = srv.call(
+        "PUT", "/registry-svc/routing/llm-weights", {"loadWeights": {"queued": 0, "running": 0, "kvCache": 1}}
+    )
+    assert put.status == 201 and put.json["routing"]["loadWeights"] == {"queued": 0, "running": 0, "kvCache": 1}
+    for data_port in (False, True):
+        assert set(picks(srv, query, 10, data_port=data_port)) == {queue}
+    bad = srv.call("PUT", "/registry-svc/routing/llm-weights", {"loadWeights": {"queued": -1}})
+    assert bad.status == 400 and "loadWeights.queued" in bad.json["error"], bad.body
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(srv.data_dir.parent), "OB_SERVER_URL": srv.url,
+           "OB_TOKEN": srv.admin_token}  # fmt: skip
+
+    def oo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([OO, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    done = oo("routing", "llm-weights", "--load-weights", "0:1:3", "--retries", "2")
+    assert done.returncode == 0 and "retries: 2, timeout: 60s, load weights: 0:1:3" in done.stdout, done.stderr
+    assert set(picks(srv, query, 10, data_port=True)) == {queue}
+    assert oo("routing", "llm-weights", "--load-weights", "2:2").returncode == 1
+    assert oo("routing", "llm-weights", "--reset").returncode == 0
+    assert set(picks(srv, query, 10, data_port=True)) == {cache}

@@ -57,7 +57,8 @@ def test_strip_prefix_cuts_the_slug_from_the_forwarded_path(server: Server, echo
     set_ = route(server, slug, {"stripPrefix": True})
     assert set_.status == 201, set_.body
     assert set_.json["routing"] == {"slug": slug, "policy": "round_robin", "ownPolicy": False, "stripPrefix": True, "retries": 1,
-                                    "timeoutSeconds": 60.0, "custom": True}  # fmt: skip
+                                    "timeoutSeconds": 60.0, "custom": True,
+                                    "loadWeights": {"queued": 2, "running": 2, "kvCache": 1}}  # fmt: skip
     for path, upstream in ((f"/{slug}/api/items?x=1", b"/api/items?x=1"), (f"/{slug}", b"/"), (f"/{slug}?q", b"/?q")):
         got = server.call("GET", path, data_port=data_port)
         assert (got.status, got.body) == (200, upstream), path

@@ -189,6 +189,16 @@ class Health(Reply):
     status: str
 
 
+class LoadWeights(BaseModel):
+    """`least_load`'s score: each term's weight, 0 to 100 (not all 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queued: float | None = Field(default=None, ge=0, le=100, description="requests waiting (default 2)")
+    running: float | None = Field(default=None, ge=0, le=100, description="requests running (default 2)")
+    kvCache: float | None = Field(default=None, ge=0, le=100, description="KV-cache usage (default 1)")
+
+
 class SlugRouteBody(BaseModel):
     """`PUT /registry-svc/routing/{slug}` (checked by the gates' own rules, `rust/route.rs`)."""
 
@@ -201,6 +211,9 @@ class SlugRouteBody(BaseModel):
     timeoutSeconds: float | None = Field(
         default=None, gt=0, le=3600, description="how long an upstream may take (default --proxy-timeout-seconds)"
     )
+    loadWeights: LoadWeights | None = Field(
+        default=None, description="the weights of least_load's score (default queued 2, running 2, kvCache 1)"
+    )
 
 
 class SlugRouting(Reply):
@@ -210,6 +223,7 @@ class SlugRouting(Reply):
     stripPrefix: bool
     retries: int
     timeoutSeconds: float
+    loadWeights: dict[str, float] = Field(description="least_load's weights: queued, running, kvCache")
     custom: bool = Field(description="the slug has settings of its own (else these are the defaults)")
 
 

@@ -45,6 +45,8 @@ pub struct PickRequest<'a> {
     pub model: Option<&'a str>,
     /// The prompt (or prefix key) the `prefix` policy places by.
     pub prefix: Option<&'a [u8]>,
+    /// `least_load`'s weights (the slug's `loadWeights`, `route.rs`; None: 2:2:1).
+    pub weights: Option<crate::core::least_load::Weights>,
 }
 
 #[derive(Debug)]

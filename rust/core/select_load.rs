@@ -17,7 +17,7 @@ impl Selector {
         let signals = least_load::signals(&self.load, &self.shared, usable);
         let prompt = match (policy, req.prefix) {
             (Policy::Prefix, Some(prompt)) => prompt,
-            _ => return self.least_loaded(usable, &signals),
+            _ => return self.least_loaded(usable, &signals, req.weights.unwrap_or_default()),
         };
         let blocks = chain(req.slug, prompt);
         let keys: Vec<u64> = usable.iter().map(|c| owner_key(&c.id)).collect();
@@ -26,7 +26,7 @@ impl Selector {
             let matched = index.matches(&blocks, &keys);
             let chosen = self
                 .by_prefix(usable, &signals, &matched, blocks[0])
-                .or_else(|| self.least_loaded(usable, &signals))?;
+                .or_else(|| self.least_loaded(usable, &signals, req.weights.unwrap_or_default()))?;
             let at = usable.iter().position(|c| Arc::ptr_eq(c, chosen)).unwrap_or(0);
             index.record(&blocks, keys[at]);
             chosen
@@ -34,9 +34,14 @@ impl Selector {
         Some(chosen)
     }
 
-    fn least_loaded<'c>(&self, usable: &[&'c Arc<Candidate>], signals: &[Signal]) -> Option<&'c Arc<Candidate>> {
+    fn least_loaded<'c>(
+        &self,
+        usable: &[&'c Arc<Candidate>],
+        signals: &[Signal],
+        weights: Weights,
+    ) -> Option<&'c Arc<Candidate>> {
         let mut random = || self.random();
-        least_load::choose(signals, Weights::default(), &mut random).map(|i| usable[i])
+        least_load::choose(signals, weights, &mut random).map(|i| usable[i])
     }
 
     /// The instance holding the longest prefix within the load bound (the less loaded of

@@ -73,7 +73,7 @@ pub(crate) fn choose(
         prefix: request.prompt,
         ..PickRequest::default()
     };
-    match registry.selector.pick(&registry.store, &pick) {
+    match registry.pick(&pick) {
         Ok(Picked::Instance(chosen)) => Ok(chosen),
         Ok(Picked::UnknownSlug) if tried.is_empty() => {
             let path = request.target.split('?').next().unwrap_or_default();

@@ -1,6 +1,6 @@
 """How a slug is routed: `GET /registry-svc/routing` (the policies and every slug's proxy
 settings), and one slug's settings, `GET|PUT|DELETE /registry-svc/routing/{slug}`:
-`stripPrefix`, `retries`, `timeoutSeconds`. The rules of a body are the gates' own
+`stripPrefix`, `retries`, `timeoutSeconds`, `loadWeights`. The rules of a body are the gates' own
 (`_core.route_record`, `rust/route.rs`): what is accepted here is what the proxy does."""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def effective(call: Call, slug: str, stored: dict[str, Any] | None) -> dict[str,
     """What the proxy does for `slug`: its stored settings (or the defaults), its policy,
     and its timeout (its own, or the server's `--proxy-timeout-seconds`)."""
     settings = call.ctx.settings
-    record = stored or orjson.loads(_core.route_record(slug, b"{}"))
+    defaults = orjson.loads(_core.route_record(slug, b"{}"))
+    record = stored or defaults
     return {
         "slug": slug,
         "policy": settings.slug_policies.get(slug, settings.default_policy),
@@ -31,6 +32,7 @@ def effective(call: Call, slug: str, stored: dict[str, Any] | None) -> dict[str,
         "stripPrefix": record["stripPrefix"],
         "retries": record["retries"],
         "timeoutSeconds": record.get("timeoutSeconds", settings.proxy_timeout_seconds),
+        "loadWeights": record.get("loadWeights", defaults["loadWeights"]),
         "custom": stored is not None,
     }
 

@@ -62,6 +62,11 @@ def describe_routing(routing: dict[str, Any]) -> str:
         f"strip prefix: {'yes' if routing['stripPrefix'] else 'no'}, retries: {routing['retries']}, "
         f"timeout: {routing['timeoutSeconds']:g}s"
     )
+    weights = routing.get("loadWeights") or {}
+    if routing.get("policy") in ("least_load", "prefix") or weights != {"queued": 2, "running": 2, "kvCache": 1}:
+        text += (
+            f", load weights: {weights.get('queued', 2):g}:{weights.get('running', 2):g}:{weights.get('kvCache', 1):g}"
+        )
     return text + ("" if routing.get("custom") else " (the defaults)")
 
 
