@@ -6,7 +6,8 @@ cached and with the queue) is registered with a prometheus load source (100 ms).
 workload: many users sharing a few long system prompts, each request a user's system
 prompt plus a question of their own; Poisson arrivals (fixed seed) at a share of the
 fleet's capacity when every system prompt is cached. The same schedule is sent through the
-data port's proxy once per policy (a fresh fleet each time: cold caches), and the client
+data port's proxy once per policy (a fresh fleet each time: cold caches), and once more
+through Envoy with our endpoint picker as its `ext_proc` filter (`prefix`), and the client
 measures the time to the first streamed chunk (the first token).
 
 Also measured: the picker's own cost (`prefix` picks with 2 KB prompts, in process: p99),
@@ -38,10 +39,14 @@ import orjson
 import psutil
 
 from loadtest.bench import publish, wait_http
+from loadtest.envoy_epp import Envoy, envoy_binary
 from loadtest.etcd_cluster import free_port
 from loadtest.fake_model_server import Cost
 
 POLICIES = ("round_robin", "least_request", "least_load", "prefix")
+# `prefix` again, decided by our endpoint picker for Envoy (loadtest/envoy_epp.py).
+ENVOY_SLUG = "llm-envoy"
+ENVOY_ROW = "prefix, Envoy + our ext_proc"
 FLEET = 8
 SYSTEM_PROMPTS = 8
 USERS = 400
@@ -67,12 +72,12 @@ class Registry:
     """A registry-svc server, its admin token, and its ports."""
 
     def __init__(self, work: Path) -> None:
-        self.port, self.data_port = free_port(), free_port()
+        self.port, self.data_port, self.epp_port = free_port(), free_port(), free_port()
         policies = [arg for p in POLICIES for arg in ("--slug-policy", f"llm-{p.replace('_', '-')}={p}")]
-        policies += ["--slug-policy", "llm-big=prefix"]
+        policies += ["--slug-policy", "llm-big=prefix", "--slug-policy", f"{ENVOY_SLUG}=prefix"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "registry_svc", "serve", "--port", str(self.port), "--data-port",
-             str(self.data_port), "--data-dir", str(work / "registry"), *policies],
+             str(self.data_port), "--epp-port", str(self.epp_port), "--data-dir", str(work / "registry"), *policies],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         self.base = f"http://127.0.0.1:{self.port}"
@@ -209,18 +214,27 @@ def run_policies(work: Path, registry: Registry, seconds: float, share: float, s
     capacity = FLEET * cost.batch / (hit_ms / 1000)
     plan = schedule(seed, share * capacity, seconds)
     outcomes = []
-    for policy in POLICIES:
+    rows = [(p, f"llm-{p.replace('_', '-')}") for p in POLICIES]
+    if envoy_binary() is not None:
+        rows.append((ENVOY_ROW, ENVOY_SLUG))
+    for name, slug in rows:
         fleet = Fleet(work, FLEET, cost)
-        slug = f"llm-{policy.replace('_', '-')}"
+        envoy = None
         try:
             registry.register(slug, fleet.ports)
+            port = registry.data_port
+            if slug == ENVOY_SLUG:
+                envoy = Envoy(work, registry.epp_port, registry.token)
+                port = envoy.port
             time.sleep(1.5)  # health checks pass, the first load readings arrive
-            outcome = Outcome(policy)
-            asyncio.run(drive(registry.data_port, slug, plan, systems, users, outcome))
+            outcome = Outcome(name)
+            asyncio.run(drive(port, slug, plan, systems, users, outcome))
             outcomes.append(outcome)
-            print(f"{policy}: p90 {outcome.percentile(0.9):.0f} ms, {outcome.completed} done, "
+            print(f"{name}: p90 {outcome.percentile(0.9):.0f} ms, {outcome.completed} done, "
                   f"{outcome.errors} errors", flush=True)  # fmt: skip
         finally:
+            if envoy is not None:
+                envoy.close()
             fleet.stop()
     return outcomes
 

@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod core;
 pub mod dns;
 pub mod edge;
+pub mod epp;
 pub mod etcd;
 pub mod forward;
 pub mod lanes;
@@ -28,6 +29,8 @@ pub mod writes;
 mod python;
 #[cfg(feature = "python")]
 mod python_dns;
+#[cfg(feature = "python")]
+mod python_epp;
 #[cfg(feature = "python")]
 mod python_errors;
 #[cfg(feature = "python")]

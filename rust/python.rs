@@ -480,6 +480,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<crate::python_picker::PyPicker>()?;
     m.add_class::<crate::python_signal::PyChangeSignal>()?;
     m.add_class::<crate::python_load::PyLoadScraper>()?;
+    m.add_class::<crate::python_epp::PyEpp>()?;
     m.add_function(wrap_pyfunction!(crate::python_load::load_stats, m)?)?;
     m.add_function(wrap_pyfunction!(crate::python_dns::check_dns_options, m)?)?;
     crate::python_rules::add(m)?;

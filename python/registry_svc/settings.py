@@ -75,6 +75,9 @@ class Settings:
     dns_ttl: int = 0
     dns_rate_limit: int = 1000
     dns_rate_exempt: tuple[str, ...] = LOOPBACK_NETWORKS
+    # Envoy's external processor, the endpoint picker (rust/epp/): its gRPC port (0 = off),
+    # held by the supervisor.
+    epp_port: int = 0
 
     @property
     def clustered(self) -> bool:

@@ -270,11 +270,16 @@ def serve(settings: Settings) -> int:
     if not settings.clustered:
         # The data dir may have been a cluster's replica before: this server answers alone.
         store.forget_replica()
+    epp: _core.Epp | None = None
     try:
         settings = claim_data_port(settings)
         check_dns_port(settings)
+        if settings.epp_port:
+            epp = _core.Epp(settings.host, settings.epp_port, store)
         front, settings = open_front(settings, store)
     except OSError as e:
+        if epp is not None:
+            epp.close()
         store.close()
         in_use = (
             " (the address is already in use: is another registry-svc running?)" if e.errno == errno.EADDRINUSE else ""
@@ -295,6 +300,8 @@ def serve(settings: Settings) -> int:
         return _supervise(settings, store, gpus, created)
     finally:
         front.close()
+        if epp is not None:
+            epp.close()
         gpus.close()
         if replicator is not None:
             replicator.stop()
@@ -337,7 +344,8 @@ def _supervise(settings: Settings, store: _core.Store, gpus: GpuSampler, created
                 "registry-svc listening on http://%s:%d (%d process(es) x %d worker(s)); %s; data in %s; admin token (%s) in %s",
                 settings.host, settings.port, settings.processes, settings.workers,
                 (f"data plane on port {settings.data_port}" if settings.data_port else "no data port")
-                + (f", DNS on port {settings.dns_port} for {settings.dns_domain}" if settings.dns_port else ""),
+                + (f", DNS on port {settings.dns_port} for {settings.dns_domain}" if settings.dns_port else "")
+                + (f", Envoy's endpoint picker (ext_proc) on port {settings.epp_port}" if settings.epp_port else ""),
                 settings.store_path, token_note, settings.admin_token_path,
             )  # fmt: skip
         workers = WorkerWatch(child)

@@ -66,7 +66,7 @@ pub use access::{access_json, utc_stamp, AccessEntry};
 pub use answer::Refusal;
 use answer::*;
 pub use dispatch::data_port_refusal;
-use dispatch::proxied_slug;
+pub(crate) use dispatch::proxied_slug;
 use request::*;
 use workers::Workers;
 
