@@ -38,7 +38,7 @@ from pathlib import Path
 import orjson
 import psutil
 
-from loadtest.bench import publish, wait_http
+from loadtest.bench import Bench, publish, wait_http
 from loadtest.envoy_epp import Envoy, envoy_binary
 from loadtest.etcd_cluster import free_port
 from loadtest.fake_model_server import Cost
@@ -117,7 +117,7 @@ class Fleet:
         args = [f"--{k.replace('_', '-')}={v}" for k, v in cost.__dict__.items()]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "loadtest.fake_model_server", "--count", str(count), "--ports-file",
-             str(ports_file), *args], stdout=subprocess.DEVNULL, start_new_session=True,
+             str(ports_file), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while not ports_file.exists() and time.monotonic() < deadline:
@@ -307,12 +307,60 @@ def large_prompt_cost(
         fleet.stop()
 
 
+def scrape_cost(registry: Registry, instances: int = 1000, seconds: float = 10.0) -> dict[str, float] | None:
+    """The supervisor's CPU while it scrapes `instances` prometheus load sources every 100 ms
+    (nginx serves a vLLM-style metrics file for each), and the scrapes it made."""
+    if shutil.which("nginx") is None:
+        return None
+
+    text = (
+        b'# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name="m"} 1\n'
+        b'vllm:num_requests_running{model_name="m"} 2\nvllm:kv_cache_usage_perc{model_name="m"} 0.3\n'
+    )
+    # nginx's workers (user nobody when started as root) must reach the files: a directory
+    # of its own, open to them (as bench.py's).
+    files = Path(tempfile.mkdtemp(prefix="inference-scrape-"))
+    files.chmod(0o755)
+    bench = Bench(seconds=seconds, work=files)
+    try:
+        static, _ = bench.nginx({f"i{n}/metrics": text for n in range(instances)})
+        for n in range(instances):
+            registry.call("PUT", "/registry-svc/instance", {
+                "url": f"{static}/i{n}", "slug": "llm-scrape", "healthCheck": {"type": "none"},
+                "load": {"type": "prometheus", "intervalMs": 100}})  # fmt: skip
+
+        def scraped() -> tuple[float, float]:
+            text = urllib.request.urlopen(f"{registry.base}/metrics").read().decode()
+            found = dict(re.findall(r'^(registry_load_sources|registry_load_scrapes_total\{result="ok"\}) (\S+)$',
+                                    text, re.M))  # fmt: skip
+            return float(found.get("registry_load_sources", 0)), float(
+                found.get('registry_load_scrapes_total{result="ok"}', 0)
+            )
+
+        deadline = time.monotonic() + 30
+        while scraped()[0] < instances and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
+        supervisor = psutil.Process(registry.proc.pid)
+        cpu0, (_, ok0), t0 = sum(supervisor.cpu_times()[:2]), scraped(), time.monotonic()
+        time.sleep(seconds)
+        cpu1, (_, ok1), t1 = sum(supervisor.cpu_times()[:2]), scraped(), time.monotonic()
+        return {
+            "instances": instances,
+            "cpu_share": (cpu1 - cpu0) / (t1 - t0),
+            "scrapes_per_s": (ok1 - ok0) / (t1 - t0),
+        }
+    finally:
+        bench.stop_all()
+
+
 def met(ok: bool) -> str:
     return "met" if ok else "not met"
 
 
 def report(outcomes: list[Outcome], picker: tuple[float, float], rate: tuple[float, float] | None,
-           large: dict[tuple[str, int], float], seconds: float) -> list[str]:  # fmt: skip
+           large: dict[tuple[str, int], float], seconds: float,
+           scrape: dict[str, float] | None = None) -> list[str]:  # fmt: skip
     lines = ["## Inference routing (fake model servers)", "",
              f"{FLEET} fake model servers (`loadtest/fake_model_server.py`, defaults: {Cost()}); {SYSTEM_PROMPTS} "
              f"system prompts of 3 KB shared by {USERS} users; Poisson arrivals for {seconds:g} s, the same "
@@ -335,6 +383,11 @@ def report(outcomes: list[Outcome], picker: tuple[float, float], rate: tuple[flo
         lines.append(f"- `prefix` picks on the data port with a 2 KB key (wrk, 16 connections): {rate[0]:,.0f}/s, "
                      f"**{rate[1]:,.0f} per CPU-second** of the server (target >= 20,000 per core: "
                      f"{met(rate[1] >= 20_000)}).")  # fmt: skip
+    if scrape is not None:
+        per_thousand = scrape["cpu_share"] * 1000 / scrape["instances"]
+        lines.append(f"- scraping load: {scrape['instances']:.0f} prometheus sources every 100 ms (nginx serving vLLM-style "
+                     f"metrics): {scrape['scrapes_per_s']:,.0f} scrapes/s, the supervisor at "
+                     f"**{per_thousand:.0%} of a core per 1,000 instances**.")  # fmt: skip
     small, big = 2048, 220 * 1024
     proxy_small = large[("proxy", small)] - large[("direct", small)]
     proxy_big = large[("proxy", big)] - large[("direct", big)]
@@ -360,9 +413,10 @@ def main() -> None:
             outcomes = run_policies(work, registry, args.seconds, args.share, args.seed)
             picker = picker_cost(work)
             large, rate = large_prompt_cost(work, registry)
+            scrape = scrape_cost(registry)
         finally:
             registry.stop()
-    publish(report(outcomes, picker, rate, large, args.seconds), args.append)
+    publish(report(outcomes, picker, rate, large, args.seconds, scrape), args.append)
 
 
 if __name__ == "__main__":

@@ -126,10 +126,12 @@ def test_inference_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
         outcomes = inference_bench.run_policies(tmp_path, registry, seconds=1.0, share=0.3, seed=1)
         picker = inference_bench.picker_cost(tmp_path, samples=200)
         large, rate = inference_bench.large_prompt_cost(tmp_path, registry, samples=3, wrk_seconds=1)
+        scrape = inference_bench.scrape_cost(registry, instances=20, seconds=1)
     finally:
         registry.stop()
     assert [o.policy for o in outcomes] == [*inference_bench.POLICIES, inference_bench.ENVOY_ROW]
     for o in outcomes:
         assert o.completed > 0 and o.errors == 0, o
-    report = "\n".join(inference_bench.report(outcomes, picker, rate, large, 1.0))
-    assert "| prefix |" in report and "p90 TTFT" in report
+    assert scrape is not None and scrape["scrapes_per_s"] > 0, scrape
+    report = "\n".join(inference_bench.report(outcomes, picker, rate, large, 1.0, scrape))
+    assert "| prefix |" in report and "p90 TTFT" in report and "per 1,000 instances" in report
